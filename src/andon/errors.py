@@ -1,0 +1,99 @@
+"""Domain errors.
+
+Every error a user can cause is an ``AndonError`` subclass whose message names the bad value and what is
+allowed. The CLI prints ``str(error)`` on one line and exits non-zero; the service maps them to HTTP in one
+place (``andon.service.errors``). Nothing else should catch-and-reformat them.
+"""
+
+from __future__ import annotations
+
+
+class AndonError(Exception):
+    """Base class of errors caused by input (files, options, requests), not by bugs."""
+
+    #: stable machine-readable code, used in the API's JSON error shape
+    code: str = "andon_error"
+    #: HTTP status the service answers with
+    http_status: int = 400
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message} ({hint})")
+
+
+class ConfigError(AndonError):
+    """A recipe, settings file or option has a bad key or value."""
+
+    code = "bad_config"
+
+
+class DatasetError(AndonError):
+    """A data folder or manifest cannot be used."""
+
+    code = "bad_dataset"
+
+
+class ImageDecodeError(AndonError):
+    """Bytes that are not a decodable image, or an image the model cannot take."""
+
+    code = "bad_image"
+    http_status = 422
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image whose pixel count (read from its header) exceeds the limit: a decompression bomb guard."""
+
+    code = "image_too_large"
+    http_status = 413
+
+
+class UnsupportedFormatError(ImageDecodeError):
+    """An image format that is not allowed."""
+
+    code = "unsupported_format"
+    http_status = 415
+
+
+class ModelCardError(AndonError):
+    """A model card is missing, incomplete or inconsistent."""
+
+    code = "bad_model_card"
+    http_status = 422
+
+
+class ModelFileError(AndonError):
+    """A model file that is not a loadable, self-describing andon ONNX file."""
+
+    code = "bad_model_file"
+    http_status = 422
+
+
+class UnknownModelError(AndonError):
+    """A backbone name that is not in the registry."""
+
+    code = "unknown_model"
+
+
+class WeightsError(AndonError):
+    """Pretrained weights that cannot be found or do not fit the network."""
+
+    code = "bad_weights"
+
+
+class CalibrationError(AndonError):
+    """Thresholds that cannot meet the requested targets on the given data."""
+
+    code = "calibration_failed"
+
+
+class ExportError(AndonError):
+    """An export that failed its own checks (parity, accuracy bound)."""
+
+    code = "export_failed"
+
+
+class RunError(AndonError):
+    """A training run folder that is missing or incomplete (no checkpoint, no recipe)."""
+
+    code = "bad_run"

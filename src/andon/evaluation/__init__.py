@@ -1,0 +1,1 @@
+"""Metrics, calibration and plots shared by training reports and ``andon evaluate`` (torch-free)."""

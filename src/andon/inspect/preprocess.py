@@ -1,0 +1,112 @@
+"""The one preprocessing definition: frame (bytes or array) -> model input tensor.
+
+Training (cache, evaluation) and serving both go through ``Preprocessor``:
+
+    load(frame)      -> uint8 HxWx3 RGB at the model's input size   (decode + resize; what training caches)
+    to_tensor(image) -> float32 3xHxW, normalised                     (what the network sees)
+    __call__(frame)  =  to_tensor(load(frame))
+
+Training augments between ``load`` and ``to_tensor``; without augmentation train and serve tensors are
+identical by construction, and ``tests/test_preprocess.py`` proves it.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from andon.inspect import decoding as _decode
+from andon.inspect.card import PreprocessSpec
+
+Frame = bytes | bytearray | memoryview | np.ndarray
+
+_INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+
+
+class Preprocessor:
+    """Turns frames into model inputs according to a ``PreprocessSpec`` (from the model card)."""
+
+    def __init__(self, spec: PreprocessSpec, *, max_pixels: int = _decode.DEFAULT_MAX_PIXELS,
+                 allowed_formats: frozenset[str] = _decode.SUPPORTED_FORMATS) -> None:
+        self.spec = spec
+        self.max_pixels = max_pixels
+        self.allowed_formats = allowed_formats
+        self._gray = spec.color_mode == "gray"
+        mean = np.asarray(spec.mean, dtype=np.float32) * 255.0
+        std = np.asarray(spec.std, dtype=np.float32) * 255.0
+        # x_norm = (x - mean*255) / (std*255) = x * scale + shift, one fused multiply-add per pixel
+        self._scale = (1.0 / std).reshape(3, 1, 1)
+        self._shift = (-mean / std).reshape(3, 1, 1)
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return self.spec.input_size
+
+    def decode(self, frame: Frame) -> np.ndarray:
+        """Pixels of the frame (uint8, RGB HxWx3 or grey HxW by the spec), decoded at reduced scale if large."""
+        if isinstance(frame, np.ndarray):
+            return _decode.from_array(frame, gray=self._gray, max_pixels=self.max_pixels)
+        if isinstance(frame, (bytearray, memoryview)):
+            frame = bytes(frame)
+        if not isinstance(frame, bytes):
+            raise _decode.ImageDecodeError(f"expected image bytes or a numpy array, got {type(frame).__name__}")
+        return _decode.decode(frame, target_hw=self.spec.input_size, gray=self._gray,
+                              max_pixels=self.max_pixels, allowed_formats=self.allowed_formats)
+
+    def resize(self, pixels: np.ndarray) -> np.ndarray:
+        """Decoded pixels to a uint8 HxWx3 RGB image at the model's input size, by the spec's resize policy."""
+        out_h, out_w = self.spec.input_size
+        h, w = pixels.shape[:2]
+        interp = _INTERPOLATION[self.spec.interpolation]
+        if self.spec.resize == "stretch":
+            image = _resize(pixels, out_w, out_h, interp)
+        elif self.spec.resize == "letterbox":
+            scale = min(out_w / w, out_h / h)
+            new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+            inner = _resize(pixels, new_w, new_h, interp)
+            top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
+            image = cv2.copyMakeBorder(inner, top, out_h - new_h - top, left, out_w - new_w - left,
+                                       cv2.BORDER_CONSTANT, value=(self.spec.pad_value,) * 3)
+        else:  # center_crop
+            scale = max(out_w / w, out_h / h)
+            new_w, new_h = max(out_w, round(w * scale)), max(out_h, round(h * scale))
+            outer = _resize(pixels, new_w, new_h, interp)
+            top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
+            image = outer[top:top + out_h, left:left + out_w]
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+        return np.ascontiguousarray(image)
+
+    def load(self, frame: Frame) -> np.ndarray:
+        """Decode and resize: uint8 HxWx3 RGB at the input size. This is what training caches and augments."""
+        return self.resize(self.decode(frame))
+
+    def to_tensor(self, image: np.ndarray) -> np.ndarray:
+        """uint8 HxWx3 RGB at the input size -> float32 3xHxW, normalised by the spec's mean and std."""
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise _decode.ImageDecodeError(
+                f"to_tensor takes uint8 HxWx3 images from load(), got {image.dtype} {image.shape}"
+            )
+        if image.shape[:2] != tuple(self.spec.input_size):
+            raise _decode.ImageDecodeError(
+                f"image is {image.shape[0]}x{image.shape[1]}, the model takes "
+                f"{self.spec.input_size[0]}x{self.spec.input_size[1]}; pass it through load() first"
+            )
+        chw = image.transpose(2, 0, 1).astype(np.float32)
+        return chw * self._scale + self._shift
+
+    def __call__(self, frame: Frame) -> np.ndarray:
+        return self.to_tensor(self.load(frame))
+
+    def batch(self, frames: list[Frame]) -> np.ndarray:
+        """float32 Nx3xHxW for a list of frames."""
+        return np.stack([self(f) for f in frames]) if frames else np.zeros((0, 3, *self.spec.input_size), np.float32)
+
+
+def _resize(pixels: np.ndarray, width: int, height: int, interp: int) -> np.ndarray:
+    if pixels.shape[1] == width and pixels.shape[0] == height:
+        return pixels
+    # INTER_AREA is for shrinking; growing with it degrades to nearest-neighbour-like blockiness
+    if interp == cv2.INTER_AREA and (width > pixels.shape[1] or height > pixels.shape[0]):
+        interp = cv2.INTER_LINEAR
+    return cv2.resize(pixels, (width, height), interpolation=interp)
