@@ -1,0 +1,78 @@
+"""The one checkpoint dict (torchvision references style) shared by training (save, resume) and export.
+
+    {"format": "andon-checkpoint-1", "model_name": str, "num_classes": int, "state_dict": {...},
+     "card": ModelCard JSON, "epoch": int, "extra": {optimizer, scheduler, rng states, ...}}
+
+Files are written atomically (temp file, fsync, rename) so a crash never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from andon.errors import RunError
+from andon.inspect.card import ModelCard
+
+CHECKPOINT_FORMAT = "andon-checkpoint-1"
+
+
+@dataclass
+class Checkpoint:
+    model_name: str
+    num_classes: int
+    state_dict: dict[str, torch.Tensor]
+    card: ModelCard
+    epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model_name": ckpt.model_name,
+        "num_classes": ckpt.num_classes,
+        "state_dict": ckpt.state_dict,
+        "card": ckpt.card.to_json(),
+        "epoch": ckpt.epoch,
+        "extra": ckpt.extra,
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, *, with_extra: bool = True) -> Checkpoint:
+    """Load a checkpoint written by ``save_checkpoint`` (``weights_only=True``: no pickled code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"checkpoint {path} does not exist; train a model first with 'andon train'")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or foreign file
+        raise RunError(f"checkpoint {path} cannot be read ({type(exc).__name__}); is it an andon checkpoint?") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise RunError(f"{path} is not an andon checkpoint (expected format '{CHECKPOINT_FORMAT}')")
+    return Checkpoint(
+        model_name=payload["model_name"],
+        num_classes=int(payload["num_classes"]),
+        state_dict=payload["state_dict"],
+        card=ModelCard.from_json(payload["card"]),
+        epoch=int(payload.get("epoch", 0)),
+        extra=payload.get("extra", {}) if with_extra else {},
+    )

@@ -1,0 +1,27 @@
+"""Shared fixtures. Add fixtures; do not rewrite others'."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, or skip: the real data sets are research-only and not part of the repo."""
+    path = SHARED / "data"
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent: real-data tests need the shared research data sets beside the checkout")
+    return path
+
+
+@pytest.fixture
+def tiny_model_path(tmp_path: Path) -> Path:
+    """A valid andon .onnx file (classes ok/defect, 32x32 input): dark blobs are defects."""
+    from tiny_onnx import write_tiny_model
+
+    return write_tiny_model(tmp_path / "tiny.onnx")
