@@ -55,7 +55,10 @@ def probe(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                 header = ImageHeader(format=str(im.format), width=int(im.width), height=int(im.height),
                                      mode=str(im.mode))
     except Image.DecompressionBombError:
-        raise ImageTooLargeError(f"image too large: its header declares more than {max_pixels:,} pixels") from None
+        raise ImageTooLargeError(
+            f"image too large: its header declares over {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels "
+            f"(a decompression bomb); the limit is {max_pixels:,}"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise ImageDecodeError(
             f"not an image: {len(data):,} bytes starting with {data[:8]!r} are not JPEG, PNG, BMP or TIFF"
