@@ -1,0 +1,45 @@
+# andon: the two commands of the README's quick start, and what they need.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+# torch and torchvision are pinned to the releases this project is tested with
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test install install-serve system-deps lint bench-accuracy bench-inference bench-serve bench-pipeline
+
+## The main job: sample data -> trained default model -> service on :8000 with a simulated camera.
+demo: install
+	$(PYTHON) -m andon demo
+
+## Everything CI runs: install, system packages for the database and browser tests, the whole suite.
+test: install system-deps
+	$(PYTHON) -m pytest -q
+
+install:
+	$(PIP) install -q $(TORCH_PINS)
+	$(PIP) install -q -e '.[serve,train,dev]'
+
+install-serve:
+	$(PIP) install -q -e '.[serve]'
+
+## PostgreSQL server binaries (tests start a throwaway cluster) and Chromium (review-page browser tests).
+system-deps:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+		|| echo "warning: could not install$$missing; tests that need them will skip"; \
+	fi
+
+lint:
+	lint-imports
+
+bench-accuracy:
+	$(PYTHON) -m bench.accuracy
+bench-inference:
+	$(PYTHON) -m bench.inference
+bench-serve:
+	$(PYTHON) -m bench.serve
+bench-pipeline:
+	$(PYTHON) -m bench.pipeline
