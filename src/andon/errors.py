@@ -97,3 +97,24 @@ class RunError(AndonError):
     """A training run folder that is missing or incomplete (no checkpoint, no recipe)."""
 
     code = "bad_run"
+
+
+class RegistryError(AndonError):
+    """A model registry operation that cannot be done (unknown version, nothing to roll back to, clash)."""
+
+    code = "registry_error"
+    http_status = 409
+
+
+class NotFoundError(AndonError):
+    """A record, model version or key that does not exist."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class StorageError(AndonError):
+    """The image store or the database cannot take a write right now; nothing was stored."""
+
+    code = "storage_unavailable"
+    http_status = 503
