@@ -1,0 +1,87 @@
+"""``Classifier``: a convolutional trunk, global average pooling, dropout, one linear head.
+
+The head is linear on globally averaged features on purpose: the logit of class c is then exactly the mean
+over locations of ``head(F[:, :, y, x])``, so the per-location logits (``local_logits``) are a class
+activation map that explains the prediction without approximation. Export builds the heatmap from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from andon.errors import ConfigError
+
+
+class Classifier(nn.Module):
+    """Image classifier with an exact class activation map.
+
+    ``freeze_backbone()`` stops gradients into the trunk and keeps its BatchNorm statistics fixed (the
+    trunk stays in eval mode even under ``train()``), for a warm-up that trains only the new head.
+    """
+
+    def __init__(self, model_name: str, backbone: nn.Module, feature_channels: int, num_classes: int,
+                 *, dropout: float = 0.2) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ConfigError(f"num_classes must be at least 2, got {num_classes}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+        self.model_name = model_name
+        self.feature_channels = feature_channels
+        self.num_classes = num_classes
+        self.backbone = backbone
+        self.dropout = nn.Dropout(p=dropout)
+        self.head = nn.Linear(feature_channels, num_classes)
+        nn.init.normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+        self._frozen = False
+        #: andon.models.weights.WeightsInfo of the trunk's weights, set by create_model
+        self.weights_info = None
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's last feature map, N x C x h x w."""
+        return self.backbone(x)
+
+    def local_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Per-location logits N x K x h x w: the head applied at every location of the feature map."""
+        weight = self.head.weight[:, :, None, None]
+        return nn.functional.conv2d(feats, weight, self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.features(x).mean(dim=(2, 3))
+        return self.head(self.dropout(pooled))
+
+    def freeze_backbone(self) -> None:
+        self._frozen = True
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.backbone.eval()
+
+    def unfreeze_backbone(self) -> None:
+        self._frozen = False
+        for p in self.backbone.parameters():
+            p.requires_grad_(True)
+        self.backbone.train(self.training)
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return self._frozen
+
+    def train(self, mode: bool = True) -> "Classifier":
+        super().train(mode)
+        if self._frozen:
+            self.backbone.eval()
+        return self
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
+        return self.backbone.parameters()
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        return self.head.parameters()
+
+    def extra_repr(self) -> str:
+        return f"model_name={self.model_name!r}, feature_channels={self.feature_channels}, " \
+               f"num_classes={self.num_classes}"
