@@ -1,0 +1,47 @@
+"""What an inspection returns: one typed, immutable record per frame."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from andon.inspect.decision import Decision
+
+
+@dataclass(frozen=True)
+class InspectionResult:
+    """The verdict on one frame, with what is needed to trust and trace it.
+
+    ``heatmap`` is the model's defect evidence at feature resolution (float32 h x w in [0, 1]); it is only
+    computed when asked for. ``image_size`` is the frame's own (height, width), read from the image header
+    when the decoder used a reduced scale, so it always describes the original frame.
+    """
+
+    label: str
+    scores: dict[str, float]
+    defect_score: float
+    decision: Decision
+    reasons: list[str]
+    heatmap: np.ndarray | None
+    model_version: str
+    model_hash: str
+    timings_ms: dict[str, float]
+    image_size: tuple[int, int]
+
+    def to_dict(self, *, heatmap: bool = False) -> dict:
+        """JSON-ready: plain floats, lists; the heatmap (a nested list) only when ``heatmap`` is true."""
+        out: dict[str, object] = {
+            "label": self.label,
+            "decision": self.decision,
+            "defect_score": float(self.defect_score),
+            "scores": {k: float(v) for k, v in self.scores.items()},
+            "reasons": list(self.reasons),
+            "model_version": self.model_version,
+            "model_hash": self.model_hash,
+            "timings_ms": {k: round(float(v), 3) for k, v in self.timings_ms.items()},
+            "image_size": [int(self.image_size[0]), int(self.image_size[1])],
+        }
+        if heatmap and self.heatmap is not None:
+            out["heatmap"] = np.round(self.heatmap.astype(np.float64), 4).tolist()
+        return out
