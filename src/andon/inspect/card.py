@@ -105,6 +105,8 @@ class ModelCard(_Strict):
     weights: str = "none"
     data_fingerprint: str = ""
     metrics: dict[str, float] = Field(default_factory=dict)
+    #: numeric format of the exported graph: "fp32", or how it was quantized ("int8 ...", set by export)
+    quantization: str = "fp32"
     andon_version: str = __version__
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     #: names of the ONNX graph's input and outputs
