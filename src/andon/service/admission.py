@@ -1,0 +1,81 @@
+"""Admission control and the inference thread pool: a bounded queue in front of the CPU.
+
+Inference is CPU-bound and onnxruntime releases the GIL, so it runs on a small dedicated thread pool (one
+thread per concurrent inference), never on the event loop. At most ``workers + queue_size`` frames are
+admitted at once; a frame beyond that is refused at once with 503 and Retry-After. Latency therefore stays
+bounded under overload (at most a full queue ahead of any frame) and so does memory (admitted bodies only),
+instead of both growing without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from andon.service.errors import OverloadedError
+
+T = TypeVar("T")
+
+
+class Admission:
+    def __init__(self, workers: int, queue_size: int, *, retry_after: int = 1,
+                 on_depth: Callable[[int], None] | None = None) -> None:
+        self.workers = workers
+        self.capacity = workers + queue_size
+        self.retry_after = retry_after
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="andon-infer")
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._on_depth = on_depth
+
+    @property
+    def depth(self) -> int:
+        return self._pending
+
+    @property
+    def load(self) -> float:
+        return self._pending / self.capacity
+
+    def try_acquire(self, n: int = 1) -> bool:
+        n = min(n, self.capacity)  # a batch larger than the queue can still pass through an empty one
+        with self._lock:
+            if self._pending + n > self.capacity:
+                return False
+            self._pending += n
+            depth = self._pending
+        if self._on_depth:
+            self._on_depth(depth)
+        return True
+
+    def acquire(self, n: int = 1) -> int:
+        """Admit ``n`` frames or raise ``OverloadedError``; returns the weight to ``release``."""
+        if not self.try_acquire(n):
+            raise OverloadedError(f"inference queue full ({self.capacity} frames admitted); retry in "
+                                  f"{self.retry_after} s", retry_after=self.retry_after)
+        return min(n, self.capacity)
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self._pending -= n
+            depth = self._pending
+        if self._on_depth:
+            self._on_depth(depth)
+
+    async def run(self, fn: Callable[[], T]) -> tuple[T, float]:
+        """Run ``fn`` on the inference pool; returns (result, ms spent waiting for a thread)."""
+        submitted = time.perf_counter()
+        started: list[float] = []
+
+        def job() -> T:
+            started.append(time.perf_counter())
+            return fn()
+
+        result = await asyncio.wrap_future(self.executor.submit(job))
+        return result, (started[0] - submitted) * 1000.0
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=False)

@@ -1,0 +1,141 @@
+"""``create_app(settings)``: the FastAPI application, everything wired once.
+
+The lifespan migrates the database (Alembic ``upgrade head``), registers ``--model`` if given, loads and
+warms up the registry's active (and shadow) model, and starts two background loops: the registry poller
+(model swaps made by the CLI or another worker) and retention. Shutdown waits for in-flight inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from andon import __version__
+from andon.service import errors
+from andon.service.admission import Admission
+from andon.service.auth import KeyDirectory, api_key_authenticator
+from andon.service.db import make_engine, migrate, session_factory
+from andon.service.deps import ServiceContext
+from andon.service.metrics import Metrics
+from andon.service.middleware import BodyLimit, RequestMetrics
+from andon.service.pipeline import Pipeline
+from andon.service.registry import ModelRegistry
+from andon.service.retention import prune
+from andon.service.routes import health, inspections, keys, models, parts
+from andon.service.runtime import ModelRuntime
+from andon.service.settings import Settings
+from andon.service.storage import LocalDiskStore
+
+log = logging.getLogger("andon.service")
+
+DESCRIPTION = """Line cameras post frames; the service answers pass / review / reject and durably stores what
+operators must review. Errors are always `{"error": code, "message": text}`. Credentials: `Authorization:
+Bearer andon_...` (or `X-API-Key`); roles camera (post for its own camera id), operator (read, review),
+engineer (models, keys)."""
+
+
+def build_context(settings: Settings) -> ServiceContext:
+    """Every long-lived object of the service, without side effects (no migration, no model load)."""
+    engine = make_engine(settings.db_url, pool_size=max(8, settings.inference_threads + settings.queue_size // 2))
+    sessions = session_factory(engine)
+    metrics = Metrics()
+    registry = ModelRegistry(settings.registry_dir)
+    runtime = ModelRuntime(registry, settings)
+    runtime.on_swap.append(lambda m: metrics.set_active_model(
+        m.active.model_version if m.active else None, m.active.model_hash if m.active else None))
+    admission = Admission(settings.inference_threads, settings.queue_size, retry_after=settings.retry_after_s,
+                          on_depth=metrics.queue_depth.set)
+    metrics.queue_capacity.set(admission.capacity)
+    store = LocalDiskStore(settings.images_dir)
+    keydir = KeyDirectory(sessions)
+    pipeline = Pipeline(settings, runtime, admission, store, sessions, metrics, keydir)
+    return ServiceContext(settings=settings, engine=engine, sessions=sessions, store=store, registry=registry,
+                          runtime=runtime, admission=admission, metrics=metrics, keys=keydir, pipeline=pipeline,
+                          authenticators=[api_key_authenticator])
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.load()
+    ctx = build_context(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(start, ctx)
+        tasks = [asyncio.create_task(_poll_registry(ctx)), asyncio.create_task(_retention_loop(ctx))]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await run_in_threadpool(ctx.admission.shutdown)
+            ctx.engine.dispose()
+
+    app = FastAPI(title="andon", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.ctx = ctx
+    app.state.metrics = ctx.metrics
+    errors.install(app)
+    for router in (inspections.router, parts.router, models.router, keys.router, health.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimit, limit_for=_limits(settings),
+                       on_reject=lambda: ctx.metrics.rejections.labels(reason="body_too_large").inc())
+    app.add_middleware(RequestMetrics, metrics=ctx.metrics)
+    return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """uvicorn factory for worker processes (``andon serve --workers N``): settings from ANDON_CONFIG + env."""
+    return create_app(Settings.from_environment())
+
+
+def start(ctx: ServiceContext) -> None:
+    """Migrate, register ``--model``, load the active model. A broken model leaves the service up, not ready."""
+    migrate(ctx.engine)
+    if ctx.settings.model is not None:
+        ctx.runtime.bootstrap(ctx.settings.model)
+    ctx.runtime.sync(force=True)
+    ctx.metrics.set_active_model(*_active(ctx))
+    if ctx.runtime.snapshot().active is None:
+        log.warning("no active model: %s", ctx.runtime.last_error or "the registry is empty; "
+                    "'andon models add FILE' then 'andon models promote VERSION'")
+
+
+def _active(ctx: ServiceContext) -> tuple[str | None, str | None]:
+    active = ctx.runtime.snapshot().active
+    return (active.model_version, active.model_hash) if active else (None, None)
+
+
+def _limits(settings: Settings):
+    def limit_for(path: str) -> int:
+        if path == "/v1/models":
+            return settings.max_model_bytes
+        if path == "/v1/inspections/batch":
+            return settings.max_batch_bytes
+        return settings.max_body_bytes
+    return limit_for
+
+
+async def _poll_registry(ctx: ServiceContext) -> None:
+    while True:
+        await asyncio.sleep(ctx.settings.registry_poll_s)
+        try:
+            if await run_in_threadpool(ctx.runtime.sync):
+                ctx.metrics.model_swaps.inc()
+        except Exception:  # noqa: BLE001 - the poller must survive a bad state file
+            log.exception("registry poll failed")
+
+
+async def _retention_loop(ctx: ServiceContext) -> None:
+    s = ctx.settings
+    while True:
+        await asyncio.sleep(s.retention_interval_s)
+        try:
+            await run_in_threadpool(prune, ctx.sessions, ctx.store, pass_days=s.retention_pass_days,
+                                    reviewed_days=s.retention_reviewed_days)
+        except Exception:  # noqa: BLE001
+            log.exception("retention run failed")

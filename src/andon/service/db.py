@@ -1,0 +1,81 @@
+"""Database engine, sessions and migrations. SQLite (WAL, synchronous=FULL) by default, PostgreSQL by URL.
+
+A committed transaction is on disk: SQLite runs in WAL mode with ``synchronous=FULL`` (the WAL is fsynced
+at every commit), PostgreSQL with its default ``fsync``/``synchronous_commit``. The schema is created and
+upgraded by Alembic (``migrate``), never by ``metadata.create_all``, so that the migrations are what runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session, sessionmaker
+
+from andon.errors import ConfigError
+
+_PG_MIGRATION_LOCK = 0x616E646F6E  # "andon": serialises migrations of workers starting together
+
+
+def make_engine(url: str, *, pool_size: int = 8) -> Engine:
+    """An engine for ``url`` with durability pragmas on SQLite."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"database_url {url!r} is not a SQLAlchemy URL (sqlite:///path or "
+                          "postgresql+psycopg://user:pass@host/db)") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30},
+                               pool_size=pool_size, max_overflow=pool_size)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is the driver the [serve] extra ships
+    return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(engine: Engine | None = None) -> Any:
+    """An Alembic config pointing at the packaged migrations (and at ``engine``'s connection when given)."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", "andon.service:migrations")
+    if engine is not None:
+        cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
+    return cfg
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Upgrade the schema to ``revision`` (idempotent; safe when several workers start at once)."""
+    from alembic import command
+
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def check_writable(engine: Engine) -> None:
+    """Raise if the database cannot be reached (a read; writes are checked by every insert)."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))

@@ -1,0 +1,107 @@
+"""FastAPI dependencies: the service context, database sessions, the caller and what it may do.
+
+Routes declare what they need with these aliases::
+
+    def list_inspections(session: SessionDep, who: Annotated[Principal, Depends(require("read"))]): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from andon.service.admission import Admission
+from andon.service.auth import ANONYMOUS, KeyDirectory, Permission, Principal
+from andon.service.errors import AuthenticationError, PermissionDeniedError
+from andon.service.metrics import Metrics
+from andon.service.pipeline import Pipeline
+from andon.service.registry import ModelRegistry
+from andon.service.runtime import ModelRuntime, Models
+from andon.service.settings import Settings
+from andon.service.storage import ImageStore
+
+
+@dataclass
+class ServiceContext:
+    """Everything a request may need, built once by ``create_app``."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: ImageStore
+    registry: ModelRegistry
+    runtime: ModelRuntime
+    admission: Admission
+    metrics: Metrics
+    keys: KeyDirectory
+    pipeline: Pipeline
+    authenticators: list[Callable[[Request, Session], Principal | None]] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def get_context(request: Request) -> ServiceContext:
+    return request.app.state.ctx
+
+
+ContextDep = Annotated[ServiceContext, Depends(get_context)]
+
+
+def get_session(ctx: ContextDep) -> Iterator[Session]:
+    with ctx.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_models(ctx: ContextDep) -> Models:
+    """The (active, shadow) pair at the start of the request: in-flight requests keep it across swaps."""
+    return ctx.runtime.snapshot()
+
+
+ModelsDep = Annotated[Models, Depends(get_models)]
+
+
+def get_principal(request: Request, ctx: ContextDep) -> Principal:
+    """Who is calling; anonymous only while no key exists (open mode). Uses its own short session, so the
+    hot path does not hold a database connection while it waits for inference."""
+    with ctx.sessions() as session:
+        for authenticate in ctx.authenticators:
+            principal = authenticate(request, session)
+            if principal is not None:
+                return principal
+    if ctx.keys.auth_required:
+        raise AuthenticationError("this route needs an API key (Authorization: Bearer andon_... or X-API-Key)")
+    return ANONYMOUS
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def require(permission: Permission) -> Callable[[Principal], Principal]:
+    """A dependency that lets the call through only if the caller has ``permission``."""
+
+    def check(principal: CurrentPrincipal) -> Principal:
+        if principal.may(permission):
+            return principal
+        if principal.anonymous:
+            raise AuthenticationError(f"{permission} routes always need an engineer API key, even when no keys "
+                                      "are configured; create one with 'andon keys create --role engineer'")
+        raise PermissionDeniedError(f"a {principal.role} key may not {_VERB[permission]}")
+
+    check.__name__ = f"require_{permission}"
+    return check
+
+
+_VERB = {"inspect": "post frames", "read": "read inspections", "review": "review inspections",
+         "manage": "manage models, keys or retention"}
+
+CanInspect = Annotated[Principal, Depends(require("inspect"))]
+CanRead = Annotated[Principal, Depends(require("read"))]
+CanReview = Annotated[Principal, Depends(require("review"))]
+CanManage = Annotated[Principal, Depends(require("manage"))]

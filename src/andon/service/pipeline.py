@@ -1,0 +1,324 @@
+"""Frames in, durable records out: the path every posted frame takes.
+
+1. check: the caller may post for this camera, the camera is known;
+2. idempotency: a retried (camera, Idempotency-Key) returns the stored answer; different bytes -> 422;
+3. inference on the bounded pool (``Admission``) with the model snapshot taken at the start;
+4. storage: the image (and heatmap) of every non-pass frame and of a sample of passes is written durably,
+   then the record is committed; only then does the caller answer 2xx. A failure at any step writes
+   nothing (images already written for the request are removed).
+
+A batch is all-or-nothing: every frame is checked (decoded) before any is stored, and all records go in
+one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import select, tuple_
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from andon.errors import ImageDecodeError, StorageError
+from andon.inspect.decoding import ImageHeader, probe
+from andon.inspect.inspector import Inspector
+from andon.inspect.result import InspectionResult
+from andon.service.admission import Admission
+from andon.service.auth import KeyDirectory, Principal
+from andon.service.errors import IdempotencyConflictError, NoModelError, PermissionDeniedError, UnknownCameraError
+from andon.service.metrics import Metrics
+from andon.service.runtime import ModelRuntime
+from andon.service.schemas import FrameMeta, InspectionOut
+from andon.service.settings import Settings
+from andon.service.storage import ImageStore
+from andon.service.tables import REVIEW_NOT_REQUIRED, REVIEW_UNREVIEWED, Inspection, ShadowResult, new_id, utcnow
+
+log = logging.getLogger("andon.service")
+
+_EXT = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "TIFF": "tif"}
+
+
+@dataclass
+class IncomingFrame:
+    data: bytes
+    meta: FrameMeta
+    idempotency_key: str | None
+
+    def __post_init__(self) -> None:
+        self.sha256 = hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass
+class _Done:
+    frame: IncomingFrame
+    header: ImageHeader
+    result: InspectionResult
+    timings: dict[str, float]
+
+
+@dataclass
+class Outcome:
+    """What the caller answers with, plus follow-up work to run after the answer (shadow scoring)."""
+
+    items: list[InspectionOut]
+    replayed: list[bool]
+    after: list[Callable]
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, runtime: ModelRuntime, admission: Admission, store: ImageStore,
+                 sessions: Callable[[], Session], metrics: Metrics, keys: KeyDirectory) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.admission = admission
+        self.store = store
+        self.sessions = sessions
+        self.metrics = metrics
+        self.keys = keys
+        self.shadow_skipped = 0
+
+    # ---- checks ----------------------------------------------------------------------------------------
+    def check_camera(self, principal: Principal, camera_id: str) -> None:
+        if principal.role == "camera" and principal.camera_id != camera_id:
+            raise PermissionDeniedError(f"this key belongs to camera {principal.camera_id!r}; it may not post "
+                                        f"frames for camera {camera_id!r}")
+        known = set(self.settings.cameras) | set(self.keys.camera_ids)
+        if known and camera_id not in known:
+            raise UnknownCameraError(f"unknown camera {camera_id!r}; known cameras: {', '.join(sorted(known))}")
+
+    # ---- the path --------------------------------------------------------------------------------------
+    async def process(self, frames: list[IncomingFrame], principal: Principal, *, heatmap: bool = False,
+                      started: float | None = None) -> Outcome:
+        """Inspect and store ``frames`` (already admitted by the caller); all or nothing."""
+        started = time.perf_counter() if started is None else started
+        for frame in frames:
+            self.check_camera(principal, frame.meta.camera_id)
+        _check_unique_keys(frames)
+        for _attempt in range(3):
+            stored = await run_in_threadpool(self._lookup, frames)
+            todo = [f for f, row in zip(frames, stored) if row is None]
+            if not todo:
+                return self._outcome(stored, [True] * len(frames), heatmap, [])
+            models = self.runtime.snapshot()
+            if models.active is None:
+                raise NoModelError(self.runtime.last_error or "no active model: add one with 'andon models add' "
+                                   "and promote it")
+            done = await self._infer(models.active, todo)
+            rows = await run_in_threadpool(self._persist, done, started)
+            if rows is None:
+                continue  # lost an idempotency race to a concurrent retry: answer with the winner's record
+            fresh = iter(rows)
+            replayed = [row is not None for row in stored]
+            merged = [row if row is not None else next(fresh) for row in stored]
+            after = [self._shadow_job(models.shadow, d, row) for d, row in zip(done, rows)
+                     if models.shadow is not None]
+            heat = {row.id: d.result.heatmap for d, row in zip(done, rows)}
+            return self._outcome(merged, replayed, heatmap, after, heat)
+        raise StorageError("could not store the frame after 3 attempts (concurrent retries); retry")
+
+    def _lookup(self, frames: list[IncomingFrame]) -> list[Inspection | None]:
+        """Stored records for frames whose (camera, key) was seen before; conflict if the bytes differ."""
+        wanted = [(f.meta.camera_id, f.idempotency_key) for f in frames if f.idempotency_key]
+        if not wanted:
+            return [None] * len(frames)
+        with self.sessions() as session:
+            rows = session.scalars(select(Inspection).where(
+                tuple_(Inspection.camera_id, Inspection.idempotency_key).in_(wanted))).all()
+        found = {(r.camera_id, r.idempotency_key): r for r in rows}
+        out: list[Inspection | None] = []
+        for f in frames:
+            row = found.get((f.meta.camera_id, f.idempotency_key)) if f.idempotency_key else None
+            if row is not None and row.body_sha256 != f.sha256:
+                raise IdempotencyConflictError(
+                    f"Idempotency-Key {f.idempotency_key!r} of camera {f.meta.camera_id!r} was used for a "
+                    f"different frame (inspection {row.id}); use a new key for a new frame")
+            out.append(row)
+        return out
+
+    async def _infer(self, inspector: Inspector, frames: list[IncomingFrame]) -> list[_Done]:
+        want_heat = "heatmap" in inspector.card.output_names
+        settings = self.settings
+
+        def work() -> list[tuple[ImageHeader, InspectionResult]]:
+            headers = []
+            for i, f in enumerate(frames):
+                try:
+                    headers.append(probe(f.data, max_pixels=settings.max_pixels,
+                                         allowed_formats=settings.allowed_formats))
+                except ImageDecodeError as exc:
+                    raise _frame_error(exc, i, len(frames)) from None
+            try:
+                results = inspector.inspect_batch([f.data for f in frames], heatmap=want_heat)
+            except ImageDecodeError as exc:
+                raise _frame_error(exc, None, len(frames)) from None
+            return list(zip(headers, results))  # type: ignore[arg-type]
+
+        pairs, queue_ms = await self.admission.run(work)
+        done = []
+        for f, (header, result) in zip(frames, pairs):
+            timings = {k: round(v, 3) for k, v in result.timings_ms.items() if k != "total"}
+            timings["queue"] = round(queue_ms, 3)
+            done.append(_Done(f, header, result, timings))
+        return done
+
+    def _keep_image(self, d: _Done) -> bool:
+        if d.result.decision != "pass":
+            return True
+        # deterministic in the bytes: a retried pass is sampled the same way
+        return int(d.frame.sha256[:8], 16) / 0x1_0000_0000 < self.settings.pass_sample_rate
+
+    def _persist(self, done: list[_Done], started: float) -> list[Inspection] | None:
+        """Images first (durably), then the records in one transaction; None on an idempotency race."""
+        written: list[str] = []
+        rows: list[Inspection] = []
+        now = utcnow()
+        try:
+            for d in done:
+                t0 = time.perf_counter()
+                row = _row(d, new_id(), now)
+                if self._keep_image(d):
+                    row.image_key = f"{now:%Y/%m/%d}/{row.id}.{_EXT.get(d.header.format, 'img')}"
+                    self.store.put(row.image_key, d.frame.data)
+                    written.append(row.image_key)
+                    if d.result.heatmap is not None:
+                        row.heatmap_key = f"{now:%Y/%m/%d}/{row.id}.heatmap.npy"
+                        self.store.put(row.heatmap_key, encode_heatmap(d.result.heatmap))
+                        written.append(row.heatmap_key)
+                d.timings["storage"] = round((time.perf_counter() - t0) * 1000.0, 3)
+                d.timings["total"] = round((time.perf_counter() - started) * 1000.0, 3)
+                row.timings_ms = dict(d.timings)
+                rows.append(row)
+            t0 = time.perf_counter()
+            with self.sessions() as session:
+                session.add_all(rows)
+                session.commit()
+            commit_ms = (time.perf_counter() - t0) * 1000.0
+        except IntegrityError:
+            self._forget(written)
+            return None
+        except SQLAlchemyError as exc:
+            self._forget(written)
+            log.error("database write failed: %s", exc)
+            raise StorageError("the database did not take the record; nothing was stored; retry") from None
+        except BaseException:
+            self._forget(written)
+            raise
+        for d, row in zip(done, rows):
+            self.metrics.decisions.labels(line_id=row.line_id, camera_id=row.camera_id, decision=row.decision).inc()
+            self.metrics.observe_stages({**d.timings, "storage": d.timings["storage"] + commit_ms / len(rows)})
+        return rows
+
+    def _forget(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self.store.delete(key)
+            except Exception:  # noqa: BLE001 - best effort; retention removes orphans
+                log.warning("could not remove %s after a failed write", key)
+
+    def _outcome(self, rows: list[Inspection], replayed: list[bool], heatmap: bool, after: list[Callable],
+                 heat: dict[str, np.ndarray | None] | None = None) -> Outcome:
+        items = []
+        for row in rows:
+            grid = None
+            if heatmap:
+                arr = (heat or {}).get(row.id)
+                if arr is None and row.heatmap_key:
+                    arr = self.load_heatmap(row.heatmap_key)
+                grid = None if arr is None else np.round(arr.astype(np.float64), 4).tolist()
+            items.append(InspectionOut.from_row(row, grid))
+        return Outcome(items, replayed, after)
+
+    def load_heatmap(self, key: str) -> np.ndarray | None:
+        try:
+            return decode_heatmap(self.store.get(key))
+        except Exception:  # noqa: BLE001 - pruned or unreadable: the answer simply has no heatmap
+            return None
+
+    # ---- shadow ----------------------------------------------------------------------------------------
+    def _shadow_job(self, shadow: Inspector, d: _Done, row: Inspection) -> Callable:
+        async def job() -> None:
+            version = shadow.model_version
+            if self.admission.load > self.settings.shadow_max_load or not self.admission.try_acquire(1):
+                self.shadow_skipped += 1
+                self.metrics.shadow.labels(shadow_version=version, outcome="skipped").inc()
+                return
+            try:
+                result, _ = await self.admission.run(lambda: shadow.inspect(d.frame.data))
+            except Exception as exc:  # noqa: BLE001 - a shadow failure must never touch the verdict path
+                log.warning("shadow model %s failed on %s: %s", version, row.id, exc)
+                self.metrics.shadow.labels(shadow_version=version, outcome="error").inc()
+                return
+            finally:
+                self.admission.release(1)
+            agree = result.decision == row.decision
+            self.metrics.shadow.labels(shadow_version=version, outcome="agree" if agree else "disagree").inc()
+            await run_in_threadpool(self._store_shadow, row, result)
+
+        return job
+
+    def _store_shadow(self, row: Inspection, result: InspectionResult) -> None:
+        try:
+            with self.sessions() as session:
+                session.add(ShadowResult(inspection_id=row.id, created_at=utcnow(),
+                                         model_version=result.model_version, model_hash=result.model_hash,
+                                         label=result.label, decision=result.decision,
+                                         defect_score=result.defect_score, active_decision=row.decision,
+                                         agree_decision=result.decision == row.decision,
+                                         agree_label=result.label == row.label))
+                session.commit()
+        except SQLAlchemyError as exc:
+            log.warning("could not store the shadow result for %s: %s", row.id, exc)
+
+
+def _row(d: _Done, inspection_id: str, now: dt.datetime) -> Inspection:
+    r, meta = d.result, d.frame.meta
+    return Inspection(
+        id=inspection_id, created_at=now, captured_at=meta.captured_at, line_id=meta.line_id,
+        camera_id=meta.camera_id, part_id=meta.part_id, serial=meta.serial, label=r.label, decision=r.decision,
+        defect_score=float(r.defect_score), scores={k: float(v) for k, v in r.scores.items()},
+        reasons=list(r.reasons), model_version=r.model_version, model_hash=r.model_hash,
+        image_format=d.header.format, image_width=int(r.image_size[1]), image_height=int(r.image_size[0]),
+        image_bytes=len(d.frame.data), body_sha256=d.frame.sha256, image_key=None, heatmap_key=None,
+        review_status=REVIEW_NOT_REQUIRED if r.decision == "pass" else REVIEW_UNREVIEWED,
+        idempotency_key=d.frame.idempotency_key, timings_ms={})
+
+
+def _check_unique_keys(frames: list[IncomingFrame]) -> None:
+    seen = set()
+    for f in frames:
+        if f.idempotency_key:
+            key = (f.meta.camera_id, f.idempotency_key)
+            if key in seen:
+                raise IdempotencyConflictError(f"Idempotency-Key {f.idempotency_key!r} appears twice in the batch "
+                                               f"for camera {f.meta.camera_id!r}")
+            seen.add(key)
+
+
+def _frame_error(exc: ImageDecodeError, index: int | None, count: int) -> ImageDecodeError:
+    if count == 1 or index is None:
+        return exc
+    return type(exc)(f"frame {index}: {exc.message}")
+
+
+def encode_heatmap(heatmap: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(heatmap, dtype=np.float16), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_heatmap(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
+
+
+async def run_after(jobs: list[Callable]) -> None:
+    """Run follow-up jobs (BackgroundTasks calls this after the answer is sent)."""
+    await asyncio.gather(*(job() for job in jobs), return_exceptions=True)

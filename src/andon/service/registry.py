@@ -1,0 +1,240 @@
+"""The model registry on disk: every deployed model version, and which one is active, previous and shadow.
+
+Layout under ``root`` (``<data_dir>/models``)::
+
+    versions/<version>/model.onnx    the exported file, byte for byte
+    versions/<version>/info.json     name, version, content hash, size, when and from where it was added
+    state.json                       {"active", "previous", "shadow", "generation", "history"}
+
+``state.json`` is the single source of truth and is replaced atomically (temp file, fsync, rename), under
+an exclusive lock so that the CLI and the service can both change it. The service polls its signature and
+swaps models when it changes, so ``andon models promote`` on the command line and ``POST
+/v1/models/{version}/promote`` have the same effect on every worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from andon.errors import ModelFileError, NotFoundError, RegistryError
+from andon.inspect.onnxfile import content_hash, read_card
+from andon.service.storage import fsync_dir, make_dirs_durably, write_durably
+
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+_HISTORY_KEEP = 200
+
+
+@dataclass
+class RegistryState:
+    active: str | None = None
+    previous: str | None = None
+    shadow: str | None = None
+    generation: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps({"active": self.active, "previous": self.previous, "shadow": self.shadow,
+                           "generation": self.generation, "history": self.history[-_HISTORY_KEEP:]}, indent=2)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    version: str
+    name: str
+    content_hash: str
+    size_bytes: int
+    added_at: str
+    source: str
+    path: Path
+
+    def to_dict(self) -> dict:
+        return {"version": self.version, "name": self.name, "content_hash": self.content_hash,
+                "size_bytes": self.size_bytes, "added_at": self.added_at, "source": self.source}
+
+
+class ModelRegistry:
+    """Versions on disk plus the active/previous/shadow pointers."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+        self.state_path = self.root / "state.json"
+
+    # ---- reading -------------------------------------------------------------------------------------
+    def state(self) -> RegistryState:
+        try:
+            raw = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return RegistryState()
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"registry state {self.state_path} is unreadable: {exc}") from None
+        return RegistryState(active=raw.get("active"), previous=raw.get("previous"), shadow=raw.get("shadow"),
+                             generation=int(raw.get("generation", 0)), history=list(raw.get("history", [])))
+
+    def signature(self) -> tuple[int, int, int] | None:
+        """Changes whenever state.json is replaced: cheap enough to poll every second."""
+        try:
+            st = self.state_path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def entries(self) -> list[ModelEntry]:
+        if not self.versions_dir.is_dir():
+            return []
+        out = [self._entry(p.name) for p in self.versions_dir.iterdir() if (p / "info.json").is_file()]
+        return sorted(out, key=lambda e: e.added_at)
+
+    def get(self, version: str) -> ModelEntry:
+        if not _VERSION.match(version or "") or not (self.versions_dir / version / "info.json").is_file():
+            known = ", ".join(e.version for e in self.entries()) or "none"
+            raise NotFoundError(f"model version {version!r} is not in the registry; registered: {known}")
+        return self._entry(version)
+
+    def _entry(self, version: str) -> ModelEntry:
+        folder = self.versions_dir / version
+        info = json.loads((folder / "info.json").read_text())
+        return ModelEntry(version=version, name=info["name"], content_hash=info["content_hash"],
+                          size_bytes=info["size_bytes"], added_at=info["added_at"], source=info.get("source", ""),
+                          path=folder / "model.onnx")
+
+    def find_hash(self, digest: str) -> ModelEntry | None:
+        return next((e for e in self.entries() if e.content_hash == digest), None)
+
+    # ---- changing ------------------------------------------------------------------------------------
+    def add(self, data: bytes, *, source: str = "upload", validate: Callable[[Path], None] | None = None
+            ) -> tuple[ModelEntry, bool]:
+        """Register an exported model (the card's version names it). Returns (entry, created).
+
+        Adding the same file again is a no-op; a different file under an existing version is refused.
+        ``validate`` (e.g. loading it into an inspector) runs on the staged file before it is registered.
+        """
+        card, digest = _inspect_model_bytes(data, source)
+        version = card.version
+        if not _VERSION.match(version):
+            raise RegistryError(f"model version {version!r} (from the card of {source}) cannot name a registry "
+                                "entry; use letters, digits and . _ + - (at most 64), e.g. re-export with "
+                                "--version 2026.11.1")
+        with self._locked():
+            existing = self.find_hash(digest)
+            if existing is not None:
+                return existing, False
+            if (self.versions_dir / version).exists():
+                raise RegistryError(f"version {version} is already registered with a different model "
+                                    f"(hash {self._entry(version).content_hash[:12]}, this file {digest[:12]}); "
+                                    "export the new model with a new version")
+            staging = self.root / f".staging-{version}"
+            shutil.rmtree(staging, ignore_errors=True)
+            make_dirs_durably(staging)
+            write_durably(staging / "model.onnx", data)
+            try:
+                if validate is not None:
+                    validate(staging / "model.onnx")
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            info = {"name": card.name, "version": version, "content_hash": digest, "size_bytes": len(data),
+                    "added_at": _now(), "source": source}
+            write_durably(staging / "info.json", json.dumps(info, indent=2).encode())
+            make_dirs_durably(self.versions_dir)
+            staging.rename(self.versions_dir / version)
+            fsync_dir(self.versions_dir)
+            fsync_dir(self.root)
+            self._write_change(lambda s: None, action="add", version=version)
+        return self._entry(version), True
+
+    def add_file(self, path: Path, *, validate: Callable[[Path], None] | None = None) -> tuple[ModelEntry, bool]:
+        path = Path(path)
+        if not path.is_file():
+            raise ModelFileError(f"model file {path} does not exist")
+        return self.add(path.read_bytes(), source=str(path.name), validate=validate)
+
+    def promote(self, version: str) -> RegistryState:
+        """Make ``version`` active; the active one becomes previous (the rollback target)."""
+        self.get(version)
+
+        def change(s: RegistryState) -> None:
+            if s.active == version:
+                return
+            s.previous, s.active = s.active, version
+            if s.shadow == version:
+                s.shadow = None
+        return self._update(change, action="promote", version=version)
+
+    def rollback(self) -> RegistryState:
+        """Swap active and previous."""
+        def change(s: RegistryState) -> None:
+            if s.previous is None:
+                raise RegistryError(f"nothing to roll back to: active is {s.active or 'none'} and there is no "
+                                    "previous version; promote a version instead")
+            s.active, s.previous = s.previous, s.active
+        return self._update(change, action="rollback", version=None)
+
+    def set_shadow(self, version: str | None) -> RegistryState:
+        """Score frames with ``version`` next to the active model (None stops shadowing)."""
+        if version is not None:
+            self.get(version)
+
+        def change(s: RegistryState) -> None:
+            if version is not None and version == s.active:
+                raise RegistryError(f"version {version} is the active model; a shadow must be another version")
+            s.shadow = version
+        return self._update(change, action="shadow", version=version)
+
+    def _update(self, change: Callable[[RegistryState], None], *, action: str, version: str | None
+                ) -> RegistryState:
+        with self._locked():
+            return self._write_change(change, action=action, version=version)
+
+    def _write_change(self, change: Callable[[RegistryState], None], *, action: str, version: str | None
+                      ) -> RegistryState:
+        """Apply ``change`` to the state and write it; the caller holds the lock."""
+        state = self.state()
+        before = (state.active, state.previous, state.shadow)
+        change(state)
+        if (state.active, state.previous, state.shadow) != before or action == "add":
+            state.generation += 1
+            state.history.append({"at": _now(), "action": action, "version": version,
+                                  "active": state.active, "shadow": state.shadow})
+            make_dirs_durably(self.root)
+            write_durably(self.state_path, state.to_json().encode())
+        return state
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        make_dirs_durably(self.root)
+        with open(self.root / ".lock", "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _inspect_model_bytes(data: bytes, source: str):
+    if not data:
+        raise ModelFileError(f"model {source} is empty (0 bytes); upload an .onnx file exported by andon")
+    try:
+        model = onnx.load_from_string(data)
+    except Exception:  # noqa: BLE001 - protobuf raises several types for garbage
+        raise ModelFileError(f"model {source} ({len(data):,} bytes) is not an ONNX file") from None
+    card = read_card(model, source=source)
+    digest = content_hash(model)
+    if card.content_hash and card.content_hash != digest:
+        raise ModelFileError(f"model {source} was modified after export: its graph hash {digest[:12]} does not "
+                             f"match the card's {card.content_hash[:12]}")
+    return card, digest
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")

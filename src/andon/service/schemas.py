@@ -1,0 +1,153 @@
+"""Request and response bodies of the API (what /docs shows)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from andon.service.tables import Inspection
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
+
+DecisionName = Literal["pass", "review", "reject"]
+
+
+class FrameMeta(BaseModel):
+    """Where a frame comes from. Sent as query parameters with a raw image body, or as multipart fields."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    camera_id: str = Field(min_length=1, max_length=64, pattern=_ID)
+    line_id: str = Field(min_length=1, max_length=64, pattern=_ID)
+    part_id: str | None = Field(None, min_length=1, max_length=128, pattern=_ID)
+    serial: str | None = Field(None, min_length=1, max_length=128)
+    captured_at: dt.datetime | None = Field(None, description="capture time (ISO 8601 with a time zone)")
+
+
+class InspectionOut(BaseModel):
+    id: str
+    created_at: dt.datetime
+    captured_at: dt.datetime | None
+    line_id: str
+    camera_id: str
+    part_id: str | None
+    serial: str | None
+    label: str
+    decision: DecisionName
+    defect_score: float
+    scores: dict[str, float]
+    reasons: list[str]
+    model_version: str
+    model_hash: str
+    image_size: tuple[int, int] = Field(description="(height, width) of the frame")
+    image_format: str
+    image_stored: bool
+    heatmap_available: bool
+    review_status: str
+    timings_ms: dict[str, float]
+    heatmap: list[list[float]] | None = Field(None, description="only with ?heatmap=true",
+                                              exclude_if=lambda v: v is None)
+
+    @classmethod
+    def from_row(cls, row: Inspection, heatmap: list[list[float]] | None = None) -> "InspectionOut":
+        return cls(id=row.id, created_at=row.created_at, captured_at=row.captured_at, line_id=row.line_id,
+                   camera_id=row.camera_id, part_id=row.part_id, serial=row.serial, label=row.label,
+                   decision=row.decision, defect_score=row.defect_score, scores=row.scores, reasons=row.reasons,
+                   model_version=row.model_version, model_hash=row.model_hash,
+                   image_size=(row.image_height, row.image_width), image_format=row.image_format,
+                   image_stored=row.image_key is not None, heatmap_available=row.heatmap_key is not None,
+                   review_status=row.review_status, timings_ms=row.timings_ms, heatmap=heatmap)
+
+
+class InspectionPage(BaseModel):
+    items: list[InspectionOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next (older) page; null at the end")
+
+
+class BatchOut(BaseModel):
+    items: list[InspectionOut]
+
+
+class PartOut(BaseModel):
+    part_id: str
+    decision: DecisionName
+    policy: str
+    frames: int
+    decisions: dict[str, int]
+    cameras: list[str]
+    lines: list[str]
+    first_at: dt.datetime
+    last_at: dt.datetime
+    inspections: list[InspectionOut]
+
+
+class ModelVersionOut(BaseModel):
+    version: str
+    name: str
+    content_hash: str
+    size_bytes: int
+    added_at: str
+    source: str
+    active: bool
+    previous: bool
+    shadow: bool
+
+
+class LoadedModel(BaseModel):
+    version: str
+    hash: str
+
+
+class RegistryOut(BaseModel):
+    active: str | None
+    previous: str | None
+    shadow: str | None
+    generation: int
+    loaded_active: LoadedModel | None
+    loaded_shadow: LoadedModel | None
+    load_error: str | None
+    versions: list[ModelVersionOut]
+
+
+class ShadowIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str
+
+
+class ShadowStats(BaseModel):
+    shadow: str | None
+    active: str | None
+    compared: int
+    agree_decision: int
+    disagree_decision: int
+    agree_label: int
+    decision_agreement: float | None
+    confusion: dict[str, dict[str, int]] = Field(description="active decision -> shadow decision -> frames")
+    skipped_for_load: int
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["camera", "operator", "engineer"]
+    camera_id: str | None = Field(None, min_length=1, max_length=64, pattern=_ID)
+    name: str | None = Field(None, max_length=128)
+
+
+class KeyOut(BaseModel):
+    id: str
+    name: str
+    role: str
+    camera_id: str | None
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="the secret key; shown only now")
+
+
+class RetentionOut(BaseModel):
+    images_pruned: int
+    bytes_freed: int

@@ -1,0 +1,149 @@
+"""Service settings: the one place configuration is read (defaults < config file < ANDON_* env < CLI flags).
+
+``Settings.load(config_file, **overrides)`` is called once, by ``andon serve`` (or a test, or the uvicorn
+worker factory), and the resulting object is passed to ``create_app``. Nothing reads the environment at
+import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+from andon.errors import ConfigError
+from andon.inspect.decoding import DEFAULT_MAX_PIXELS, SUPPORTED_FORMATS
+
+#: the environment variable the uvicorn worker factory reads the config file path from
+CONFIG_ENV = "ANDON_CONFIG"
+
+PartPolicy = Literal["worst", "majority"]
+
+
+class Settings(BaseSettings):
+    """Everything ``andon serve`` can be told; each field is also ``ANDON_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="ANDON_", extra="forbid", validate_default=True)
+
+    # where things live
+    data_dir: Path = Field(Path("andon-data"), description="registry, images and the SQLite database live here")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/andon.db. "
+                                     "PostgreSQL: postgresql+psycopg://user:pass@host/db")
+    model: Path | None = Field(None, description="an .onnx file added to the registry and promoted on start "
+                               "when the registry has no active model (or this file is not the active one)")
+
+    # network
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes; each holds its own model")
+
+    # inference and admission control
+    inference_threads: int = Field(0, ge=0, le=64, description="concurrent inferences; 0 = usable cores (max 4)")
+    intra_op_threads: int = Field(0, ge=0, le=64, description="onnxruntime threads per inference; 0 = "
+                                  "cores / inference_threads")
+    queue_size: int = Field(16, ge=0, le=4096, description="frames waiting for a free inference slot before "
+                            "new ones get 503 + Retry-After")
+    retry_after_s: int = Field(1, ge=1, le=3600)
+
+    # input limits
+    max_body_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="request body cap, also for chunked bodies")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+    allowed_formats: frozenset[str] = Field(SUPPORTED_FORMATS)
+    max_batch_frames: int = Field(16, ge=1, le=256)
+    max_batch_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="body cap of /v1/inspections/batch")
+    max_model_bytes: int = Field(1024 * 1024 * 1024, ge=1024, description="body cap of model uploads")
+    cameras: list[str] = Field(default_factory=list, description="known camera ids; empty = any (unless camera "
+                               "keys exist, whose camera ids are then the known ones)")
+
+    # storage and retention
+    pass_sample_rate: float = Field(0.01, ge=0.0, le=1.0, description="fraction of passed frames whose image "
+                                    "is kept (every non-pass image is kept)")
+    min_free_disk_mb: int = Field(512, ge=0, description="readiness fails below this much free disk")
+    retention_pass_days: float | None = Field(30.0, gt=0, description="drop images of passed frames older than "
+                                              "this; None keeps them")
+    retention_reviewed_days: float | None = Field(180.0, gt=0, description="drop images of reviewed frames older "
+                                                  "than this; unreviewed flagged frames are never pruned")
+    retention_interval_s: float = Field(3600.0, ge=1.0)
+    registry_poll_s: float = Field(1.0, ge=0.05, description="how often workers look for a promoted model")
+
+    # decisions
+    part_policy: PartPolicy = Field("worst", description="worst: the worst frame decision is the part's; "
+                                    "majority: the most common decision, ties go to the worse")
+    shadow_max_load: float = Field(0.5, ge=0.0, le=1.0, description="skip shadow scoring when the inference "
+                                   "queue is fuller than this fraction")
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("allowed_formats", mode="before")
+    @classmethod
+    def _formats(cls, v: Any) -> frozenset[str]:
+        if isinstance(v, str):
+            v = [p for p in v.replace(",", " ").split() if p]
+        names = frozenset(str(x).upper().replace("JPG", "JPEG") for x in v)
+        unknown = names - SUPPORTED_FORMATS
+        if unknown:
+            raise ValueError(f"formats {sorted(unknown)} are not supported; choose from {sorted(SUPPORTED_FORMATS)}")
+        if not names:
+            raise ValueError("at least one image format must be allowed")
+        return names
+
+    @model_validator(mode="after")
+    def _threads(self) -> "Settings":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if self.inference_threads == 0:
+            object.__setattr__(self, "inference_threads", max(1, min(4, cores)))
+        if self.intra_op_threads == 0:
+            object.__setattr__(self, "intra_op_threads", max(1, cores // self.inference_threads))
+        return self
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'andon.db').resolve()}"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("yaml_file"):
+            sources.append(YamlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: Path | str | None = None, **overrides: Any) -> "Settings":
+        """Settings from defaults, then ``config_file`` (YAML/JSON), then ANDON_* env, then ``overrides``.
+
+        ``overrides`` whose value is None are ignored (unset CLI flags).
+        """
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        klass: type[Settings] = cls
+        if config_file is not None:
+            path = Path(config_file)
+            if not path.is_file():
+                raise ConfigError(f"config file {path} does not exist")
+            klass = type("FileSettings", (cls,), {"model_config": {**cls.model_config, "yaml_file": path}})
+        try:
+            return klass(**overrides)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+            raise ConfigError(f"bad setting {where}: {err.get('msg', 'invalid')} "
+                              f"(got {err.get('input')!r})") from None
+
+    @classmethod
+    def from_environment(cls) -> "Settings":
+        """For uvicorn worker processes: the config file named by ANDON_CONFIG, plus the environment."""
+        return cls.load(os.environ.get(CONFIG_ENV) or None)

@@ -1,0 +1,128 @@
+"""Where frame images (and their heatmaps) are kept: a small interface, the local disk by default.
+
+``put`` returns only once the bytes are durable: on local disk it writes a temp file in the target folder,
+fsyncs it, renames it over the final name (atomic on POSIX) and fsyncs the folder so that the rename itself
+survives a power cut. The service calls ``put`` before it commits the record and before it answers 2xx, so a
+2xx means the image and the record survive a crash. An S3-compatible store would implement the same
+protocol (PUT is atomic there; ``healthcheck`` would HEAD the bucket).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from andon.errors import NotFoundError, StorageError
+
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+
+
+@runtime_checkable
+class ImageStore(Protocol):
+    """Durable key -> bytes storage for frames and heatmaps."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` atomically and durably (all or nothing, on stable storage on return)."""
+
+    def get(self, key: str) -> bytes:
+        """The bytes under ``key``; ``NotFoundError`` when absent."""
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (no error when absent)."""
+
+    def exists(self, key: str) -> bool: ...
+
+    def healthcheck(self) -> str | None:
+        """None when writable, else a one-line reason."""
+
+    def free_bytes(self) -> int | None:
+        """Free space where the images go, or None when the store cannot tell."""
+
+
+class LocalDiskStore:
+    """Images as files under ``root``; keys are relative paths such as ``2026/11/25/<id>.jpg``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        if not _KEY.match(key) or ".." in key.split("/"):
+            raise ValueError(f"invalid storage key {key!r}")
+        return self.root / key
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        try:
+            make_dirs_durably(path.parent)
+            write_durably(path, data)
+        except OSError as exc:
+            raise StorageError(f"cannot store image {key}: {exc.strerror or exc}") from None
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"image {key} is not in the store (pruned by retention, or never kept)") from None
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def healthcheck(self) -> str | None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_durably(self.root / ".healthcheck", b"ok")
+            (self.root / ".healthcheck").unlink()
+        except OSError as exc:
+            return f"image store {self.root} is not writable: {exc.strerror or exc}"
+        return None
+
+    def free_bytes(self) -> int | None:
+        probe = self.root if self.root.exists() else self.root.parent
+        try:
+            return shutil.disk_usage(probe).free
+        except OSError:
+            return None
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that after return it is complete on disk, or was never there."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def make_dirs_durably(folder: Path) -> None:
+    """``mkdir -p`` that also fsyncs each parent of a new folder, so the folder survives a crash too."""
+    if folder.is_dir():
+        return
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for new in reversed(missing):
+        new.mkdir(exist_ok=True)
+        fsync_dir(new.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or new entry in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
