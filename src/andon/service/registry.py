@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import hashlib
 import json
 import re
 import shutil
@@ -52,13 +53,14 @@ class ModelEntry:
     version: str
     name: str
     content_hash: str
+    file_sha256: str
     size_bytes: int
     added_at: str
     source: str
     path: Path
 
     def to_dict(self) -> dict:
-        return {"version": self.version, "name": self.name, "content_hash": self.content_hash,
+        return {"version": self.version, "name": self.name, "content_hash": self.content_hash, "file_sha256": self.file_sha256,
                 "size_bytes": self.size_bytes, "added_at": self.added_at, "source": self.source}
 
 
@@ -105,7 +107,7 @@ class ModelRegistry:
         folder = self.versions_dir / version
         info = json.loads((folder / "info.json").read_text())
         return ModelEntry(version=version, name=info["name"], content_hash=info["content_hash"],
-                          size_bytes=info["size_bytes"], added_at=info["added_at"], source=info.get("source", ""),
+                          file_sha256=info["file_sha256"], size_bytes=info["size_bytes"], added_at=info["added_at"], source=info.get("source", ""),
                           path=folder / "model.onnx")
 
     def find_hash(self, digest: str) -> ModelEntry | None:
@@ -116,22 +118,25 @@ class ModelRegistry:
             ) -> tuple[ModelEntry, bool]:
         """Register an exported model (the card's version names it). Returns (entry, created).
 
-        Adding the same file again is a no-op; a different file under an existing version is refused.
+        Adding the same file again is a no-op; a different file under an existing version is refused. Two
+        versions may share a content hash (same network, a card with other thresholds): the version, not the
+        hash, identifies a deployment.
         ``validate`` (e.g. loading it into an inspector) runs on the staged file before it is registered.
         """
         card, digest = _inspect_model_bytes(data, source)
+        file_sha = hashlib.sha256(data).hexdigest()
         version = card.version
         if not _VERSION.match(version):
             raise RegistryError(f"model version {version!r} (from the card of {source}) cannot name a registry "
                                 "entry; use letters, digits and . _ + - (at most 64), e.g. re-export with "
                                 "--version 2026.11.1")
         with self._locked():
-            existing = self.find_hash(digest)
-            if existing is not None:
-                return existing, False
-            if (self.versions_dir / version).exists():
-                raise RegistryError(f"version {version} is already registered with a different model "
-                                    f"(hash {self._entry(version).content_hash[:12]}, this file {digest[:12]}); "
+            if (self.versions_dir / version / "info.json").exists():
+                existing = self._entry(version)
+                if existing.file_sha256 == file_sha:
+                    return existing, False
+                raise RegistryError(f"version {version} is already registered with a different file "
+                                    f"(sha256 {existing.file_sha256[:12]}, this file {file_sha[:12]}); "
                                     "export the new model with a new version")
             staging = self.root / f".staging-{version}"
             shutil.rmtree(staging, ignore_errors=True)
@@ -143,8 +148,8 @@ class ModelRegistry:
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-            info = {"name": card.name, "version": version, "content_hash": digest, "size_bytes": len(data),
-                    "added_at": _now(), "source": source}
+            info = {"name": card.name, "version": version, "content_hash": digest, "file_sha256": file_sha,
+                    "size_bytes": len(data), "added_at": _now(), "source": source}
             write_durably(staging / "info.json", json.dumps(info, indent=2).encode())
             make_dirs_durably(self.versions_dir)
             staging.rename(self.versions_dir / version)
@@ -178,6 +183,8 @@ class ModelRegistry:
                 raise RegistryError(f"nothing to roll back to: active is {s.active or 'none'} and there is no "
                                     "previous version; promote a version instead")
             s.active, s.previous = s.previous, s.active
+            if s.shadow == s.active:
+                s.shadow = None
         return self._update(change, action="rollback", version=None)
 
     def set_shadow(self, version: str | None) -> RegistryState:

@@ -88,12 +88,12 @@ class ModelRuntime:
         if version is None:
             return None
         entry = self.registry.get(version)
-        if loaded is not None and loaded.model_hash == entry.content_hash:
+        if _same(loaded, entry):
             return loaded
         for candidate in (self._models.active, self._models.shadow):
-            if candidate is not None and candidate.model_hash == entry.content_hash:
+            if _same(candidate, entry):
                 return candidate  # promoting the shadow reuses its warm session
-        warm = self._warm.pop(entry.content_hash, None)
+        warm = self._warm.pop(entry.version, None)
         return warm if warm is not None else self.load(entry)
 
     def promote(self, version: str) -> Models:
@@ -123,9 +123,9 @@ class ModelRuntime:
         """Fail before touching the registry state if the file does not load (keeps the old model)."""
         models = self._models
         for loaded in (models.active, models.shadow):
-            if loaded is not None and loaded.model_hash == entry.content_hash:
+            if _same(loaded, entry):
                 return
-        self._warm = {entry.content_hash: self.load(entry)}  # sync() takes it from here
+        self._warm = {entry.version: self.load(entry)}  # sync() takes it from here
 
     def bootstrap(self, model_file) -> None:
         """``--model FILE`` on start: register it; make it active when nothing is."""
@@ -138,6 +138,11 @@ class ModelRuntime:
             log.warning("registry's active model is %s; %s (version %s) was %s but not promoted: "
                         "'andon models promote %s' makes it active", state.active, model_file, entry.version,
                         "registered" if created else "already registered", entry.version)
+
+
+def _same(inspector: Inspector | None, entry: ModelEntry) -> bool:
+    return (inspector is not None and inspector.model_version == entry.version
+            and inspector.model_hash == entry.content_hash)
 
 
 def _name(inspector: Inspector | None) -> str:

@@ -87,6 +87,7 @@ class ModelVersionOut(BaseModel):
     version: str
     name: str
     content_hash: str
+    file_sha256: str
     size_bytes: int
     added_at: str
     source: str

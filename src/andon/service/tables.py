@@ -122,7 +122,7 @@ class ShadowResult(Base):
     agree_decision: Mapped[bool] = mapped_column(Boolean)
     agree_label: Mapped[bool] = mapped_column(Boolean)
 
-    __table_args__ = (Index("ix_shadow_results_model_hash", "model_hash", "created_at"),)
+    __table_args__ = (Index("ix_shadow_results_model", "model_version", "model_hash"),)
 
 
 class ApiKey(Base):

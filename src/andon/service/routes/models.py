@@ -87,11 +87,11 @@ def shadow_stats(ctx: ContextDep, session: SessionDep, _: CanManage, version: st
     confusion: dict[str, dict[str, int]] = {}
     compared = agree = agree_label = 0
     if version is not None:
-        digest = ctx.registry.get(version).content_hash
+        entry = ctx.registry.get(version)
         rows = session.execute(
             select(ShadowResult.active_decision, ShadowResult.decision, func.count(),
                    func.sum(case((ShadowResult.agree_label, 1), else_=0)))
-            .where(ShadowResult.model_hash == digest)
+            .where(ShadowResult.model_version == entry.version, ShadowResult.model_hash == entry.content_hash)
             .group_by(ShadowResult.active_decision, ShadowResult.decision)).all()
         for active_decision, shadow_decision, count, labels in rows:
             confusion.setdefault(active_decision, {})[shadow_decision] = int(count)

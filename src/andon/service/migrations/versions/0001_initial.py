@@ -83,13 +83,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('shadow_results', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_shadow_results_inspection_id'), ['inspection_id'], unique=False)
-        batch_op.create_index('ix_shadow_results_model_hash', ['model_hash', 'created_at'], unique=False)
+        batch_op.create_index('ix_shadow_results_model', ['model_version', 'model_hash'], unique=False)
 
 
 
 def downgrade() -> None:
     with op.batch_alter_table('shadow_results', schema=None) as batch_op:
-        batch_op.drop_index('ix_shadow_results_model_hash')
+        batch_op.drop_index('ix_shadow_results_model')
         batch_op.drop_index(batch_op.f('ix_shadow_results_inspection_id'))
 
     op.drop_table('shadow_results')

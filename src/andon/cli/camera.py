@@ -1,0 +1,215 @@
+"""``andon camera-sim``: a simulated line camera posting frames to the service at a fixed rate.
+
+Open loop, like a real camera: a frame is due every 1/fps seconds whether or not the previous answer has
+come back (up to ``--in-flight`` requests at once; a frame due while all are busy is counted as dropped,
+as a camera with a full buffer would drop it). Each frame carries an Idempotency-Key, so the one retry
+after a connection error or a 503 cannot create a duplicate record.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import typer
+
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+
+
+def register(app: typer.Typer) -> None:
+    app.command("camera-sim")(camera_sim)
+
+
+def camera_sim(
+    folder: Path | None = typer.Argument(None, help="Images to send, in name order, looping. Without images "
+                                         "here (or without DIR), synthetic parts are rendered."),
+    fps: float = typer.Option(2.0, "--fps", min=0.01, max=1000.0, help="Frames per second (fixed arrival rate)."),
+    url: str = typer.Option("http://localhost:8000", "--url", help="The service's base URL."),
+    camera_id: str = typer.Option("cam1", "--camera-id"),
+    line_id: str = typer.Option("line1", "--line-id"),
+    key: str | None = typer.Option(None, "--key", envvar="ANDON_CAMERA_KEY",
+                                   help="This camera's API key (env ANDON_CAMERA_KEY); none in open mode."),
+    count: int = typer.Option(0, "--count", min=0, help="Stop after this many frames (0: run until Ctrl-C)."),
+    size: str | None = typer.Option(None, "--size", help="Frame size WxH, e.g. 2448x2048: images are resized, "
+                                    "synthetic frames rendered at it (default 640x512 for synthetic frames)."),
+    defect_rate: float = typer.Option(0.2, "--defect-rate", min=0.0, max=1.0,
+                                      help="Share of synthetic frames with a defect."),
+    part_prefix: str | None = typer.Option(None, "--part-prefix", help="Send part_id PREFIX-<n> with each frame."),
+    in_flight: int = typer.Option(8, "--in-flight", min=1, max=256, help="Requests outstanding at most."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic frames."),
+    quiet: bool = typer.Option(False, "--quiet", help="Only the summary, not one line per frame."),
+) -> None:
+    """Post frames to /v1/inspections at --fps and print each verdict."""
+    import httpx
+    from rich.console import Console
+
+    console = Console()
+    wh = _parse_wh(size) if size else None
+    frames = FrameSource(folder, wh, defect_rate, seed)
+    console.print(f"camera {camera_id} on {line_id} -> {url} at {fps:g} fps ({frames.describe()})")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    stats = _Stats()
+    client = httpx.Client(base_url=url, headers=headers, timeout=30.0)
+    pool = ThreadPoolExecutor(max_workers=in_flight)
+    slots = threading.Semaphore(in_flight)
+    period = 1.0 / fps
+    start = time.perf_counter()
+    n = 0
+    try:
+        while count == 0 or n < count:
+            due = start + n * period
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            data = frames.next()
+            params = {"camera_id": camera_id, "line_id": line_id}
+            if part_prefix:
+                params["part_id"] = f"{part_prefix}-{n}"
+            if not slots.acquire(blocking=False):
+                stats.add("dropped", None)
+                n += 1
+                continue
+
+            def job(i: int = n, body: bytes = data, p: dict = params) -> None:
+                try:
+                    _post(client, i, body, p, stats, console, quiet)
+                finally:
+                    slots.release()
+
+            pool.submit(job)
+            n += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pool.shutdown(wait=True)
+        client.close()
+    console.print(stats.summary(time.perf_counter() - start))
+
+
+def _post(client, i: int, body: bytes, params: dict, stats: "_Stats", console, quiet: bool) -> None:
+    import httpx
+
+    key = str(uuid.uuid4())
+    headers = {"Content-Type": "image/jpeg" if body[:2] == b"\xff\xd8" else "application/octet-stream",
+               "Idempotency-Key": key}
+    t0 = time.perf_counter()
+    for attempt in range(2):
+        try:
+            r = client.post("/v1/inspections", content=body, params=params, headers=headers)
+        except httpx.TransportError as exc:
+            if attempt == 0:
+                time.sleep(0.5)
+                continue
+            stats.add("error", None)
+            console.print(f"#{i} [red]connection failed[/red]: {exc}")
+            return
+        if r.status_code == 503 and attempt == 0:
+            time.sleep(float(r.headers.get("retry-after", "1")))
+            continue
+        break
+    ms = (time.perf_counter() - t0) * 1000.0
+    if r.status_code in (200, 201):
+        v = r.json()
+        stats.add(v["decision"], ms)
+        if not quiet:
+            colour = {"pass": "green", "review": "yellow", "reject": "red"}[v["decision"]]
+            console.print(f"#{i} [{colour}]{v['decision']:6}[/{colour}] {v['label']:>12} "
+                          f"P(defect) {v['defect_score']:.2f}  {ms:6.1f} ms  {v['id']}")
+    else:
+        stats.add(f"http {r.status_code}", ms)
+        try:
+            detail = r.json().get("message", r.text)
+        except ValueError:
+            detail = r.text[:200]
+        console.print(f"#{i} [red]{r.status_code}[/red] {detail}")
+
+
+class FrameSource:
+    """Frames from a folder (looping), or rendered synthetic parts."""
+
+    def __init__(self, folder: Path | None, wh: tuple[int, int] | None, defect_rate: float, seed: int) -> None:
+        import numpy as np
+
+        self.files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES) \
+            if folder is not None and folder.is_dir() else []
+        if folder is not None and not folder.exists():
+            from andon.errors import ConfigError
+
+            raise ConfigError(f"folder {folder} does not exist")
+        self.wh = wh
+        self.defect_rate = defect_rate
+        self.rng = np.random.default_rng(seed)
+        self.i = 0
+
+    def describe(self) -> str:
+        if self.files:
+            return f"{len(self.files)} images"
+        w, h = self.wh or (640, 512)
+        return f"synthetic {w}x{h} parts, {self.defect_rate:.0%} with defects"
+
+    def next(self) -> bytes:
+        import cv2
+
+        if self.files:
+            path = self.files[self.i % len(self.files)]
+            self.i += 1
+            data = path.read_bytes()
+            if self.wh is None:
+                return data
+            from andon.inspect.decoding import decode
+
+            image = cv2.resize(decode(data), self.wh, interpolation=cv2.INTER_AREA)
+        else:
+            image = self._render()
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        return buf.tobytes()
+
+    def _render(self):
+        from andon.datasets.synth.defects import DEFECTS
+        from andon.datasets.synth.render import render_sample
+        from andon.datasets.synth.surfaces import SURFACES
+
+        w, h = self.wh or (640, 512)
+        defect = str(self.rng.choice(list(DEFECTS))) if self.rng.random() < self.defect_rate else None
+        image, _ = render_sample(self.rng, str(self.rng.choice(list(SURFACES))), defect, (h, w))
+        return image
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+        self.latencies: list[float] = []
+
+    def add(self, outcome: str, ms: float | None) -> None:
+        with self.lock:
+            self.counts[outcome] += 1
+            if ms is not None:
+                self.latencies.append(ms)
+
+    def summary(self, seconds: float) -> str:
+        import numpy as np
+
+        total = sum(self.counts.values())
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
+        lat = ""
+        if self.latencies:
+            p50, p99 = np.percentile(self.latencies, [50, 99])
+            lat = f"; latency p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+        return f"{total} frames in {seconds:.1f} s: {parts or 'none'}{lat}"
+
+
+def _parse_wh(text: str) -> tuple[int, int]:
+    from andon.errors import ConfigError
+
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--size {text!r} is not WxH, e.g. 2448x2048") from None
+    if not (16 <= w <= 16384 and 16 <= h <= 16384):
+        raise ConfigError(f"--size {text} is outside 16-16384 pixels per side")
+    return w, h

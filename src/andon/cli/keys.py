@@ -1,0 +1,80 @@
+"""``andon keys create/list/revoke``: API keys in the service database (stored hashed, shown once)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+keys_app = typer.Typer(help="API keys: camera keys (bound to a camera id), operator and engineer keys.",
+                       no_args_is_help=True)
+
+ConfigOpt = typer.Option(None, "--config", help="Service settings file (as for 'andon serve').")
+DataDirOpt = typer.Option(None, "--data-dir", help="Service data folder (default ./andon-data).")
+DbOpt = typer.Option(None, "--database-url", help="Service database URL (default SQLite in the data dir).")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(keys_app, name="keys")
+
+
+def _sessions(config, data_dir, database_url):
+    from andon.service.db import make_engine, migrate, session_factory
+    from andon.service.settings import Settings
+
+    settings = Settings.load(config, data_dir=data_dir, database_url=database_url)
+    engine = make_engine(settings.db_url)
+    migrate(engine)
+    return session_factory(engine)
+
+
+@keys_app.command("create")
+def create(
+    role: str = typer.Option(..., "--role", help="camera, operator or engineer."),
+    camera_id: str | None = typer.Option(None, "--camera-id", help="The camera a camera key may post for."),
+    name: str | None = typer.Option(None, "--name", help="A label for the key (who holds it)."),
+    config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt, database_url: str | None = DbOpt,
+) -> None:
+    """Create a key and print it once (only its hash is kept)."""
+    from andon.service.auth import create_key
+
+    with _sessions(config, data_dir, database_url)() as session:
+        row, secret = create_key(session, role=role, camera_id=camera_id, name=name)
+        session.commit()
+    typer.echo(secret)
+    typer.secho(f"key {row.id} ({row.role}{', camera ' + row.camera_id if row.camera_id else ''}) created; "
+                "store it now, it is not shown again", err=True, fg=typer.colors.GREEN)
+
+
+@keys_app.command("list")
+def list_(
+    include_revoked: bool = typer.Option(False, "--all", help="Also show revoked keys."),
+    config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt, database_url: str | None = DbOpt,
+) -> None:
+    """List keys (ids, roles, cameras; never secrets)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from andon.service.auth import list_keys
+
+    with _sessions(config, data_dir, database_url)() as session:
+        rows = list_keys(session, include_revoked=include_revoked)
+    table = Table("id", "name", "role", "camera", "created", "revoked")
+    for r in rows:
+        table.add_row(r.id, r.name, r.role, r.camera_id or "", f"{r.created_at:%Y-%m-%d %H:%M}",
+                      f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "")
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def revoke(
+    key_id: str = typer.Argument(..., help="The key id (from 'andon keys list')."),
+    config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt, database_url: str | None = DbOpt,
+) -> None:
+    """Revoke a key; a running service refuses it within seconds."""
+    from andon.service.auth import revoke_key
+
+    with _sessions(config, data_dir, database_url)() as session:
+        row = revoke_key(session, key_id)
+        session.commit()
+    typer.echo(f"revoked {row.id} ({row.role})")

@@ -1,0 +1,135 @@
+"""``andon serve``: the inspection service (uvicorn), with workers and threads sized for the machine."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+import typer
+
+from andon.errors import ConfigError
+
+LOOPBACK = "127.0.0.1"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+
+
+def serve(
+    config: Path | None = typer.Option(None, "--config", help="YAML/JSON settings file (keys as in ANDON_* env "
+                                       "vars, lower-case, without the prefix)."),
+    host: str | None = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1). Without any API "
+                                    "key the service binds to loopback whatever this says."),
+    port: int | None = typer.Option(None, "--port", help="TCP port (default 8000)."),
+    model: Path | None = typer.Option(None, "--model", help="An exported .onnx file: registered, and promoted "
+                                      "when the registry has no active model."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Registry, images and the SQLite database "
+                                         "(default ./andon-data)."),
+    database_url: str | None = typer.Option(None, "--database-url", help="SQLAlchemy URL, e.g. "
+                                            "postgresql+psycopg://andon@db/andon (default SQLite in the data dir)."),
+    workers: int | None = typer.Option(None, "--workers", help="uvicorn worker processes (default 1: one process "
+                                       "with an inference thread pool uses the cores and keeps one model in RAM)."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
+) -> None:
+    """Run the service: cameras POST frames to /v1/inspections; API docs at /docs."""
+    import uvicorn
+
+    from andon.service.settings import Settings
+
+    settings = Settings.load(config, host=host, port=port, model=model, data_dir=data_dir,
+                             database_url=database_url, workers=workers)
+    settings = prepare(settings)
+    _banner(settings)
+    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, access_log=access_log,
+                  log_config=_log_config(settings.log_level),
+                  timeout_keep_alive=30, timeout_graceful_shutdown=20,
+                  limit_concurrency=4 * (settings.inference_threads + settings.queue_size) + 64)
+    if settings.workers == 1:
+        from andon.service.app import create_app
+
+        uvicorn.run(create_app(settings), **common)
+        return
+    uvicorn.run("andon.service.app:create_app_from_environment", factory=True, workers=settings.workers,
+                **common)
+
+
+def prepare(settings):
+    """Once, before any worker starts: migrate, register --model, decide the bind address."""
+    from andon.service.auth import list_keys
+    from andon.service.db import make_engine, migrate, session_factory
+    from andon.service.registry import ModelRegistry
+    from andon.service.runtime import ModelRuntime
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.db_url)
+    try:
+        migrate(engine)
+        with session_factory(engine)() as session:
+            has_keys = bool(list_keys(session))
+    finally:
+        engine.dispose()
+    if settings.model is not None:
+        ModelRuntime(ModelRegistry(settings.registry_dir), settings).bootstrap(settings.model)
+    changes: dict = {"model": None}
+    if not has_keys and not _is_loopback(settings.host):
+        typer.secho(f"no API keys are configured: binding to {LOOPBACK} only, not {settings.host}. Create keys "
+                    "with 'andon keys create --role camera --camera-id CAM' (and an engineer key) to serve the "
+                    "network.", fg=typer.colors.YELLOW, err=True)
+        changes["host"] = LOOPBACK
+    elif not has_keys:
+        typer.secho("no API keys are configured: open mode on loopback only (management routes still need an "
+                    "engineer key)", fg=typer.colors.YELLOW, err=True)
+    settings = settings.model_copy(update=changes)
+    if settings.workers > 1:
+        _hand_to_workers(settings)
+    return settings
+
+
+def _hand_to_workers(settings) -> None:
+    """Workers are fresh processes: give them the resolved settings as a file and nothing else."""
+    from andon.service.settings import CONFIG_ENV
+    from andon.service.storage import make_dirs_durably, write_durably
+
+    run_dir = settings.data_dir / "run"
+    make_dirs_durably(run_dir)
+    path = run_dir / "settings.json"
+    data = settings.model_dump(mode="json")
+    data["data_dir"] = str(Path(settings.data_dir).resolve())
+    import json
+
+    write_durably(path, json.dumps(data, indent=2).encode())
+    for name in [n for n in os.environ if n.startswith("ANDON_")]:
+        del os.environ[name]  # the file already has the environment's values, below the CLI's
+    os.environ[CONFIG_ENV] = str(path)
+
+
+def _log_config(level: str) -> dict:
+    """uvicorn's logging, plus the service's own logger (model swaps, storage failures) on the same handler."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["andon"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        raise ConfigError(f"host {host!r} is not an IP address; give e.g. 0.0.0.0 or 127.0.0.1") from None
+
+
+def _banner(settings) -> None:
+    from andon.service.registry import ModelRegistry
+
+    state = ModelRegistry(settings.registry_dir).state()
+    shown = "localhost" if _is_loopback(settings.host) else settings.host
+    typer.echo(f"andon service on http://{shown}:{settings.port} (docs at /docs) | active model: "
+               f"{state.active or 'none'} | data: {settings.data_dir} | {settings.workers} worker(s) x "
+               f"{settings.inference_threads} inference threads x {settings.intra_op_threads} onnxruntime threads")
