@@ -404,3 +404,42 @@ def _describe_value(value: onnx.ValueInfoProto) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
+
+
+# -- changing the thresholds in a model file ------------------------------------------------------------------
+
+
+def write_thresholds(path: str | Path, thresholds: Thresholds) -> ModelCard:
+    """Replace the thresholds in the card of an andon ``.onnx``, atomically; returns the card as written.
+
+    The file is validated first (a graph changed after export is refused, never re-signed); only the card
+    changes, so the content hash, which excludes the card, stays the same and the file still loads.
+    """
+    import os
+    import tempfile
+
+    from andon.inspect.card import CARD_METADATA_KEY
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist" if not path.exists() else f"{path} is not a file")
+    model = parse_model(path.read_bytes(), path)
+    refuse_external_data(model, path)
+    card = _read_card(model, path)
+    _verify_hash(model, card, path)
+    new_card = card.replace(thresholds=thresholds.model_dump())
+    for prop in model.metadata_props:
+        if prop.key == CARD_METADATA_KEY:
+            prop.value = new_card.to_json()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(model.SerializeToString())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return new_card

@@ -1,0 +1,163 @@
+"""``andon thresholds MODEL.onnx``: show the decision thresholds, set them by hand, or calibrate them.
+
+The thresholds live in the model card inside the .onnx, so the file that is deployed always says how it
+decides. Changing them rewrites only the card, atomically; the content hash (which excludes the card) is
+unchanged, so a service keeps recognising the model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from andon.errors import ConfigError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("thresholds", no_args_is_help=True)(thresholds)
+
+
+def thresholds(
+    model: Path = typer.Argument(..., help="An exported andon .onnx file."),
+    pass_below: float | None = typer.Option(None, "--pass-below", help="Pass when P(defect) is below this."),
+    reject_at: float | None = typer.Option(None, "--reject-at", help="Reject when P(defect) is at or above this."),
+    per_class: list[str] = typer.Option([], "--class", help="A per-class band NAME:PASS_BELOW:REJECT_AT on the class's "
+                                                           "own probability (stricter only); repeatable."),
+    clear_class: list[str] = typer.Option([], "--clear-class", help="Remove the per-class band of NAME; repeatable."),
+    calibrate: Path | None = typer.Option(None, "--calibrate", help="Calibrate on this labelled data (folder or "
+                                                                   "manifest; its --split when it has splits)."),
+    split: str = typer.Option("val", help="Split of --calibrate data to use when it has splits."),
+    target_escape: float = typer.Option(0.005, "--target-escape", help="Escape-rate target for --calibrate."),
+    max_false_reject: float | None = typer.Option(None, "--max-false-reject",
+                                                  help="False-reject cap for --calibrate (default: no review band)."),
+    max_review: float | None = typer.Option(None, "--max-review", help="Fail if the band would review more than this."),
+    class_target: list[str] = typer.Option([], "--class-target", help="Calibrate a band for defect class NAME[:TARGET] "
+                                                                     "too; repeatable."),
+    remap: str | None = typer.Option(None, "--remap", help="Rename data classes first, e.g. 'scratch=defect'."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the new thresholds without writing them."),
+    as_json: bool = typer.Option(False, "--json", help="Print the thresholds as JSON only."),
+) -> None:
+    """Show the thresholds in MODEL; with options, change them in the file."""
+    from rich.console import Console
+
+    from andon.cli.evaluate import calibration_table, thresholds_table, tradeoff_table
+    from andon.inspect.inspector import Inspector, write_thresholds
+
+    manual = pass_below is not None or reject_at is not None or per_class or clear_class
+    if manual and calibrate is not None:
+        raise ConfigError("give either thresholds by hand (--pass-below/--reject-at/--class) or --calibrate, not both")
+    inspector = Inspector.load(model, warmup=calibrate is not None)
+    console = Console(stderr=as_json)
+    current = inspector.card.thresholds
+    if not manual and calibrate is None:
+        _show(console, inspector, thresholds_table(current, title=f"Thresholds in {model.name}"), as_json, current)
+        return
+    if calibrate is not None:
+        result, points = _calibrate(inspector, calibrate, split, remap, target_escape, max_false_reject, max_review,
+                                    class_target)
+        new = result.thresholds
+        console.print(calibration_table(result))
+        console.print(tradeoff_table(points))
+    else:
+        new = _manual(current, inspector.card.defect_classes, pass_below, reject_at, per_class, clear_class)
+    if dry_run:
+        _show(console, inspector, thresholds_table(new, title="New thresholds (dry run: not written)"), as_json, new)
+        return
+    card = write_thresholds(model, new)
+    console.print(f"wrote the thresholds into {model} (content hash unchanged: {card.content_hash[:12]})")
+    _show(console, inspector, thresholds_table(card.thresholds, title=f"Thresholds in {model.name}"), as_json,
+          card.thresholds)
+
+
+def _show(console, inspector, table, as_json: bool, thresholds) -> None:
+    if as_json:
+        typer.echo(json.dumps({"model": str(inspector.path), "version": inspector.model_version,
+                               "hash": inspector.model_hash, "classes": inspector.card.classes,
+                               "defect_classes": inspector.card.defect_classes,
+                               "thresholds": thresholds.model_dump()}, indent=2))
+        return
+    console.print(table)
+    console.print(f"classes {inspector.card.classes}, defect classes {inspector.card.defect_classes}; "
+                  "pass if P(defect) < pass_below, reject if >= reject_at, review in between; per-class bands can "
+                  "only make a decision stricter")
+
+
+def _manual(current, defect_classes: list[str], pass_below: float | None, reject_at: float | None,
+            per_class: list[str], clear_class: list[str]):
+    from andon.inspect.card import Thresholds
+
+    band = current.defect
+    pb = band.pass_below if pass_below is None else pass_below
+    ra = band.reject_at if reject_at is None else reject_at
+    bands = dict(current.per_class)
+    for name in clear_class:
+        if name not in bands:
+            raise ConfigError(f"--clear-class {name}: there is no per-class band for {name!r} "
+                              f"(bands: {sorted(bands) or 'none'})")
+        del bands[name]
+    for spec in per_class:
+        name, band_c = _parse_class_band(spec, defect_classes)
+        bands[name] = band_c
+    return Thresholds(defect=_band(pb, ra, "P(defect)"), per_class=bands, source="manual (andon thresholds)")
+
+
+def _band(pass_below: float, reject_at: float, what: str):
+    from andon.inspect.card import ThresholdBand
+
+    for name, value in (("pass_below", pass_below), ("reject_at", reject_at)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{what} {name} {value} must be between 0 and 1")
+    if pass_below > reject_at:
+        raise ConfigError(f"{what}: pass_below {pass_below} must not exceed reject_at {reject_at} "
+                          "(the review band is [pass_below, reject_at))")
+    return ThresholdBand(pass_below=pass_below, reject_at=reject_at)
+
+
+def _parse_class_band(spec: str, defect_classes: list[str]):
+    parts = spec.rsplit(":", 2)
+    if len(parts) != 3:
+        raise ConfigError(f"--class {spec!r} is not NAME:PASS_BELOW:REJECT_AT, e.g. 'crack:0.1:0.4'")
+    name, pb, ra = parts
+    if name not in defect_classes:
+        raise ConfigError(f"--class {spec!r}: {name!r} is not a defect class; defect classes are {defect_classes}")
+    try:
+        return name, _band(float(pb), float(ra), f"P({name})")
+    except ValueError:
+        raise ConfigError(f"--class {spec!r}: {pb!r} and {ra!r} must be numbers between 0 and 1") from None
+
+
+def _calibrate(inspector, data: Path, split: str, remap: str | None, target_escape: float,
+               max_false_reject: float | None, max_review: float | None, class_target: list[str]):
+    import numpy as np
+
+    from andon.cli.evaluate import _load, _select
+    from andon.evaluation.calibration import calibrate_probs
+    from andon.evaluation.evaluate import labels_for, onnx_probs
+    from andon.evaluation.metrics import defect_score
+    from andon.evaluation.tradeoff import operating_points
+
+    ds = _load(data, remap)
+    subset, split_name, _ = _select(ds, split)
+    card = inspector.card
+    y = labels_for([s.label for s in subset], card.classes, source=str(data))
+    probs = onnx_probs(inspector, [s.path for s in subset])
+    targets = dict(_parse_class_target(t) for t in class_target)
+    source = f"{data}" + (f" split '{split_name}'" if split_name else "")
+    result = calibrate_probs(y, probs, card.classes, card.defect_classes, target_escape=target_escape,
+                             max_false_reject=max_false_reject, max_review=max_review, per_class=targets, source=source)
+    defect_idx = card.defect_indices
+    points = operating_points(np.isin(y, defect_idx), defect_score(probs, defect_idx))
+    return result, points
+
+
+def _parse_class_target(text: str) -> tuple[str, float | None]:
+    name, sep, target = text.partition(":")
+    if not sep:
+        return name, None
+    try:
+        return name, float(target)
+    except ValueError:
+        raise ConfigError(f"--class-target {text!r} is not NAME or NAME:TARGET (e.g. 'crack:0.001')") from None
+
