@@ -25,3 +25,23 @@ def tiny_model_path(tmp_path: Path) -> Path:
     from tiny_onnx import write_tiny_model
 
     return write_tiny_model(tmp_path / "tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server for the session (tests/pg_server.py); ``.new_database()`` gives a URL.
+
+    Skips only when no server binary exists (Debian: apt-get install postgresql; 'make system-deps' does).
+    """
+    from pg_server import PostgresServer, find_bin_dir
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl): apt-get install postgresql")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("the psycopg driver is not installed: pip install -e '.[serve]'")
+    server = PostgresServer(bin_dir).start()
+    yield server
+    server.stop()

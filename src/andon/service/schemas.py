@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from andon.service.tables import Inspection
 
@@ -24,6 +24,15 @@ class FrameMeta(BaseModel):
     part_id: str | None = Field(None, min_length=1, max_length=128, pattern=_ID)
     serial: str | None = Field(None, min_length=1, max_length=128)
     captured_at: dt.datetime | None = Field(None, description="capture time (ISO 8601 with a time zone)")
+
+    @field_validator("captured_at")
+    @classmethod
+    def _utc(cls, v: dt.datetime | None) -> dt.datetime | None:
+        if v is None:
+            return None
+        if v.tzinfo is None:
+            raise ValueError(f"{v.isoformat()} has no time zone; add Z or +hh:mm")
+        return v.astimezone(dt.timezone.utc)
 
 
 class InspectionOut(BaseModel):

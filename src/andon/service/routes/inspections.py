@@ -231,8 +231,6 @@ def _meta(values: dict[str, Any]) -> FrameMeta:
         meta = FrameMeta.model_validate(values)
     except ValidationError as exc:
         raise InvalidRequestError(describe_validation(exc.errors())) from None
-    if meta.captured_at is not None and meta.captured_at.tzinfo is None:
-        raise InvalidRequestError(f"captured_at {values['captured_at']} has no time zone; add Z or +hh:mm")
     return meta
 
 
