@@ -11,7 +11,7 @@ import enum
 import json
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -86,7 +86,6 @@ class Row:
     result: object | None = None
     error: str | None = None
     heatmap: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def inspect_items(inspector, items: list[Item], heatmap_dir: Path | None) -> list[Row]:

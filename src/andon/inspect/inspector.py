@@ -178,7 +178,7 @@ class Inspector:
     def _prepare(self, frame: Frame) -> "_Prepared":
         t0 = time.perf_counter()
         pixels = self.preprocessor.decode(frame)
-        size = _original_size(frame, pixels)
+        size = _original_size(frame, pixels, self.card.preprocess.input_size)
         t1 = time.perf_counter()
         tensor = self.preprocessor.to_tensor(self.preprocessor.resize(pixels))
         t2 = time.perf_counter()
@@ -225,14 +225,19 @@ class _Prepared:
         self.tensor, self.size, self.decode_ms, self.preprocess_ms = tensor, size, decode_ms, preprocess_ms
 
 
-def _original_size(frame: Frame, pixels: np.ndarray) -> tuple[int, int]:
+def _maybe_reduced(frame: Frame, h: int, w: int, target_hw: tuple[int, int]) -> bool:
+    """Only a JPEG decoded to at least the input size can have been decoded at reduced scale."""
+    return bytes(frame[:3]) == b"\xff\xd8\xff" and min(h, w) >= max(target_hw)
+
+
+def _original_size(frame: Frame, pixels: np.ndarray, target_hw: tuple[int, int]) -> tuple[int, int]:
     """(height, width) of the frame itself, even when the JPEG decoder used a reduced scale.
 
     The header size is before EXIF rotation; the decoded pixels are after it, so the header's sides are
     swapped when the decoded orientation differs.
     """
     h, w = int(pixels.shape[0]), int(pixels.shape[1])
-    if isinstance(frame, np.ndarray):
+    if isinstance(frame, np.ndarray) or not _maybe_reduced(frame, h, w, target_hw):
         return h, w
     header = decoding.probe(bytes(frame), max_pixels=1 << 62)
     if (header.height, header.width) == (h, w) or h == w or (header.height > header.width) == (h > w):

@@ -15,7 +15,9 @@ class InspectionResult:
 
     ``heatmap`` is the model's defect evidence at feature resolution (float32 h x w in [0, 1]); it is only
     computed when asked for. ``image_size`` is the frame's own (height, width), read from the image header
-    when the decoder used a reduced scale, so it always describes the original frame.
+    when the decoder used a reduced scale, so it always describes the original frame. ``timings_ms`` holds
+    decode, preprocess (resize + normalise), infer and total in milliseconds; for a frame inspected in a batch,
+    infer is the batch's single onnxruntime call divided by the number of frames.
     """
 
     label: str
