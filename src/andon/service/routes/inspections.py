@@ -242,7 +242,7 @@ async def _read_single(request: Request) -> tuple[bytes, dict[str, str]]:
     """The frame bytes and the metadata fields sent with them (multipart), or the raw body."""
     media = _media_type(request)
     if media == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=16, max_part_size=64 * 1024)
+        form = await request.form(max_files=2, max_fields=16, max_part_size=64 * 1024)
         try:
             files = _files(form)
             if len(files) != 1:
@@ -260,11 +260,13 @@ async def _read_single(request: Request) -> tuple[bytes, dict[str, str]]:
 async def _read_batch(request: Request, max_frames: int, idempotency_key: str | None) -> list[IncomingFrame]:
     if _media_type(request) != "multipart/form-data":
         raise UnsupportedMediaTypeError("a batch is multipart/form-data with one file field 'frame' per frame")
-    form = await request.form(max_files=max_frames, max_fields=16, max_part_size=256 * 1024)
+    form = await request.form(max_files=max_frames + 1, max_fields=16, max_part_size=256 * 1024)
     try:
         files = _files(form)
         if not files:
             raise InvalidRequestError("the batch has no file field 'frame'")
+        if len(files) > max_frames:
+            raise InvalidRequestError(f"a batch has at most {max_frames} frames; split it into several requests")
         shared = _fields(form, (*_META_FIELDS, "meta"))
         per_frame = _per_frame_meta(shared.pop("meta", None), len(files))
         frames = []
