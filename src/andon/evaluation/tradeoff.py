@@ -148,9 +148,13 @@ def plot_tradeoff(curve: TradeoffCurve, path: str | Path, *, band: ThresholdBand
 def _sweep_panel(ax, curve: TradeoffCurve, band: ThresholdBand | None, target: float | None) -> None:
     t = curve.thresholds
     keep = t <= 1.0
-    ax.plot(t[keep], curve.escape[keep], color="#c0392b", lw=2, label="escape rate if pass_below = t")
-    ax.plot(t[keep], curve.false_reject[keep], color="#2471a3", lw=2, label="false-reject rate if reject_at = t")
-    ax.plot(t[keep], curve.below[keep], color="#7f8c8d", lw=1, ls=":", label="parts with P(defect) < t")
+    # each rate at grid point t_i holds for thresholds in (t_{i-1}, t_i]: a step drawn "pre"
+    ax.plot(t[keep], curve.escape[keep], color="#c0392b", lw=2, drawstyle="steps-pre",
+            label="escape rate if pass_below = t")
+    ax.plot(t[keep], curve.false_reject[keep], color="#2471a3", lw=2, drawstyle="steps-pre",
+            label="false-reject rate if reject_at = t")
+    ax.plot(t[keep], curve.below[keep], color="#7f8c8d", lw=1, ls=":", drawstyle="steps-pre",
+            label="parts with P(defect) < t")
     if target is not None:
         ax.axhline(target, color="#c0392b", ls="--", lw=1, label=f"target escape {target:.2%}")
     if band is not None:
