@@ -12,12 +12,15 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from andon.errors import RunError
 from andon.inspect.card import ModelCard
+
+if TYPE_CHECKING:
+    from andon.models.classifier import Classifier
 
 CHECKPOINT_FORMAT = "andon-checkpoint-1"
 
@@ -68,6 +71,9 @@ def load_checkpoint(path: str | Path, *, with_extra: bool = True) -> Checkpoint:
         raise RunError(f"checkpoint {path} cannot be read ({type(exc).__name__}); is it an andon checkpoint?") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise RunError(f"{path} is not an andon checkpoint (expected format '{CHECKPOINT_FORMAT}')")
+    lacking = [k for k in ("model_name", "num_classes", "state_dict", "card") if k not in payload]
+    if lacking:
+        raise RunError(f"checkpoint {path} lacks {', '.join(lacking)}; it is damaged or from another tool")
     return Checkpoint(
         model_name=payload["model_name"],
         num_classes=int(payload["num_classes"]),
@@ -76,3 +82,23 @@ def load_checkpoint(path: str | Path, *, with_extra: bool = True) -> Checkpoint:
         epoch=int(payload.get("epoch", 0)),
         extra=payload.get("extra", {}) if with_extra else {},
     )
+
+
+def model_from_checkpoint(ckpt: Checkpoint) -> "Classifier":
+    """The trained ``Classifier`` of a checkpoint (eval mode); ``RunError`` when its weights do not fit."""
+    from andon.models.registry import create_model
+
+    model = create_model(ckpt.model_name, ckpt.num_classes, weights="none", progress=False)
+    expected, given = model.state_dict(), ckpt.state_dict
+    problems = {
+        "missing": [k for k in expected if k not in given],
+        "unexpected": [k for k in given if k not in expected],
+        "wrong shape": [k for k, v in expected.items() if k in given and tuple(given[k].shape) != tuple(v.shape)],
+    }
+    if any(problems.values()):
+        parts = [f"{name} {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}" for name, keys in problems.items()
+                 if keys]
+        raise RunError(f"the checkpoint's weights do not fit {ckpt.model_name} with {ckpt.num_classes} classes: "
+                       + "; ".join(parts))
+    model.load_state_dict(given, strict=True)
+    return model.eval()

@@ -1,0 +1,179 @@
+"""``andon export RUN --out MODEL.onnx [--int8]`` and ``andon info MODEL.onnx [--json]``.
+
+``export`` needs andon[train] (torch); it is imported inside the command. ``info`` is torch-free: onnx and
+the card reader only, so it works on a serving box.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export", no_args_is_help=True)(export)
+    app.command("info", no_args_is_help=True)(info)
+
+
+def export(
+    run: Path = typer.Argument(..., help="Training run folder (with best.pt and splits.csv)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The .onnx file to write (atomically; nothing on failure)."),
+    int8: bool = typer.Option(False, "--int8", help="Quantize to int8 (static, QDQ, per-channel), calibrated on "
+                                                    "training images."),
+    max_accuracy_drop: float = typer.Option(
+        1.0, "--max-accuracy-drop", help="With --int8: refuse to write the file if int8 accuracy on the validation "
+                                         "images is more than this many percentage points below fp32."),
+    calibration_images: int = typer.Option(128, "--calibration-images", min=1,
+                                           help="With --int8: training images used to calibrate activation ranges."),
+    verify_images: int = typer.Option(64, "--verify-images", min=1,
+                                      help="Validation images on which torch and onnxruntime must agree."),
+    eval_images: int | None = typer.Option(None, "--eval-images", min=1,
+                                           help="With --int8: validation images to judge accuracy on (default all)."),
+    opset: int = typer.Option(17, "--opset", min=17, help="ONNX opset (17 or newer)."),
+    exporter: str = typer.Option("torchscript", "--exporter",
+                                 help="torch exporter: torchscript (opset 17+) or dynamo (opset 18+)."),
+) -> None:
+    """Export a training run to one self-describing ONNX file, verified against torch."""
+    from rich.console import Console
+
+    from andon.errors import ConfigError
+
+    if exporter not in ("torchscript", "dynamo"):
+        raise ConfigError(f"--exporter {exporter!r} is not one of torchscript, dynamo")
+    console = Console(stderr=True, log_path=False)
+    with console.status("exporting") as status:
+        def progress(message: str) -> None:
+            status.update(message)
+            console.log(message)
+
+        from andon.models.export import export_run
+
+        report = export_run(run, out, int8=int8, max_accuracy_drop=max_accuracy_drop,
+                            calibration_images=calibration_images, verify_images=verify_images,
+                            eval_images=eval_images, opset=opset, exporter=exporter,  # type: ignore[arg-type]
+                            progress=progress)
+    _print_report(report)
+
+
+def _print_report(report) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    p, q = report.parity, report.int8
+    rows = [
+        ("file", f"{report.path} ({_size(report.size_bytes)})"),
+        ("graph", f"opset {report.opset}, {report.exporter} exporter, heatmap {report.heatmap_size[0]}x"
+                  f"{report.heatmap_size[1]}, {report.card.quantization}"),
+        ("parity", f"max |torch - onnxruntime| probs {p.probs_max_abs:.2e}, heatmap {p.heatmap_max_abs:.2e} on "
+                   f"{p.n_images} images, batches {', '.join(map(str, p.batch_sizes))}"),
+    ]
+    if q is not None:
+        rows.append(("int8 accuracy", f"{q.fp32_accuracy:.2%} fp32 -> {q.int8_accuracy:.2%} int8 "
+                                      f"({-q.accuracy_drop_pp:+.2f} points) on {q.n_eval} images, "
+                                      f"{q.agreement:.1%} same predictions"))
+        rows.append(("int8 speed", f"{q.fp32_ms_per_image:.2f} -> {q.int8_ms_per_image:.2f} ms/image "
+                                   f"({q.speedup:.2f}x faster), size {_size(q.fp32_bytes)} -> {_size(q.int8_bytes)} "
+                                   f"({q.size_ratio:.2f}x)"))
+    rows += [("content hash", report.card.content_hash), ("time", f"{report.seconds:.1f} s")]
+    table = Table(show_header=False, box=None, pad_edge=False)
+    for key, value in rows:
+        table.add_row(key, escape(value))
+    Console().print(table)
+
+
+def info(
+    model: Path = typer.Argument(..., help="An .onnx file written by 'andon export'."),
+    as_json: bool = typer.Option(False, "--json", help="Print the card and the graph's signature as JSON."),
+) -> None:
+    """Show the model card and the graph signature of an exported model (no torch needed)."""
+    summary = describe(model)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    _print_info(summary)
+
+
+def describe(path: Path) -> dict:
+    """Card, signature, opset, size and hash check of an andon ONNX file; one-line errors for anything else."""
+    from andon.errors import ModelFileError
+    from andon.inspect.inspector import parse_model
+    from andon.inspect.onnxfile import content_hash, read_card
+
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist" if not path.exists() else f"{path} is not a file")
+    data = path.read_bytes()
+    model = parse_model(data, path)
+    card = read_card(model, source=str(path))
+    actual = content_hash(model)
+    return {
+        "file": str(path),
+        "size_bytes": len(data),
+        "opset": {imp.domain or "ai.onnx": imp.version for imp in model.opset_import},
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "inputs": [_value(v) for v in model.graph.input if v.name not in {t.name for t in model.graph.initializer}],
+        "outputs": [_value(v) for v in model.graph.output],
+        "content_hash_ok": actual == card.content_hash,
+        "card": card.model_dump(mode="json"),
+    }
+
+
+def _value(value) -> dict:
+    import onnx
+
+    tensor = value.type.tensor_type
+    dims = [d.dim_param or d.dim_value for d in tensor.shape.dim] if tensor.HasField("shape") else None
+    return {"name": value.name, "type": onnx.TensorProto.DataType.Name(tensor.elem_type).lower(), "shape": dims}
+
+
+def _print_info(s: dict) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    card = s["card"]
+    pre = card["preprocess"]
+    th = card["thresholds"]
+    table = Table(title=f"{s['file']}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    rows = [
+        ("name / version", f"{card['name']} {card['version']}"),
+        ("classes", ", ".join(card["classes"])),
+        ("defect classes", ", ".join(card["defect_classes"])),
+        ("input", f"{pre['input_size'][0]}x{pre['input_size'][1]} (HxW), RGB channel order, NCHW float32, "
+                  f"colour mode {pre['color_mode']}"),
+        ("resize", f"{pre['resize']} ({pre['interpolation']} interpolation, pad value {pre['pad_value']})"),
+        ("normalisation", f"mean {_triple(pre['mean'])}, std {_triple(pre['std'])} (on pixels / 255)"),
+        ("thresholds", f"P(defect) pass below {th['defect']['pass_below']:g}, reject at {th['defect']['reject_at']:g}"
+                       + "".join(f"; {c}: {b['pass_below']:g}/{b['reject_at']:g}" for c, b in th["per_class"].items())
+                       + f" ({th['source']})"),
+        ("backbone / weights", f"{card['backbone']} / {card['weights']}"),
+        ("quantization", card["quantization"]),
+        ("training data", card["data_fingerprint"] or "-"),
+        ("metrics", ", ".join(f"{k} {v:.4g}" for k, v in card["metrics"].items()) or "-"),
+        ("andon / created", f"{card['andon_version']} / {card['created']}"),
+        ("content hash", card["content_hash"] + ("" if s["content_hash_ok"] else "  MISMATCH: graph changed after export")),
+        ("inputs", "; ".join(_sig(v) for v in s["inputs"])),
+        ("outputs", "; ".join(_sig(v) for v in s["outputs"])),
+        ("opset", ", ".join(f"{d} {v}" for d, v in s["opset"].items())),
+        ("file size", _size(s["size_bytes"])),
+    ]
+    for key, value in rows:
+        table.add_row(key, escape(value))
+    Console().print(table)
+
+
+def _sig(v: dict) -> str:
+    shape = "?" if v["shape"] is None else "[" + ", ".join(str(d) for d in v["shape"]) + "]"
+    return f"{v['name']} {v['type']} {shape}"
+
+
+def _triple(values: list[float]) -> str:
+    return "(" + ", ".join(f"{x:.4g}" for x in values) + ")"
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"

@@ -1,0 +1,57 @@
+"""The exported inspection graph: ``image`` -> ``probs``, ``heatmap`` (the contract the Inspector relies on).
+
+Inputs and outputs (batch dimension dynamic):
+
+- ``image``   float32 [N, 3, H, W]: the tensor ``Preprocessor`` makes (RGB, normalised by the card).
+- ``probs``   float32 [N, K]: softmax of the classifier's logits, in the card's class order.
+- ``heatmap`` float32 [N, h, w] in [0, 1], at the resolution of the last feature map (H/32 x W/32).
+
+The heatmap is a class activation map, exact because the head is linear on globally averaged features:
+with per-location logits ``z(y, x) = head(F[:, :, y, x])`` (whose spatial mean is the logits),
+
+    heatmap(y, x) = sigmoid( logsumexp_{c in D} z_c(y, x) - logsumexp_{c in G} z_c(y, x) )
+                  = sum_{c in D} softmax(z(y, x))_c
+
+that is, the local probability that the part is defective, from defect classes D against good classes G.
+The second form is what the graph computes (softmax is numerically safe in every runtime).
+
+When every class is a defect class (a defect-type classifier such as NEU steel, with no "ok" class), "is
+it defective" is not a question the model answers; the heatmap then shows where the evidence for the
+predicted class is: D = {the image's predicted class}, G = the other classes, i.e. the per-location softmax
+probability of the predicted class. The same formula, so the Inspector reads both the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from andon.models.classifier import Classifier
+
+
+class InspectionGraph(nn.Module):
+    """Wraps a trained ``Classifier`` into the two-output graph that export writes to ONNX."""
+
+    def __init__(self, model: Classifier, defect_indices: list[int]) -> None:
+        super().__init__()
+        k = model.num_classes
+        if not defect_indices or any(not 0 <= i < k for i in defect_indices):
+            raise ValueError(f"defect indices {defect_indices} must be a non-empty subset of 0..{k - 1}")
+        self.model = model
+        self.all_defect = len(set(defect_indices)) == k
+        mask = torch.zeros(k)
+        mask[list(defect_indices)] = 1.0
+        self.register_buffer("defect_mask", mask[None, :, None, None], persistent=False)
+        self.register_buffer("class_index", torch.arange(k)[None, :], persistent=False)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.model.features(image)
+        logits = self.model.head(feats.mean(dim=(2, 3)))
+        local = torch.softmax(self.model.local_logits(feats), dim=1)
+        if self.all_defect:
+            predicted = logits.argmax(dim=1, keepdim=True)
+            mask = (self.class_index == predicted).to(local.dtype)[:, :, None, None]
+        else:
+            mask = self.defect_mask
+        heatmap = (local * mask).sum(dim=1).clamp(0.0, 1.0)
+        return torch.softmax(logits, dim=1), heatmap

@@ -1,0 +1,155 @@
+"""Static int8 quantization of an exported graph with onnxruntime, and the measurements that judge it.
+
+QDQ format (QuantizeLinear/DequantizeLinear pairs around int8 kernels), weights int8 per output channel,
+activations uint8 with ranges calibrated (min/max) on training images run through the fp32 graph. The
+classifier's tail (pooling, head, softmax and the heatmap) stays fp32: it is a tiny share of the compute,
+and quantizing a softmax's input costs probability resolution the thresholds depend on.
+
+Quantization can silently cost accuracy, so export measures it on held-out images (``compare``) and
+refuses a file whose accuracy drops beyond the bound the user set.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from andon.errors import ExportError
+
+
+@dataclass(frozen=True)
+class Int8Report:
+    """fp32 against int8 on the same images and the same batch, on this machine."""
+
+    n_eval: int
+    fp32_accuracy: float
+    int8_accuracy: float
+    #: percentage points lost (negative when int8 happens to do better)
+    accuracy_drop_pp: float
+    #: share of images where both predict the same class
+    agreement: float
+    max_prob_diff: float
+    fp32_ms_per_image: float
+    int8_ms_per_image: float
+    fp32_bytes: int
+    int8_bytes: int
+    calibration_images: int
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_ms_per_image / self.int8_ms_per_image
+
+    @property
+    def size_ratio(self) -> float:
+        return self.int8_bytes / self.fp32_bytes
+
+
+class _Calibration:
+    """onnxruntime ``CalibrationDataReader`` over preprocessed images, in batches."""
+
+    def __init__(self, images: np.ndarray, input_name: str, batch: int) -> None:
+        self._batches = iter([{input_name: images[i:i + batch]} for i in range(0, len(images), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def tail_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes downstream of the trunk's feature map (pooling, head, softmax, heatmap).
+
+    The feature map is the input of the head's per-location 1x1 convolution: the Conv whose output goes
+    into a Softmax.
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    heads = [n for n in model.graph.node if n.op_type == "Conv"
+             and any(c.op_type == "Softmax" for o in n.output for c in consumers.get(o, []))]
+    if len(heads) != 1:
+        raise ExportError(f"cannot find the classifier head in the graph ({len(heads)} candidate convolutions); "
+                          "int8 export needs a graph written by andon export")
+    tail: list[str] = []
+    seen: set[int] = set()
+    frontier = [heads[0].input[0]]
+    while frontier:
+        for node in consumers.get(frontier.pop(), []):
+            if id(node) not in seen:
+                seen.add(id(node))
+                tail.append(node.name)
+                frontier.extend(node.output)
+    return [name for name in tail if name]
+
+
+def quantize_int8(fp32: onnx.ModelProto, calibration: np.ndarray, *, input_name: str = "image",
+                  batch: int = 8) -> onnx.ModelProto:
+    """The int8 (QDQ, per-channel) version of ``fp32``, calibrated on ``calibration`` (N x 3 x H x W)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if len(calibration) == 0:
+        raise ExportError("int8 quantization needs calibration images, and the training split has none")
+    with tempfile.TemporaryDirectory(prefix="andon-int8-") as tmp:
+        src, pre, dst = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
+        onnx.save(fp32, str(src))
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        prepared = onnx.load(str(pre))
+        quantize_static(
+            str(pre), str(dst), _Calibration(calibration, input_name, batch),
+            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=tail_nodes(prepared),
+        )
+        return _prune_opsets(onnx.load(str(dst)))
+
+
+def _prune_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the opset imports of domains no node uses (onnxruntime's pre-processing declares a dozen)."""
+    used = {n.domain for n in model.graph.node} | {""}
+    keep = [o for o in model.opset_import if o.domain in used or (o.domain == "ai.onnx" and "" in used)]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+    onnx.checker.check_model(model)
+    return model
+
+
+def compare(fp32_session: object, int8_session: object, images: np.ndarray, labels: np.ndarray, *,
+            input_name: str, probs_name: str, fp32_bytes: int, int8_bytes: int, calibration_images: int,
+            batch: int = 16, timing_batch: int = 8, repeats: int = 10) -> Int8Report:
+    """Accuracy of both sessions on ``images`` and their speed on one batch of up to ``timing_batch`` images."""
+    p32 = _predict(fp32_session, images, input_name, probs_name, batch)
+    p8 = _predict(int8_session, images, input_name, probs_name, batch)
+    acc32 = float((p32.argmax(1) == labels).mean())
+    acc8 = float((p8.argmax(1) == labels).mean())
+    sample = images[:timing_batch]
+    ms32 = _time_per_image(fp32_session, sample, input_name, probs_name, repeats)
+    ms8 = _time_per_image(int8_session, sample, input_name, probs_name, repeats)
+    return Int8Report(
+        n_eval=len(images), fp32_accuracy=acc32, int8_accuracy=acc8, accuracy_drop_pp=(acc32 - acc8) * 100.0,
+        agreement=float((p32.argmax(1) == p8.argmax(1)).mean()), max_prob_diff=float(np.abs(p32 - p8).max()),
+        fp32_ms_per_image=ms32, int8_ms_per_image=ms8, fp32_bytes=fp32_bytes, int8_bytes=int8_bytes,
+        calibration_images=calibration_images,
+    )
+
+
+def _predict(session: object, images: np.ndarray, input_name: str, probs_name: str, batch: int) -> np.ndarray:
+    out = [session.run([probs_name], {input_name: images[i:i + batch]})[0]  # type: ignore[attr-defined]
+           for i in range(0, len(images), batch)]
+    return np.concatenate(out).astype(np.float64)
+
+
+def _time_per_image(session: object, sample: np.ndarray, input_name: str, probs_name: str, repeats: int) -> float:
+    """Median wall time of one batch call, per image, after a warm-up call."""
+    feed = {input_name: np.ascontiguousarray(sample)}
+    session.run([probs_name], feed)  # type: ignore[attr-defined]
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        session.run([probs_name], feed)  # type: ignore[attr-defined]
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1000.0 / len(sample)
