@@ -1,1 +1,1 @@
-"""andon.training."""
+"""Training: recipe, cached data pipeline, train/evaluate loops, fit orchestration, report (torch)."""

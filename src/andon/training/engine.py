@@ -1,0 +1,73 @@
+"""One training epoch and one evaluation pass (torchvision references style: plain functions)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from rich.progress import Progress
+from torch import nn
+
+from andon.training.progress import set_status, track
+
+
+def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                    device: torch.device, epoch: int, progress: Progress | None = None) -> dict[str, float]:
+    """Train for one pass over ``loader``, stepping the scheduler every batch.
+
+    Returns the mean training loss, the training accuracy (on augmented images), the learning rate at
+    the end and the wall time, including any time spent waiting for data.
+    """
+    model.train()
+    start = time.perf_counter()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    for (images, labels), task in track(loader, progress, f"epoch {epoch}", len(loader)):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        logits = model(images)
+        loss = criterion(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach().double() * len(labels)
+        correct += (logits.detach().argmax(1) == labels).sum()
+        seen += len(labels)
+        if progress is not None:
+            set_status(progress, task, f"loss {loss_sum.item() / seen:.4f}  acc {correct.item() / seen:.1%}")
+    if seen == 0:
+        raise RuntimeError("the training loader yielded no batch")
+    return {
+        "train_loss": loss_sum.item() / seen,
+        "train_accuracy": correct.item() / seen,
+        "lr": max(group["lr"] for group in optimizer.param_groups),
+        "train_seconds": time.perf_counter() - start,
+    }
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
+             progress: Progress | None = None, description: str = "evaluate") -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities for every image of ``loader``, in loader order: (y_true, probs)."""
+    model.eval()
+    labels_out: list[np.ndarray] = []
+    probs_out: list[np.ndarray] = []
+    for (images, labels), _task in track(loader, progress, description, len(loader)):
+        logits = model(images.to(device, non_blocking=True))
+        probs_out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        labels_out.append(labels.numpy())
+    if not probs_out:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(labels_out).astype(np.int64), np.concatenate(probs_out)
+
+
+def cross_entropy(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class (the plain validation loss, no smoothing or weights)."""
+    if len(y_true) == 0:
+        return float("nan")
+    p = np.clip(probs[np.arange(len(y_true)), y_true].astype(np.float64), 1e-12, 1.0)
+    return float(-np.log(p).mean())

@@ -1,0 +1,282 @@
+"""``fit(recipe)``: one training run from a data folder to ``runs/<name>/``.
+
+The order: seed, load and split the data, build the model (its weights decide the normalisation), cache
+the images, then epochs of ``train_one_epoch`` + ``evaluate`` on val. The first ``freeze_epochs`` train
+the new head only; then the whole network is fine-tuned. After every epoch ``last.pt`` holds everything
+needed to continue exactly (model, optimizer, scheduler, RNG states, early-stopping state) and
+``best.pt`` the best model by the monitored validation metric. At the end the best model is evaluated
+on val and test, its predictions saved and the report written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+
+from andon.errors import ConfigError, DatasetError
+from andon.evaluation.metrics import classification_report
+from andon.inspect.card import ModelCard, PreprocessSpec, default_defect_classes
+from andon.models import Checkpoint, Classifier, create_model, load_checkpoint, save_checkpoint
+from andon.training.augment import build_augmenter
+from andon.training.data import (EpochSampler, RunData, eval_loader, load_split_dataset, prepare_run_data,
+                                 preprocess_spec, split_datasets, train_loader)
+from andon.training.engine import cross_entropy, evaluate, train_one_epoch
+from andon.training.optim import (build_criterion, build_optimizer, build_scheduler, class_counts,
+                                  sample_weights)
+from andon.training.progress import make_progress, summary_table
+from andon.training.recipe import Recipe
+from andon.training.rundir import (RunDir, atomic_write, named, open_run, read_metrics, save_predictions,
+                                   write_metrics)
+from andon.training.seeding import configure_torch, rng_state, seed_everything, set_rng_state
+
+HEADLINE = ("accuracy", "macro_recall", "macro_f1", "defect_recall", "roc_auc", "pr_auc")
+
+
+@dataclass
+class StopState:
+    """Early stopping and best-epoch bookkeeping; saved in last.pt."""
+
+    epoch: int = 0                 # epochs completed
+    best_value: float = -math.inf  # of the monitored metric, sign-adjusted so that higher is better
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped: bool = False
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    best_epoch: int
+    epochs_run: int
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> headline
+
+
+@dataclass
+class Session:
+    """What the epoch loop works on, built once by ``_setup``."""
+
+    recipe: Recipe
+    run: RunDir
+    device: torch.device
+    data: RunData
+    model: Classifier
+    card: ModelCard
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    criterion: torch.nn.Module
+    sampler: EpochSampler
+    loaders: dict[str, torch.utils.data.DataLoader]
+
+
+EpochCallback = Callable[[int, dict[str, Any]], None]
+
+
+def fit(recipe: Recipe, *, resume: bool = False, console: Console | None = None,
+        callbacks: Sequence[EpochCallback] = ()) -> RunResult:
+    """Train the recipe's model; with ``resume``, continue the named run from its ``last.pt``.
+
+    ``callbacks`` are called after each epoch's checkpoint with (epoch, metrics row).
+    """
+    console = console or Console(stderr=True)
+    recipe = named(recipe)
+    run = open_run(recipe, resume=resume)
+    atomic_write(run.recipe, recipe.to_yaml())
+    console.print(f"run [bold]{run.path}[/]  (continue an interrupted run with --name {run.name} --resume)")
+    with make_progress(console) as progress:
+        session = setup_session(recipe, run, progress)
+        state, rows = _restore(session) if resume else (StopState(), [])
+        _epochs(session, state, rows, progress, console, callbacks)
+        result = _finish(session, state, progress)
+    console.print(summary_table(f"run {run.name}: best epoch {result.best_epoch}", result.metrics, list(HEADLINE)))
+    console.print(f"report: {run.path / 'report.html'}")
+    return result
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda but no CUDA device is available; use train.device=cpu or auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def setup_session(recipe: Recipe, run: RunDir, progress: Progress | None = None) -> Session:
+    """Data, cache, model, loaders, optimizer: everything an epoch needs (also used by bench/pipeline.py)."""
+    cfg = recipe.train
+    device = pick_device(cfg.device)
+    configure_torch(cfg.threads, device)
+    seed_everything(cfg.seed)
+    dataset = load_split_dataset(recipe.data)
+    model = create_model(recipe.model.name, len(dataset.classes), recipe.model.weights,
+                         mean=recipe.model.mean, std=recipe.model.std).to(device)
+    info = model.weights_info
+    spec = preprocess_spec(recipe.model, info.mean, info.std)
+    data = prepare_run_data(dataset, spec, run.path, workers=cfg.workers, progress=progress)
+    card = make_card(recipe, run.name, data, spec, weights=info.source)
+    counts = class_counts(data.labels[data.indices["train"]], data.classes)
+    weights = sample_weights(data.labels[data.indices["train"]], counts) if cfg.balance == "sampler" else None
+    sampler = EpochSampler(len(data.indices["train"]), cfg.seed, weights)
+    datasets = split_datasets(data, build_augmenter(recipe.augment))
+    loaders = {"train": train_loader(datasets["train"], sampler, batch_size=cfg.batch_size, workers=cfg.workers,
+                                     device=device, seed=cfg.seed),
+               "val": eval_loader(datasets["val"], batch_size=2 * cfg.batch_size, workers=cfg.workers, device=device),
+               "test": eval_loader(datasets["test"], batch_size=2 * cfg.batch_size, workers=cfg.workers,
+                                   device=device, persistent=False)}
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, len(loaders["train"]))
+    criterion = build_criterion(cfg, counts, device)
+    return Session(recipe, run, device, data, model, card, optimizer, scheduler, criterion, sampler, loaders)
+
+
+def make_card(recipe: Recipe, run_name: str, data: RunData, spec: PreprocessSpec, *, weights: str,
+              metrics: dict[str, float] | None = None) -> ModelCard:
+    return ModelCard(
+        name=run_name,
+        version=f"{run_name}@{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}",
+        classes=data.classes,
+        defect_classes=default_defect_classes(data.classes, recipe.data.defect_classes),
+        preprocess=spec,
+        backbone=recipe.model.name,
+        weights=weights,
+        data_fingerprint=data.dataset.fingerprint(),
+        metrics={k: v for k, v in (metrics or {}).items() if math.isfinite(v)},
+    )
+
+
+def _epochs(s: Session, state: StopState, rows: list[dict[str, Any]], progress: Progress, console: Console,
+            callbacks: Sequence[EpochCallback]) -> None:
+    cfg = s.recipe.train
+    while state.epoch < cfg.epochs and not state.stopped:
+        epoch = state.epoch + 1
+        row, report = _run_epoch(s, epoch, progress)
+        rows.append(row)
+        value = _monitored(row, cfg.monitor)
+        state.epoch = epoch
+        if value > state.best_value:
+            state.best_value, state.best_epoch, state.bad_epochs = value, epoch, 0
+            _save_best(s, epoch, report)
+        elif epoch > cfg.freeze_epochs:
+            state.bad_epochs += 1
+        state.stopped = 0 < cfg.patience <= state.bad_epochs
+        write_metrics(s.run.metrics, rows)
+        _save_last(s, state)
+        console.print(_epoch_line(row, cfg.epochs, state), markup=False, highlight=False)
+        for callback in callbacks:
+            callback(epoch, row)
+
+
+def _run_epoch(s: Session, epoch: int, progress: Progress) -> tuple[dict[str, Any], dict[str, float]]:
+    frozen = epoch <= s.recipe.train.freeze_epochs
+    if frozen:
+        s.model.freeze_backbone()
+    else:
+        s.model.unfreeze_backbone()
+    s.sampler.set_epoch(epoch)
+    start = time.perf_counter()
+    train = train_one_epoch(s.model, s.loaders["train"], s.criterion, s.optimizer, s.scheduler, s.device,
+                            epoch, progress)
+    y_true, probs = evaluate(s.model, s.loaders["val"], s.device, progress, f"validate {epoch}")
+    report = classification_report(y_true, probs, s.card.classes, s.card.defect_classes).headline()
+    row: dict[str, Any] = {"epoch": epoch, "phase": "head" if frozen else "full",
+                           "train_loss": train["train_loss"], "train_accuracy": train["train_accuracy"],
+                           "val_loss": cross_entropy(y_true, probs)}
+    row.update({f"val_{k}": report[k] for k in HEADLINE})
+    row.update({"lr": train["lr"], "seconds": round(time.perf_counter() - start, 3)})
+    return row, report
+
+
+def _monitored(row: dict[str, Any], monitor: str) -> float:
+    value = float(row[monitor] if monitor == "val_loss" else row[f"val_{monitor}"])
+    if math.isnan(value):
+        return -math.inf
+    return -value if monitor == "val_loss" else value
+
+
+def _epoch_line(row: dict[str, Any], epochs: int, state: StopState) -> str:
+    mark = " *" if state.best_epoch == row["epoch"] else ""
+    stop = "  (early stop)" if state.stopped else ""
+    return (f"epoch {row['epoch']}/{epochs} [{row['phase']}]  train loss {row['train_loss']:.4f} "
+            f"acc {row['train_accuracy']:.1%}  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.1%} "
+            f"macro recall {row['val_macro_recall']:.1%}  lr {row['lr']:.2e}  {row['seconds']:.1f}s{mark}{stop}")
+
+
+def _checkpoint(s: Session, epoch: int, card: ModelCard, extra: dict[str, Any] | None = None) -> Checkpoint:
+    state_dict = {k: v.detach().cpu() for k, v in s.model.state_dict().items()}
+    return Checkpoint(model_name=s.recipe.model.name, num_classes=len(s.card.classes), state_dict=state_dict,
+                      card=card, epoch=epoch, extra=extra or {})
+
+
+def _save_best(s: Session, epoch: int, report: dict[str, float]) -> None:
+    card = s.card.replace(metrics={f"val_{k}": v for k, v in report.items() if math.isfinite(v)})
+    save_checkpoint(s.run.best, _checkpoint(s, epoch, card))
+
+
+def _save_last(s: Session, state: StopState) -> None:
+    extra = {"optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
+             "rng": rng_state(), "stop": asdict(state), "recipe": s.recipe.to_dict()}
+    save_checkpoint(s.run.last, _checkpoint(s, state.epoch, s.card, extra))
+
+
+def _restore(s: Session) -> tuple[StopState, list[dict[str, Any]]]:
+    ckpt = load_checkpoint(s.run.last)
+    if ckpt.card.data_fingerprint != s.card.data_fingerprint:
+        raise DatasetError(f"the data under {s.recipe.data.path} changed since run '{s.run.name}' started "
+                           "(its fingerprint differs); start a new run instead of resuming")
+    s.model.load_state_dict(ckpt.state_dict)
+    s.optimizer.load_state_dict(ckpt.extra["optimizer"])
+    s.scheduler.load_state_dict(ckpt.extra["scheduler"])
+    set_rng_state(ckpt.extra["rng"])
+    state = StopState(**ckpt.extra["stop"])
+    if state.epoch < s.recipe.train.epochs and state.stopped and s.recipe.train.patience > state.bad_epochs:
+        state.stopped = False  # a larger patience given on resume lets the run go on
+    rows = [_typed(r) for r in read_metrics(s.run.metrics) if int(r["epoch"]) <= state.epoch]
+    return state, rows
+
+
+def _typed(row: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        out[key] = int(value) if key == "epoch" else value if key == "phase" else float(value)
+    return out
+
+
+def _finish(s: Session, state: StopState, progress: Progress) -> RunResult:
+    """Evaluate the best model on val and test; predictions, final card in best.pt, report."""
+    from andon.training.report import write_report
+
+    best = load_checkpoint(s.run.best)
+    s.model.load_state_dict(best.state_dict)
+    headlines: dict[str, dict[str, float]] = {}
+    reports = {}
+    for split in ("val", "test"):
+        if len(s.data.indices[split]) == 0:
+            continue
+        y_true, probs = evaluate(s.model, s.loaders[split], s.device, progress, f"evaluate best on {split}")
+        save_predictions(s.run.predictions(split), s.data.paths(split), y_true, probs, s.card.classes)
+        reports[split] = classification_report(y_true, probs, s.card.classes, s.card.defect_classes)
+        headlines[split] = reports[split].headline()
+    metrics = {f"{split}_{k}": v for split, h in headlines.items() for k, v in h.items()}
+    card = make_card(s.recipe, s.run.name, s.data, s.card.preprocess, weights=s.card.weights, metrics=metrics)
+    save_checkpoint(s.run.best, Checkpoint(best.model_name, best.num_classes, best.state_dict, card, best.epoch))
+    write_report(s.run, s.recipe, card, reports, best_epoch=state.best_epoch)
+    _close_workers(s.loaders)
+    return RunResult(s.run.path, state.best_epoch, state.epoch, headlines)
+
+
+def _close_workers(loaders: dict[str, torch.utils.data.DataLoader]) -> None:
+    """Shut persistent workers down now rather than at garbage collection (tests run many fits)."""
+    for loader in loaders.values():
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        loader._iterator = None
+

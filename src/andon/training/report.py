@@ -1,0 +1,171 @@
+"""The run report: ``report.html`` (self-contained, relative PNG links, no scripts) and ``report.md``.
+
+Built from what the run folder holds: metrics.csv, predictions_{val,test}.npz and the best model's card.
+Images in the worst-mistakes grid are shown as the model saw them (``Preprocessor.load``), from the
+original files.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from andon.evaluation import plots
+from andon.evaluation.metrics import ClassificationReport, defect_score
+from andon.inspect.card import ModelCard
+from andon.inspect.preprocess import Preprocessor
+from andon.training.recipe import Recipe
+from andon.training.rundir import RunDir, atomic_write, load_predictions, read_metrics
+
+MISTAKES_SHOWN = 18
+_HEADLINE = ("accuracy", "macro_recall", "macro_f1", "defect_recall", "roc_auc", "pr_auc")
+
+
+@dataclass
+class Figure:
+    title: str
+    path: str  # relative to the run folder
+    caption: str = ""
+
+
+def write_report(run: RunDir, recipe: Recipe, card: ModelCard, reports: dict[str, ClassificationReport],
+                 *, best_epoch: int) -> Path:
+    """Draw the plots into ``RUN/plots/`` and write report.html and report.md; returns the HTML path."""
+    figures = draw_figures(run, card, reports, best_epoch)
+    main = "test" if "test" in reports else "val"
+    sections = {
+        "summary": _summary_rows(run, recipe, card, best_epoch),
+        "headline": {split: rep.headline() for split, rep in reports.items()},
+        "per_class": reports[main],
+        "main": main,
+    }
+    atomic_write(run.path / "report.md", _markdown(run.name, sections, figures, recipe))
+    out = run.path / "report.html"
+    atomic_write(out, _html(run.name, sections, figures, recipe))
+    return out
+
+
+def draw_figures(run: RunDir, card: ModelCard, reports: dict[str, ClassificationReport],
+                 best_epoch: int) -> list[Figure]:
+    plot_dir = run.path / "plots"
+    main = "test" if "test" in reports else "val"
+    preds = {split: load_predictions(run.predictions(split)) for split in reports}
+    curves = {split: (np.isin(p["y_true"], card.defect_indices), defect_score(p["probs"], card.defect_indices))
+              for split, p in preds.items()}
+    rep = reports[main]
+    figures = [
+        Figure("Training curves", _rel(run, plots.plot_training_curves(
+            read_metrics(run.metrics), plot_dir / "curves.png", best_epoch=best_epoch)),
+            f"loss and validation metrics per epoch; dashed: best epoch ({best_epoch})"),
+        Figure(f"Confusion matrix ({main})", _rel(run, plots.plot_confusion(
+            rep.confusion, rep.classes, plot_dir / "confusion.png", title=f"{main}"))),
+        Figure(f"Per-class precision and recall ({main})", _rel(run, plots.plot_per_class(
+            [m.name for m in rep.per_class], [m.precision for m in rep.per_class], [m.recall for m in rep.per_class],
+            plot_dir / "per_class.png", support=[m.support for m in rep.per_class]))),
+    ]
+    if len(card.good_classes) > 0:
+        figures += [
+            Figure("ROC: defect vs good", _rel(run, plots.plot_roc(curves, plot_dir / "roc.png")),
+                   "score = P(defect) = sum of the defect classes' probabilities"),
+            Figure("Precision-recall: defect vs good", _rel(run, plots.plot_pr(curves, plot_dir / "pr.png"))),
+        ]
+    images, captions = worst_mistakes(preds[main], card)
+    figures.append(Figure(f"Worst mistakes ({main})", _rel(run, plots.plot_image_grid(
+        images, captions, plot_dir / "mistakes.png", title=f"most confident mistakes on {main}")),
+        "wrong predictions with the highest confidence, as the model saw them: true -> predicted (probability)"))
+    return figures
+
+
+def worst_mistakes(pred: dict[str, np.ndarray], card: ModelCard,
+                   limit: int = MISTAKES_SHOWN) -> tuple[list[np.ndarray], list[str]]:
+    """The most confident wrong predictions: model-input images and 'true -> predicted (p)' captions."""
+    probs, y_true = pred["probs"], pred["y_true"]
+    if len(probs) == 0:
+        return [], []
+    y_pred = probs.argmax(axis=1)
+    wrong = np.flatnonzero(y_pred != y_true)
+    order = wrong[np.argsort(-probs[wrong, y_pred[wrong]], kind="stable")][:limit]
+    pre = Preprocessor(card.preprocess)
+    images, captions = [], []
+    for i in order:
+        path = Path(str(pred["paths"][i]))
+        try:
+            images.append(pre.load(path.read_bytes()))
+        except OSError:
+            continue  # a file removed since training: leave it out of the picture, not the report
+        captions.append(f"{path.name[:22]}\n{card.classes[y_true[i]]} -> {card.classes[y_pred[i]]} "
+                        f"({probs[i, y_pred[i]]:.2f})")
+    return images, captions
+
+
+def _rel(run: RunDir, path: Path) -> str:
+    return path.relative_to(run.path).as_posix()
+
+
+def _summary_rows(run: RunDir, recipe: Recipe, card: ModelCard, best_epoch: int) -> list[tuple[str, str]]:
+    rows = read_metrics(run.metrics)
+    p = card.preprocess
+    return [
+        ("data", f"{recipe.data.path}"),
+        ("classes", ", ".join(card.classes)),
+        ("defect classes", ", ".join(card.defect_classes)),
+        ("model", f"{card.backbone}, weights {card.weights}"),
+        ("input", f"{p.input_size[0]}x{p.input_size[1]} {p.color_mode}, resize {p.resize}, "
+                  f"mean {list(p.mean)}, std {list(p.std)}"),
+        ("epochs", f"{len(rows)} run of {recipe.train.epochs}; best epoch {best_epoch} by val {recipe.train.monitor}"),
+        ("training time", f"{sum(float(r['seconds']) for r in rows):.0f} s"),
+        ("data fingerprint", card.data_fingerprint[:16]),
+        ("model version", card.version),
+    ]
+
+
+def _fmt(value: float) -> str:
+    return "-" if value != value else f"{value:.4f}"
+
+
+def _markdown(name: str, sections: dict, figures: list[Figure], recipe: Recipe) -> str:
+    lines = [f"# Training report: {name}", ""]
+    lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sections["summary"]] + [""]
+    lines += ["## Best model", "", "| split | " + " | ".join(_HEADLINE) + " |", "|---" * (len(_HEADLINE) + 1) + "|"]
+    lines += [f"| {split} | " + " | ".join(_fmt(h[k]) for k in _HEADLINE) + " |"
+              for split, h in sections["headline"].items()] + [""]
+    rep: ClassificationReport = sections["per_class"]
+    lines += [f"## Per class ({sections['main']})", "", "| class | support | precision | recall | F1 |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {m.name} | {m.support} | {_fmt(m.precision)} | {_fmt(m.recall)} | {_fmt(m.f1)} |"
+              for m in rep.per_class] + [""]
+    for fig in figures:
+        lines += [f"## {fig.title}", "", f"![{fig.title}]({fig.path})", ""] + ([fig.caption, ""] if fig.caption else [])
+    lines += ["## Recipe", "", "```yaml", recipe.to_yaml().rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th{background:#f2f2f2}td.n{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%}
+figure{margin:1.5em 0}figcaption{color:#555;font-size:.9em}pre{background:#f6f6f6;padding:1em;overflow:auto}"""
+
+
+def _html(name: str, sections: dict, figures: list[Figure], recipe: Recipe) -> str:
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>andon run {e(name)}</title>",
+             f"<style>{_CSS}</style></head><body><h1>Training report: {e(name)}</h1><table>"]
+    parts += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in sections["summary"]]
+    parts.append("</table><h2>Best model</h2><table><tr><th>split</th>"
+                 + "".join(f"<th>{e(k)}</th>" for k in _HEADLINE) + "</tr>")
+    parts += [f"<tr><td>{e(split)}</td>" + "".join(f"<td class=n>{_fmt(h[k])}</td>" for k in _HEADLINE) + "</tr>"
+              for split, h in sections["headline"].items()]
+    rep: ClassificationReport = sections["per_class"]
+    parts.append(f"</table><h2>Per class ({e(sections['main'])})</h2><table><tr><th>class</th><th>support</th>"
+                 "<th>precision</th><th>recall</th><th>F1</th></tr>")
+    parts += [f"<tr><td>{e(m.name)}</td><td class=n>{m.support}</td><td class=n>{_fmt(m.precision)}</td>"
+              f"<td class=n>{_fmt(m.recall)}</td><td class=n>{_fmt(m.f1)}</td></tr>" for m in rep.per_class]
+    parts.append("</table>")
+    for fig in figures:
+        parts.append(f"<figure><h2>{e(fig.title)}</h2><img src='{e(fig.path)}' alt='{e(fig.title)}'>"
+                     f"<figcaption>{e(fig.caption)}</figcaption></figure>")
+    parts.append(f"<h2>Recipe</h2><pre>{e(recipe.to_yaml())}</pre></body></html>\n")
+    return "".join(parts)

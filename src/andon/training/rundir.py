@@ -1,0 +1,165 @@
+"""The run folder ``runs/<name>/``: its name, the resolved recipe, metrics.csv and the predictions.
+
+    recipe.yaml            the resolved recipe (every key), what ``--resume`` continues
+    splits.csv             the manifest with every image's split (read by export and ``andon evaluate``)
+    metrics.csv            one row per epoch
+    last.pt / best.pt      checkpoints (andon.models.checkpoint format)
+    predictions_{val,test}.npz   paths, y_true, probs and classes of the best model
+    report.html / report.md + plots/*.png
+    cache/                 the decoded, resized images of this run
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from andon.errors import ConfigError, RunError
+from andon.training.recipe import Recipe, recipe_from_dict
+
+#: recipe keys that may change when a run is resumed; anything else would make it a different run
+RESUMABLE_KEYS = frozenset({"data.path", "train.epochs", "train.patience", "train.workers", "train.device",
+                            "train.threads", "output.runs_dir"})
+
+METRIC_COLUMNS = ("epoch", "phase", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_recall",
+                  "val_macro_f1", "val_defect_recall", "val_roc_auc", "val_pr_auc", "lr", "seconds")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+    name: str
+
+    @property
+    def recipe(self) -> Path:
+        return self.path / "recipe.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.pt"
+
+    def predictions(self, split: str) -> Path:
+        return self.path / f"predictions_{split}.npz"
+
+
+def default_run_name(recipe: Recipe, now: dt.datetime | None = None) -> str:
+    data = Path(str(recipe.data.path or "data")).name or "data"
+    stamp = (now or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return f"{data}-{recipe.model.name}-{stamp}"
+
+
+def named(recipe: Recipe) -> Recipe:
+    """The recipe with ``output.name`` filled in and ``data.path`` made absolute (what recipe.yaml records)."""
+    changes = []
+    if recipe.output.name is None:
+        changes.append(f"output.name={default_run_name(recipe)}")
+    if recipe.data.path is not None and not recipe.data.path.is_absolute():
+        changes.append(f"data.path={recipe.data.path.expanduser().resolve()}")
+    return recipe.with_overrides(changes) if changes else recipe
+
+
+def open_run(recipe: Recipe, *, resume: bool) -> RunDir:
+    """A new, empty run folder; or, with ``resume``, the existing one, checked against ``recipe``."""
+    if resume and recipe.output.name is None:
+        raise ConfigError("--resume needs the name of the run to continue: --name NAME "
+                          f"(runs live in {recipe.output.runs_dir})")
+    name = recipe.output.name or default_run_name(recipe)
+    run = RunDir(Path(recipe.output.runs_dir) / name, name)
+    if resume:
+        if not run.last.is_file():
+            raise RunError(f"cannot resume: {run.last} does not exist (no epoch of run '{name}' finished)")
+        check_resumable(read_recipe(run.recipe), recipe)
+    elif run.path.exists() and any(run.path.iterdir()):
+        raise RunError(f"run folder {run.path} already exists; continue it with --resume or choose another --name")
+    run.path.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def read_recipe(path: Path) -> Recipe:
+    if not path.is_file():
+        raise RunError(f"{path} does not exist; is {path.parent} an andon run folder?")
+    return recipe_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, source=str(path))
+
+
+def check_resumable(saved: Recipe, given: Recipe) -> None:
+    changed = sorted(k for k in _diff(saved.to_dict(), given.to_dict()) if k not in RESUMABLE_KEYS)
+    if changed:
+        raise ConfigError(f"cannot resume with a different recipe: {', '.join(changed)} changed; only "
+                          f"{', '.join(sorted(RESUMABLE_KEYS))} may change when resuming")
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict) and key != "remap":
+            keys += _diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write a temp file beside ``path`` and rename it over ``path``: never half a file."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_metrics(path: Path, rows: list[dict[str, float | int | str]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(row.get(k, "")) for k in METRIC_COLUMNS})
+    atomic_write(path, buffer.getvalue())
+
+
+def read_metrics(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _cell(value: float | int | str) -> str:
+    if isinstance(value, float):
+        return repr(value)  # round-trips exactly: resume tests compare the numbers bit for bit
+    return str(value)
+
+
+def save_predictions(path: Path, paths: list[str], y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, paths=np.array(paths, dtype=np.str_), y_true=y_true.astype(np.int64),
+                        probs=probs.astype(np.float32), classes=np.array(classes, dtype=np.str_))
+    atomic_write(path, buffer.getvalue())
+
+
+def load_predictions(path: Path) -> dict[str, np.ndarray]:
+    """``paths``, ``y_true``, ``probs``, ``classes`` of a run's predictions file."""
+    if not path.is_file():
+        raise RunError(f"{path} does not exist; the run has not finished")
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
