@@ -33,6 +33,7 @@ from andon.inspect.card import ModelCard, Thresholds
 from andon.inspect.decision import decide
 from andon.inspect.onnxfile import content_hash, read_card
 from andon.inspect.preprocess import Frame, Preprocessor
+from andon.inspect.quality import frame_quality
 from andon.inspect.result import InspectionResult
 from andon.inspect.session import create_session
 
@@ -180,9 +181,11 @@ class Inspector:
         pixels = self.preprocessor.decode(frame)
         size = _original_size(frame, pixels, self.card.preprocess.input_size)
         t1 = time.perf_counter()
-        tensor = self.preprocessor.to_tensor(self.preprocessor.resize(pixels))
+        resized = self.preprocessor.resize(pixels)
+        tensor = self.preprocessor.to_tensor(resized)
+        quality = frame_quality(pixels, resized).as_dict()  # under a millisecond; the dashboard's lens/lamp watch
         t2 = time.perf_counter()
-        return _Prepared(tensor, size, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0)
+        return _Prepared(tensor, size, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0, quality)
 
     def _run(self, tensors: np.ndarray, *, heatmap: bool) -> tuple[np.ndarray, np.ndarray | None]:
         names = [self._probs_name] + ([self._heatmap_name] if heatmap and self._heatmap_name else [])
@@ -210,6 +213,7 @@ class Inspector:
             model_hash=self.model_hash,
             timings_ms=timings,
             image_size=p.size,
+            quality=p.quality,
         )
 
     def __repr__(self) -> str:
@@ -219,10 +223,12 @@ class Inspector:
 
 
 class _Prepared:
-    __slots__ = ("tensor", "size", "decode_ms", "preprocess_ms")
+    __slots__ = ("tensor", "size", "decode_ms", "preprocess_ms", "quality")
 
-    def __init__(self, tensor: np.ndarray, size: tuple[int, int], decode_ms: float, preprocess_ms: float) -> None:
+    def __init__(self, tensor: np.ndarray, size: tuple[int, int], decode_ms: float, preprocess_ms: float,
+                 quality: dict[str, float] | None = None) -> None:
         self.tensor, self.size, self.decode_ms, self.preprocess_ms = tensor, size, decode_ms, preprocess_ms
+        self.quality = quality
 
 
 def _maybe_reduced(frame: Frame, h: int, w: int, target_hw: tuple[int, int]) -> bool:

@@ -30,6 +30,8 @@ class InspectionResult:
     model_hash: str
     timings_ms: dict[str, float]
     image_size: tuple[int, int]
+    #: frame-quality signals (brightness, contrast, focus; ``andon.inspect.quality``), None when not computed
+    quality: dict[str, float] | None = None
 
     def to_dict(self, *, heatmap: bool = False) -> dict:
         """JSON-ready: plain floats, lists; the heatmap (a nested list) only when ``heatmap`` is true."""
@@ -44,6 +46,8 @@ class InspectionResult:
             "timings_ms": {k: round(float(v), 3) for k, v in self.timings_ms.items()},
             "image_size": [int(self.image_size[0]), int(self.image_size[1])],
         }
+        if self.quality is not None:
+            out["quality"] = {k: float(v) for k, v in self.quality.items()}
         if heatmap and self.heatmap is not None:
             out["heatmap"] = np.round(self.heatmap.astype(np.float64), 4).tolist()
         return out

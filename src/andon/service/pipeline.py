@@ -289,7 +289,8 @@ def _row(d: _Done, inspection_id: str, now: dt.datetime) -> Inspection:
         image_format=d.header.format, image_width=int(r.image_size[1]), image_height=int(r.image_size[0]),
         image_bytes=len(d.frame.data), body_sha256=d.frame.sha256, image_key=None, heatmap_key=None,
         review_status=REVIEW_NOT_REQUIRED if r.decision == "pass" else REVIEW_UNREVIEWED,
-        idempotency_key=d.frame.idempotency_key, timings_ms={})
+        idempotency_key=d.frame.idempotency_key, timings_ms={},
+        **{k: (r.quality or {}).get(k) for k in ("brightness", "contrast", "focus")})
 
 
 def _check_unique_keys(frames: list[IncomingFrame]) -> None:

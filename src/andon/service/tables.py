@@ -21,7 +21,9 @@ from sqlalchemy.types import TypeDecorator
 REVIEW_NOT_REQUIRED = "not_required"
 REVIEW_UNREVIEWED = "unreviewed"
 REVIEW_REVIEWED = "reviewed"
-REVIEW_STATUSES = (REVIEW_NOT_REQUIRED, REVIEW_UNREVIEWED, REVIEW_REVIEWED)
+#: an operator could not tell (review station): stays in the engineers' queue, never pruned by retention
+REVIEW_ESCALATED = "escalated"
+REVIEW_STATUSES = (REVIEW_NOT_REQUIRED, REVIEW_UNREVIEWED, REVIEW_REVIEWED, REVIEW_ESCALATED)
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -95,6 +97,10 @@ class Inspection(Base):
     review_status: Mapped[str] = mapped_column(String(16))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     timings_ms: Mapped[dict] = mapped_column(JSON)
+    # frame-quality signals (andon.inspect.quality), for the dashboard's dirty-lens / failed-lamp watch
+    brightness: Mapped[float | None] = mapped_column(Float)
+    contrast: Mapped[float | None] = mapped_column(Float)
+    focus: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         UniqueConstraint("camera_id", "idempotency_key"),
