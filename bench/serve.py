@@ -1,0 +1,295 @@
+"""Service capacity against the in-process limit, on this machine.
+
+    python -m bench.serve [--model FILE] [--seconds 8] [--out bench-serve.json]
+
+1. The model: ``--model``, or the default recipe's network (MobileNetV2, 224x224, 2 classes) exported with
+   untrained weights - the same graph and cost as a trained one. Its card's threshold is set so that 1 frame
+   in 10 is flagged (and therefore stored durably, with fsync), as on a line with a few percent flagged.
+2. Frames: 10 synthetic 2448x2048 (5 MP) JPEGs, quality 90 (~0.8 MB each).
+3. In-process limit: ``Inspector.inspect`` in a loop on the same frames, no HTTP: with one thread per core
+   (one onnxruntime thread each) and with one thread (onnxruntime on all cores); the better is the limit.
+4. Service: ``andon serve`` in its own process with its defaults (SQLite WAL synchronous=FULL, local disk),
+   driven by a separate open-loop load generator process: requests leave at a fixed arrival rate whether or
+   not earlier answers came back. The rate steps up until the accepted p99 exceeds 250 ms or more than 1 %
+   of frames are refused; capacity is the highest accepted frames/s with p99 <= 250 ms.
+5. The time split comes from the server's own per-frame timings (queue, decode, preprocess, infer, storage);
+   "http" is the client latency minus the server's total. RSS is the service process's peak resident set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+P99_BUDGET_MS = 250.0
+MAX_REFUSED = 0.01
+FRAME_HW = (2048, 2448)
+
+
+# ---- model and frames --------------------------------------------------------------------------------
+
+def default_model(out: Path, frames: list[bytes]) -> Path:
+    """The default recipe's network, exported; thresholds flag the highest-scoring 1 frame in 10."""
+    import onnx
+
+    from andon.inspect.card import ModelCard, PreprocessSpec, ThresholdBand, Thresholds
+    from andon.inspect.inspector import Inspector
+    from andon.inspect.onnxfile import embed_card, read_card
+    from andon.models import create_model
+    from andon.models.export import export_model
+
+    import torch
+
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", 2, weights="none", progress=False)
+    torch.nn.init.normal_(model.head.weight, std=1.0)  # untrained, but with scores that differ per frame
+    info = model.weights_info
+    card = ModelCard(name="bench-default", version="bench", classes=["ok", "defect"], defect_classes=["defect"],
+                     preprocess=PreprocessSpec(input_size=(224, 224), mean=info.mean, std=info.std),
+                     backbone="mobilenet_v2", weights="none")
+    rng = np.random.default_rng(0)
+    export_model(model, card, out, rng.standard_normal((2, 3, 224, 224)).astype(np.float32))
+    scores = sorted(Inspector.load(out).inspect(f).defect_score for f in frames)
+    cut = float((scores[-1] + scores[-2]) / 2)
+    graph = onnx.load(str(out))
+    embed_card(graph, read_card(graph).replace(
+        thresholds=Thresholds(defect=ThresholdBand(pass_below=cut, reject_at=cut), source="bench").model_dump()))
+    onnx.save(graph, str(out))
+    return out
+
+
+def synthetic_frames(n: int = 10) -> list[bytes]:
+    import cv2
+
+    from andon.datasets.synth.render import render_sample
+
+    rng = np.random.default_rng(7)
+    out = []
+    for i in range(n):
+        defect = "scratch" if i == n - 1 else None
+        image, _ = render_sample(rng, ("brushed", "cast", "painted", "woven")[i % 4], defect, FRAME_HW)
+        ok, buf = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+        out.append(buf.tobytes())
+    return out
+
+
+# ---- in-process limit ---------------------------------------------------------------------------------
+
+def in_process_limit(model: Path, frames: list[bytes], seconds: float) -> dict:
+    from andon.inspect.inspector import Inspector
+
+    cores = len(os.sched_getaffinity(0))
+    results = {}
+    for threads, intra in ((cores, 1), (1, cores)):
+        inspector = Inspector.load(model, threads=intra)
+        done = [0]
+        lock = threading.Lock()
+        stop = time.perf_counter() + seconds
+
+        def loop(offset: int) -> None:
+            i = offset
+            while time.perf_counter() < stop:
+                inspector.inspect(frames[i % len(frames)])
+                i += 1
+                with lock:
+                    done[0] += 1
+
+        t0 = time.perf_counter()
+        workers = [threading.Thread(target=loop, args=(k,)) for k in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        results[f"{threads} threads x {intra} ort"] = done[0] / (time.perf_counter() - t0)
+    best = max(results, key=results.get)
+    return {"fps": results[best], "config": best, "all": results}
+
+
+# ---- service and load generator ------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_service(model: Path, data_dir: Path, port: int) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANDON_")}
+    proc = subprocess.Popen([sys.executable, "-m", "andon", "serve", "--model", str(model), "--data-dir",
+                             str(data_dir), "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(data_dir.parent / "serve.log", "w"), start_new_session=True)
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit(f"the service exited: see {data_dir.parent / 'serve.log'}")
+        time.sleep(0.2)
+    raise SystemExit("the service did not become ready in 120 s")
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak_kb, self.stop = pid, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+            except OSError:
+                return
+            time.sleep(0.1)
+
+
+def run_load(url: str, frames_dir: Path, rate: float, seconds: float) -> dict:
+    """One open-loop step, in a separate process (the load generator must not share the service's GIL)."""
+    out = subprocess.run([sys.executable, "-m", "bench.serve", "--loadgen", url, str(frames_dir), str(rate),
+                          str(seconds)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+async def _loadgen(url: str, frames: list[bytes], rate: float, seconds: float) -> dict:
+    import httpx
+
+    n = max(1, int(rate * seconds))
+    results: list[tuple[int, float, dict | None]] = []
+    errors: list[str] = []
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+    async with httpx.AsyncClient(base_url=url, timeout=30.0, limits=limits) as client:
+        async def one(i: int) -> None:
+            t0 = time.perf_counter()
+            try:
+                r = await client.post("/v1/inspections", content=frames[i % len(frames)],
+                                      params={"camera_id": f"cam{i % 4}", "line_id": "bench"},
+                                      headers={"Content-Type": "image/jpeg"})
+                ms = (time.perf_counter() - t0) * 1000.0
+                timings = r.json().get("timings_ms") if r.status_code == 201 else None
+                if r.status_code != 201 and len(errors) < 3:
+                    errors.append(r.text[:300])
+                results.append((r.status_code, ms, timings))
+            except httpx.HTTPError:
+                results.append((0, (time.perf_counter() - t0) * 1000.0, None))
+
+        start = time.perf_counter()
+        tasks = []
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - start
+    accepted = [(ms, t) for status, ms, t in results if status == 201]
+    lat = np.array([ms for ms, _ in accepted]) if accepted else np.array([np.inf])
+    split = {}
+    if accepted:
+        for stage in ("queue", "decode", "preprocess", "infer", "storage", "total"):
+            split[stage] = float(np.mean([t.get(stage, 0.0) for _, t in accepted]))
+        split["http"] = float(np.mean([ms - t["total"] for ms, t in accepted]))
+    statuses: dict[str, int] = {}
+    for status, _, _ in results:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    return {"rate": rate, "sent": n, "accepted": len(accepted), "accepted_fps": len(accepted) / wall,
+            "refused": n - len(accepted), "statuses": statuses, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "split_ms": split, "errors": errors}
+
+
+def sweep(url: str, frames_dir: Path, start_rate: float, seconds: float) -> list[dict]:
+    steps = []
+    rate = start_rate
+    while True:
+        step = run_load(url, frames_dir, rate, seconds)
+        steps.append(step)
+        print(f"  {rate:6.1f} fps offered: {step['accepted_fps']:6.1f} accepted, p50 {step['p50_ms']:6.1f} ms, "
+              f"p99 {step['p99_ms']:7.1f} ms, refused {step['refused']}", flush=True)
+        if step["p99_ms"] > P99_BUDGET_MS or step["refused"] > MAX_REFUSED * step["sent"] or len(steps) >= 14:
+            return steps
+        rate *= 1.12
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="an exported .onnx (default: the default recipe's network)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each load step")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--loadgen", nargs=4, metavar=("URL", "FRAMES", "RATE", "SECONDS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.loadgen:
+        url, folder, rate, seconds = args.loadgen
+        frames = [p.read_bytes() for p in sorted(Path(folder).glob("*.jpg"))]
+        print(json.dumps(asyncio.run(_loadgen(url, frames, float(rate), float(seconds)))))
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="andon-bench-serve-"))
+    try:
+        print("rendering 10 synthetic 2448x2048 JPEG frames ...", flush=True)
+        frames = synthetic_frames()
+        frames_dir = work / "frames"
+        frames_dir.mkdir()
+        for i, data in enumerate(frames):
+            (frames_dir / f"{i:02d}.jpg").write_bytes(data)
+        model = args.model or default_model(work / "default.onnx", frames)
+        print(f"model {model.name}; in-process limit ...", flush=True)
+        limit = in_process_limit(model, frames, seconds=args.seconds)
+        print(f"  in-process: {limit['fps']:.1f} frames/s ({limit['config']}; all: "
+              f"{ {k: round(v, 1) for k, v in limit['all'].items()} })", flush=True)
+        port = _free_port()
+        proc = start_service(model, work / "data", port)
+        rss = RssSampler(proc.pid)
+        rss.start()
+        try:
+            print("service, open-loop load steps:", flush=True)
+            steps = sweep(f"http://127.0.0.1:{port}", frames_dir, max(1.0, 0.5 * limit["fps"]), args.seconds)
+        finally:
+            rss.stop.set()
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        report(limit, steps, rss.peak_kb, args.out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(limit: dict, steps: list[dict], rss_kb: int, out: Path | None) -> None:
+    ok = [s for s in steps if s["p99_ms"] <= P99_BUDGET_MS and s["refused"] <= MAX_REFUSED * s["sent"]]
+    best = max(ok, key=lambda s: s["accepted_fps"]) if ok else None
+    capacity = best["accepted_fps"] if best else 0.0
+    result = {"cpu_cores": len(os.sched_getaffinity(0)), "frame": f"{FRAME_HW[1]}x{FRAME_HW[0]} JPEG q90",
+              "in_process_fps": limit["fps"], "in_process_config": limit["config"],
+              "capacity_fps": capacity, "ratio": capacity / limit["fps"], "rss_mb": rss_kb / 1024,
+              "at_capacity": best, "steps": steps}
+    print("\n| metric | value |\n| --- | --- |")
+    print(f"| in-process limit ({limit['config']}) | {limit['fps']:.1f} frames/s |")
+    print(f"| service capacity (accepted p99 <= {P99_BUDGET_MS:.0f} ms) | {capacity:.1f} frames/s "
+          f"({result['ratio']:.2f}x the in-process limit) |")
+    if best:
+        print(f"| latency at capacity | p50 {best['p50_ms']:.1f} ms, p99 {best['p99_ms']:.1f} ms |")
+        split = ", ".join(f"{k} {v:.1f}" for k, v in best["split_ms"].items())
+        print(f"| time split at capacity (mean ms) | {split} |")
+    print(f"| service peak RSS | {rss_kb / 1024:.0f} MB |")
+    if out:
+        out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
