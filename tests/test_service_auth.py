@@ -106,6 +106,8 @@ def test_keys_are_stored_hashed_and_revocation_takes_effect(world):
     listed = client.get("/v1/keys", headers=auth(keys["engineer"])).json()
     assert key_id in {k["id"] for k in listed} and all("key" not in k for k in listed)
     assert post_frame(client, jpeg(REJECT), camera="cam7", key=secret).status_code == 201
+    used = {k["id"]: k for k in client.get("/v1/keys", headers=auth(keys["engineer"])).json()}
+    assert used[key_id]["last_used_at"] is not None
     assert client.delete(f"/v1/keys/{key_id}", headers=auth(keys["engineer"])).status_code == 200
     r = post_frame(client, jpeg(REJECT), camera="cam7", key=secret)
     assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")

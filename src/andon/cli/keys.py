@@ -59,9 +59,11 @@ def list_(
 
     with _sessions(config, data_dir, database_url)() as session:
         rows = list_keys(session, include_revoked=include_revoked)
-    table = Table("id", "name", "role", "camera", "created", "revoked")
+    table = Table("id", "name", "role", "camera", "created", "last used", "revoked")
+    table.columns[0].no_wrap = True  # the id is what 'andon keys revoke' needs: never broken across lines
     for r in rows:
         table.add_row(r.id, r.name, r.role, r.camera_id or "", f"{r.created_at:%Y-%m-%d %H:%M}",
+                      f"{r.last_used_at:%Y-%m-%d %H:%M}" if r.last_used_at else "never",
                       f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "")
     Console().print(table)
 

@@ -49,6 +49,7 @@ PERMISSIONS: dict[Permission, frozenset[str]] = {
 }
 
 _PREFIX = "andon_"
+_LAST_USED_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -195,4 +196,8 @@ def api_key_authenticator(request: object, session: Session) -> Principal | None
     row = verify_key(session, key)
     if row is None:
         raise AuthenticationError("API key not recognised (unknown, revoked or mistyped)")
+    now = utcnow()
+    if row.last_used_at is None or (now - row.last_used_at).total_seconds() > _LAST_USED_EVERY_S:
+        row.last_used_at = now  # at most one write per key per minute: enough to find unused keys
+        session.commit()
     return Principal(role=row.role, camera_id=row.camera_id, key_id=row.id, name=row.name)

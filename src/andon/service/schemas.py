@@ -151,6 +151,7 @@ class KeyOut(BaseModel):
     role: str
     camera_id: str | None
     created_at: dt.datetime
+    last_used_at: dt.datetime | None = None
     revoked_at: dt.datetime | None
 
 

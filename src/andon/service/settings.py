@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     shadow_max_load: float = Field(0.5, ge=0.0, le=1.0, description="skip shadow scoring when the inference "
                                    "queue is fuller than this fraction")
 
+    # review station (pages for operators and engineers)
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="a login lasts this long (a shift and some)")
+    cookie_secure: Literal["auto", "always", "never"] = Field(
+        "auto", description="Secure flag of the session cookie; auto: when the request came over HTTPS (use "
+        "always behind a TLS-terminating proxy)")
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("allowed_formats", mode="before")
