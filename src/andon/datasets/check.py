@@ -122,7 +122,8 @@ def _counts(ds: Dataset, good: list[int]) -> dict[str, dict[str, int]]:
     for i in good:
         s = ds.samples[i]
         counts[s.label][s.split or "-"] += 1
-    return {label: dict(c) for label, c in counts.items()}
+    order = ("train", "val", "test", "-")
+    return {label: {s: c[s] for s in order if c[s]} for label, c in counts.items()}
 
 
 def _exact_duplicates(ds: Dataset, infos: list[ImageInfo]) -> list[DuplicateGroup]:

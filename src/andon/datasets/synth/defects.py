@@ -76,7 +76,7 @@ def scratch(rng: np.random.Generator, canvas: Canvas) -> np.ndarray:
     if layer is None:
         return np.zeros(canvas.shape, np.uint8)
     sign = 1.0 if rng.random() < 0.65 else -1.0
-    canvas.grey[box] += sign * rng.uniform(25, 50) * canvas.busy * layer
+    canvas.grey[box] += sign * rng.uniform(30, 60) * canvas.busy * layer
     return _mask_from(layer, canvas, box, 0.15, grow=max(1, thickness // 2))
 
 
@@ -191,7 +191,7 @@ def stain(rng: np.random.Generator, canvas: Canvas) -> np.ndarray:
     alpha = smoothstep((1.0 - rho) / rng.uniform(0.3, 0.8))
     alpha *= np.clip(0.75 + 0.25 * grid_noise(rng, *yy.shape, cells=6), 0.3, 1.0)  # uneven density
     ring = 4.0 * alpha * (1.0 - alpha) if rng.random() < 0.4 else 0.0
-    contrast = rng.uniform(16, 34) * canvas.busy
+    contrast = rng.uniform(16, 34) * canvas.busy**0.5  # low frequency: fine texture hides it less
     canvas.grey[box] -= contrast * (alpha * rng.uniform(0.5, 1.0) + 0.6 * ring)
     brown = np.array([0.0, -0.04, -0.10], np.float32) * rng.uniform(0.2, 1.0)
     canvas.colour.append((box, alpha, brown))
@@ -225,7 +225,7 @@ def dent(rng: np.random.Generator, canvas: Canvas) -> np.ndarray:
     map_x = (xx - ox + bend * gx * sigma).astype(np.float32)
     map_y = (yy - oy + bend * gy * sigma).astype(np.float32)
     local = cv2.remap(np.ascontiguousarray(local), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    contrast = rng.uniform(25, 55) * canvas.busy
+    contrast = rng.uniform(25, 55) * canvas.busy**0.5
     canvas.grey[box] = local + contrast * shading - 0.05 * contrast * depth
     return _mask_from(np.maximum(np.abs(shading) * 1.7, depth), canvas, box, 0.3, grow=0)
 

@@ -167,12 +167,12 @@ def _write_one(folder: Path, config: SynthConfig, job: Job) -> None:
     if config.image_format == "jpg":
         ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
     else:
-        ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise DatasetError(f"could not encode image {job.index} as {config.image_format}")
     (folder / job.label / job.name(config.image_format)).write_bytes(data.tobytes())
     if job.defect is not None:
-        ok, data = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        ok, data = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         (folder / MASKS_DIR / job.label / job.name("png")).write_bytes(data.tobytes())
 
 

@@ -45,30 +45,34 @@ def render_sample(rng: np.random.Generator, surface: str, defect: str | None,
                   size=(128, 128)) -> tuple[np.ndarray, np.ndarray]:
     """Render one image: ``(uint8 HxWx3 RGB, uint8 HxW mask)``; the mask is 255 on the defect, all 0 for ok.
 
-    ``defect=None`` gives a good part. ``size`` is ``H`` or ``(H, W)``.
+    ``defect=None`` gives a good part. ``size`` is ``H`` or ``(H, W)``. Generators in the same state give
+    the same part with and without the defect: the images differ only in and right around the mask.
     """
     if surface not in RENDERERS:
         raise ConfigError(f"unknown surface {surface!r}; surfaces are {', '.join(SURFACES)}")
     if defect is not None and defect not in DRAWERS:
         raise ConfigError(f"unknown defect {defect!r}; defects are {', '.join(DEFECTS)} (or None for ok)")
     h, w = parse_size(size)
-    surf = RENDERERS[surface](rng, *_working_size(h, w))
+    # three independent streams: the same rng state renders the same part, light and camera with or
+    # without the defect, so an ok image and its defective twin differ only around the mask
+    part_rng, defect_rng, camera_rng = rng.spawn(3)
+    surf = RENDERERS[surface](part_rng, *_working_size(h, w))
     grey = surf.texture
     if grey.shape != (h, w):  # textures hold no detail finer than 1/GRAIN_SIDE of the short side
         grey = cv2.resize(grey, (w, h), interpolation=cv2.INTER_CUBIC)
     busy = float(grey[::4, ::4].std()) / 8.0
-    gain = rng.uniform(0.75, 1.25)
+    gain = part_rng.uniform(0.75, 1.25)
     grey *= gain
     grey += surf.level
-    grey *= illumination(rng, h, w, surf)
-    canvas = Canvas(grey, busy=min(1.6, max(0.85, busy * gain)))
-    mask = DRAWERS[defect](rng, canvas) if defect else np.zeros((h, w), np.uint8)
-    cv2.GaussianBlur(grey, (0, 0), rng.uniform(0.35, 0.9), dst=grey)
+    grey *= illumination(part_rng, h, w, surf)
+    canvas = Canvas(grey, busy=min(2.0, max(0.85, busy * gain)))
+    mask = DRAWERS[defect](defect_rng, canvas) if defect else np.zeros((h, w), np.uint8)
+    cv2.GaussianBlur(grey, (0, 0), camera_rng.uniform(0.35, 0.9), dst=grey)
     rgb = grey[:, :, None] * surf.tint
     for box, alpha, factor in canvas.colour:
         rgb[box] *= 1.0 + alpha[:, :, None] * factor
-    noise = rng.standard_normal((h, w), dtype=np.float32)
-    noise *= rng.uniform(1.2, 3.0)
+    noise = camera_rng.standard_normal((h, w), dtype=np.float32)
+    noise *= camera_rng.uniform(1.2, 3.0)
     rgb += noise[:, :, None]
     np.clip(rgb, 0, 255, out=rgb)
     return rgb.astype(np.uint8), mask
