@@ -45,3 +45,18 @@ def postgres_server():
     server = PostgresServer(bin_dir).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small sample data set from ``andon data synth`` (read-only: do not modify it).
+
+    120 RGB images of 64x64: ``ok`` (60) and ``scratch``, ``crack``, ``spot``, ``stain``, ``dent`` (12 each),
+    with a mask per defect image in ``.masks/<class>/<name>.png``. Generate your own with
+    ``andon.datasets.synth.generate(out, count=..., size=...)`` when you need other settings.
+    """
+    from andon.datasets.synth import generate
+
+    out = tmp_path_factory.mktemp("synth") / "data"
+    generate(out, count=120, size=64, seed=0)
+    return out

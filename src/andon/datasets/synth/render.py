@@ -67,7 +67,7 @@ def render_sample(rng: np.random.Generator, surface: str, defect: str | None,
     grey *= illumination(part_rng, h, w, surf)
     canvas = Canvas(grey, busy=min(2.0, max(0.85, busy * gain)))
     mask = DRAWERS[defect](defect_rng, canvas) if defect else np.zeros((h, w), np.uint8)
-    cv2.GaussianBlur(grey, (0, 0), camera_rng.uniform(0.35, 0.9), dst=grey)
+    cv2.GaussianBlur(grey, (0, 0), camera_rng.uniform(0.3, 0.7), dst=grey)
     rgb = grey[:, :, None] * surf.tint
     for box, alpha, factor in canvas.colour:
         rgb[box] *= 1.0 + alpha[:, :, None] * factor
