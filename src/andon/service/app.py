@@ -26,6 +26,7 @@ from andon.service.middleware import BodyLimit, RequestMetrics
 from andon.service.pipeline import Pipeline
 from andon.service.registry import ModelRegistry
 from andon.service.retention import prune
+from andon.service.review.web import install as install_review_station
 from andon.service.routes import health, inspections, keys, models, parts
 from andon.service.runtime import ModelRuntime
 from andon.service.settings import Settings
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for router in (inspections.router, parts.router, models.router, keys.router, health.router):
         app.include_router(router)
+    install_review_station(app)
     app.add_middleware(BodyLimit, limit_for=_limits(settings),
                        on_reject=lambda: ctx.metrics.rejections.labels(reason="body_too_large").inc())
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)

@@ -256,7 +256,8 @@ async def verdict_form(request: Request, inspection_id: str) -> Response:
     try:
         f = queue_filter(request)
         with ctx.sessions() as session:
-            record_verdict(session, inspection_id, verdict=verdict, label=str(form.get("label", "")) or None,
+            label = str(form.get("label", "")) or None if verdict == "confirm_defect" else None
+            record_verdict(session, inspection_id, verdict=verdict, label=label,
                            comment=str(form.get("comment", "")) or None, reviewer=user.name, user_id=user.user_id,
                            supersedes=int(supersedes) if supersedes.isdigit() else None,
                            info_for=card_lookup(ctx).classes)

@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from andon import __version__
+from andon.inspect.card import GOOD_CLASS_NAMES
 from andon.service.review.sessions import COOKIE, LoginThrottle, UserPrincipal, principal_for, session_authenticator
 
 HERE = Path(__file__).parent
@@ -45,6 +46,7 @@ def make_templates() -> Jinja2Templates:
     env.filters["qs"] = lambda params: urlencode({k: v for k, v in params.items() if v not in (None, "")})
     env.globals["static"] = lambda name: f"{STATIC_URL}/{name}?v={__version__}"
     env.globals["andon_version"] = __version__
+    env.globals["good_names"] = GOOD_CLASS_NAMES
     return templates
 
 
