@@ -203,3 +203,19 @@ def test_near_pairs_matches_brute_force() -> None:
     hashes[1400] = hashes[1100]  # identical
     found = {(i, j): d for i, j, d in near_pairs(hashes, 3)}
     assert found == {(3, 700): 3, (1100, 1400): 0}
+
+
+def test_near_duplicate_grouping_keeps_copies_in_one_split(corrupted: dict) -> None:
+    root = corrupted["root"]
+    ds = assign_splits(load_folder(root), group_by="near-duplicates")
+    by_name = {ds.key(s): s for s in ds.samples}
+    source, copy = by_name["ok/img_05.png"], by_name[corrupted["near"]]
+    assert source.group == copy.group == "near:" + min("ok/img_05.png", corrupted["near"])  # first member
+    assert source.split == copy.split
+    identical = by_name["crack/same_as_ok.png"], by_name["ok/img_03.png"]
+    assert identical[0].group == identical[1].group and identical[0].split == identical[1].split
+    singles = [s for key, s in by_name.items() if key not in
+               ("ok/img_05.png", corrupted["near"], "crack/same_as_ok.png", "ok/img_03.png")]
+    assert all(s.group is None for s in singles)  # unreadable files and unique images stand alone
+    report = check_dataset(ds)
+    assert not any(d.leak for d in report.near_duplicates) and not any(g.leak for g in report.exact_duplicates)

@@ -15,8 +15,9 @@ _SURFACES = "brushed,cast,woven,painted"
 
 PATH_HELP = "Class-folder root (DIR/<class>/*.png) or a CSV manifest (path,label[,split][,group])."
 REMAP_HELP = "Rename classes, e.g. 'crack=defect,blowhole=defect' or '*=defect,ok=ok' (exact names win over globs)."
-GROUP_HELP = ("Keep groups in one split: 'manifest' (the group column) or a regex on the file name whose first "
-              "group names the group, e.g. 'exp(\\d+)'.")
+GROUP_HELP = ("Keep groups in one split: 'manifest' (the group column), 'near-duplicates' (look-alike images, "
+              "found from the pixels) or a regex on the file name whose first group names the group, "
+              "e.g. 'part(\\d+)_'.")
 
 
 def register(app: typer.Typer) -> None:

@@ -140,6 +140,27 @@ def _exact_duplicates(ds: Dataset, infos: list[ImageInfo]) -> list[DuplicateGrou
     return groups
 
 
+def confirmed_pairs(infos: list[ImageInfo], max_distance: int, *,
+                    include_identical: bool = False) -> list[tuple[int, int, int]]:
+    """Index pairs ``(i, j, phash distance)`` of readable images that are near-duplicates by both hashes.
+
+    Identical files are left out unless ``include_identical`` (the exact-duplicate check reports them).
+    """
+    good = [i for i, info in enumerate(infos) if info.error is None]
+    if not good:
+        return []
+    hashes = np.array([infos[i].phash for i in good], dtype=np.uint64)
+    pairs = []
+    for a, b, d in near_pairs(hashes, max_distance):
+        ia, ib = good[a], good[b]
+        if infos[ia].sha256 == infos[ib].sha256:
+            if include_identical:
+                pairs.append((ia, ib, d))
+        elif hamming(infos[ia].detail, infos[ib].detail) <= DETAIL_DISTANCE:
+            pairs.append((ia, ib, d))
+    return pairs
+
+
 def _near_duplicates(ds: Dataset, infos: list[ImageInfo], good: list[int],
                      max_distance: int) -> tuple[list[NearDuplicate], bool]:
     """Near-duplicate pairs (identical files excluded), and whether most images look alike.
@@ -147,32 +168,17 @@ def _near_duplicates(ds: Dataset, infos: list[ImageInfo], good: list[int],
     When one cluster of look-alikes holds most of the data set (aligned images of identical parts), the
     hash cannot tell copies from different parts, and the pairs say nothing about leaks.
     """
-    hashes = np.array([infos[i].phash for i in good], dtype=np.uint64)
-    pairs = [(good[a], good[b], d) for a, b, d in near_pairs(hashes, max_distance)
-             if infos[good[a]].sha256 != infos[good[b]].sha256
-             and hamming(infos[good[a]].detail, infos[good[b]].detail) <= DETAIL_DISTANCE]
-    largest = _largest_cluster(len(infos), [(a, b) for a, b, _ in pairs])
+    from andon.datasets.grouping import connected_components
+
+    pairs = confirmed_pairs(infos, max_distance)
+    roots = connected_components(len(infos), [(a, b) for a, b, _ in pairs])
+    largest = max(Counter(roots[i] for i in {x for a, b, _ in pairs for x in (a, b)}).values(), default=0)
     uniform = largest > max(20, len(good) // 2)
     found = []
     for a, b, d in sorted(pairs, key=lambda p: (p[2], p[0], p[1])):
         sa, sb = ds.samples[a], ds.samples[b]
         found.append(NearDuplicate(sa.path, sb.path, d, (sa.label, sb.label), (sa.split, sb.split)))
     return found, uniform
-
-
-def _largest_cluster(n: int, edges: list[tuple[int, int]]) -> int:
-    parent = list(range(n))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in edges:
-        parent[find(a)] = find(b)
-    sizes = Counter(find(x) for x in {x for edge in edges for x in edge})
-    return max(sizes.values(), default=0)
 
 
 def _judge(report: CheckReport, ds: Dataset, min_per_class: int, uniform: bool,

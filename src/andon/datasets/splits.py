@@ -30,6 +30,8 @@ from collections import Counter, defaultdict
 from andon.datasets.dataset import Dataset, Sample
 from andon.errors import ConfigError, DatasetError
 
+#: ``group_by`` value that groups identical and near-duplicate images (andon.datasets.grouping)
+NEAR_DUPLICATES = "near-duplicates"
 #: classes (strata) with at least this many units get one val, one test and one train unit
 MIN_UNITS_FOR_ALL_SPLITS = 3
 
@@ -81,8 +83,9 @@ def assign_splits(ds: Dataset, *, val: float = 0.15, test: float = 0.15, seed: i
     """Give every sample without a split one of train/val/test (see the module docstring for guarantees).
 
     ``group_by``: ``None`` (each image alone), ``"manifest"`` (``Sample.group``; images without one stand
-    alone) or a regex applied to the file name whose first group (or whole match) names the group, e.g.
-    ``r"exp(\\d+)"`` for magnetic-tile ``expK_...`` files. The group is recorded in ``Sample.group``.
+    alone), ``"near-duplicates"`` (identical and look-alike images, plus manifest groups, found from the
+    pixels: reads every image) or a regex applied to the file name whose first group (or whole match)
+    names the group, e.g. ``r"part(\\d+)_"``. The group is recorded in ``Sample.group``.
     """
     check_fractions(val, test)
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -105,6 +108,10 @@ def assign_splits(ds: Dataset, *, val: float = 0.15, test: float = 0.15, seed: i
 def _with_groups(ds: Dataset, group_by: str | None) -> list[Sample]:
     if group_by is None or group_by == "manifest":
         return list(ds.samples)
+    if group_by == NEAR_DUPLICATES:
+        from andon.datasets.grouping import group_near_duplicates
+
+        return list(group_near_duplicates(ds).samples)
     pattern = compile_group_regex(group_by)
     out, unmatched = [], []
     for s in ds.samples:
