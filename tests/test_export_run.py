@@ -284,8 +284,13 @@ def test_int8_export_is_smaller_carries_its_card_and_is_judged(run_dir: Path, tm
     assert 0.0 <= q.int8_accuracy <= 1.0 and q.accuracy_drop_pp == pytest.approx(
         (q.fp32_accuracy - q.int8_accuracy) * 100)
     assert q.fp32_ms_per_image > 0 and q.int8_ms_per_image > 0
+    assert 0.0 <= q.decision_agreement <= 1.0 and 0.0 <= q.agreement <= 1.0
     model = onnx.load(str(out))
     assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 10
+    producers = {o: n for n in model.graph.node for o in n.output}
+    head = [n for n in model.graph.node if n.op_type == "Gemm"]
+    assert head and all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
+                        for n in head for i in n.input), "the head and softmax stay fp32"
     card = read_card(model)
     assert card.quantization.startswith("int8") and card.content_hash == content_hash(model)
     assert card.metrics["int8_val_accuracy"] == pytest.approx(q.int8_accuracy)

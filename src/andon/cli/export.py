@@ -72,8 +72,9 @@ def _print_report(report) -> None:
     ]
     if q is not None:
         rows.append(("int8 accuracy", f"{q.fp32_accuracy:.2%} fp32 -> {q.int8_accuracy:.2%} int8 "
-                                      f"({-q.accuracy_drop_pp:+.2f} points) on {q.n_eval} images, "
-                                      f"{q.agreement:.1%} same predictions"))
+                                      f"({-q.accuracy_drop_pp + 0.0:+.2f} points) on {q.n_eval} images, "
+                                      f"{q.agreement:.1%} same predictions, {q.decision_agreement:.1%} same "
+                                      "pass/review/reject at the card's thresholds"))
         rows.append(("int8 speed", f"{q.fp32_ms_per_image:.2f} -> {q.int8_ms_per_image:.2f} ms/image "
                                    f"({q.speedup:.2f}x faster), size {_size(q.fp32_bytes)} -> {_size(q.int8_bytes)} "
                                    f"({q.size_ratio:.2f}x)"))

@@ -203,13 +203,9 @@ def _finish(model: onnx.ModelProto) -> onnx.ModelProto:
 def verify(graph_module: InspectionGraph, data: bytes, inputs: np.ndarray, *,
            batch: int = 16) -> tuple[Parity, tuple[int, int]]:
     """Load ``data`` as the service will, and compare its outputs with torch's; ``ExportError`` if they differ."""
-    from andon.inspect.inspector import Inspector
     from andon.inspect.session import create_session
 
-    try:
-        Inspector.from_bytes(data, source="the exported model", warmup=True)
-    except AndonError as exc:
-        raise ExportError(f"the exported file does not load in the inspector: {exc}") from None
+    _check_loads(data, "the exported model")
     session = create_session(data)
     probs_diff = heat_diff = 0.0
     sizes = [1] + [min(batch, len(inputs) - i) for i in range(0, len(inputs), batch)]
@@ -315,29 +311,21 @@ def export_run(run_dir: str | Path, out_path: str | Path, *, int8: bool = False,
 def _int8(run, built: Built, preprocessor, *, max_accuracy_drop: float, calibration_images: int,
           eval_images: int | None, progress: Progress | None) -> tuple[bytes, ModelCard, Int8Report]:
     """Quantize, measure against fp32, and refuse past the accuracy bound; returns the int8 file bytes."""
-    from andon.inspect.inspector import Inspector
     from andon.inspect.session import create_session
     from andon.models.quantize import compare, quantize_int8
-    from andon.models.rundata import load_tensors, pick
 
-    classes = run.card.classes
-    _, train = run.split("train", "val")
-    calib_x, _ = load_tensors(pick(train, calibration_images), preprocessor, classes)
-    eval_split, eval_samples = run.split("val", "test", "train")
-    _say(progress, f"preprocessing {min(len(eval_samples), eval_images or len(eval_samples))} {eval_split} "
-                   "images to judge int8 accuracy")
-    eval_x, eval_y = load_tensors(pick(eval_samples, eval_images), preprocessor, classes)
+    calib_x, eval_split, eval_x, eval_y = _int8_images(run, preprocessor, calibration_images, eval_images, progress)
     _say(progress, f"quantizing to int8 (QDQ, per-channel), calibrating on {len(calib_x)} images")
     t = time.perf_counter()
     quantized = quantize_int8(built.graph, calib_x, input_name=INPUT_NAME)
-    built.stages["quantize"] = time.perf_counter() - t
     quantized.producer_name, quantized.producer_version = "andon", __version__
+    built.stages["quantize"] = time.perf_counter() - t
     _say(progress, f"comparing fp32 and int8 on {len(eval_x)} {eval_split} images")
     t = time.perf_counter()
     graph8 = quantized.SerializeToString()
-    report = compare(create_session(built.data), create_session(graph8), eval_x, eval_y, input_name=INPUT_NAME,
-                     probs_name=PROBS_NAME, fp32_bytes=len(built.data), int8_bytes=len(graph8),
-                     calibration_images=len(calib_x))
+    report = compare(create_session(built.data), create_session(graph8), eval_x, eval_y, built.card,
+                     input_name=INPUT_NAME, probs_name=PROBS_NAME, fp32_bytes=len(built.data),
+                     int8_bytes=len(graph8), calibration_images=len(calib_x))
     built.stages["compare"] = time.perf_counter() - t
     if report.accuracy_drop_pp > max_accuracy_drop:
         raise ExportError(
@@ -345,14 +333,36 @@ def _int8(run, built: Built, preprocessor, *, max_accuracy_drop: float, calibrat
             f"{report.fp32_accuracy:.2%} on {report.n_eval} {eval_split} images, beyond --max-accuracy-drop "
             f"{max_accuracy_drop:g}; no file written (export without --int8 for fp32)"
         )
-    metrics = {**built.card.metrics, f"fp32_{eval_split}_accuracy": report.fp32_accuracy,
-               f"int8_{eval_split}_accuracy": report.int8_accuracy}
     card = built.card.replace(
         quantization=f"int8 (onnxruntime static QDQ, per-channel int8 weights, uint8 activations, "
-                     f"{len(calib_x)} calibration images)", metrics=metrics)
+                     f"{len(calib_x)} calibration images)",
+        metrics={**built.card.metrics, f"fp32_{eval_split}_accuracy": report.fp32_accuracy,
+                 f"int8_{eval_split}_accuracy": report.int8_accuracy})
     data, card = with_card(quantized, card)
-    try:
-        Inspector.from_bytes(data, source="the int8 model", warmup=True)
-    except AndonError as exc:
-        raise ExportError(f"the int8 file does not load in the inspector: {exc}") from None
+    _check_loads(data, "the int8 file")
     return data, card, report
+
+
+def _int8_images(run, preprocessor, calibration_images: int, eval_images: int | None,
+                 progress: Progress | None) -> tuple[np.ndarray, str, np.ndarray, np.ndarray]:
+    """Calibration tensors from train (else val), and labelled tensors to judge on from val (else test, train)."""
+    from andon.models.rundata import load_tensors, pick
+
+    classes = run.card.classes
+    _, train = run.split("train", "val")
+    calib_x, _ = load_tensors(pick(train, calibration_images), preprocessor, classes)
+    eval_split, eval_samples = run.split("val", "test", "train")
+    eval_samples = pick(eval_samples, eval_images)
+    _say(progress, f"preprocessing {len(eval_samples)} {eval_split} images to judge int8 accuracy")
+    eval_x, eval_y = load_tensors(eval_samples, preprocessor, classes)
+    return calib_x, eval_split, eval_x, eval_y
+
+
+def _check_loads(data: bytes, what: str) -> None:
+    """The file must load in the Inspector exactly as the service will load it (card, hash, signature)."""
+    from andon.inspect.inspector import Inspector
+
+    try:
+        Inspector.from_bytes(data, source=what, warmup=True)
+    except AndonError as exc:
+        raise ExportError(f"{what} does not load in the inspector: {exc}") from None

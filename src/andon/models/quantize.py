@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from andon.errors import ExportError
+from andon.inspect.card import ModelCard
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class Int8Report:
     accuracy_drop_pp: float
     #: share of images where both predict the same class
     agreement: float
+    #: share of images where both give the same pass / review / reject at the card's thresholds
+    decision_agreement: float
     max_prob_diff: float
     fp32_ms_per_image: float
     int8_ms_per_image: float
@@ -118,12 +121,15 @@ def _prune_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def compare(fp32_session: object, int8_session: object, images: np.ndarray, labels: np.ndarray, *,
+def compare(fp32_session: object, int8_session: object, images: np.ndarray, labels: np.ndarray, card: ModelCard, *,
             input_name: str, probs_name: str, fp32_bytes: int, int8_bytes: int, calibration_images: int,
             batch: int = 16, timing_batch: int = 8, repeats: int = 10) -> Int8Report:
-    """Accuracy of both sessions on ``images`` and their speed on one batch of up to ``timing_batch`` images."""
+    """Accuracy and decisions of both sessions on ``images``, and their speed on one batch of ``timing_batch``."""
+    from andon.inspect.decision import decide_many
+
     p32 = _predict(fp32_session, images, input_name, probs_name, batch)
     p8 = _predict(int8_session, images, input_name, probs_name, batch)
+    d32, d8 = (decide_many(card.thresholds, p, card.classes, card.defect_classes) for p in (p32, p8))
     acc32 = float((p32.argmax(1) == labels).mean())
     acc8 = float((p8.argmax(1) == labels).mean())
     sample = images[:timing_batch]
@@ -131,7 +137,8 @@ def compare(fp32_session: object, int8_session: object, images: np.ndarray, labe
     ms8 = _time_per_image(int8_session, sample, input_name, probs_name, repeats)
     return Int8Report(
         n_eval=len(images), fp32_accuracy=acc32, int8_accuracy=acc8, accuracy_drop_pp=(acc32 - acc8) * 100.0,
-        agreement=float((p32.argmax(1) == p8.argmax(1)).mean()), max_prob_diff=float(np.abs(p32 - p8).max()),
+        agreement=float((p32.argmax(1) == p8.argmax(1)).mean()), decision_agreement=float((d32 == d8).mean()),
+        max_prob_diff=float(np.abs(p32 - p8).max()),
         fp32_ms_per_image=ms32, int8_ms_per_image=ms8, fp32_bytes=fp32_bytes, int8_bytes=int8_bytes,
         calibration_images=calibration_images,
     )
