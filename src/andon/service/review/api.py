@@ -125,7 +125,7 @@ def get_queue(
 ) -> Any:
     f = q.QueueFilter(status=status, decision=decision, line_id=line_id, camera_id=camera_id,
                       since=_aware(since), until=_aware(until))
-    result = q.page(session, f, cursor=q.Cursor.decode(cursor) if cursor else None, limit=limit)
+    result = q.page(session, f, cursor=q.Cursor.decode(cursor) if cursor else None, limit=limit, full=True)
     return QueueOut(items=[InspectionOut.from_row(r) for r in result.items], next_cursor=result.next_cursor,
                     count=q.count(session, f), **q.waiting_counts(session))
 

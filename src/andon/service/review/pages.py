@@ -223,6 +223,9 @@ def _fragment_login() -> Response:
 
 def part_context(session, ctx, row: Inspection, f: q.QueueFilter) -> dict[str, Any]:
     """What the part view shows, and which part comes next in this queue."""
+    # queue rows load only the listed columns: the part on screen needs all of them
+    row = session.scalars(select(Inspection).where(Inspection.id == row.id)
+                          .execution_options(populate_existing=True)).one()
     info = card_lookup(ctx).classes(row)
     verdicts = history(session, row.id)
     current = next((v for v in reversed(verdicts) if v.superseded_at is None), None)

@@ -18,10 +18,11 @@ import datetime as dt
 import heapq
 from dataclasses import dataclass, replace
 
-from sqlalchemy import and_, func, not_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, func, not_, select, text
+from sqlalchemy.orm import Session, load_only
 
 from andon.errors import ConfigError
+from andon.service.review.tables import AUDIT_CONDITION
 from andon.service.tables import (REVIEW_ESCALATED, REVIEW_NOT_REQUIRED, REVIEW_REVIEWED, REVIEW_UNREVIEWED,
                                   Inspection, utcnow)
 
@@ -106,21 +107,31 @@ class QueuePage:
     next_cursor: str | None
 
 
-def _base(f: QueueFilter, decision: str, now: dt.datetime | None):
-    query = select(Inspection).where(Inspection.decision == decision,
-                                     Inspection.review_status == STATUSES[f.status])
+#: what a queue row shows; the other columns (scores, timings) load only for the part on screen
+LIST_COLUMNS = (Inspection.id, Inspection.created_at, Inspection.line_id, Inspection.camera_id,
+                Inspection.part_id, Inspection.label, Inspection.decision, Inspection.defect_score,
+                Inspection.review_status, Inspection.image_key)
+
+
+def _conditions(f: QueueFilter, decision: str, now: dt.datetime | None) -> list:
+    conds = [Inspection.decision == decision, Inspection.review_status == STATUSES[f.status]]
     if f.status == "audit":
-        query = query.where(Inspection.image_key.is_not(None))
+        conds.append(text(AUDIT_CONDITION))  # the partial index's own condition: a short range
     if f.line_id:
-        query = query.where(Inspection.line_id == f.line_id)
+        conds.append(Inspection.line_id == f.line_id)
     if f.camera_id:
-        query = query.where(Inspection.camera_id == f.camera_id)
+        conds.append(Inspection.camera_id == f.camera_id)
     since, until = f.bounds(now)
     if since is not None:
-        query = query.where(Inspection.created_at >= since)
+        conds.append(Inspection.created_at >= since)
     if until is not None:
-        query = query.where(Inspection.created_at < until)
-    return query
+        conds.append(Inspection.created_at < until)
+    return conds
+
+
+def _base(f: QueueFilter, decision: str, now: dt.datetime | None, *, full: bool = False):
+    query = select(Inspection).where(*_conditions(f, decision, now))
+    return query if full else query.options(load_only(*LIST_COLUMNS))
 
 
 def _older_than(query, cursor: Cursor):
@@ -135,11 +146,12 @@ def _newer_than(query, cursor: Cursor):
 
 
 def page(session: Session, f: QueueFilter, *, cursor: Cursor | None = None, limit: int = PAGE_SIZE,
-         now: dt.datetime | None = None) -> QueuePage:
-    """Up to ``limit`` frames of the queue, newest first, older than ``cursor``."""
+         now: dt.datetime | None = None, full: bool = False) -> QueuePage:
+    """Up to ``limit`` frames of the queue, newest first, older than ``cursor``; ``full`` loads every column
+    (the JSON API), otherwise only what a queue row shows."""
     runs = []
     for decision in f.decisions:
-        query = _base(f, decision, now)
+        query = _base(f, decision, now, full=full)
         if cursor is not None:
             query = _older_than(query, cursor)
         query = query.order_by(Inspection.created_at.desc(), Inspection.id.desc()).limit(limit + 1)
@@ -186,7 +198,7 @@ def count(session: Session, f: QueueFilter, now: dt.datetime | None = None) -> i
     """How many frames the filter's queue holds (index-only for the unfiltered waiting count)."""
     total = 0
     for decision in f.decisions:
-        query = _base(f, decision, now).with_only_columns(func.count()).order_by(None)
+        query = select(func.count()).select_from(Inspection).where(*_conditions(f, decision, now))
         total += int(session.scalar(query) or 0)
     return total
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from andon.service.tables import Base, UTCDateTime, utcnow
+from andon.service.tables import Base, Inspection, UTCDateTime, utcnow
 
 USER_ROLES: tuple[str, ...] = ("operator", "engineer")
 
@@ -75,3 +75,14 @@ class ReviewVerdict(Base):
         Index("ix_review_verdicts_inspection", "inspection_id", "id"),
         Index("ix_review_verdicts_current", "superseded_at", "created_at"),
     )
+
+
+#: the audit queue's partial index condition: frames whose image is kept (every flagged frame and a small
+#: sample of passes); the condition has no parameter, so SQLite can match it to queries that state it
+AUDIT_CONDITION = "image_key IS NOT NULL"
+
+# On the service's table, declared here: a partial index over frames with a stored image. For the audit
+# queue (passes whose image was sampled) it is a range of a few thousand entries instead of a walk over
+# every passed frame; SQLite's planner prefers it to the queue index because it is smaller.
+Index("ix_inspections_audit", Inspection.decision, Inspection.review_status, Inspection.created_at,
+      sqlite_where=text(AUDIT_CONDITION), postgresql_where=text(AUDIT_CONDITION))

@@ -14,6 +14,9 @@ import sqlalchemy as sa
 from alembic import op
 
 
+# the audit queue's partial index condition (as in andon.service.review.tables, frozen here)
+AUDIT_CONDITION = "image_key IS NOT NULL"
+
 revision = '0002'
 down_revision = '0001'
 branch_labels = None
@@ -73,11 +76,14 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('brightness', sa.Float(), nullable=True))
         batch_op.add_column(sa.Column('contrast', sa.Float(), nullable=True))
         batch_op.add_column(sa.Column('focus', sa.Float(), nullable=True))
+        batch_op.create_index('ix_inspections_audit', ['decision', 'review_status', 'created_at'], unique=False,
+                              sqlite_where=sa.text(AUDIT_CONDITION), postgresql_where=sa.text(AUDIT_CONDITION))
 
 
 
 def downgrade() -> None:
     with op.batch_alter_table('inspections', schema=None) as batch_op:
+        batch_op.drop_index('ix_inspections_audit')
         batch_op.drop_column('focus')
         batch_op.drop_column('contrast')
         batch_op.drop_column('brightness')
