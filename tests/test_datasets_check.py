@@ -93,7 +93,7 @@ def test_check_finds_unreadable_duplicates_and_leaks(corrupted: dict) -> None:
     assert not report.ok
     assert any("carry different labels" in p and "same_as_ok.png" in p for p in report.problems)
     assert any("straddle splits" in p and "img_05.png" in p for p in report.problems)
-    assert any("2 unreadable file(s)" in w for w in report.warnings)
+    assert any("2 unreadable file(s)" in p and "would stop training" in p for p in report.problems)
     assert sum(report.counts["ok"].values()) == 13  # 12 + the near copy; the truncated file is not counted
 
 
@@ -108,14 +108,20 @@ def test_cli_exit_codes_and_tables(corrupted: dict, capsys: pytest.CaptureFixtur
                  "split leak", "problem(s) would spoil training"):
         assert text in out, text
 
-    # remove the copies: unreadable files alone are listed, not fatal
+    # without the copies, the unreadable files are the only problem; without those, it is ready to train
     (root / "crack" / "same_as_ok.png").unlink()
     (root / corrupted["near"]).unlink()
     with pytest.raises(SystemExit) as exit_info:
         main(["data", "check", str(root)])
     out = capsys.readouterr().out
+    assert exit_info.value.code == 1 and "1 problem(s)" in out and "2 unreadable file(s)" in out
+    (root / "ok" / "truncated.jpg").unlink()
+    (root / "crack" / "notes.jpg").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "check", str(root)])
+    out = capsys.readouterr().out
     assert exit_info.value.code == 0, out
-    assert "OK: ready to train" in out and "2 unreadable file(s)" in out
+    assert "OK: ready to train" in out and "problem" not in out
 
 
 def test_cli_json_output(corrupted: dict, capsys: pytest.CaptureFixture) -> None:

@@ -4,7 +4,7 @@ Every file is read once (threads: decoding releases the GIL): sha256 of the byte
 the header probe and a full decode (the same decoder training uses) find files that are not images,
 truncated or corrupt; a perceptual hash of the decoded pixels finds near-duplicates. A near-duplicate pair
 in two splits is a leak (the test set has seen training images); with two labels it is a labelling
-conflict. One broken file is listed, not fatal: training skips it, but it should be looked at.
+conflict. A broken file does not stop the check: every one is listed, with the reason.
 """
 
 from __future__ import annotations
@@ -192,8 +192,9 @@ def _judge(report: CheckReport, ds: Dataset, min_per_class: int, uniform: bool,
     if report.n_readable == 0:
         problems.append(f"none of the {report.n_images} files is a readable image")
         return
-    if report.unreadable:
-        warnings.append(f"{len(report.unreadable)} unreadable file(s) will be skipped; fix or remove them")
+    if report.unreadable:  # training reads every image and stops at the first it cannot decode
+        problems.append(f"{len(report.unreadable)} unreadable file(s) (listed above) would stop training; "
+                        "fix or remove them")
     _class_findings(report, min_per_class)
     _duplicate_findings(report)
     _near_findings(report, uniform)
