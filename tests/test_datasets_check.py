@@ -85,7 +85,7 @@ def test_check_finds_unreadable_duplicates_and_leaks(corrupted: dict) -> None:
     assert {p.name for p in dup.paths} == {"img_03.png", "same_as_ok.png"} and dup.conflicting
 
     leaks = [d for d in report.near_duplicates if d.leak]
-    assert [(report._rel(d.a), report._rel(d.b)) for d in leaks] in (
+    assert [(report.relative(d.a), report.relative(d.b)) for d in leaks] in (
         [("ok/img_05.png", corrupted["near"])], [(corrupted["near"], "ok/img_05.png")])
     assert not any(d.conflicting for d in report.near_duplicates)
     assert len(report.near_duplicates) == 1  # 26 distinct textures: no false alarms
@@ -225,3 +225,19 @@ def test_near_duplicate_grouping_keeps_copies_in_one_split(corrupted: dict) -> N
     assert all(s.group is None for s in singles)  # unreadable files and unique images stand alone
     report = check_dataset(ds)
     assert not any(d.leak for d in report.near_duplicates) and not any(g.leak for g in report.exact_duplicates)
+
+
+def test_aligned_look_alike_parts_are_a_warning_not_a_leak(tmp_path: Path) -> None:
+    """Images of identical, aligned parts all look alike to a perceptual hash; that is no evidence of copies."""
+    base = _image(3, 96)
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        part = np.clip(base.astype(np.int16) + rng.normal(0, 4, base.shape), 0, 255).astype(np.uint8)
+        label = "ok" if i % 2 else "dent"
+        if label == "dent":
+            cv2.circle(part, (int(rng.integers(20, 76)), int(rng.integers(20, 76))), 4, (60, 60, 60), -1)
+        _write(tmp_path / "parts" / label / f"p{i:03d}.png", part)
+    report = check_dataset(assign_splits(load_folder(tmp_path / "parts")))
+    assert len(report.near_duplicates) > 100  # they do all look alike
+    assert report.ok, report.problems
+    assert any("most images look alike" in w for w in report.warnings)

@@ -231,7 +231,7 @@ def _class_findings(report: CheckReport, min_per_class: int) -> None:
 
 
 def _examples(paths: list[tuple[Path, ...]], report: CheckReport) -> str:
-    shown = "; ".join(" = ".join(report._rel(p) for p in group) for group in paths[:_EXAMPLES])
+    shown = "; ".join(" = ".join(report.relative(p) for p in group) for group in paths[:_EXAMPLES])
     return f"e.g. {shown}" + (" ..." if len(paths) > _EXAMPLES else "")
 
 

@@ -86,7 +86,7 @@ class CheckReport:
 
     def as_dict(self) -> dict:
         """JSON-ready: paths relative to the root where possible."""
-        rel = self._rel
+        rel = self.relative
         return {
             "root": str(self.root),
             "ok": self.ok,
@@ -111,7 +111,7 @@ class CheckReport:
             "warnings": list(self.warnings),
         }
 
-    def _rel(self, path: Path) -> str:
+    def relative(self, path: Path) -> str:
         try:
             return path.relative_to(self.root).as_posix()
         except ValueError:
@@ -174,7 +174,7 @@ class CheckReport:
         table.add_column("file")
         table.add_column("why")
         for u in self.unreadable[:_MAX_ROWS]:
-            table.add_row(self._rel(u.path), u.reason)
+            table.add_row(self.relative(u.path), u.reason)
         if len(self.unreadable) > _MAX_ROWS:
             table.add_row(f"... {len(self.unreadable) - _MAX_ROWS} more (see --json)", "")
         return table
@@ -192,7 +192,7 @@ class CheckReport:
         rows.sort(key=lambda r: (not r[4], not r[5]))  # conflicts and leaks first
         for kind, paths, labels, splits, conflicting, leak in rows[:_MAX_ROWS]:
             finding = " + ".join(x for x, on in (("conflicting labels", conflicting), ("split leak", leak)) if on)
-            table.add_row(kind, "\n".join(self._rel(p) for p in paths), ", ".join(labels),
+            table.add_row(kind, "\n".join(self.relative(p) for p in paths), ", ".join(labels),
                           ", ".join(s or "-" for s in splits), finding or "redundant")
         if len(rows) > _MAX_ROWS:
             table.add_row("...", f"{len(rows) - _MAX_ROWS} more (see --json)", "", "", "")
