@@ -12,11 +12,17 @@ process ran it or how many there are. That is what makes runs repeatable and ``-
 
 from __future__ import annotations
 
-import albumentations as A
-import cv2
-import numpy as np
+import os
 
-from andon.training.recipe import AugmentSection
+# albumentations asks PyPI for a newer version on import; andon runs offline on line computers, where that
+# is a 2-second timeout and an outbound request nobody asked for.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from andon.training.recipe import AugmentSection  # noqa: E402
 
 
 class Augmenter:

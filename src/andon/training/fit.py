@@ -22,6 +22,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
+from andon.datasets.dataset import Dataset
 from andon.errors import ConfigError, DatasetError
 from andon.evaluation.metrics import classification_report
 from andon.inspect.card import ModelCard, PreprocessSpec, default_defect_classes
@@ -34,7 +35,7 @@ from andon.training.optim import (build_criterion, build_optimizer, build_schedu
                                   sample_weights)
 from andon.training.progress import make_progress, summary_table
 from andon.training.recipe import Recipe
-from andon.training.rundir import (RunDir, atomic_write, named, open_run, read_metrics, save_predictions,
+from andon.training.rundir import (RunDir, create_run, named, plan_run, read_metrics, save_predictions,
                                    write_metrics)
 from andon.training.seeding import configure_torch, rng_state, seed_everything, set_rng_state
 
@@ -88,11 +89,13 @@ def fit(recipe: Recipe, *, resume: bool = False, console: Console | None = None,
     """
     console = console or Console(stderr=True)
     recipe = named(recipe)
-    run = open_run(recipe, resume=resume)
-    atomic_write(run.recipe, recipe.to_yaml())
-    console.print(f"run [bold]{run.path}[/]  (continue an interrupted run with --name {run.name} --resume)")
+    run = plan_run(recipe, resume=resume)
+    device, dataset, model = prepare(recipe)
+    create_run(run, recipe)  # only now: bad data, model names or weights leave no folder behind
+    console.print(f"run {run.path}  (continue an interrupted run with --name {run.name} --resume)",
+                  markup=False, highlight=False)
     with make_progress(console) as progress:
-        session = setup_session(recipe, run, progress)
+        session = setup_session(recipe, run, device, dataset, model, progress)
         state, rows = _restore(session) if resume else (StopState(), [])
         _epochs(session, state, rows, progress, console, callbacks)
         result = _finish(session, state, progress)
@@ -109,15 +112,23 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def setup_session(recipe: Recipe, run: RunDir, progress: Progress | None = None) -> Session:
-    """Data, cache, model, loaders, optimizer: everything an epoch needs (also used by bench/pipeline.py)."""
+def prepare(recipe: Recipe) -> tuple[torch.device, Dataset, Classifier]:
+    """Device, seeds, the split data set and the model: where bad input shows up, before anything is written."""
     cfg = recipe.train
     device = pick_device(cfg.device)
     configure_torch(cfg.threads, device)
     seed_everything(cfg.seed)
     dataset = load_split_dataset(recipe.data)
+    default_defect_classes(dataset.classes, recipe.data.defect_classes)  # unknown names fail here, not at the end
     model = create_model(recipe.model.name, len(dataset.classes), recipe.model.weights,
                          mean=recipe.model.mean, std=recipe.model.std).to(device)
+    return device, dataset, model
+
+
+def setup_session(recipe: Recipe, run: RunDir, device: torch.device, dataset: Dataset, model: Classifier,
+                  progress: Progress | None = None) -> Session:
+    """Cache, loaders, optimizer, scheduler, loss: everything an epoch needs (also used by bench/pipeline.py)."""
+    cfg = recipe.train
     info = model.weights_info
     spec = preprocess_spec(recipe.model, info.mean, info.std)
     data = prepare_run_data(dataset, spec, run.path, workers=cfg.workers, progress=progress)

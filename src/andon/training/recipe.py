@@ -12,6 +12,7 @@ import copy
 import re
 from importlib import resources
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import yaml
@@ -186,8 +187,10 @@ def default_dict() -> dict[str, Any]:
     return _parse_yaml(text, "the built-in default recipe")
 
 
-def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
-    """Defaults, then the recipe file at ``path`` (if any), then ``overrides`` ("section.key=value")."""
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None,
+                values: Mapping[str, Any] | None = None) -> Recipe:
+    """Defaults, then the recipe file at ``path`` (if any), then ``values`` ({"section.key": typed value},
+    what command-line flags give), then ``overrides`` ("section.key=value" strings, parsed as YAML)."""
     merged = default_dict()
     user: dict[str, Any] = {}
     source = "--set"
@@ -198,6 +201,8 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         user = _parse_yaml(path.read_text(encoding="utf-8"), f"recipe {path}")
         _merge(merged, user)
         source = f"recipe {path}"
+    for key, value in (values or {}).items():
+        set_key(merged, key, value)
     for item in overrides or []:
         _apply_override(merged, item)
     return _validate(merged, user=user, source=source)
@@ -242,6 +247,11 @@ def _apply_override(merged: dict[str, Any], item: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw  # a plain string that happens to contain YAML syntax, such as "a: b"
+    set_key(merged, key, value)
+
+
+def set_key(merged: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``section.key`` (or ``data.remap.<class>``) in a recipe dict; a missing section is an error."""
     parts = key.split(".")
     node = merged
     for depth, part in enumerate(parts[:-1]):

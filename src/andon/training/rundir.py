@@ -74,8 +74,13 @@ def named(recipe: Recipe) -> Recipe:
     return recipe.with_overrides(changes) if changes else recipe
 
 
-def open_run(recipe: Recipe, *, resume: bool) -> RunDir:
-    """A new, empty run folder; or, with ``resume``, the existing one, checked against ``recipe``."""
+def plan_run(recipe: Recipe, *, resume: bool) -> RunDir:
+    """The run folder for ``recipe``, checked but not yet created (bad input must not leave a folder behind).
+
+    A new run may not reuse a folder that holds a finished epoch (``last.pt``); a folder without one is
+    from a run that failed before its first epoch and is started over. ``resume`` needs ``last.pt`` and a
+    recipe that differs from the saved one only in ``RESUMABLE_KEYS``.
+    """
     if resume and recipe.output.name is None:
         raise ConfigError("--resume needs the name of the run to continue: --name NAME "
                           f"(runs live in {recipe.output.runs_dir})")
@@ -85,10 +90,15 @@ def open_run(recipe: Recipe, *, resume: bool) -> RunDir:
         if not run.last.is_file():
             raise RunError(f"cannot resume: {run.last} does not exist (no epoch of run '{name}' finished)")
         check_resumable(read_recipe(run.recipe), recipe)
-    elif run.path.exists() and any(run.path.iterdir()):
+    elif run.last.exists():
         raise RunError(f"run folder {run.path} already exists; continue it with --resume or choose another --name")
-    run.path.mkdir(parents=True, exist_ok=True)
     return run
+
+
+def create_run(run: RunDir, recipe: Recipe) -> None:
+    """Make the folder and write the resolved recipe."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write(run.recipe, recipe.to_yaml())
 
 
 def read_recipe(path: Path) -> Recipe:

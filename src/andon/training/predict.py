@@ -1,0 +1,54 @@
+"""Class probabilities from a training run's ``best.pt`` (torch), for ``andon evaluate RUN DATA``.
+
+Frames go through ``Preprocessor(card.preprocess)``, the path the service uses, so the figures of a run
+folder and of its exported ONNX file differ only by the export's numerical error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from andon.errors import AndonError, DatasetError, RunError
+from andon.inspect.card import ModelCard
+from andon.inspect.preprocess import Preprocessor
+from andon.models import Classifier, create_model, load_checkpoint
+
+
+def load_run_model(run_dir: str | Path) -> tuple[Classifier, ModelCard]:
+    """The best model of a run, in eval mode on the CPU, and its card."""
+    path = Path(run_dir) / "best.pt"
+    if not Path(run_dir).is_dir():
+        raise RunError(f"run folder {run_dir} does not exist")
+    ckpt = load_checkpoint(path)
+    model = create_model(ckpt.model_name, ckpt.num_classes, "none")
+    model.load_state_dict(ckpt.state_dict)
+    return model.eval(), ckpt.card
+
+
+@torch.inference_mode()
+def predict_paths(run_dir: str | Path, paths: Sequence[str | Path], *,
+                  batch_size: int = 32) -> tuple[np.ndarray, ModelCard]:
+    """Probabilities (N x classes, float32, in ``paths`` order) of the run's best model, and its card."""
+    model, card = load_run_model(run_dir)
+    pre = Preprocessor(card.preprocess)
+    out = np.zeros((len(paths), len(card.classes)), dtype=np.float32)
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        batch = np.stack([_tensor(pre, Path(p)) for p in chunk])
+        out[start:start + len(chunk)] = torch.softmax(model(torch.from_numpy(batch)), dim=1).numpy()
+    return out, card
+
+
+def _tensor(pre: Preprocessor, path: Path) -> np.ndarray:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    try:
+        return pre(data)
+    except AndonError as exc:
+        raise type(exc)(f"{path}: {exc}") from None
