@@ -36,7 +36,10 @@ def serve(
     """Run the service: cameras POST frames to /v1/inspections; API docs at /docs."""
     import uvicorn
 
+    from andon.service import memory
     from andon.service.settings import Settings
+
+    memory.limit_arenas(2)  # before any thread starts: one malloc arena per thread would grow RSS
 
     settings = Settings.load(config, host=host, port=port, model=model, data_dir=data_dir,
                              database_url=database_url, workers=workers)
@@ -71,7 +74,10 @@ def prepare(settings):
     finally:
         engine.dispose()
     if settings.model is not None:
+        from andon.service import memory
+
         ModelRuntime(ModelRegistry(settings.registry_dir), settings).bootstrap(settings.model)
+        memory.trim()  # the validation load is gone; give its pages back before the service loads the model
     changes: dict = {"model": None}
     if not has_keys and not _is_loopback(settings.host):
         typer.secho(f"no API keys are configured: binding to {LOOPBACK} only, not {settings.host}. Create keys "

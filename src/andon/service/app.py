@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from andon import __version__
-from andon.service import errors
+from andon.service import errors, memory
 from andon.service.admission import Admission
 from andon.service.auth import KeyDirectory, api_key_authenticator
 from andon.service.db import make_engine, migrate, session_factory
@@ -49,6 +49,7 @@ def build_context(settings: Settings) -> ServiceContext:
     runtime = ModelRuntime(registry, settings)
     runtime.on_swap.append(lambda m: metrics.set_active_model(
         m.active.model_version if m.active else None, m.active.model_hash if m.active else None))
+    runtime.on_swap.append(lambda m: memory.trim())
     admission = Admission(settings.inference_threads, settings.queue_size, retry_after=settings.retry_after_s,
                           on_depth=metrics.queue_depth.set)
     metrics.queue_capacity.set(admission.capacity)
@@ -102,6 +103,7 @@ def start(ctx: ServiceContext) -> None:
         ctx.runtime.bootstrap(ctx.settings.model)
     ctx.runtime.sync(force=True)
     ctx.metrics.set_active_model(*_active(ctx))
+    memory.trim()
     if ctx.runtime.snapshot().active is None:
         log.warning("no active model: %s", ctx.runtime.last_error or "the registry is empty; "
                     "'andon models add FILE' then 'andon models promote VERSION'")
@@ -123,6 +125,8 @@ def _limits(settings: Settings):
 
 
 async def _poll_registry(ctx: ServiceContext) -> None:
+    """Follow the registry (swaps made elsewhere); trim the heap every half minute while at it."""
+    last_trim = asyncio.get_running_loop().time()
     while True:
         await asyncio.sleep(ctx.settings.registry_poll_s)
         try:
@@ -130,6 +134,9 @@ async def _poll_registry(ctx: ServiceContext) -> None:
                 ctx.metrics.model_swaps.inc()
         except Exception:  # noqa: BLE001 - the poller must survive a bad state file
             log.exception("registry poll failed")
+        if asyncio.get_running_loop().time() - last_trim > 30.0:
+            await run_in_threadpool(memory.trim)
+            last_trim = asyncio.get_running_loop().time()
 
 
 async def _retention_loop(ctx: ServiceContext) -> None:

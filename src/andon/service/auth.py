@@ -157,6 +157,7 @@ class KeyDirectory:
         self._any = False
         self._cameras: frozenset[str] = frozenset()
         self._latched = False
+        self._verified: dict[bytes, tuple[Principal, float]] = {}
 
     def _refresh(self) -> None:
         now = time.monotonic()
@@ -173,7 +174,22 @@ class KeyDirectory:
             self._at = now
 
     def invalidate(self) -> None:
+        """Forget everything cached (after a key is created or revoked through the API)."""
         self._at = -1e9
+        self._verified.clear()
+
+    def cached_principal(self, key: str) -> Principal | None:
+        """The principal of a key verified less than ``ttl`` seconds ago (revocation by the CLI therefore
+        takes effect within ``ttl`` seconds; through the API at once)."""
+        hit = self._verified.get(hashlib.sha256(key.encode()).digest())
+        if hit is None or time.monotonic() - hit[1] > self._ttl:
+            return None
+        return hit[0]
+
+    def remember(self, key: str, principal: Principal) -> None:
+        if len(self._verified) > 10_000:
+            self._verified.clear()
+        self._verified[hashlib.sha256(key.encode()).digest()] = (principal, time.monotonic())
 
     @property
     def auth_required(self) -> bool:

@@ -14,9 +14,10 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from andon.service.admission import Admission
-from andon.service.auth import ANONYMOUS, KeyDirectory, Permission, Principal
+from andon.service.auth import ANONYMOUS, KeyDirectory, Permission, Principal, presented_key
 from andon.service.errors import AuthenticationError, PermissionDeniedError
 from andon.service.metrics import Metrics
 from andon.service.pipeline import Pipeline
@@ -67,17 +68,36 @@ def get_models(ctx: ContextDep) -> Models:
 ModelsDep = Annotated[Models, Depends(get_models)]
 
 
-def get_principal(request: Request, ctx: ContextDep) -> Principal:
-    """Who is calling; anonymous only while no key exists (open mode). Uses its own short session, so the
-    hot path does not hold a database connection while it waits for inference."""
+async def get_principal(request: Request, ctx: ContextDep) -> Principal:
+    """Who is calling; anonymous only while no key exists (open mode).
+
+    A key verified in the last few seconds is answered from memory; otherwise the authenticators run in a
+    worker thread with their own short session, so the hot path neither blocks the event loop nor holds a
+    database connection while it waits for inference.
+    """
+    key = presented_key(request.headers)
+    if key is not None:
+        cached = ctx.keys.cached_principal(key)
+        if cached is not None:
+            return cached
+    if key is not None or request.cookies:
+        principal = await run_in_threadpool(_authenticate, request, ctx)
+        if principal is not None:
+            if key is not None and principal.key_id is not None:
+                ctx.keys.remember(key, principal)
+            return principal
+    if await run_in_threadpool(lambda: ctx.keys.auth_required):
+        raise AuthenticationError("this route needs an API key (Authorization: Bearer andon_... or X-API-Key)")
+    return ANONYMOUS
+
+
+def _authenticate(request: Request, ctx: ServiceContext) -> Principal | None:
     with ctx.sessions() as session:
         for authenticate in ctx.authenticators:
             principal = authenticate(request, session)
             if principal is not None:
                 return principal
-    if ctx.keys.auth_required:
-        raise AuthenticationError("this route needs an API key (Authorization: Bearer andon_... or X-API-Key)")
-    return ANONYMOUS
+    return None
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

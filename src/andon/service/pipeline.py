@@ -52,9 +52,14 @@ class IncomingFrame:
     data: bytes
     meta: FrameMeta
     idempotency_key: str | None
+    _sha256: str | None = None
 
-    def __post_init__(self) -> None:
-        self.sha256 = hashlib.sha256(self.data).hexdigest()
+    @property
+    def sha256(self) -> str:
+        """Hex digest of the bytes; first computed off the event loop (``process`` does it in a thread)."""
+        if self._sha256 is None:
+            self._sha256 = hashlib.sha256(self.data).hexdigest()
+        return self._sha256
 
 
 @dataclass
@@ -103,8 +108,9 @@ class Pipeline:
         for frame in frames:
             self.check_camera(principal, frame.meta.camera_id)
         _check_unique_keys(frames)
+        keyed = any(f.idempotency_key for f in frames)
         for _attempt in range(3):
-            stored = await run_in_threadpool(self._lookup, frames)
+            stored = await run_in_threadpool(self._lookup, frames) if keyed else [None] * len(frames)
             todo = [f for f, row in zip(frames, stored) if row is None]
             if not todo:
                 return self._outcome(stored, [True] * len(frames), heatmap, [])
@@ -127,6 +133,8 @@ class Pipeline:
 
     def _lookup(self, frames: list[IncomingFrame]) -> list[Inspection | None]:
         """Stored records for frames whose (camera, key) was seen before; conflict if the bytes differ."""
+        for f in frames:
+            f.sha256  # noqa: B018 - hash here, in a worker thread, not on the event loop
         wanted = [(f.meta.camera_id, f.idempotency_key) for f in frames if f.idempotency_key]
         if not wanted:
             return [None] * len(frames)
@@ -151,6 +159,7 @@ class Pipeline:
         def work() -> list[tuple[ImageHeader, InspectionResult]]:
             headers = []
             for i, f in enumerate(frames):
+                f.sha256  # noqa: B018 - hash in this worker thread, not on the event loop
                 try:
                     headers.append(probe(f.data, max_pixels=settings.max_pixels,
                                          allowed_formats=settings.allowed_formats))
