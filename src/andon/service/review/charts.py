@@ -77,16 +77,21 @@ def _empty(ax, text: str) -> None:
 
 def rates_png(board: Dashboard) -> bytes:
     """Volume, then reject and review rates on p-charts (3-sigma limits per subgroup size)."""
+    return rate_charts_png(board.rates, board.query.subgroup)
+
+
+def rate_charts_png(rates: list, subgroup: str, width: float = 10, height: float = 7.2) -> bytes:
+    """The rate p-charts of ``rates`` (``dashboard.RateSeries``), for the dashboard and the shift report."""
     with _LOCK:
-        fig = _figure(10, 7.2)
+        fig = _figure(width, height)
         axes = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [1, 2, 2], "hspace": 0.45})
-        starts = board.rates[0].starts
-        n = board.rates[0].chart.n
+        starts = rates[0].starts
+        n = rates[0].chart.n
         width = (starts[1] - starts[0]).total_seconds() / 86400 * 0.8 if len(starts) > 1 else 0.02
         x = _times(starts)
         axes[0].bar(x, n, width=width, align="edge", color=GREY)
-        _style(axes[0], f"Frames inspected per {board.query.subgroup}")
-        for ax, series in zip(axes[1:], board.rates):
+        _style(axes[0], f"Frames inspected per {subgroup}")
+        for ax, series in zip(axes[1:], rates):
             c = series.chart
             ok = c.n > 0
             ax.step(x, 100 * c.ucl, where="post", color=RED, linewidth=1, linestyle="--", label="3σ limits")
