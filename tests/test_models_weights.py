@@ -182,3 +182,42 @@ def test_pretrained_features_beat_random_init(mv2_file: Path) -> None:
                                                         x, labels))
     assert pretrained >= 0.95
     assert pretrained > np.mean(random_scores) + 0.25, (pretrained, random_scores)
+
+
+TORCHVISION_BACKBONES = ["mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v2", "efficientnet_b0", "resnet18",
+                         "resnet50", "convnext_tiny"]
+
+
+@pytest.mark.parametrize("name", TORCHVISION_BACKBONES)
+def test_imagenet_path_maps_torchvision_state_dicts_without_downloading(name: str, monkeypatch) -> None:
+    """weights='imagenet' through torchvision's weights API, with the download replaced by a full local model."""
+    from torchvision.models._api import WeightsEnum
+
+    torch.manual_seed(0)
+    full = torchvision.models.get_model(name, weights=None)
+    requested = []
+
+    def fake_get_state_dict(self, *args, **kwargs):
+        requested.append(str(self))
+        return full.state_dict()
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", fake_get_state_dict)
+    model = create_model(name, 2, weights="imagenet")
+    assert len(requested) == 1 and requested[0] in model.weights_info.source
+    assert model.weights_info.mean == pytest.approx((0.485, 0.456, 0.406))
+    first_conv = next(m for m in full.modules() if isinstance(m, torch.nn.Conv2d))
+    assert torch.equal(next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)).weight,
+                       first_conv.weight)
+
+
+def test_imagenet_download_failure_is_a_weights_error(monkeypatch) -> None:
+    from urllib.error import URLError
+
+    from torchvision.models._api import WeightsEnum
+
+    def offline(self, *args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(WeightsError, match=r"ResNet18_Weights.*weights='none' or a local \.pth"):
+        create_model("resnet18", 2, weights="imagenet")
