@@ -33,8 +33,9 @@ def _part(rng: np.random.Generator, label: str) -> np.ndarray:
     """A grey textured part; scratches are dark lines, dents dark blobs."""
     img = (150 + rng.integers(0, 40, (72, 88, 1))).astype(np.uint8).repeat(3, axis=2)
     if label == "scratch":
-        p0, p1 = (int(rng.integers(0, 30)), int(rng.integers(0, 72))), (int(rng.integers(58, 88)), int(rng.integers(0, 72)))
-        cv2.line(img, p0, p1, (25, 25, 25), 3)
+        start = (int(rng.integers(0, 30)), int(rng.integers(0, 72)))
+        end = (int(rng.integers(58, 88)), int(rng.integers(0, 72)))
+        cv2.line(img, start, end, (25, 25, 25), 3)
     elif label == "dent":
         cv2.circle(img, (int(rng.integers(18, 70)), int(rng.integers(18, 54))), int(rng.integers(7, 12)),
                    (55, 55, 55), -1)
@@ -310,3 +311,20 @@ def test_int8_accuracy_gate_refuses_and_writes_nothing(run_dir: Path, tmp_path: 
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "int8 accuracy" in err and "--max-accuracy-drop -100" in err and "no file written" in err
     assert not out.exists() and (not out.parent.exists() or not any(out.parent.iterdir()))
+
+
+def test_info_flags_a_graph_changed_after_export(exported, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report, _ = exported
+    model = onnx.load(str(report.path))
+    weight = model.graph.initializer[0]
+    values = onnx.numpy_helper.to_array(weight).copy()
+    values.flat[0] += 1.0
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+    edited = tmp_path / "edited.onnx"
+    onnx.save(model, str(edited))
+    with pytest.raises(SystemExit):
+        main(["info", str(edited), "--json"])
+    assert json.loads(capsys.readouterr().out)["content_hash_ok"] is False
+    with pytest.raises(SystemExit):
+        main(["info", str(edited)])
+    assert "MISMATCH" in capsys.readouterr().out

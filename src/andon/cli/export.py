@@ -156,7 +156,8 @@ def _print_info(s: dict) -> None:
         ("training data", card["data_fingerprint"] or "-"),
         ("metrics", ", ".join(f"{k} {v:.4g}" for k, v in card["metrics"].items()) or "-"),
         ("andon / created", f"{card['andon_version']} / {card['created']}"),
-        ("content hash", card["content_hash"] + ("" if s["content_hash_ok"] else "  MISMATCH: graph changed after export")),
+        ("content hash", card["content_hash"]
+         + ("" if s["content_hash_ok"] else "  MISMATCH: the graph was changed after export")),
         ("inputs", "; ".join(_sig(v) for v in s["inputs"])),
         ("outputs", "; ".join(_sig(v) for v in s["outputs"])),
         ("opset", ", ".join(f"{d} {v}" for d, v in s["opset"].items())),

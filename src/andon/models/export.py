@@ -225,8 +225,8 @@ def verify(graph_module: InspectionGraph, data: bytes, inputs: np.ndarray, *,
         heat_hw = (int(o_heat.shape[1]), int(o_heat.shape[2]))
     parity = Parity(probs_diff, heat_diff, len(inputs), tuple(sorted(set(sizes))))
     if probs_diff > PROBS_TOLERANCE or heat_diff > HEATMAP_TOLERANCE:
-        raise ExportError(f"parity check failed: onnxruntime and torch differ by up to {probs_diff:.3g} in probabilities "
-                          f"(tolerance {PROBS_TOLERANCE:g}) and {heat_diff:.3g} in heatmaps (tolerance "
+        raise ExportError(f"parity check failed: onnxruntime and torch differ by up to {probs_diff:.3g} in "
+                          f"probabilities (tolerance {PROBS_TOLERANCE:g}) and {heat_diff:.3g} in heatmaps (tolerance "
                           f"{HEATMAP_TOLERANCE:.2g}) on {len(inputs)} images; the file was not written")
     return parity, heat_hw
 
