@@ -17,6 +17,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from andon.inspect.card import GOOD_CLASS_NAMES
 from andon.service.review import records, stats
 from andon.service.review.dashboard import rate_series, subgroup_edges
 from andon.service.review.tables import CANT_TELL, CONFIRM_DEFECT, FALSE_ALARM
@@ -157,7 +158,8 @@ def _review(report: ShiftReport, verdicts: list[records.VerdictRecord], fr: reco
     audits = [v for v in verdicts if v.decision == "pass"]
     report.reviewed = len(flagged)
     report.confirmed = sum(v.verdict == CONFIRM_DEFECT for v in flagged)
-    report.relabelled = sum(v.verdict == CONFIRM_DEFECT and v.label != v.model_label for v in flagged)
+    report.relabelled = sum(v.verdict == CONFIRM_DEFECT and v.label != v.model_label
+                            and v.model_label.lower() not in GOOD_CLASS_NAMES for v in flagged)
     report.false_alarms = sum(v.verdict == FALSE_ALARM for v in flagged)
     report.cant_tell = sum(v.verdict == CANT_TELL for v in flagged)
     report.false_alarm_rejects = sum(v.verdict == FALSE_ALARM and v.decision == "reject" for v in flagged)

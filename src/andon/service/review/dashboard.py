@@ -15,6 +15,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from andon.errors import ConfigError
+from andon.inspect.card import GOOD_CLASS_NAMES
 from andon.inspect.quality import SIGNALS
 from andon.service.review import records, stats
 from andon.service.review.tables import CANT_TELL, CONFIRM_DEFECT, FALSE_ALARM
@@ -146,8 +147,8 @@ def agreement_by_class(verdicts: list[records.VerdictRecord]) -> list[ClassAgree
         row = table.setdefault(v.model_label, ClassAgreement(v.model_label))
         if v.verdict == CONFIRM_DEFECT:
             row.confirmed += 1
-            if v.label != v.model_label:
-                row.relabelled += 1
+            if v.label != v.model_label and v.model_label.lower() not in GOOD_CLASS_NAMES:
+                row.relabelled += 1  # the operator named another defect type (not: confirmed an unsure one)
         elif v.verdict == FALSE_ALARM:
             row.false_alarm += 1
         elif v.verdict == CANT_TELL:
