@@ -43,10 +43,14 @@ def _style(ax, title: str) -> None:
     ax.tick_params(colors=INK, labelsize=10)
 
 
-def _dates(ax) -> None:
-    locator = AutoDateLocator(tz=_tz())
+def _dates(ax, starts=None, maxticks: int = 8) -> None:
+    """Plant-time date ticks; with ``starts`` (subgroup starts) the axis spans the whole window."""
+    locator = AutoDateLocator(tz=_tz(), minticks=3, maxticks=maxticks)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator, tz=_tz()))
+    if starts is not None and len(starts):
+        step = starts[1] - starts[0] if len(starts) > 1 else None
+        ax.set_xlim(starts[0].astimezone(_tz()), (starts[-1] + step if step else starts[-1]).astimezone(_tz()))
 
 
 def _tz():
@@ -94,8 +98,10 @@ def rate_charts_png(rates: list, subgroup: str, width: float = 10, height: float
         for ax, series in zip(axes[1:], rates):
             c = series.chart
             ok = c.n > 0
-            ax.step(x, 100 * c.ucl, where="post", color=RED, linewidth=1, linestyle="--", label="3σ limits")
-            ax.step(x, 100 * c.lcl, where="post", color=RED, linewidth=1, linestyle="--")
+            xe = _times(list(starts) + ([starts[-1] + (starts[1] - starts[0])] if len(starts) > 1 else []))
+            ucl, lcl = np.r_[c.ucl, c.ucl[-1:]][:len(xe)], np.r_[c.lcl, c.lcl[-1:]][:len(xe)]
+            ax.step(xe, 100 * ucl, where="post", color=RED, linewidth=1, linestyle="--", label="3σ limits")
+            ax.step(xe, 100 * lcl, where="post", color=RED, linewidth=1, linestyle="--")
             ax.axhline(100 * c.centre, color=INK, linewidth=1, label=f"centre {100 * c.centre:.2f}%")
             mid = _times([s + (starts[1] - starts[0]) / 2 for s in starts] if len(starts) > 1 else starts)
             ax.plot(mid[ok], 100 * c.p[ok], color=BLUE, marker="o", markersize=4, linewidth=1.5, label=series.name)
@@ -107,7 +113,7 @@ def rate_charts_png(rates: list, subgroup: str, width: float = 10, height: float
             ax.set_ylim(bottom=0)
             _style(ax, f"{series.name.capitalize()} rate (p-chart)")
             ax.legend(loc="upper left", fontsize=9, frameon=False, ncol=3)
-        _dates(axes[-1])
+        _dates(axes[-1], starts)
         return _png(fig)
 
 
@@ -197,7 +203,7 @@ def quality_png(board: Dashboard) -> bytes:
                 if s.out.any():
                     ax.plot(x[s.out], s.medians[s.out], linestyle="none", marker="o", markersize=9,
                             markerfacecolor="none", markeredgecolor=RED, markeredgewidth=2)
-                _dates(ax)
+                _dates(ax, s.starts, maxticks=4)
                 ax.tick_params(labelsize=8)
         return _png(fig)
 
