@@ -23,14 +23,14 @@ PASSWORD = "correct horse battery"
 CLASSES = ("ok", "scratch", "dent")
 
 
-def review_model(path: Path) -> Path:
+def review_model(path: Path, *, gain: float = 16.0, version: str = "1") -> Path:
     """A small real andon model that finds dark stains, with two defect classes (so re-labelling has a
     choice): see ``stain_model``."""
-    onnx.save(stain_model(), str(path))
+    onnx.save(stain_model(gain=gain, version=version), str(path))
     return path
 
 
-def stain_model(size: int = 64, gain: float = 16.0) -> onnx.ModelProto:
+def stain_model(size: int = 64, gain: float = 16.0, version: str = "1") -> onnx.ModelProto:
     """An andon-contract ONNX classifier (probs + exact-CAM heatmap) whose evidence is local darkness.
 
     Per 4x4 cell: s = relu(-mean of the normalised channels) (0 on bright surface, about 2 on black); local
@@ -38,7 +38,7 @@ def stain_model(size: int = 64, gain: float = 16.0) -> onnx.ModelProto:
     (a linear head after the relu, so the heatmap is an exact class activation map). A clean bright part
     passes; a dark stain covering about a tenth of the frame is rejected; the heatmap peaks on the stain.
     """
-    card = tiny_card(classes=CLASSES, size=size, name="stain", backbone="stain-detector")
+    card = tiny_card(classes=CLASSES, size=size, name="stain", backbone="stain-detector", version=version)
     nodes = [
         helper.make_node("AveragePool", ["image"], ["feat"], kernel_shape=[4, 4], strides=[4, 4]),
         helper.make_node("Conv", ["feat", "W1"], ["dark"]),

@@ -31,6 +31,8 @@ def evaluate(
     max_false_reject: float | None = typer.Option(None, "--max-false-reject",
                                                   help="False-reject cap for --calibrate-on (default: two-way)."),
     batch: int = typer.Option(32, "--batch", min=1, help="Images per onnxruntime call."),
+    compare: str | None = typer.Option(None, "--compare", help="Another model (.onnx, run folder, or 'active': the "
+                                       "service's active model) evaluated on the same images, shown side by side."),
 ) -> None:
     """Report accuracy, per-class P/R/F1, confusion, ROC/PR AUC and the escape, false-reject and review rates
     at the model's thresholds, with the escape / false-reject / review trade-off."""
@@ -58,13 +60,28 @@ def evaluate(
         evaluation.notes.append(note)
     if report is not None:
         html = write_report(evaluation, report)
+    other = None
+    if compare is not None:
+        from andon.reports.compare import evaluate_on, resolve_model
+
+        other = evaluate_on(resolve_model(compare), list(eval_ds), data, split_name, defect_classes, batch,
+                            progress=not as_json)
     if as_json:
-        typer.echo(json.dumps(evaluation.as_dict(), indent=2))
+        out = evaluation.as_dict()
+        if other is not None:
+            from andon.reports.compare import comparison
+
+            out = {**out, "compare": other.as_dict(), "side_by_side": comparison(evaluation, other)}
+        typer.echo(json.dumps(out, indent=2, default=str))
         return
     from rich.console import Console
 
     console = Console()
     print_evaluation(evaluation, console)
+    if other is not None:
+        from andon.reports.compare import print_comparison
+
+        print_comparison(evaluation, other, console)
     if report is not None:
         console.print(f"report: {html}")
 
