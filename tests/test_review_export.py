@@ -126,6 +126,17 @@ def test_combined_manifest_keeps_the_original_splits(reviewed, tmp_path):
     kept = {s.path: s.split for s in combined.samples if s.path.parent.parent == original}
     assert sorted(kept.values()) == ["test", "test", "train", "train", "train", "train", "val", "val"]
     assert {s.split for s in combined.samples} <= {"train", "val", "test"}
+    # what 'andon train OUT/combined.csv --set data.group_by=manifest' does with it: nothing moves, and
+    # every part stays in one split
+    from andon.datasets import assign_splits
+
+    trained_on = assign_splits(combined, group_by="manifest")
+    assert [s.split for s in trained_on.samples] == [s.split for s in combined.samples]
+    parts: dict[str, set[str]] = {}
+    for sample in trained_on.samples:
+        if sample.group:
+            parts.setdefault(sample.group, set()).add(sample.split)
+    assert parts and all(len(v) == 1 for v in parts.values())
 
 
 def test_cli_exports_and_reports(reviewed, tmp_path):

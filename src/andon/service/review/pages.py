@@ -47,6 +47,8 @@ def _safe_next(target: str | None) -> str:
 
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, next: str = "/") -> Response:
+    if page_user(request) is not None:
+        return RedirectResponse(_safe_next(next), status_code=303)
     token = secrets.token_urlsafe(24)
     response = render(request, "login.html", {"next": _safe_next(next), "csrf": token, "error": None})
     _set_cookie(request, response, LOGIN_CSRF_COOKIE, token, max_age=_LOGIN_COOKIE_AGE)

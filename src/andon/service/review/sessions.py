@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from andon.service.auth import Principal
@@ -48,10 +48,15 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+#: ended and expired session rows are kept this long (who was logged in when), then deleted at a login
+SESSION_RECORDS_KEPT = dt.timedelta(days=90)
+
+
 def start_session(session: Session, user: User, hours: float) -> str:
     """A new session row (committed by the caller); returns the cookie token."""
     token = secrets.token_urlsafe(32)
     now = utcnow()
+    session.execute(delete(WebSession).where(WebSession.expires_at < now - SESSION_RECORDS_KEPT))
     session.add(WebSession(token_hash=token_hash(token), user_id=user.id, csrf_token=secrets.token_urlsafe(32),
                            created_at=now, expires_at=now + dt.timedelta(hours=hours), last_seen_at=now))
     user.last_login_at = now
