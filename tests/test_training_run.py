@@ -1,0 +1,174 @@
+"""Real training runs on small synthetic data: the run folder, learning, the card, resume, seeds, CLI errors."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+
+from andon.cli import main
+from andon.datasets.manifest import load_dataset
+from andon.errors import ConfigError
+from andon.models import load_checkpoint, model_info
+from andon.training.fit import fit
+from andon.training.recipe import Recipe
+from andon.training.rundir import load_predictions, read_metrics, read_recipe
+
+pytestmark = pytest.mark.slow
+
+QUIET = Console(file=io.StringIO())
+CLASSES = ["ok", "scratch", "spot"]
+
+
+def _recipe_like(run: Path, runs_dir: Path, name: str, *changes: str) -> Recipe:
+    """The recipe of ``run`` under another name and folder, with ``changes``."""
+    return read_recipe(run / "recipe.yaml").with_overrides(
+        [f"output.runs_dir={runs_dir}", f"output.name={name}", *changes])
+
+
+def _without_time(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def test_run_folder_holds_the_promised_files(trained_run):
+    for name in ("recipe.yaml", "splits.csv", "metrics.csv", "best.pt", "last.pt", "predictions_val.npz",
+                 "predictions_test.npz", "report.html", "report.md"):
+        assert (trained_run / name).is_file(), name
+    rows = read_metrics(trained_run / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["phase"] for r in rows] == ["head", "full", "full", "full", "full"]
+    recipe = read_recipe(trained_run / "recipe.yaml")
+    assert recipe.model.name == "resnet18" and recipe.output.name == "trained" and recipe.data.path.is_absolute()
+    splits = load_dataset(trained_run / "splits.csv")
+    assert {s.split for s in splits.samples} == {"train", "val", "test"} and len(splits) == 300
+
+
+def test_training_beats_chance_by_a_wide_margin(trained_run):
+    pred = load_predictions(trained_run / "predictions_test.npz")
+    accuracy = float((pred["probs"].argmax(1) == pred["y_true"]).mean())
+    assert len(pred["y_true"]) >= 30
+    assert accuracy >= 2 / len(CLASSES), f"test accuracy {accuracy:.3f}, chance is {1 / len(CLASSES):.3f}"
+
+
+def test_best_checkpoint_carries_the_card(trained_run, shapes_data):
+    ckpt = load_checkpoint(trained_run / "best.pt")  # weights_only=True inside
+    card = ckpt.card
+    assert card.classes == CLASSES and card.defect_classes == ["scratch", "spot"]
+    info = model_info("resnet18")
+    assert card.preprocess.mean == pytest.approx(info.mean) and card.preprocess.std == pytest.approx(info.std)
+    assert card.preprocess.input_size == (64, 64) and card.backbone == "resnet18" and card.weights == "none"
+    assert card.data_fingerprint == load_dataset(shapes_data).fingerprint()
+    pred = load_predictions(trained_run / "predictions_test.npz")
+    assert card.metrics["test_accuracy"] == pytest.approx(float((pred["probs"].argmax(1) == pred["y_true"]).mean()))
+    assert {"val_accuracy", "val_macro_recall", "test_macro_recall"} <= set(card.metrics)
+    rows = read_metrics(trained_run / "metrics.csv")
+    best_row = max(rows, key=lambda r: float(r["val_macro_recall"]))
+    assert ckpt.epoch == int(best_row["epoch"])
+
+
+def test_last_checkpoint_can_continue(trained_run):
+    last = load_checkpoint(trained_run / "last.pt")
+    assert last.epoch == 5
+    assert {"optimizer", "scheduler", "rng", "stop", "recipe"} <= set(last.extra)
+    assert isinstance(last.extra["rng"]["torch"], torch.Tensor)
+
+
+def test_predict_paths_matches_the_saved_predictions(trained_run):
+    from andon.training.predict import predict_paths
+
+    pred = load_predictions(trained_run / "predictions_val.npz")
+    probs, card = predict_paths(trained_run, [str(p) for p in pred["paths"]])
+    assert card.classes == CLASSES
+    np.testing.assert_allclose(probs, pred["probs"], atol=1e-5)  # the cache path equals the serving path
+
+
+def test_report_is_self_contained(trained_run):
+    html = (trained_run / "report.html").read_text()
+    images = re.findall(r"<img src='([^']+)'", html)
+    assert {"plots/curves.png", "plots/confusion.png", "plots/per_class.png", "plots/roc.png", "plots/pr.png",
+            "plots/mistakes.png"} <= set(images)
+    for src in images:
+        assert (trained_run / src).stat().st_size > 1000, src
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+    markdown = (trained_run / "report.md").read_text()
+    assert all(f"]({src})" in markdown for src in images)
+
+
+@pytest.fixture(scope="module")
+def interrupted(trained_run, tmp_path_factory):
+    """The trained_run recipe in-process without loader workers, stopped after epoch 2 (as by Ctrl-C)."""
+    runs = tmp_path_factory.mktemp("resume")
+    recipe = _recipe_like(trained_run, runs, "again", "train.workers=0")
+
+    def stop_after_two(epoch: int, row: dict) -> None:
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(recipe, console=QUIET, callbacks=[stop_after_two])
+    return recipe, runs / "again", read_metrics(runs / "again" / "metrics.csv")
+
+
+def test_same_seed_same_run(trained_run, interrupted):
+    """Same recipe and machine, in-process instead of two worker processes: the same numbers."""
+    _, _, rows_before_resume = interrupted
+    assert len(rows_before_resume) == 2
+    assert _without_time(rows_before_resume) == _without_time(read_metrics(trained_run / "metrics.csv")[:2])
+
+
+def test_resume_continues_exactly_where_it_stopped(trained_run, interrupted):
+    recipe, run, _ = interrupted
+    cache_stamp = (run / "cache" / "images.u8").stat().st_mtime_ns
+    assert load_checkpoint(run / "last.pt").epoch == 2
+    fit(recipe, resume=True, console=QUIET)
+    assert (run / "cache" / "images.u8").stat().st_mtime_ns == cache_stamp  # the cache was reused
+    assert _without_time(read_metrics(run / "metrics.csv")) == _without_time(read_metrics(trained_run / "metrics.csv"))
+    resumed, straight = load_checkpoint(run / "best.pt"), load_checkpoint(trained_run / "best.pt")
+    assert resumed.epoch == straight.epoch
+    assert all(torch.equal(resumed.state_dict[k], straight.state_dict[k]) for k in straight.state_dict)
+
+
+def test_resume_refuses_a_different_recipe(trained_run, interrupted):
+    recipe, _, _ = interrupted
+    with pytest.raises(ConfigError, match=r"model\.input_size"):
+        fit(recipe.with_overrides(["model.input_size=96"]), resume=True, console=QUIET)
+
+
+def test_another_seed_gives_another_run(trained_run, tmp_path):
+    recipe = _recipe_like(trained_run, tmp_path, "seed1", "train.seed=1", "train.epochs=1", "train.workers=0")
+    fit(recipe, console=QUIET)
+    other = read_metrics(tmp_path / "seed1" / "metrics.csv")[0]
+    assert other["train_loss"] != read_metrics(trained_run / "metrics.csv")[0]["train_loss"]
+
+
+def _cli_error(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as done:
+        main(["train", *args])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_cli_errors_are_one_line(capsys, shapes_data, tmp_path):
+    runs = ["--runs-dir", str(tmp_path / "runs")]
+    line = _cli_error(capsys, str(shapes_data), "--set", "train.lrr=0.1", *runs)
+    assert "'train.lrr'" in line and "allowed keys in 'train'" in line and "batch_size" in line
+    line = _cli_error(capsys, str(shapes_data), "--model", "resnet1000", *runs)
+    assert "unknown model 'resnet1000'" in line and "resnet18" in line
+    line = _cli_error(capsys, str(tmp_path / "no-such-folder"), *runs)
+    assert "no-such-folder" in line and "does not exist" in line
+    line = _cli_error(capsys, str(shapes_data), "--input-size", "big", *runs)
+    assert "--input-size 'big'" in line
+    line = _cli_error(capsys, "--resume", *runs)
+    assert "--resume needs the name" in line
+    line = _cli_error(capsys, "--resume", "--name", "nothing-here", *runs)
+    assert "nothing-here" in line
+    assert not (tmp_path / "runs").exists()  # bad input leaves no run folder behind
