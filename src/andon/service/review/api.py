@@ -70,7 +70,8 @@ class VerdictRecorded(VerdictOut):
 class QueueOut(BaseModel):
     items: list[InspectionOut]
     next_cursor: str | None
-    count: int = Field(description="frames in this queue with these filters")
+    count: int = Field(description="frames in this queue with these filters (with a line or camera filter: at "
+                       "most 1,001 per decision, read as '1,000+')")
     waiting: int
     escalated: int
 
@@ -93,12 +94,17 @@ async def post_verdict(inspection_id: str, body: VerdictIn, ctx: ContextDep, pri
 
     def work() -> VerdictRecorded:
         with ctx.sessions() as session:
+            target = session.get(Inspection, inspection_id)
+            before = target.review_status if target is not None else None
             row = record_verdict(session, inspection_id, verdict=body.verdict, label=body.label,
                                  comment=body.comment, reviewer=reviewer, user_id=user_id,
                                  supersedes=body.supersedes, info_for=cards.classes)
-            status = session.get(Inspection, inspection_id).review_status
-            counts = q.waiting_counts(session)
-            return VerdictRecorded(**VerdictOut.from_row(row).model_dump(), review_status=status, **counts)
+            target = session.get(Inspection, inspection_id)
+            cache = ctx.extras.get("review_counts")
+            counts = (cache.changed(session, target.decision, before, target.review_status) if cache is not None
+                      else q.waiting_counts(session))
+            return VerdictRecorded(**VerdictOut.from_row(row).model_dump(), review_status=target.review_status,
+                                   **counts)
 
     return await run_in_threadpool(work)
 
@@ -113,7 +119,7 @@ def get_verdicts(inspection_id: str, session: SessionDep, _: CanRead) -> Any:
 
 @router.get("/v1/review/queue", response_model=QueueOut, summary="The review queue, newest first (keyset pages)")
 def get_queue(
-    session: SessionDep, _: CanRead,
+    session: SessionDep, ctx: ContextDep, _: CanRead,
     status: Annotated[Literal["waiting", "escalated", "reviewed", "audit"], Query()] = "waiting",
     decision: Annotated[Literal["all", "reject", "review"], Query()] = "all",
     line_id: Annotated[str | None, Query(max_length=64)] = None,
@@ -126,8 +132,9 @@ def get_queue(
     f = q.QueueFilter(status=status, decision=decision, line_id=line_id, camera_id=camera_id,
                       since=_aware(since), until=_aware(until))
     result = q.page(session, f, cursor=q.Cursor.decode(cursor) if cursor else None, limit=limit, full=True)
+    total, counts = q.totals(session, f, ctx.extras.get("review_counts"))
     return QueueOut(items=[InspectionOut.from_row(r) for r in result.items], next_cursor=result.next_cursor,
-                    count=q.count(session, f), **q.waiting_counts(session))
+                    count=total, **counts)
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:

@@ -160,14 +160,13 @@ def review_page(request: Request, item: str | None = None, cursor: str | None = 
     lines, cameras = _filters_menu(ctx)
     with ctx.sessions() as session:
         result = q.page(session, f, cursor=at)
-        counts = q.waiting_counts(session)
+        total, counts = q.totals(session, f, ctx.extras.get("review_counts"))
         current = session.get(Inspection, item) if item else (result.items[0] if result.items else None)
         part = part_context(session, ctx, current, f) if current is not None else None
-        total = q.count(session, f)
     if item and current is None:
         return error_page(request, 404, "Not found", f"There is no inspection {item}.", user)
     return render(request, "review.html", {
-        "user": user, "filter": f, "page": result, "counts": counts, "part": part, "total": total,
+        "user": user, "filter": f, "page": result, "counts": counts, "part": part, "total": total, "cap": q.COUNT_CAP,
         "lines": lines, "cameras": cameras, "cursor": cursor, "statuses": list(q.STATUSES),
         "windows": list(q.WINDOWS), "current_id": current.id if current is not None else None})
 
@@ -185,10 +184,9 @@ def queue_fragment(request: Request, cursor: str | None = None, current: str | N
         return HTMLResponse(str(exc), status_code=400)
     with ctx.sessions() as session:
         result = q.page(session, f, cursor=at)
-        counts = q.waiting_counts(session)
-        total = q.count(session, f)
+        total, counts = q.totals(session, f, ctx.extras.get("review_counts"))
     return render(request, "_queue.html", {"user": user, "filter": f, "page": result, "counts": counts,
-                                           "total": total, "cursor": cursor, "current_id": current})
+                                           "total": total, "cap": q.COUNT_CAP, "cursor": cursor, "current_id": current})
 
 
 @router.get("/review/counts")
@@ -196,8 +194,9 @@ def counts(request: Request) -> Response:
     user = page_user(request)
     if user is None:
         return JSONResponse({"error": "unauthorized", "message": "log in"}, status_code=401)
-    with request.app.state.ctx.sessions() as session:
-        return JSONResponse(q.waiting_counts(session), headers={"Cache-Control": "no-store"})
+    ctx = request.app.state.ctx
+    with ctx.sessions() as session:
+        return JSONResponse(ctx.extras["review_counts"].get(session), headers={"Cache-Control": "no-store"})
 
 
 @router.get("/review/part/{inspection_id}", response_class=HTMLResponse)
@@ -262,12 +261,15 @@ async def verdict_form(request: Request, inspection_id: str) -> Response:
         f = queue_filter(request)
         with ctx.sessions() as session:
             label = str(form.get("label", "")) or None if verdict == "confirm_defect" else None
+            target = session.get(Inspection, inspection_id)
+            before = target.review_status if target is not None else None
             record_verdict(session, inspection_id, verdict=verdict, label=label,
                            comment=str(form.get("comment", "")) or None, reviewer=user.name, user_id=user.user_id,
                            supersedes=int(supersedes) if supersedes.isdigit() else None,
                            info_for=card_lookup(ctx).classes)
             row = session.get(Inspection, inspection_id)
             nxt = q.next_after(session, f, row)
+            ctx.extras["review_counts"].changed(session, row.decision, before, row.review_status)
     except (AndonError, ValueError) as exc:
         status = getattr(exc, "http_status", 400)
         return error_page(request, status, "Not saved", str(exc), user)
