@@ -122,3 +122,36 @@ def test_queue_queries_walk_the_indexes(db):
                 wanted = "ix_inspections_audit" if f.status == "audit" else "ix_inspections_queue"
                 assert f"USING INDEX {wanted}" in plan, plan
                 assert "SCAN inspections" not in plan, plan
+
+
+def test_queue_and_verdicts_on_postgresql(postgres_server):
+    """The same queries and the verdict history on a real PostgreSQL server (row lock, partial index)."""
+    from andon.service.review.verdicts import ClassInfo, VerdictConflictError, history, record_verdict
+
+    engine = make_engine(postgres_server.new_database())
+    migrate(engine)
+    sessions = session_factory(engine)
+    try:
+        with sessions() as s:
+            rows = [frame(T0 + dt.timedelta(seconds=i // 2), ("review", "reject", "pass")[i % 3]) for i in range(30)]
+            s.add_all(rows)
+            s.commit()
+            seen, cursor = [], None
+            while True:
+                page = q.page(s, q.QueueFilter(), cursor=q.Cursor.decode(cursor) if cursor else None, limit=7)
+                seen += page.items
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            flagged = sorted((r for r in rows if r.decision != "pass"), key=lambda r: (r.created_at, r.id), reverse=True)
+            assert _ids(seen) == _ids(flagged)
+            assert q.count(s, q.QueueFilter(status="audit")) == 10
+            info = lambda row: ClassInfo.from_scores(row.scores)  # noqa: E731
+            first = record_verdict(s, flagged[0].id, verdict="confirm_defect", reviewer="olga", info_for=info)
+            with pytest.raises(VerdictConflictError):
+                record_verdict(s, flagged[0].id, verdict="false_alarm", reviewer="erik", info_for=info)
+            record_verdict(s, flagged[0].id, verdict="cant_tell", reviewer="erik", supersedes=first.id, info_for=info)
+            assert [v.verdict for v in history(s, flagged[0].id)] == ["confirm_defect", "cant_tell"]
+            assert q.waiting_counts(s) == {"waiting": 19, "escalated": 1}
+    finally:
+        engine.dispose()
