@@ -5,6 +5,14 @@ a second thread per core adds contention, not throughput, for convolution-heavy 
 the CPU affinity mask (taskset, Kubernetes cpusets) and a cgroup v2 CPU quota (docker ``--cpus``), so a
 container limited to 2 CPUs on a 64-core host does not start 64 threads. Graph optimisation is at its
 highest level and execution is sequential (inter-op parallelism does not help a chain of convolutions).
+
+The intra-op threads spin between the operators of one run (waking a sleeping thread per operator would
+cost more than a small convolution), but stop spinning when the run ends (``session.force_spinning_stop``).
+By default onnxruntime keeps them spinning after the run, and in the inspector the next thing after a run is
+decoding the next frame: a spinning thread takes a core from that decode and from every other process on
+the box. On the 2-core bench machine this halved a small model's inspector throughput when the machine was
+busy and cost ~9 ms of CPU per frame when it was not (``bench/inference.py``, docs/benchmarks.md);
+``allow_spinning=0`` instead also frees the CPU but slows the bare forward of a small model by a third.
 """
 
 from __future__ import annotations
@@ -68,6 +76,7 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.force_spinning_stop", "1")  # spin within a run, not after it
     opts.log_severity_level = 3  # errors only: warnings about unused initializers are noise on the line
     return opts
 
