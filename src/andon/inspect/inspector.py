@@ -157,7 +157,8 @@ class Inspector:
         if not good:
             return list(prepared)  # type: ignore[arg-type]
         t0 = time.perf_counter()
-        probs, heat = self._run(np.stack([p.tensor for p in good]), heatmap=heatmap)
+        batch = good[0].tensor[None] if len(good) == 1 else np.stack([p.tensor for p in good])  # no copy for one
+        probs, heat = self._run(batch, heatmap=heatmap)
         infer_ms = (time.perf_counter() - t0) * 1000.0 / len(good)  # the batch call, amortised per frame
         results: list[InspectionResult | AndonError] = []
         row = 0
