@@ -14,8 +14,12 @@ from andon.training.progress import set_status, track
 
 def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                    device: torch.device, epoch: int, progress: Progress | None = None) -> dict[str, float]:
+                    device: torch.device, epoch: int, progress: Progress | None = None, *,
+                    autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Train for one pass over ``loader``, stepping the scheduler every batch.
+
+    With ``autocast_dtype`` (torch.bfloat16) the forward pass runs under autocast; the weights, the
+    optimizer state and the gradients stay fp32.
 
     Returns the mean training loss, the training accuracy (on augmented images), the learning rate at
     the end and the wall time, including any time spent waiting for data.
@@ -26,10 +30,11 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     for (images, labels), task in track(loader, progress, f"epoch {epoch}", len(loader)):
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True, memory_format=_memory_format(model))
         labels = labels.to(device, non_blocking=True)
-        logits = model(images)
-        loss = criterion(logits, labels)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            logits = model(images)
+            loss = criterion(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -57,12 +62,20 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torc
     labels_out: list[np.ndarray] = []
     probs_out: list[np.ndarray] = []
     for (images, labels), _task in track(loader, progress, description, len(loader)):
-        logits = model(images.to(device, non_blocking=True))
+        logits = model(images.to(device, non_blocking=True, memory_format=_memory_format(model)))
         probs_out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         labels_out.append(labels.numpy())
     if not probs_out:
         return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(labels_out).astype(np.int64), np.concatenate(probs_out)
+
+
+def _memory_format(model: nn.Module) -> torch.memory_format:
+    """channels_last when the model's first weight is (see ``fit.prepare``), else contiguous."""
+    weight = next((p for p in model.parameters() if p.dim() == 4), None)
+    if weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def cross_entropy(y_true: np.ndarray, probs: np.ndarray) -> float:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import Progress
@@ -34,7 +35,7 @@ from andon.training.engine import cross_entropy, evaluate, train_one_epoch
 from andon.training.optim import (build_criterion, build_optimizer, build_scheduler, class_counts,
                                   sample_weights)
 from andon.training.progress import make_progress, summary_table
-from andon.training.recipe import Recipe
+from andon.training.recipe import DecisionSection, Recipe
 from andon.training.rundir import (RunDir, create_run, named, plan_run, read_metrics, save_predictions,
                                    write_metrics)
 from andon.training.seeding import configure_torch, rng_state, seed_everything, set_rng_state
@@ -122,7 +123,25 @@ def prepare(recipe: Recipe) -> tuple[torch.device, Dataset, Classifier]:
     default_defect_classes(dataset.classes, recipe.data.defect_classes)  # unknown names fail here, not at the end
     model = create_model(recipe.model.name, len(dataset.classes), recipe.model.weights,
                          mean=recipe.model.mean, std=recipe.model.std).to(device)
+    if autocast_dtype(cfg.precision, device) is not None:
+        model = model.to(memory_format=torch.channels_last)  # what oneDNN's bf16 convolutions want
     return device, dataset, model
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast for ``precision`` bf16, or for auto on a CPU with native bf16 (AVX-512 BF16 / AMX)."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cpu" and _cpu_has_bf16():
+        return torch.bfloat16
+    return None
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def setup_session(recipe: Recipe, run: RunDir, device: torch.device, dataset: Dataset, model: Classifier,
@@ -194,7 +213,7 @@ def _run_epoch(s: Session, epoch: int, progress: Progress) -> tuple[dict[str, An
     s.sampler.set_epoch(epoch)
     start = time.perf_counter()
     train = train_one_epoch(s.model, s.loaders["train"], s.criterion, s.optimizer, s.scheduler, s.device,
-                            epoch, progress)
+                            epoch, progress, autocast_dtype=autocast_dtype(s.recipe.train.precision, s.device))
     y_true, probs = evaluate(s.model, s.loaders["val"], s.device, progress, f"validate {epoch}")
     report = classification_report(y_true, probs, s.card.classes, s.card.defect_classes).headline()
     row: dict[str, Any] = {"epoch": epoch, "phase": "head" if frozen else "full",
@@ -277,10 +296,39 @@ def _finish(s: Session, state: StopState, progress: Progress) -> RunResult:
         headlines[split] = reports[split].headline()
     metrics = {f"{split}_{k}": v for split, h in headlines.items() for k, v in h.items()}
     card = make_card(s.recipe, s.run.name, s.data, s.card.preprocess, weights=s.card.weights, metrics=metrics)
+    card = calibrate_card(card, s.recipe.decision, s.run, progress)
     save_checkpoint(s.run.best, Checkpoint(best.model_name, best.num_classes, best.state_dict, card, best.epoch))
     write_report(s.run, s.recipe, card, reports, best_epoch=state.best_epoch)
     _close_workers(s.loaders)
     return RunResult(s.run.path, state.best_epoch, state.epoch, headlines)
+
+
+def calibrate_card(card: ModelCard, cfg: DecisionSection, run: RunDir, progress: Progress | None) -> ModelCard:
+    """Thresholds calibrated on the best model's validation predictions, or the card unchanged (with why)."""
+    from andon.errors import CalibrationError
+    from andon.evaluation.calibration import calibrate_probs
+
+    if cfg.target_escape is None:
+        return card
+    if not card.good_classes:
+        return card.replace(thresholds=card.thresholds.model_copy(
+            update={"source": "default: every class is a defect class, every part is rejected"}))
+    path = run.predictions("val")
+    if not path.is_file():
+        return card
+    with np.load(path, allow_pickle=False) as val:
+        y_true, probs = val["y_true"], val["probs"]
+    try:
+        result = calibrate_probs(y_true, probs, card.classes, card.defect_classes, target_escape=cfg.target_escape,
+                                 max_false_reject=cfg.max_false_reject, source=f"validation split of {run.name}")
+    except CalibrationError as exc:
+        message = f"thresholds left at 0.5: {exc}"
+        if progress is not None:
+            progress.console.print(f"[yellow]{message}[/yellow]")
+        return card.replace(thresholds=card.thresholds.model_copy(update={"source": f"default ({exc})"}))
+    if progress is not None:
+        progress.console.print(f"thresholds: {result.description}", markup=False, highlight=False)
+    return card.replace(thresholds=result.thresholds)
 
 
 def _close_workers(loaders: dict[str, torch.utils.data.DataLoader]) -> None:

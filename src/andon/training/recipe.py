@@ -137,6 +137,14 @@ class TrainSection(_Section):
     seed: int = Field(ge=0)
     device: Literal["auto", "cpu", "cuda"]
     threads: int | None = Field(ge=1, le=256)
+    precision: Literal["auto", "fp32", "bf16"]
+
+
+class DecisionSection(_Section):
+    """Pass / review / reject thresholds calibrated on the validation split at the end of training."""
+
+    target_escape: float | None = Field(gt=0.0, lt=0.5)
+    max_false_reject: float | None = Field(gt=0.0, lt=1.0)
 
 
 class OutputSection(_Section):
@@ -156,6 +164,7 @@ class Recipe(_Section):
     model: ModelSection
     augment: AugmentSection
     train: TrainSection
+    decision: DecisionSection
     output: OutputSection
 
     @model_validator(mode="after")
@@ -224,7 +233,7 @@ def _parse_yaml(text: str, what: str) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{what} must be a mapping of sections (data, model, augment, train, output), "
+        raise ConfigError(f"{what} must be a mapping of sections (data, model, augment, train, decision, output), "
                           f"got a {type(data).__name__}")
     return data
 
