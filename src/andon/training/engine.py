@@ -15,16 +15,21 @@ from andon.training.progress import set_status, track
 def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                     device: torch.device, epoch: int, progress: Progress | None = None, *,
-                    autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+                    autocast_dtype: torch.dtype | None = None, frozen_bn: bool = False) -> dict[str, float]:
     """Train for one pass over ``loader``, stepping the scheduler every batch.
 
     With ``autocast_dtype`` (torch.bfloat16) the forward pass runs under autocast; the weights, the
-    optimizer state and the gradients stay fp32.
+    optimizer state and the gradients stay fp32. With ``frozen_bn`` the BatchNorm layers normalise with their
+    stored statistics (eval mode) while everything else trains.
 
     Returns the mean training loss, the training accuracy (on augmented images), the learning rate at
     the end and the wall time, including any time spent waiting for data.
     """
     model.train()
+    if frozen_bn:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     start = time.perf_counter()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)

@@ -128,6 +128,12 @@ def prepare(recipe: Recipe) -> tuple[torch.device, Dataset, Classifier]:
     return device, dataset, model
 
 
+def frozen_batchnorm(recipe: Recipe) -> bool:
+    """Whether BatchNorm keeps its stored statistics while training (see train.batchnorm)."""
+    mode = recipe.train.batchnorm
+    return mode == "frozen" or (mode == "auto" and recipe.model.weights != "none")
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 autocast for ``precision`` bf16, or for auto on a CPU with native bf16 (AVX-512 BF16 / AMX)."""
     if precision == "bf16":
@@ -213,7 +219,8 @@ def _run_epoch(s: Session, epoch: int, progress: Progress) -> tuple[dict[str, An
     s.sampler.set_epoch(epoch)
     start = time.perf_counter()
     train = train_one_epoch(s.model, s.loaders["train"], s.criterion, s.optimizer, s.scheduler, s.device,
-                            epoch, progress, autocast_dtype=autocast_dtype(s.recipe.train.precision, s.device))
+                            epoch, progress, autocast_dtype=autocast_dtype(s.recipe.train.precision, s.device),
+                            frozen_bn=frozen_batchnorm(s.recipe))
     y_true, probs = evaluate(s.model, s.loaders["val"], s.device, progress, f"validate {epoch}")
     report = classification_report(y_true, probs, s.card.classes, s.card.defect_classes).headline()
     row: dict[str, Any] = {"epoch": epoch, "phase": "head" if frozen else "full",

@@ -138,6 +138,7 @@ class TrainSection(_Section):
     device: Literal["auto", "cpu", "cuda"]
     threads: int | None = Field(ge=1, le=256)
     precision: Literal["auto", "fp32", "bf16"]
+    batchnorm: Literal["auto", "frozen", "train"]
 
 
 class DecisionSection(_Section):
