@@ -145,3 +145,21 @@ def test_cache_files_are_not_left_half_written(tmp_path):
     paths = _images(tmp_path / "img", 4)
     build_cache(paths, PreprocessSpec(input_size=(24, 24)), tmp_path / "cache", key="k", workers=0)
     assert sorted(os.listdir(tmp_path / "cache")) == ["images.u8", "meta.json"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_workers_start_after_opencv_threads_ran_in_the_parent(tmp_path):
+    """Synthetic data generated in this process runs OpenCV's thread pool; cache fillers and loader workers
+    forked afterwards must not hang (they did, in cv2.setNumThreads, before the parent went single-threaded)."""
+    from andon.datasets.synth import generate
+
+    cv2.setNumThreads(-1)  # OpenCV's default pool, as in a fresh process
+    paths = [s.path for s in generate(tmp_path / "synth", count=300, size=256).samples]
+    spec = PreprocessSpec(input_size=(32, 32))
+    cache = build_cache(paths, spec, tmp_path / "cache", key="k", workers=2)
+    assert np.array_equal(cache.image(299), Preprocessor(spec).load(paths[299].read_bytes()))
+    data = CachedImages(cache, np.arange(300), np.zeros(300), Preprocessor(spec), build_augmenter(load_recipe().augment))
+    loader = train_loader(data, EpochSampler(300, seed=0), batch_size=50, workers=2, device=torch.device("cpu"),
+                          seed=0)
+    assert sum(len(y) for _, y in loader) == 300

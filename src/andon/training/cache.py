@@ -100,7 +100,8 @@ def build_cache(paths: Sequence[Path], spec: PreprocessSpec, folder: Path, *, ke
         tmp.write_bytes(b"")
     jobs = [(i, str(p)) for i, p in enumerate(paths)]
     if workers > 0 and len(paths) >= _POOL_MIN_IMAGES:
-        with mp.get_context().Pool(workers, initializer=_init_worker, initargs=(spec, str(tmp), shape)) as pool:
+        single_threaded_opencv()  # before forking: see its docstring
+        with _fork_context().Pool(workers, initializer=_init_worker, initargs=(spec, str(tmp), shape)) as pool:
             for done in pool.imap_unordered(_fill_chunk, _chunks(jobs, 16)):
                 _report(done, advance)
     else:
@@ -130,8 +131,25 @@ def _report(done: int | AndonError, advance: Callable[[int], None] | None) -> No
 _worker: dict = {}
 
 
+def single_threaded_opencv() -> None:
+    """Make OpenCV single-threaded in this process before forking worker processes.
+
+    A child forked while the parent's OpenCV thread pool exists inherits the pool's locks but not its
+    threads, and hangs on its first OpenCV call that configures or uses the pool (seen here: the cache's
+    fillers stuck in cv2.setNumThreads after generating synthetic data in the parent). With one thread set
+    in the parent first, children never touch a pool. The worker processes are the parallelism; OpenCV
+    threads inside them would only oversubscribe the cores.
+    """
+    cv2.setNumThreads(1)
+
+
+def _fork_context() -> mp.context.BaseContext:
+    # fork, not spawn: spawn re-imports the caller's main module in every child, which breaks (and re-runs)
+    # scripts that call fit() without an ``if __name__ == "__main__"`` guard
+    return mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+
+
 def _init_worker(spec: PreprocessSpec, path: str, shape: tuple[int, ...]) -> None:
-    cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
     _worker["pre"] = Preprocessor(spec)
     _worker["out"] = np.memmap(path, dtype=np.uint8, mode="r+", shape=shape) if shape[0] else None
 

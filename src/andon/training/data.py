@@ -15,7 +15,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from rich.progress import Progress
@@ -27,7 +26,7 @@ from andon.errors import DatasetError
 from andon.inspect.card import PreprocessSpec
 from andon.inspect.preprocess import Preprocessor
 from andon.training.augment import Augmenter
-from andon.training.cache import ImageCache, build_cache, cache_key
+from andon.training.cache import ImageCache, build_cache, cache_key, single_threaded_opencv
 from andon.training.recipe import DataSection, ModelSection
 from andon.training.seeding import derive_seed
 
@@ -150,17 +149,15 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter(zip(order.tolist(), seeds.tolist()))
 
 
-def _worker_init(_worker_id: int) -> None:
-    cv2.setNumThreads(1)  # each worker is one core's worth of work; OpenCV's pool would oversubscribe
-
-
 def train_loader(dataset: CachedImages, sampler: EpochSampler, *, batch_size: int, workers: int,
                  device: torch.device, seed: int) -> torch.utils.data.DataLoader:
     # drop_last keeps BatchNorm away from a batch of one; keep it off when one batch is all there is
     drop_last = len(dataset) > batch_size
+    if workers > 0:
+        single_threaded_opencv()  # before the loader forks its workers
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
-        persistent_workers=workers > 0, pin_memory=device.type == "cuda", worker_init_fn=_worker_init,
+        persistent_workers=workers > 0, pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers > 0 else None,
         # the loader draws its workers' base seed from this generator, not from the global one that
         # dropout uses, so starting workers does not shift the model's random stream
@@ -170,10 +167,12 @@ def train_loader(dataset: CachedImages, sampler: EpochSampler, *, batch_size: in
 
 def eval_loader(dataset: CachedImages, *, batch_size: int, workers: int, device: torch.device,
                 persistent: bool = True) -> torch.utils.data.DataLoader:
+    if workers > 0:
+        single_threaded_opencv()  # before the loader forks its workers
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
         persistent_workers=persistent and workers > 0, pin_memory=device.type == "cuda",
-        worker_init_fn=_worker_init, generator=torch.Generator().manual_seed(0),
+        generator=torch.Generator().manual_seed(0),
     )
 
 

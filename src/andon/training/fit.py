@@ -134,6 +134,11 @@ def frozen_batchnorm(recipe: Recipe) -> bool:
     return mode == "frozen" or (mode == "auto" and recipe.model.weights != "none")
 
 
+def step_options(recipe: Recipe, device: torch.device) -> dict[str, Any]:
+    """The options of ``train_one_epoch`` that follow from the recipe (bench/pipeline.py times the same step)."""
+    return {"autocast_dtype": autocast_dtype(recipe.train.precision, device), "frozen_bn": frozen_batchnorm(recipe)}
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 autocast for ``precision`` bf16, or for auto on a CPU with native bf16 (AVX-512 BF16 / AMX)."""
     if precision == "bf16":
@@ -219,8 +224,7 @@ def _run_epoch(s: Session, epoch: int, progress: Progress) -> tuple[dict[str, An
     s.sampler.set_epoch(epoch)
     start = time.perf_counter()
     train = train_one_epoch(s.model, s.loaders["train"], s.criterion, s.optimizer, s.scheduler, s.device,
-                            epoch, progress, autocast_dtype=autocast_dtype(s.recipe.train.precision, s.device),
-                            frozen_bn=frozen_batchnorm(s.recipe))
+                            epoch, progress, **step_options(s.recipe, s.device))
     y_true, probs = evaluate(s.model, s.loaders["val"], s.device, progress, f"validate {epoch}")
     report = classification_report(y_true, probs, s.card.classes, s.card.defect_classes).headline()
     row: dict[str, Any] = {"epoch": epoch, "phase": "head" if frozen else "full",
