@@ -182,7 +182,7 @@ def make_card(recipe: Recipe, run_name: str, data: RunData, spec: PreprocessSpec
               metrics: dict[str, float] | None = None) -> ModelCard:
     return ModelCard(
         name=run_name,
-        version=f"{run_name}@{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}",
+        version=f"{run_name}-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}",
         classes=data.classes,
         defect_classes=default_defect_classes(data.classes, recipe.data.defect_classes),
         preprocess=spec,
