@@ -9,12 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
 from pathlib import Path
 
 from andon.datasets.dataset import SPLITS, Dataset, Sample
 from andon.datasets.folder import load_folder
 from andon.errors import DatasetError
+from andon.fileio import write_atomic
 
 REQUIRED_COLUMNS = ("path", "label")
 OPTIONAL_COLUMNS = ("split", "group")
@@ -140,7 +140,7 @@ def write_manifest(dataset: Dataset, csv_path: Path | str) -> None:
     for s in dataset.samples:
         row = {"path": _manifest_path(s.path, base), "label": s.label, "split": s.split or "", "group": s.group or ""}
         writer.writerow([row[c] for c in columns])
-    _atomic_write_text(csv_path, buffer.getvalue())
+    write_atomic(csv_path, buffer.getvalue())
 
 
 def _manifest_path(path: Path, base: Path) -> str:
@@ -148,16 +148,3 @@ def _manifest_path(path: Path, base: Path) -> str:
         return path.relative_to(base).as_posix()
     except ValueError:
         return path.as_posix()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

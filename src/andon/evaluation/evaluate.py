@@ -27,6 +27,7 @@ from andon.evaluation.calibration import CalibrationResult
 from andon.evaluation.metrics import ClassificationReport, DecisionRates, classification_report, decision_rates, \
     defect_score
 from andon.evaluation.tradeoff import OperatingPoint, TradeoffCurve, operating_points, plot_tradeoff, tradeoff_curve
+from andon.fileio import write_atomic
 from andon.inspect.card import ModelCard, Thresholds
 from andon.inspect.decision import DECISIONS, decide_many
 
@@ -221,8 +222,8 @@ def write_report(evaluation: Evaluation, out_dir: str | Path) -> Path:
     target = evaluation.calibration.bands[0].target_escape if evaluation.calibration else None
     figures["tradeoff"] = plot_tradeoff(evaluation.curve, out_dir / "tradeoff.png", band=evaluation.thresholds.defect,
                                         target_escape=target)
-    _atomic_write(out_dir / "evaluation.json", json.dumps(evaluation.as_dict(), indent=2))
-    _atomic_write(out_dir / "report.html", render_html(evaluation, {k: p.name for k, p in figures.items()}))
+    write_atomic(out_dir / "evaluation.json", json.dumps(evaluation.as_dict(), indent=2))
+    write_atomic(out_dir / "report.html", render_html(evaluation, {k: p.name for k, p in figures.items()}))
     return out_dir / "report.html"
 
 
@@ -330,9 +331,3 @@ def jsonable(value):
     if isinstance(value, np.ndarray):
         return jsonable(value.tolist())
     return value
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

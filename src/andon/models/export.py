@@ -28,8 +28,6 @@ newer (onnxscript cannot convert down to 17) and takes several seconds longer pe
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -42,6 +40,7 @@ import onnx
 import torch
 
 from andon import __version__
+from andon import fileio
 from andon.errors import AndonError, ConfigError, ExportError
 from andon.inspect.card import ModelCard
 from andon.inspect.onnxfile import embed_card
@@ -232,25 +231,10 @@ def verify(graph_module: InspectionGraph, data: bytes, inputs: np.ndarray, *,
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    """Write the model file atomically (``andon.fileio``), creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; a model file is shared like any other
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fileio.write_atomic(path, data)
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _check_out_path(out_path: str | Path) -> Path:

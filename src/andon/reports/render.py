@@ -18,6 +18,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from andon import __version__
 from andon.errors import ConfigError
+from andon.fileio import write_atomic
 from andon.reports.shift import ShiftReport, interval
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -42,7 +43,7 @@ def to_html(report: ShiftReport) -> str:
 
 
 def write_html(report: ShiftReport, path: Path) -> Path:
-    _atomic_write(Path(path), to_html(report).encode("utf-8"))
+    write_atomic(Path(path), to_html(report))
     return Path(path)
 
 
@@ -79,20 +80,6 @@ def write_pdf(html_path: Path, pdf_path: Path, *, timeout: float = 120.0) -> Pat
     os.replace(tmp, pdf_path)
     return pdf_path
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _umask() -> int:

@@ -9,14 +9,14 @@ protocol (PUT is atomic there; ``healthcheck`` would HEAD the bucket).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from andon.errors import NotFoundError, StorageError
+from andon.fileio import fsync_dir
+from andon.fileio import write_atomic as _write_atomic
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 
@@ -91,19 +91,10 @@ class LocalDiskStore:
             return None
 
 
+
 def write_durably(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that after return it is complete on disk, or was never there."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    """Write ``data`` to ``path`` so that after return it is complete on disk (folder entry too), or was never there."""
+    _write_atomic(path, data, durable=True)
 
 
 def make_dirs_durably(folder: Path) -> None:
@@ -117,12 +108,3 @@ def make_dirs_durably(folder: Path) -> None:
     for new in reversed(missing):
         new.mkdir(exist_ok=True)
         fsync_dir(new.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or new entry in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -14,8 +14,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import numpy as np
 import yaml
 
 from andon.errors import ConfigError, RunError
+from andon.fileio import write_atomic
 from andon.training.recipe import Recipe, recipe_from_dict
 
 #: recipe keys that may change when a run is resumed; anything else would make it a different run
@@ -125,17 +124,10 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+
 def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write a temp file beside ``path`` and rename it over ``path``: never half a file."""
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Run files are written whole or not at all (``andon.fileio``)."""
+    write_atomic(path, data, durable=False)
 
 
 def write_metrics(path: Path, rows: list[dict[str, float | int | str]]) -> None:
