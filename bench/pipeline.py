@@ -1,7 +1,7 @@
 """Does the data pipeline starve the model? Training epoch time with the real loader against compute only.
 
     python -m bench.pipeline [--data DIR] [--model mobilenet_v2] [--input-size 128] [--batch-size 32]
-                             [--workers 2] [--threads N] [--rounds 3]
+                             [--workers 2] [--threads N] [--rounds 5]
 
 Side by side, same model, batch size, optimizer and number of steps:
 
@@ -22,6 +22,7 @@ import io
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import torch
 from rich.console import Console
@@ -58,7 +59,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of (real epoch, compute-only epoch), interleaved so "
+    p.add_argument("--rounds", type=int, default=5, help="rounds of (real epoch, compute-only epoch), interleaved so "
                                                          "that load from other processes hits both alike")
     p.add_argument("--count", type=int, default=600, help="synthetic images when --data is not given")
     return p.parse_args()
@@ -126,7 +127,8 @@ def main() -> None:
     out.write(f"loader only, cached: {loader_only:.2f} s ({images / loader_only:.0f} img/s); "
               f"decoding every epoch: {uncached_s:.2f} s ({images / uncached_s:.0f} img/s)\n")
     out.write(f"real / compute-only, best epochs: {min(real):.2f} / {min(compute):.2f} s = "
-              f"{min(real) / min(compute):.2f}  (1.00 = no data stall)\n")
+              f"{min(real) / min(compute):.2f}; medians: {median(real):.2f} / {median(compute):.2f} s = "
+              f"{median(real) / median(compute):.2f}  (1.00 = no data stall)\n")
     console.print(out.getvalue(), markup=False, highlight=False, end="")
 
 

@@ -53,7 +53,10 @@ def plot_training_curves(rows: Sequence[Mapping[str, float | str]], out: str | P
     if best_epoch is not None:
         ax_metric.axvline(best_epoch, color="grey", ls="--", lw=1, label=f"best epoch {best_epoch}")
     ax_metric.set(xlabel="epoch", ylabel="validation", title="validation metrics", ylim=(0, 1.02))
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_loss, ax_metric):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, out)
