@@ -135,3 +135,12 @@ def test_plan_run_checks_without_creating_anything(tmp_path):
         plan_run(recipe, resume=False)
     with pytest.raises(ConfigError, match="--resume needs the name"):
         plan_run(recipe.with_overrides(["output.name=null"]), resume=True)
+
+
+def test_a_run_saved_before_a_key_existed_still_loads():
+    saved = load_recipe(overrides=["output.name=old"]).to_dict()
+    del saved["train"]["label_smoothing"]  # as if recipe.yaml predates the key
+    assert recipe_from_dict(saved).train.label_smoothing == load_recipe().train.label_smoothing
+    saved["train"]["no_such_key"] = 1
+    with pytest.raises(ConfigError, match="'train.no_such_key'"):
+        recipe_from_dict(saved, source="runs/old/recipe.yaml")

@@ -133,6 +133,26 @@ def test_resume_continues_exactly_where_it_stopped(trained_run, interrupted):
     assert all(torch.equal(resumed.state_dict[k], straight.state_dict[k]) for k in straight.state_dict)
 
 
+def test_resume_with_more_epochs_goes_on_learning(trained_run, tmp_path):
+    """A finished run continued with --epochs 6 (in another folder: run folders can move) trains one more epoch
+    with a learning rate above zero: the cosine decay is stretched, not stuck at its old end."""
+    import shutil
+
+    shutil.copytree(trained_run, tmp_path / "trained", ignore=shutil.ignore_patterns("report*", "plots"))
+    recipe = read_recipe(trained_run / "recipe.yaml").with_overrides(
+        [f"output.runs_dir={tmp_path}", "train.epochs=6", "train.workers=0"])
+    fit(recipe, resume=True, console=QUIET)
+    rows = read_metrics(tmp_path / "trained" / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert _without_time(rows[:5]) == _without_time(read_metrics(trained_run / "metrics.csv"))
+    before, after = load_checkpoint(trained_run / "last.pt"), load_checkpoint(tmp_path / "trained" / "last.pt")
+    assert after.epoch == 6
+    weights = [k for k in before.state_dict if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    moved = [k for k in weights if not torch.equal(before.state_dict[k], after.state_dict[k])]
+    assert len(moved) == len(weights)  # learning rate 0 (the old schedule's end) would leave them all as they were
+    assert (tmp_path / "trained" / "report.html").is_file()
+
+
 def test_resume_refuses_a_different_recipe(trained_run, interrupted):
     recipe, _, _ = interrupted
     with pytest.raises(ConfigError, match=r"model\.input_size"):

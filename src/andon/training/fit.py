@@ -93,7 +93,7 @@ def fit(recipe: Recipe, *, resume: bool = False, console: Console | None = None,
     run = plan_run(recipe, resume=resume)
     device, dataset, model = prepare(recipe)
     create_run(run, recipe)  # only now: bad data, model names or weights leave no folder behind
-    console.print(f"run {run.path}  (continue an interrupted run with --name {run.name} --resume)",
+    console.print(f"run {run.path}  (after an interruption: andon train {resume_flags(recipe)})",
                   markup=False, highlight=False)
     with make_progress(console) as progress:
         session = setup_session(recipe, run, device, dataset, model, progress)
@@ -103,6 +103,15 @@ def fit(recipe: Recipe, *, resume: bool = False, console: Console | None = None,
     console.print(summary_table(f"run {run.name}: best epoch {result.best_epoch}", result.metrics, list(HEADLINE)))
     console.print(f"report: {run.path / 'report.html'}")
     return result
+
+
+def resume_flags(recipe: Recipe) -> str:
+    """The command-line flags that continue this run."""
+    from andon.training.recipe import default_dict
+
+    runs_dir = "" if str(recipe.output.runs_dir) == default_dict()["output"]["runs_dir"] else \
+        f" --runs-dir {recipe.output.runs_dir}"
+    return f"--name {recipe.output.name}{runs_dir} --resume"
 
 
 def pick_device(name: str) -> torch.device:
@@ -274,7 +283,9 @@ def _restore(s: Session) -> tuple[StopState, list[dict[str, Any]]]:
                            "(its fingerprint differs); start a new run instead of resuming")
     s.model.load_state_dict(ckpt.state_dict)
     s.optimizer.load_state_dict(ckpt.extra["optimizer"])
-    s.scheduler.load_state_dict(ckpt.extra["scheduler"])
+    # the schedule's shape comes from the recipe, not the checkpoint: resuming with more epochs stretches
+    # the cosine decay from here on (with the same epochs it is the same schedule)
+    s.scheduler.load_state_dict({**ckpt.extra["scheduler"], "lr_lambdas": [None] * len(s.scheduler.lr_lambdas)})
     set_rng_state(ckpt.extra["rng"])
     state = StopState(**ckpt.extra["stop"])
     if state.epoch < s.recipe.train.epochs and state.stopped and s.recipe.train.patience > state.bad_epochs:

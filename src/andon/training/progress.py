@@ -40,7 +40,9 @@ def track(items: Iterable[T], progress: Progress | None, description: str, total
             yield item, task
             progress.advance(task)
     finally:
-        progress.stop_task(task)
+        # finished bars go: a long run would otherwise stack two per epoch, taller than the terminal (the
+        # caller prints a summary line per epoch instead)
+        progress.remove_task(task)  # type: ignore[arg-type]
 
 
 def set_status(progress: Progress | None, task: object, text: str) -> None:

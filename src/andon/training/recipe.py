@@ -219,8 +219,11 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
-    """Validate a complete recipe dict (e.g. a run's saved ``recipe.yaml``)."""
-    return _validate(copy.deepcopy(data), user=data, source=source)
+    """Validate a recipe dict (e.g. a run's saved ``recipe.yaml``) over the defaults, so that a run saved
+    before a key existed still loads, with that key's default."""
+    merged = default_dict()
+    _merge(merged, data)
+    return _validate(merged, user=data, source=source)
 
 
 def _parse_yaml(text: str, what: str) -> dict[str, Any]:

@@ -26,7 +26,8 @@ from andon.training.recipe import Recipe, recipe_from_dict
 
 #: recipe keys that may change when a run is resumed; anything else would make it a different run
 RESUMABLE_KEYS = frozenset({"data.path", "train.epochs", "train.patience", "train.workers", "train.device",
-                            "train.threads", "output.runs_dir"})
+                            "train.threads", "train.precision", "decision.target_escape",
+                            "decision.max_false_reject", "output.runs_dir"})
 
 METRIC_COLUMNS = ("epoch", "phase", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_recall",
                   "val_macro_f1", "val_defect_recall", "val_roc_auc", "val_pr_auc", "lr", "seconds")
