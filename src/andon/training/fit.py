@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import Progress
@@ -36,12 +35,10 @@ from andon.training.optim import (build_criterion, build_optimizer, build_schedu
                                   sample_weights)
 from andon.training.progress import make_progress, summary_table
 from andon.training.recipe import DecisionSection, Recipe
-from andon.training.rundir import (RunDir, create_run, named, plan_run, read_metrics, save_predictions,
-                                   write_metrics)
+from andon.training.report import write_report
+from andon.training.rundir import (HEADLINE, RunDir, create_run, load_predictions, named, plan_run,
+                                   read_metrics, save_predictions, write_metrics)
 from andon.training.seeding import configure_torch, rng_state, seed_everything, set_rng_state
-
-HEADLINE = ("accuracy", "macro_recall", "macro_f1", "defect_recall", "roc_auc", "pr_auc")
-
 
 @dataclass
 class StopState:
@@ -64,7 +61,7 @@ class RunResult:
 
 @dataclass
 class Session:
-    """What the epoch loop works on, built once by ``_setup``."""
+    """What the epoch loop works on, built once by ``setup_session``."""
 
     recipe: Recipe
     run: RunDir
@@ -303,8 +300,6 @@ def _typed(row: dict[str, str]) -> dict[str, Any]:
 
 def _finish(s: Session, state: StopState, progress: Progress) -> RunResult:
     """Evaluate the best model on val and test; predictions, final card in best.pt, report."""
-    from andon.training.report import write_report
-
     best = load_checkpoint(s.run.best)
     s.model.load_state_dict(best.state_dict)
     headlines: dict[str, dict[str, float]] = {}
@@ -338,10 +333,9 @@ def calibrate_card(card: ModelCard, cfg: DecisionSection, run: RunDir, progress:
     path = run.predictions("val")
     if not path.is_file():
         return card
-    with np.load(path, allow_pickle=False) as val:
-        y_true, probs = val["y_true"], val["probs"]
+    val = load_predictions(path)
     try:
-        result = calibrate_probs(y_true, probs, card.classes, card.defect_classes, target_escape=cfg.target_escape,
+        result = calibrate_probs(val["y_true"], val["probs"], card.classes, card.defect_classes, target_escape=cfg.target_escape,
                                  max_false_reject=cfg.max_false_reject, source=f"validation split of {run.name}")
     except CalibrationError as exc:
         message = f"thresholds left at 0.5: {exc}"

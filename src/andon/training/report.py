@@ -18,10 +18,9 @@ from andon.evaluation.metrics import ClassificationReport, defect_score
 from andon.inspect.card import ModelCard
 from andon.inspect.preprocess import Preprocessor
 from andon.training.recipe import Recipe
-from andon.training.rundir import RunDir, atomic_write, load_predictions, read_metrics
+from andon.training.rundir import HEADLINE, RunDir, atomic_write, load_predictions, read_metrics
 
 MISTAKES_SHOWN = 18
-_HEADLINE = ("accuracy", "macro_recall", "macro_f1", "defect_recall", "roc_auc", "pr_auc")
 
 
 @dataclass
@@ -129,8 +128,8 @@ def _fmt(value: float) -> str:
 def _markdown(name: str, sections: dict, figures: list[Figure], recipe: Recipe) -> str:
     lines = [f"# Training report: {name}", ""]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sections["summary"]] + [""]
-    lines += ["## Best model", "", "| split | " + " | ".join(_HEADLINE) + " |", "|---" * (len(_HEADLINE) + 1) + "|"]
-    lines += [f"| {split} | " + " | ".join(_fmt(h[k]) for k in _HEADLINE) + " |"
+    lines += ["## Best model", "", "| split | " + " | ".join(HEADLINE) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
+    lines += [f"| {split} | " + " | ".join(_fmt(h[k]) for k in HEADLINE) + " |"
               for split, h in sections["headline"].items()] + [""]
     rep: ClassificationReport = sections["per_class"]
     lines += [f"## Per class ({sections['main']})", "", "| class | support | precision | recall | F1 |",
@@ -155,8 +154,8 @@ def _html(name: str, sections: dict, figures: list[Figure], recipe: Recipe) -> s
              f"<style>{_CSS}</style></head><body><h1>Training report: {e(name)}</h1><table>"]
     parts += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in sections["summary"]]
     parts.append("</table><h2>Best model</h2><table><tr><th>split</th>"
-                 + "".join(f"<th>{e(k)}</th>" for k in _HEADLINE) + "</tr>")
-    parts += [f"<tr><td>{e(split)}</td>" + "".join(f"<td class=n>{_fmt(h[k])}</td>" for k in _HEADLINE) + "</tr>"
+                 + "".join(f"<th>{e(k)}</th>" for k in HEADLINE) + "</tr>")
+    parts += [f"<tr><td>{e(split)}</td>" + "".join(f"<td class=n>{_fmt(h[k])}</td>" for k in HEADLINE) + "</tr>"
               for split, h in sections["headline"].items()]
     rep: ClassificationReport = sections["per_class"]
     parts.append(f"</table><h2>Per class ({e(sections['main'])})</h2><table><tr><th>class</th><th>support</th>"

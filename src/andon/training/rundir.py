@@ -29,8 +29,10 @@ RESUMABLE_KEYS = frozenset({"data.path", "train.epochs", "train.patience", "trai
                             "train.threads", "train.precision", "decision.target_escape",
                             "decision.max_false_reject", "output.runs_dir"})
 
-METRIC_COLUMNS = ("epoch", "phase", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_recall",
-                  "val_macro_f1", "val_defect_recall", "val_roc_auc", "val_pr_auc", "lr", "seconds")
+#: the headline metrics (``ClassificationReport.headline()`` keys) of metrics.csv, the report and the summary
+HEADLINE = ("accuracy", "macro_recall", "macro_f1", "defect_recall", "roc_auc", "pr_auc")
+METRIC_COLUMNS = ("epoch", "phase", "train_loss", "train_accuracy", "val_loss", *(f"val_{k}" for k in HEADLINE),
+                  "lr", "seconds")
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,6 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             keys.append(f"{prefix}{key}")
     return keys
-
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
