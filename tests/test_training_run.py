@@ -166,6 +166,18 @@ def test_another_seed_gives_another_run(trained_run, tmp_path):
     assert other["train_loss"] != read_metrics(trained_run / "metrics.csv")[0]["train_loss"]
 
 
+def test_early_stopping_after_patience_epochs_without_improvement(trained_run, tmp_path):
+    """A learning rate too small to change anything (and BatchNorm statistics kept): the validation metric
+    never improves after epoch 1, so patience 2 stops the 10-epoch run after epoch 3."""
+    recipe = _recipe_like(trained_run, tmp_path, "stuck", "train.epochs=10", "train.freeze_epochs=0",
+                          "train.patience=2", "train.lr=1e-12", "train.head_lr=1e-12", "train.batchnorm=frozen",
+                          "train.workers=0", "model.input_size=48")
+    result = fit(recipe, console=QUIET)
+    assert (result.epochs_run, result.best_epoch) == (3, 1)
+    assert len(read_metrics(tmp_path / "stuck" / "metrics.csv")) == 3
+    assert load_checkpoint(tmp_path / "stuck" / "last.pt").extra["stop"]["stopped"] is True
+
+
 def _cli_error(capsys, *args: str) -> str:
     with pytest.raises(SystemExit) as done:
         main(["train", *args])
