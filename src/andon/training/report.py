@@ -116,6 +116,8 @@ def _summary_rows(run: RunDir, recipe: Recipe, card: ModelCard, best_epoch: int)
                   f"mean {list(p.mean)}, std {list(p.std)}"),
         ("epochs", f"{len(rows)} run of {recipe.train.epochs}; best epoch {best_epoch} by val {recipe.train.monitor}"),
         ("training time", f"{sum(float(r['seconds']) for r in rows):.0f} s"),
+        ("thresholds", f"P(defect) below {card.thresholds.defect.pass_below:.4g} passes, at or above "
+                       f"{card.thresholds.defect.reject_at:.4g} rejects ({card.thresholds.source})"),
         ("data fingerprint", card.data_fingerprint[:16]),
         ("model version", card.version),
     ]
