@@ -66,9 +66,10 @@ def make_shapes_data(out: Path, per_class: int = 100, size: int = 64, seed: int 
     """A small data set a network learns from scratch in seconds: ``ok`` (noisy texture), ``scratch`` (a dark
     line) and ``spot`` (a dark disc), on backgrounds of varying brightness; every third image is a JPEG.
 
-    The project's own synthetic set (``andon.datasets.synth``) is deliberately realistic: its defects sit
-    just above the texture's noise, which takes pretrained features or far more epochs than a test may
-    spend. This one checks that the training pipeline learns, not how well a backbone sees defects.
+    The project's own synthetic set (``andon.datasets.synth``) is realistic: small defects on busy
+    textures, which a pretrained backbone learns in a few epochs (tests/test_training_synth.py) but a
+    network from scratch does not in the seconds a fixture may spend. This one checks that the training
+    pipeline learns, not how well a backbone sees defects.
     """
     import cv2
     import numpy as np

@@ -152,7 +152,7 @@ def spot(rng: np.random.Generator, canvas: Canvas) -> np.ndarray:
     cx, cy = _centre(rng, h, w)
     spread = s * rng.uniform(0.03, 0.2)
     centres = np.array([cx, cy]) + rng.normal(0, spread, (n, 2)) * (np.arange(n)[:, None] > 0)
-    radii = np.maximum(s * rng.uniform(0.014, 0.035, n), 1.5)  # below 1.5 px a pit is noise
+    radii = np.maximum(s * rng.uniform(0.022, 0.045, n), 1.5)  # below 1.5 px a pit is noise
     reach = radii.max() * 2.5
     found = _roi(canvas, centres[:, 0].min() - reach, centres[:, 1].min() - reach,
                  centres[:, 0].max() + reach, centres[:, 1].max() + reach, 1)
@@ -172,7 +172,7 @@ def spot(rng: np.random.Generator, canvas: Canvas) -> np.ndarray:
         np.maximum(dark, np.exp(-rho2 * 1.4) * rng.uniform(0.7, 1.0), out=dark)
         side = np.clip((dx * math.cos(light) + dy * math.sin(light)) / r, 0, None)
         np.maximum(rim, np.exp(-(np.sqrt(rho2) - 1.1) ** 2 * 8) * side, out=rim)
-    contrast = rng.uniform(30, 65) * canvas.busy
+    contrast = rng.uniform(45, 85) * canvas.busy
     canvas.grey[box] += contrast * (-dark + rng.uniform(0.0, 0.5) * rim)
     return _mask_from(np.maximum(dark, rim * 0.5), canvas, box, 0.25, grow=0)
 
@@ -193,10 +193,10 @@ def stain(rng: np.random.Generator, canvas: Canvas) -> np.ndarray:
     a = (dx * math.cos(theta) + dy * math.sin(theta)) / radius
     b = (-dx * math.sin(theta) + dy * math.cos(theta)) / (radius * aspect)
     rho = np.sqrt(a * a + b * b) * (1.0 + 0.3 * grid_noise(rng, *yy.shape, cells=4))
-    alpha = smoothstep((1.0 - rho) / rng.uniform(0.3, 0.8))
+    alpha = smoothstep((1.0 - rho) / rng.uniform(0.15, 0.5))
     alpha *= np.clip(0.75 + 0.25 * grid_noise(rng, *yy.shape, cells=6), 0.3, 1.0)  # uneven density
     ring = 4.0 * alpha * (1.0 - alpha) if rng.random() < 0.4 else 0.0
-    contrast = rng.uniform(16, 34) * canvas.busy**0.5  # low frequency: fine texture hides it less
+    contrast = rng.uniform(30, 55) * canvas.busy**0.5  # low frequency: fine texture hides it less
     canvas.grey[box] -= contrast * (alpha * rng.uniform(0.5, 1.0) + 0.6 * ring)
     brown = np.array([0.0, -0.04, -0.10], np.float32) * rng.uniform(0.2, 1.0)
     canvas.colour.append((box, alpha, brown))
@@ -230,9 +230,9 @@ def dent(rng: np.random.Generator, canvas: Canvas) -> np.ndarray:
     map_x = (xx - ox + bend * gx * sigma).astype(np.float32)
     map_y = (yy - oy + bend * gy * sigma).astype(np.float32)
     local = cv2.remap(np.ascontiguousarray(local), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    contrast = rng.uniform(25, 55) * canvas.busy**0.5
+    contrast = rng.uniform(45, 80) * canvas.busy**0.5
     canvas.grey[box] = local + contrast * shading - 0.05 * contrast * depth
-    return _mask_from(depth, canvas, box, 0.12, grow=0)  # out to ~2 sigma: the shaded rim and the bent texture
+    return _mask_from(depth, canvas, box, 0.06, grow=0)  # out to ~2.4 sigma: the shaded rim and the bent texture
 
 
 DRAWERS = {"scratch": scratch, "crack": crack, "spot": spot, "stain": stain, "dent": dent}
