@@ -106,3 +106,33 @@ def test_bad_head_settings_are_config_errors() -> None:
         create_model("resnet18", 1, weights="none")
     with pytest.raises(ConfigError, match="dropout"):
         create_model("resnet18", 2, weights="none", dropout=1.5)
+
+
+def test_training_prior_shifts_the_logits_outside_training_only() -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet18", 3, weights="none", progress=False)
+    x = torch.randn(2, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        plain = model(x)
+        model.set_training_prior([80, 15, 5])
+        shifted = model(x)
+        cam = model.local_logits(model.features(x)).mean(dim=(2, 3))
+    expected = torch.log(torch.tensor([0.80, 0.15, 0.05]))
+    assert torch.allclose(shifted - plain, expected.expand_as(plain), atol=1e-5)
+    assert torch.allclose(cam, shifted, atol=1e-4)  # the heatmap still explains the (shifted) prediction
+    model.train()
+    model.backbone.eval()  # batch statistics aside: only the head's mode matters here
+    model.dropout.p = 0.0
+    with torch.no_grad():
+        assert torch.allclose(model(x), plain, atol=1e-5)  # the loss sees the balanced logits
+    with pytest.raises(ConfigError, match="3 positive numbers"):
+        model.set_training_prior([10, 0, 5])
+
+
+def test_state_dict_without_prior_shift_loads_as_no_shift() -> None:
+    model = create_model("resnet18", 3, weights="none", progress=False)
+    model.set_training_prior([1, 2, 3])
+    state = {k: v for k, v in model.state_dict().items() if k != "prior_shift"}  # an older checkpoint
+    model.load_state_dict(state)
+    assert torch.equal(model.prior_shift, torch.zeros(3))

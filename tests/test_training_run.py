@@ -147,7 +147,8 @@ def test_resume_with_more_epochs_goes_on_learning(trained_run, tmp_path):
     assert _without_time(rows[:5]) == _without_time(read_metrics(trained_run / "metrics.csv"))
     before, after = load_checkpoint(trained_run / "last.pt"), load_checkpoint(tmp_path / "trained" / "last.pt")
     assert after.epoch == 6
-    weights = [k for k in before.state_dict if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    fixed = ("running_mean", "running_var", "num_batches_tracked", "prior_shift")  # statistics, not weights
+    weights = [k for k in before.state_dict if not k.endswith(fixed)]
     moved = [k for k in weights if not torch.equal(before.state_dict[k], after.state_dict[k])]
     assert len(moved) == len(weights)  # learning rate 0 (the old schedule's end) would leave them all as they were
     assert (tmp_path / "trained" / "report.html").is_file()

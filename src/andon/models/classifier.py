@@ -37,6 +37,10 @@ class Classifier(nn.Module):
         self.head = nn.Linear(feature_channels, num_classes)
         nn.init.normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)
+        #: added to the logits outside training: log of the training split's class frequencies when training
+        #: balanced the classes (sampler or loss weights), so that the probabilities describe data with the
+        #: training split's class mix again (post-hoc logit adjustment); zeros otherwise
+        self.register_buffer("prior_shift", torch.zeros(num_classes))
         self._frozen = False
         #: andon.models.weights.WeightsInfo of the trunk's weights, set by create_model
         self.weights_info = None
@@ -48,11 +52,29 @@ class Classifier(nn.Module):
     def local_logits(self, feats: torch.Tensor) -> torch.Tensor:
         """Per-location logits N x K x h x w: the head applied at every location of the feature map."""
         weight = self.head.weight[:, :, None, None]
-        return nn.functional.conv2d(feats, weight, self.head.bias)
+        return nn.functional.conv2d(feats, weight, self._bias())
+
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Class logits N x K from the trunk's feature map (the mean of ``local_logits`` over locations)."""
+        return self.head(self.dropout(feats.mean(dim=(2, 3)))) + (0.0 if self.training else self.prior_shift)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.features(x).mean(dim=(2, 3))
-        return self.head(self.dropout(pooled))
+        return self.logits(self.features(x))
+
+    def _bias(self) -> torch.Tensor:
+        return self.head.bias if self.training else self.head.bias + self.prior_shift
+
+    def set_training_prior(self, counts: list[int] | torch.Tensor) -> None:
+        """Shift the logits by the log class frequencies of a training split that was trained balanced."""
+        counts = torch.as_tensor(counts, dtype=torch.float32)
+        if counts.shape != (self.num_classes,) or bool((counts <= 0).any()):
+            raise ConfigError(f"class counts {counts.tolist()} must be {self.num_classes} positive numbers")
+        self.prior_shift.copy_(torch.log(counts / counts.sum()))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 (torch's signature)
+        # checkpoints written before the prior shift existed: no shift
+        state_dict.setdefault(prefix + "prior_shift", torch.zeros(self.num_classes))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def freeze_backbone(self) -> None:
         self._frozen = True

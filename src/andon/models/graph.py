@@ -46,7 +46,7 @@ class InspectionGraph(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.model.features(image)
-        logits = self.model.head(feats.mean(dim=(2, 3)))
+        logits = self.model.logits(feats)
         local = torch.softmax(self.model.local_logits(feats), dim=1)
         if self.all_defect:
             predicted = logits.argmax(dim=1, keepdim=True)

@@ -170,6 +170,8 @@ def setup_session(recipe: Recipe, run: RunDir, device: torch.device, dataset: Da
     data = prepare_run_data(dataset, spec, run.path, workers=cfg.workers, progress=progress)
     card = make_card(recipe, run.name, data, spec, weights=info.source)
     counts = class_counts(data.labels[data.indices["train"]], data.classes)
+    if cfg.balance != "none" and cfg.prior_correction:
+        model.set_training_prior(counts)
     weights = sample_weights(data.labels[data.indices["train"]], counts) if cfg.balance == "sampler" else None
     sampler = EpochSampler(len(data.indices["train"]), cfg.seed, weights)
     datasets = split_datasets(data, build_augmenter(recipe.augment))

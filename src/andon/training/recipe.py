@@ -131,6 +131,7 @@ class TrainSection(_Section):
     freeze_epochs: int = Field(ge=0)
     label_smoothing: float = Field(ge=0.0, lt=1.0)
     balance: Literal["sampler", "loss", "none"]
+    prior_correction: bool
     patience: int = Field(ge=0)
     monitor: Monitor
     workers: int = Field(ge=0, le=64)
