@@ -9,18 +9,28 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 def write_atomic(path: str | Path, data: bytes | str, *, durable: bool = True) -> Path:
     """Write ``data`` (str as UTF-8) to ``path``: afterwards the file is complete, or was never changed."""
+    with open_atomic(path, durable=durable) as fh:
+        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)
+
+
+@contextmanager
+def open_atomic(path: str | Path, *, durable: bool = True) -> Iterator[BinaryIO]:
+    """A binary file to stream into; it replaces ``path`` when the block ends, and vanishes if it raises."""
     path = Path(path)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-            fh.write(raw)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -29,7 +39,6 @@ def write_atomic(path: str | Path, data: bytes | str, *, durable: bool = True) -
         raise
     if durable:
         fsync_dir(path.parent)
-    return path
 
 
 def fsync_dir(folder: str | Path) -> None:

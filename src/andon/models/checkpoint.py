@@ -8,8 +8,6 @@ Files are written atomically (temp file, fsync, rename) so a crash never leaves 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from andon.errors import RunError
+from andon.fileio import open_atomic
 from andon.inspect.card import ModelCard
 
 if TYPE_CHECKING:
@@ -47,16 +46,8 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
         "epoch": ckpt.epoch,
         "extra": ckpt.extra,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with open_atomic(path) as fh:
+        torch.save(payload, fh)
     return path
 
 
