@@ -77,6 +77,9 @@ class Row:
     false_reject_rate: float
     threshold: str
     train_seconds: float
+    #: ok/defect at the untuned threshold P(defect) >= 0.5 (nan for class-level rows)
+    recall_at_half: float = float("nan")
+    false_reject_at_half: float = float("nan")
 
 
 def run_task(task: Task, *, epochs: int, input_size: int, runs_dir: Path, batch_size: int, lr: float,
@@ -123,13 +126,16 @@ def run_task(task: Task, *, epochs: int, input_size: int, runs_dir: Path, batch_
                     defect_recall=report.defect_recall, false_reject_rate=float("nan"), threshold="argmax", **common)]
     defect_recall, frr, cut = _calibrated_two_way(val, test, classes, defects)
     threshold = f"P(defect) >= {cut:.4f} (val)"
+    half = _recall_and_false_rejects(test, classes, defects, 0.5)
+    common.update(recall_at_half=half[0], false_reject_at_half=half[1])
     if len(classes) == 2:
         return [Row(title=task.title, accuracy=report.accuracy, macro_recall=report.macro_recall,
                     defect_recall=defect_recall, false_reject_rate=frr, threshold=threshold, **common)]
     # the 6-class model's classes (argmax), and the same model's ok/defect decision on P(defect) = 1 - P(ok)
     two_way = _two_way_report(test, classes, defects, cut)
+    classes_row = {**common, "recall_at_half": float("nan"), "false_reject_at_half": float("nan")}
     return [Row(title=task.title, accuracy=report.accuracy, macro_recall=report.macro_recall,
-                defect_recall=report.defect_recall, false_reject_rate=float("nan"), threshold="argmax", **common),
+                defect_recall=report.defect_recall, false_reject_rate=float("nan"), threshold="argmax", **classes_row),
             Row(title="Magnetic tile, ok/defect from the 6-class model", accuracy=two_way[0],
                 macro_recall=two_way[1], defect_recall=defect_recall, false_reject_rate=frr, threshold=threshold,
                 **common)]
@@ -149,14 +155,19 @@ def _calibrated_two_way(val, test, classes: list[str], defects: list[str]) -> tu
     """Pick the P(defect) threshold on val (every val defect caught, fewest false rejects), apply on test."""
     from andon.evaluation.metrics import defect_score
 
-    idx = [classes.index(c) for c in defects]
-    ok = classes.index("ok")
-    v_score, v_bad = defect_score(val["probs"], idx), val["y_true"] != ok
-    t_score, t_bad = defect_score(test["probs"], idx), test["y_true"] != ok
+    v_score = defect_score(val["probs"], [classes.index(c) for c in defects])
+    v_bad = val["y_true"] != classes.index("ok")
     threshold = float(v_score[v_bad].min()) if v_bad.any() else 0.5
-    recall = float((t_score[t_bad] >= threshold).mean())
-    frr = float((t_score[~t_bad] >= threshold).mean())
-    return recall, frr, threshold
+    return (*_recall_and_false_rejects(test, classes, defects, threshold), threshold)
+
+
+def _recall_and_false_rejects(pred, classes: list[str], defects: list[str], t: float) -> tuple[float, float]:
+    """Share of defective parts with P(defect) >= t, and share of good parts with it."""
+    from andon.evaluation.metrics import defect_score
+
+    score = defect_score(pred["probs"], [classes.index(c) for c in defects])
+    bad = pred["y_true"] != classes.index("ok")
+    return float((score[bad] >= t).mean()), float((score[~bad] >= t).mean())
 
 
 def machine() -> str:
@@ -182,18 +193,21 @@ def render(rows: list[Row], command: str) -> str:
         "lightings) kept in one split, so test tiles are new tiles.",
         "",
         "| task | split | model | input | epochs (best) | test images | accuracy | macro recall | defect recall "
-        "| false rejects | decision | training wall time | target | published |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| false rejects | decision | at P(defect) >= 0.5: defect recall / false rejects | training wall time "
+        "| target | published |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         t = TASKS[r.task]
         frr = "-" if np.isnan(r.false_reject_rate) else f"{100 * r.false_reject_rate:.2f} %"
+        half = ("-" if np.isnan(r.recall_at_half)
+                else f"{100 * r.recall_at_half:.2f} % / {100 * r.false_reject_at_half:.2f} %")
         target = OK_DEFECT_TARGET if "ok/defect" in r.title else t.target
         published = t.published if r.title == t.title else "-"
         lines.append(
             f"| {r.title} | {t.split} | {r.model} | {r.input_size} | {r.epochs_run} ({r.best_epoch}) | {r.n_test} "
             f"| {100 * r.accuracy:.2f} % | {100 * r.macro_recall:.2f} % | {100 * r.defect_recall:.2f} % | {frr} "
-            f"| {r.threshold} | {r.train_seconds / 60:.1f} min | {target} | {published} |"
+            f"| {r.threshold} | {half} | {r.train_seconds / 60:.1f} min | {target} | {published} |"
         )
     lines.append(END)
     return "\n".join(lines)
