@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from andon.inspect.onnxfile import embed_card
-from tiny_onnx import tiny_card
+from tiny_onnx import cam_nodes, class_index_initializers, tiny_card
 
 PASSWORD = "correct horse battery"
 CLASSES = ("ok", "scratch", "dent")
@@ -44,14 +44,7 @@ def stain_model(size: int = 64, gain: float = 16.0, version: str = "1") -> onnx.
         helper.make_node("Conv", ["feat", "W1"], ["dark"]),
         helper.make_node("Relu", ["dark"], ["s"]),
         helper.make_node("Conv", ["s", "W2", "B2"], ["local"]),
-        helper.make_node("ReduceMean", ["local"], ["pooled"], axes=[2, 3], keepdims=0),
-        helper.make_node("Softmax", ["pooled"], ["probs"], axis=1),
-        helper.make_node("Gather", ["local", "defect_idx"], ["local_defect"], axis=1),
-        helper.make_node("Gather", ["local", "good_idx"], ["local_good"], axis=1),
-        helper.make_node("ReduceLogSumExp", ["local_defect"], ["lse_defect"], axes=[1], keepdims=0),
-        helper.make_node("ReduceLogSumExp", ["local_good"], ["lse_good"], axes=[1], keepdims=0),
-        helper.make_node("Sub", ["lse_defect", "lse_good"], ["log_odds"]),
-        helper.make_node("Sigmoid", ["log_odds"], ["heatmap"]),
+        *cam_nodes(),
     ]
     w1 = np.full((1, 3, 1, 1), -1.0 / 3.0, np.float32)
     w2 = np.array([-gain, gain, gain], np.float32).reshape(3, 1, 1, 1)
@@ -62,9 +55,7 @@ def stain_model(size: int = 64, gain: float = 16.0, version: str = "1") -> onnx.
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 3]),
          helper.make_tensor_value_info("heatmap", TensorProto.FLOAT, ["batch", size // 4, size // 4])],
         initializer=[numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2"),
-                     numpy_helper.from_array(b2, "B2"),
-                     numpy_helper.from_array(np.array([1, 2], np.int64), "defect_idx"),
-                     numpy_helper.from_array(np.array([0], np.int64), "good_idx")])
+                     numpy_helper.from_array(b2, "B2"), *class_index_initializers(card)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="andon-tests")
     model.ir_version = 8
     onnx.checker.check_model(model)

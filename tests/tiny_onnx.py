@@ -35,6 +35,28 @@ def tiny_card(classes: tuple[str, ...] = ("ok", "defect"), size: int = 32, **cha
     return card.replace(**changes) if changes else card
 
 
+def cam_nodes() -> list[onnx.NodeProto]:
+    """From per-location logits ``local`` (NxKxhxw) to the contract's outputs: ``probs`` (softmax of their
+    mean) and ``heatmap`` (sigmoid of the per-location log-odds, defect classes against good ones)."""
+    return [
+        helper.make_node("ReduceMean", ["local"], ["pooled"], axes=[2, 3], keepdims=0),
+        helper.make_node("Softmax", ["pooled"], ["probs"], axis=1),
+        helper.make_node("Gather", ["local", "defect_idx"], ["local_defect"], axis=1),
+        helper.make_node("Gather", ["local", "good_idx"], ["local_good"], axis=1),
+        helper.make_node("ReduceLogSumExp", ["local_defect"], ["lse_defect"], axes=[1], keepdims=0),
+        helper.make_node("ReduceLogSumExp", ["local_good"], ["lse_good"], axes=[1], keepdims=0),
+        helper.make_node("Sub", ["lse_defect", "lse_good"], ["log_odds"]),
+        helper.make_node("Sigmoid", ["log_odds"], ["heatmap"]),
+    ]
+
+
+def class_index_initializers(card: ModelCard) -> list[onnx.TensorProto]:
+    """The ``defect_idx`` and ``good_idx`` constants that ``cam_nodes`` gathers with."""
+    good = [card.classes.index(c) for c in card.good_classes]
+    return [numpy_helper.from_array(np.array(card.defect_indices, np.int64), "defect_idx"),
+            numpy_helper.from_array(np.array(good, np.int64), "good_idx")]
+
+
 def tiny_model(card: ModelCard | None = None, *, opset: int = 17) -> onnx.ModelProto:
     card = card or tiny_card()
     k = len(card.classes)
@@ -45,19 +67,10 @@ def tiny_model(card: ModelCard | None = None, *, opset: int = 17) -> onnx.ModelP
         sign = 1.0 if name in card.good_classes else -1.0
         weight[i, :, 0, 0] = sign * 2.0 / 3.0
         bias[i] = 0.0 if sign > 0 else -0.5 - 0.1 * i
-    defect_idx = np.array(card.defect_indices, dtype=np.int64)
-    good_idx = np.array([card.classes.index(c) for c in card.good_classes], dtype=np.int64)
     nodes = [
         helper.make_node("AveragePool", ["image"], ["feat"], kernel_shape=[4, 4], strides=[4, 4]),
         helper.make_node("Conv", ["feat", "W", "B"], ["local"]),
-        helper.make_node("ReduceMean", ["local"], ["pooled"], axes=[2, 3], keepdims=0),
-        helper.make_node("Softmax", ["pooled"], ["probs"], axis=1),
-        helper.make_node("Gather", ["local", "defect_idx"], ["local_defect"], axis=1),
-        helper.make_node("Gather", ["local", "good_idx"], ["local_good"], axis=1),
-        helper.make_node("ReduceLogSumExp", ["local_defect"], ["lse_defect"], axes=[1], keepdims=0),
-        helper.make_node("ReduceLogSumExp", ["local_good"], ["lse_good"], axes=[1], keepdims=0),
-        helper.make_node("Sub", ["lse_defect", "lse_good"], ["log_odds"]),
-        helper.make_node("Sigmoid", ["log_odds"], ["heatmap"]),
+        *cam_nodes(),
     ]
     h, w = card.preprocess.input_size
     graph = helper.make_graph(
@@ -69,8 +82,7 @@ def tiny_model(card: ModelCard | None = None, *, opset: int = 17) -> onnx.ModelP
         initializer=[
             numpy_helper.from_array(weight, "W"),
             numpy_helper.from_array(bias, "B"),
-            numpy_helper.from_array(defect_idx, "defect_idx"),
-            numpy_helper.from_array(good_idx, "good_idx"),
+            *class_index_initializers(card),
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="andon-tests")

@@ -6,26 +6,14 @@ from pathlib import Path
 
 import typer
 
+from andon.cli._service import ConfigOpt, DataDirOpt, DbOpt, service_sessions
+
 keys_app = typer.Typer(help="API keys: camera keys (bound to a camera id), operator and engineer keys.",
                        no_args_is_help=True)
-
-ConfigOpt = typer.Option(None, "--config", help="Service settings file (as for 'andon serve').")
-DataDirOpt = typer.Option(None, "--data-dir", help="Service data folder (default ./andon-data).")
-DbOpt = typer.Option(None, "--database-url", help="Service database URL (default SQLite in the data dir).")
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(keys_app, name="keys")
-
-
-def _sessions(config, data_dir, database_url):
-    from andon.service.db import make_engine, migrate, session_factory
-    from andon.service.settings import Settings
-
-    settings = Settings.load(config, data_dir=data_dir, database_url=database_url)
-    engine = make_engine(settings.db_url)
-    migrate(engine)
-    return session_factory(engine)
 
 
 @keys_app.command("create")
@@ -38,7 +26,7 @@ def create(
     """Create a key and print it once (only its hash is kept)."""
     from andon.service.auth import create_key
 
-    with _sessions(config, data_dir, database_url)() as session:
+    with service_sessions(config, data_dir, database_url)() as session:
         row, secret = create_key(session, role=role, camera_id=camera_id, name=name)
         session.commit()
     typer.echo(secret)
@@ -57,7 +45,7 @@ def list_(
 
     from andon.service.auth import list_keys
 
-    with _sessions(config, data_dir, database_url)() as session:
+    with service_sessions(config, data_dir, database_url)() as session:
         rows = list_keys(session, include_revoked=include_revoked)
     table = Table("id", "name", "role", "camera", "created", "last used", "revoked")
     table.columns[0].no_wrap = True  # the id is what 'andon keys revoke' needs: never broken across lines
@@ -76,7 +64,7 @@ def revoke(
     """Revoke a key; a running service refuses it within seconds."""
     from andon.service.auth import revoke_key
 
-    with _sessions(config, data_dir, database_url)() as session:
+    with service_sessions(config, data_dir, database_url)() as session:
         row = revoke_key(session, key_id)
         session.commit()
     typer.echo(f"revoked {row.id} ({row.role})")

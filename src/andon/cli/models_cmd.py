@@ -10,11 +10,10 @@ from pathlib import Path
 
 import typer
 
+from andon.cli._service import ConfigOpt, DataDirOpt
+
 models_app = typer.Typer(help="The model registry: add exported models, promote, roll back, shadow.",
                          no_args_is_help=True)
-
-ConfigOpt = typer.Option(None, "--config", help="Service settings file (as for 'andon serve').")
-DataDirOpt = typer.Option(None, "--data-dir", help="Service data folder (default ./andon-data).")
 
 
 def register(app: typer.Typer) -> None:

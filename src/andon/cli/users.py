@@ -12,26 +12,15 @@ from pathlib import Path
 
 import typer
 
+from andon.cli._service import ConfigOpt, DataDirOpt, DbOpt, service_sessions
+
 users_app = typer.Typer(help="Operators and engineers who log in to the review station.", no_args_is_help=True)
 
-ConfigOpt = typer.Option(None, "--config", help="Service settings file (as for 'andon serve').")
-DataDirOpt = typer.Option(None, "--data-dir", help="Service data folder (default ./andon-data).")
-DbOpt = typer.Option(None, "--database-url", help="Service database URL (default SQLite in the data dir).")
 StdinOpt = typer.Option(False, "--password-stdin", help="Read the password from the first line of stdin.")
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(users_app, name="users")
-
-
-def _sessions(config, data_dir, database_url):
-    from andon.service.db import make_engine, migrate, session_factory
-    from andon.service.settings import Settings
-
-    settings = Settings.load(config, data_dir=data_dir, database_url=database_url)
-    engine = make_engine(settings.db_url)
-    migrate(engine)
-    return session_factory(engine)
 
 
 def _password(from_stdin: bool) -> str:
@@ -53,7 +42,7 @@ def create(
 
     password = _password(password_stdin)
     check_password_rules(password)
-    with _sessions(config, data_dir, database_url)() as session:
+    with service_sessions(config, data_dir, database_url)() as session:
         user = create_user(session, username, role, password)
         session.commit()
     typer.secho(f"user {user.username} ({user.role}) created", fg=typer.colors.GREEN, err=True)
@@ -68,7 +57,7 @@ def list_(config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt,
 
     from andon.service.review.accounts import list_users
 
-    with _sessions(config, data_dir, database_url)() as session:
+    with service_sessions(config, data_dir, database_url)() as session:
         rows = list_users(session)
     table = Table("user", "role", "created", "last login", "disabled")
     for u in rows:
@@ -85,7 +74,7 @@ def disable(username: str = typer.Argument(..., help="The user to lock out."),
     """Disable a user and end their sessions (their verdicts stay in the audit trail)."""
     from andon.service.review.accounts import disable_user
 
-    with _sessions(config, data_dir, database_url)() as session:
+    with service_sessions(config, data_dir, database_url)() as session:
         user = disable_user(session, username)
         session.commit()
     typer.echo(f"disabled {user.username}")
@@ -97,7 +86,7 @@ def enable(username: str = typer.Argument(...), config: Path | None = ConfigOpt,
     """Allow a disabled user to log in again."""
     from andon.service.review.accounts import enable_user
 
-    with _sessions(config, data_dir, database_url)() as session:
+    with service_sessions(config, data_dir, database_url)() as session:
         user = enable_user(session, username)
         session.commit()
     typer.echo(f"enabled {user.username}")
@@ -111,7 +100,7 @@ def passwd(username: str = typer.Argument(...), password_stdin: bool = StdinOpt,
     from andon.service.review.accounts import set_password
 
     password = _password(password_stdin)
-    with _sessions(config, data_dir, database_url)() as session:
+    with service_sessions(config, data_dir, database_url)() as session:
         set_password(session, username, password)
         session.commit()
     typer.echo(f"password of {username} changed")
