@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from bench.common import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -121,44 +123,33 @@ def run_task(task: Task, *, epochs: int, input_size: int, runs_dir: Path, batch_
     report = classification_report(test["y_true"], test["probs"], classes, defects)
     common = dict(task=task.key, model="mobilenet_v2", input_size=input_size, epochs_run=result.epochs_run,
                   best_epoch=result.best_epoch, n_test=report.n, train_seconds=seconds)
-    if "ok" not in classes:
-        return [Row(title=task.title, accuracy=report.accuracy, macro_recall=report.macro_recall,
-                    defect_recall=report.defect_recall, false_reject_rate=float("nan"), threshold="argmax", **common)]
-    defect_recall, frr, cut = _calibrated_two_way(val, test, classes, defects)
-    threshold = f"P(defect) >= {cut:.4f} (val)"
-    half = _recall_and_false_rejects(test, classes, defects, 0.5)
-    common.update(recall_at_half=half[0], false_reject_at_half=half[1])
-    if len(classes) == 2:
-        return [Row(title=task.title, accuracy=report.accuracy, macro_recall=report.macro_recall,
-                    defect_recall=defect_recall, false_reject_rate=frr, threshold=threshold, **common)]
-    # the 6-class model's classes (argmax), and the same model's ok/defect decision on P(defect) = 1 - P(ok)
-    two_way = _two_way_report(test, classes, defects, cut)
-    classes_row = {**common, "recall_at_half": float("nan"), "false_reject_at_half": float("nan")}
-    return [Row(title=task.title, accuracy=report.accuracy, macro_recall=report.macro_recall,
-                defect_recall=report.defect_recall, false_reject_rate=float("nan"), threshold="argmax", **classes_row),
-            Row(title="Magnetic tile, ok/defect from the 6-class model", accuracy=two_way[0],
-                macro_recall=two_way[1], defect_recall=defect_recall, false_reject_rate=frr, threshold=threshold,
-                **common)]
+    rows = []
+    if len(classes) > 2:  # the classes, by argmax
+        rows.append(Row(title=task.title, accuracy=report.accuracy, macro_recall=report.macro_recall,
+                        defect_recall=report.defect_recall, false_reject_rate=float("nan"), threshold="argmax",
+                        **common))
+    if "ok" in classes:  # ok/defect on P(defect): at the threshold chosen on val, and at 0.5
+        cut = _val_threshold(val, classes, defects)
+        recall, frr = _recall_and_false_rejects(test, classes, defects, cut)
+        half = _recall_and_false_rejects(test, classes, defects, 0.5)
+        title, accuracy, macro_recall = task.title, report.accuracy, report.macro_recall  # two classes: argmax
+        if len(classes) > 2:  # the 6-class model's P(defect) = 1 - P(ok), at the val threshold
+            n_bad = int((test["y_true"] != classes.index("ok")).sum())
+            title = "Magnetic tile, ok/defect from the 6-class model"
+            accuracy = (recall * n_bad + (1 - frr) * (report.n - n_bad)) / report.n
+            macro_recall = (recall + 1 - frr) / 2
+        rows.append(Row(title=title, accuracy=accuracy, macro_recall=macro_recall, defect_recall=recall, false_reject_rate=frr, threshold=f"P(defect) >= {cut:.4f} (val)",
+                        recall_at_half=half[0], false_reject_at_half=half[1], **common))
+    return rows
 
 
-def _two_way_report(test, classes: list[str], defects: list[str], t: float) -> tuple[float, float]:
-    """Accuracy and macro recall of the ok/defect decision at the val-calibrated threshold ``t``."""
+def _val_threshold(val, classes: list[str], defects: list[str]) -> float:
+    """The P(defect) threshold chosen on val: every val defect caught, fewest false rejects."""
     from andon.evaluation.metrics import defect_score
 
-    bad = test["y_true"] != classes.index("ok")
-    flagged = defect_score(test["probs"], [classes.index(c) for c in defects]) >= t
-    recalls = [float(flagged[bad].mean()), float((~flagged[~bad]).mean())]
-    return float((flagged == bad).mean()), float(np.mean(recalls))
-
-
-def _calibrated_two_way(val, test, classes: list[str], defects: list[str]) -> tuple[float, float, float]:
-    """Pick the P(defect) threshold on val (every val defect caught, fewest false rejects), apply on test."""
-    from andon.evaluation.metrics import defect_score
-
-    v_score = defect_score(val["probs"], [classes.index(c) for c in defects])
-    v_bad = val["y_true"] != classes.index("ok")
-    threshold = float(v_score[v_bad].min()) if v_bad.any() else 0.5
-    return (*_recall_and_false_rejects(test, classes, defects, threshold), threshold)
+    score = defect_score(val["probs"], [classes.index(c) for c in defects])
+    bad = val["y_true"] != classes.index("ok")
+    return float(score[bad].min()) if bad.any() else 0.5
 
 
 def _recall_and_false_rejects(pred, classes: list[str], defects: list[str], t: float) -> tuple[float, float]:
@@ -171,17 +162,7 @@ def _recall_and_false_rejects(pred, classes: list[str], defects: list[str], t: f
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores, no GPU"
+    return f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores, no GPU"
 
 
 def render(rows: list[Row], command: str) -> str:

@@ -36,10 +36,8 @@ import io
 import json
 import os
 import platform
-import re
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import Sample, closed_loop, cpu_model
 from bench.export import SHARED, make_run
 from bench.serve import FRAME_HW, synthetic_frames
 
@@ -150,42 +149,6 @@ def build_models(backbone: str, folder: Path, data: Path, per_class: int, size: 
 
 
 # ---- the variants ------------------------------------------------------------------------------------
-
-@dataclass
-class Sample:
-    frames: int
-    wall_s: float
-    cpu_s: float
-    latencies_ms: list[float]
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.wall_s
-
-
-def closed_loop(work: Callable[[int], None], workers: int, seconds: float) -> Sample:
-    """``workers`` threads call ``work(i)`` (one frame each) back to back for ``seconds``."""
-    latencies: list[list[float]] = [[] for _ in range(workers)]
-    stop = time.perf_counter() + seconds
-
-    def loop(k: int) -> None:
-        i, own = k, latencies[k]
-        while time.perf_counter() < stop:
-            t = time.perf_counter()
-            work(i)
-            own.append((time.perf_counter() - t) * 1000.0)
-            i += workers
-
-    t0, c0 = time.perf_counter(), time.process_time()
-    threads = [threading.Thread(target=loop, args=(k,)) for k in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    flat = [x for own in latencies for x in own]
-    return Sample(frames=len(flat), wall_s=wall, cpu_s=cpu, latencies_ms=flat)
-
 
 @dataclass
 class Variant:
@@ -314,19 +277,12 @@ def ratios(v: dict[str, dict], cores: int) -> dict[str, float]:
 
 
 def machine() -> dict:
-    model = "unknown"
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        found = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-        model = found.group(1).strip() if found else model
-    except OSError:
-        pass
     import onnxruntime
     import torch
 
     from andon.inspect.session import default_threads
 
-    return {"cpu": model, "cpus": len(os.sched_getaffinity(0)), "ort_threads": default_threads(),
+    return {"cpu": cpu_model(), "cpus": len(os.sched_getaffinity(0)), "ort_threads": default_threads(),
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
             "load_avg_start": [round(x, 2) for x in os.getloadavg()],

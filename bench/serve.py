@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import closed_loop
+
 P99_BUDGET_MS = 250.0
 MAX_REFUSED = 0.01
 FRAME_HW = (2048, 2448)
@@ -103,29 +105,18 @@ def in_process_limit(model: Path, frames: list[bytes], seconds: float) -> dict:
     cpu_ms: dict[str, float] = {}
     for threads, intra in ((cores, 1), (1, cores)):
         inspector = Inspector.load(model, threads=intra)
-        done = [0]
         lock = threading.Lock()
-        stop = time.perf_counter() + seconds
         timings: list[dict] = []
 
-        def loop(offset: int) -> None:
-            i = offset
-            while time.perf_counter() < stop:
-                result = inspector.inspect(frames[i % len(frames)])
-                i += 1
-                with lock:
-                    done[0] += 1
-                    timings.append(result.timings_ms)
+        def work(i: int) -> None:
+            result = inspector.inspect(frames[i % len(frames)])
+            with lock:
+                timings.append(result.timings_ms)
 
-        t0, cpu0 = time.perf_counter(), time.process_time()
-        workers = [threading.Thread(target=loop, args=(k,)) for k in range(threads)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
+        sample = closed_loop(work, threads, seconds)
         name = f"{threads} threads x {intra} ort"
-        results[name] = done[0] / (time.perf_counter() - t0)
-        cpu_ms[name] = (time.process_time() - cpu0) * 1000.0 / max(1, done[0])
+        results[name] = sample.fps
+        cpu_ms[name] = sample.cpu_s * 1000.0 / max(1, sample.frames)
         splits[name] = {k: float(np.mean([t[k] for t in timings])) for k in ("decode", "preprocess", "infer")}
     best = max(results, key=results.get)
     return {"fps": results[best], "config": best, "all": results, "split_ms": splits[best],
