@@ -82,7 +82,7 @@ def model_from_checkpoint(ckpt: Checkpoint) -> "Classifier":
     model = create_model(ckpt.model_name, ckpt.num_classes, weights="none", progress=False)
     expected, given = model.state_dict(), ckpt.state_dict
     problems = {
-        "missing": [k for k in expected if k not in given and k != "prior_shift"],  # older checkpoints: none
+        "missing": [k for k in expected if k not in given and k not in model.OPTIONAL_STATE],
         "unexpected": [k for k in given if k not in expected],
         "wrong shape": [k for k, v in expected.items() if k in given and tuple(given[k].shape) != tuple(v.shape)],
     }

@@ -71,8 +71,10 @@ class Classifier(nn.Module):
             raise ConfigError(f"class counts {counts.tolist()} must be {self.num_classes} positive numbers")
         self.prior_shift.copy_(torch.log(counts / counts.sum()))
 
+    #: state a checkpoint may lack (written before it existed), with what loading puts in its place
+    OPTIONAL_STATE = {"prior_shift": "zeros: no shift"}
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 (torch's signature)
-        # checkpoints written before the prior shift existed: no shift
         state_dict.setdefault(prefix + "prior_shift", torch.zeros(self.num_classes))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
