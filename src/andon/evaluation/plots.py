@@ -135,8 +135,8 @@ def plot_image_grid(images: Sequence[np.ndarray], captions: Sequence[str], out: 
     n = max(1, len(images))
     cols = min(columns, n)
     rows = (n + cols - 1) // cols
-    fig = _figure(2.1 * cols, 2.4 * rows + 0.4)
-    fig.suptitle(title)
+    fig = _figure(max(2.1 * cols, 4.2), 2.4 * rows + 0.4)  # wide enough for the title over one image
+    fig.suptitle(title, wrap=True)
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     for ax in axes:
         ax.axis("off")
