@@ -93,7 +93,7 @@ class Row:
 
 
 def run_task(task: Task, *, epochs: int, input_size: int, runs_dir: Path, batch_size: int, lr: float,
-             head_lr: float, seed: int = 0) -> list[Row]:
+             head_lr: float, seed: int = 0, patience: int | None = None) -> list[Row]:
     from andon.evaluation.metrics import classification_report
     from andon.models.checkpoint import load_checkpoint
     from andon.training.fit import fit
@@ -120,6 +120,8 @@ def run_task(task: Task, *, epochs: int, input_size: int, runs_dir: Path, batch_
         "output.runs_dir": str(runs_dir),
         "output.name": f"bench-{task.key}-{input_size}-{epochs}" + (f"-seed{seed}" if seed else ""),
     }
+    if patience is not None:  # None: the recipe's early stopping
+        values["train.patience"] = patience
     recipe = load_recipe(values=values)
     started = time.perf_counter()
     result = fit(recipe)
@@ -244,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-lr", type=float, default=3e-3, help="peak learning rate of the new head")
     parser.add_argument("--seed", type=int, default=0,
                         help="training seed (head initialisation, sampling, augmentation); the split stays seed 0")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="early-stopping patience in epochs, 0: run the whole schedule (default: the recipe's)")
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs")
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--no-doc", action="store_true", help="print the table, do not touch docs/benchmarks.md")
@@ -261,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
     rows = [row for k in keys
             for row in run_task(TASKS[k], epochs=args.epochs, input_size=args.input_size, runs_dir=args.runs_dir,
-                                batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr, seed=args.seed)]
+                                batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr, seed=args.seed,
+                                patience=args.patience)]
     command = "python -m bench.accuracy " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     block = render(rows, command.strip())
     print(block)
