@@ -142,6 +142,7 @@ def run_task(task: Task, *, epochs: int, input_size: int, runs_dir: Path, batch_
         thresholds = load_checkpoint(result.run_dir / "best.pt").card.thresholds
         recall, frr = _recall_and_false_rejects(test, classes, defects, thresholds)
         cut = _val_min_threshold(val, classes, defects)
+        n_val_bad = int((val["y_true"] != classes.index("ok")).sum())
         strict = _recall_and_false_rejects(test, classes, defects, _two_way(cut))
         title, accuracy, macro_recall = task.title, report.accuracy, report.macro_recall  # two classes: argmax
         if len(classes) > 2:  # the 6-class model's P(defect) = 1 - P(ok), at the card's thresholds
@@ -150,7 +151,7 @@ def run_task(task: Task, *, epochs: int, input_size: int, runs_dir: Path, batch_
             accuracy = (recall * n_bad + (1 - frr) * (report.n - n_bad)) / report.n
             macro_recall = (recall + 1 - frr) / 2
         rows.append(Row(title=title, accuracy=accuracy, macro_recall=macro_recall, defect_recall=recall,
-                        false_reject_rate=frr, threshold=_describe(thresholds), val_min_threshold=cut,
+                        false_reject_rate=frr, threshold=_describe(thresholds, recipe.decision.target_escape, n_val_bad), val_min_threshold=cut,
                         recall_at_val_min=strict[0], false_reject_at_val_min=strict[1], **common))
     return rows
 
@@ -179,15 +180,18 @@ def _recall_and_false_rejects(pred, classes: list[str], defects: list[str], thre
     return float(flagged[bad].mean()), float(flagged[~bad].mean())
 
 
-def _describe(thresholds) -> str:
+def _describe(thresholds, target_escape: float | None, val_defects: int) -> str:
+    """The card's decision in a table cell; where calibration kept the default, why (in figures)."""
+    from andon.evaluation.calibration import required_samples
+
     band = thresholds.defect
     rule = (f"P(defect) >= {band.pass_below:.4g}" if band.pass_below == band.reject_at
             else f"review P(defect) in [{band.pass_below:.4g}, {band.reject_at:.4g})")
     extra = f", {len(thresholds.per_class)} per-class bands" if thresholds.per_class else ""
     why = thresholds.source
-    short = re.search(r"escape rate of ([\d.]+ ?%): (\d+) in the calibration data, at least (\d+) needed", why)
-    if why.startswith("default (") and short:  # calibration could not verify the target
-        why = f"default: {short[2]} val defects, {short[3]} needed to verify {short[1]} escapes"
+    if why.startswith("default") and target_escape and val_defects < required_samples(target_escape):
+        why = (f"default: {val_defects} val defects, {required_samples(target_escape)} needed to verify "
+               f"{100 * target_escape:.2g} % escapes")
     return f"card: {rule}{extra} ({why})"
 
 
