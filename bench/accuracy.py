@@ -150,9 +150,10 @@ def run_task(task: Task, *, epochs: int, input_size: int, runs_dir: Path, batch_
             title = "Magnetic tile, ok/defect from the 6-class model"
             accuracy = (recall * n_bad + (1 - frr) * (report.n - n_bad)) / report.n
             macro_recall = (recall + 1 - frr) / 2
+        decision = _describe(thresholds, recipe.decision.target_escape, n_val_bad)
         rows.append(Row(title=title, accuracy=accuracy, macro_recall=macro_recall, defect_recall=recall,
-                        false_reject_rate=frr, threshold=_describe(thresholds, recipe.decision.target_escape, n_val_bad),
-                        val_min_threshold=cut, recall_at_val_min=strict[0], false_reject_at_val_min=strict[1], **common))
+                        false_reject_rate=frr, threshold=decision, val_min_threshold=cut,
+                        recall_at_val_min=strict[0], false_reject_at_val_min=strict[1], **common))
     return rows
 
 
