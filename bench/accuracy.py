@@ -118,7 +118,8 @@ def run_task(task: Task, *, epochs: int, input_size: int, runs_dir: Path, batch_
         "train.head_lr": head_lr,
         "train.seed": seed,
         "output.runs_dir": str(runs_dir),
-        "output.name": f"bench-{task.key}-{input_size}-{epochs}" + (f"-seed{seed}" if seed else ""),
+        "output.name": f"bench-{task.key}-{input_size}-{epochs}" + (f"-seed{seed}" if seed else "")
+                       + (f"-patience{patience}" if patience is not None else ""),
     }
     if patience is not None:  # None: the recipe's early stopping
         values["train.patience"] = patience

@@ -167,16 +167,28 @@ def test_another_seed_gives_another_run(trained_run, tmp_path):
     assert other["train_loss"] != read_metrics(trained_run / "metrics.csv")[0]["train_loss"]
 
 
-def test_early_stopping_after_patience_epochs_without_improvement(trained_run, tmp_path):
-    """A learning rate too small to change anything (and BatchNorm statistics kept): the validation metric
-    never improves after epoch 1, so patience 2 stops the 10-epoch run after epoch 3."""
-    recipe = _recipe_like(trained_run, tmp_path, "stuck", "train.epochs=10", "train.freeze_epochs=0",
-                          "train.patience=2", "train.lr=1e-12", "train.head_lr=1e-12", "train.batchnorm=frozen",
-                          "train.workers=0", "model.input_size=48")
+def test_a_flat_validation_metric_keeps_the_latest_epoch_and_does_not_stop(trained_run, tmp_path):
+    """A learning rate too small to change anything (and BatchNorm statistics kept): every epoch scores the
+    same, so each is a tie that goes to the later epoch, and patience 1 never fires."""
+    recipe = _recipe_like(trained_run, tmp_path, "flat", "train.epochs=4", "train.freeze_epochs=0",
+                          "train.patience=1", "train.min_epochs=0", "train.lr=1e-12", "train.head_lr=1e-12",
+                          "train.batchnorm=frozen", "train.workers=0", "model.input_size=48")
     result = fit(recipe, console=QUIET)
-    assert (result.epochs_run, result.best_epoch) == (3, 1)
-    assert len(read_metrics(tmp_path / "stuck" / "metrics.csv")) == 3
-    assert load_checkpoint(tmp_path / "stuck" / "last.pt").extra["stop"]["stopped"] is True
+    assert (result.epochs_run, result.best_epoch) == (4, 4)
+    assert load_checkpoint(tmp_path / "flat" / "best.pt").epoch == 4
+
+
+def test_early_stopping_ends_the_run_and_says_so_in_last_pt(trained_run, tmp_path, monkeypatch):
+    """A monitored value that only falls: epoch 1 stays the best, patience 2 counted from epoch 2 (min_epochs
+    given) stops the 8-epoch run after epoch 4; metrics.csv and last.pt end there too."""
+    monkeypatch.setattr("andon.training.fit._monitored", lambda row, monitor: -float(row["epoch"]))
+    recipe = _recipe_like(trained_run, tmp_path, "falling", "train.epochs=8", "train.patience=2",
+                          "train.min_epochs=2", "train.workers=0", "model.input_size=48")
+    result = fit(recipe, console=QUIET)
+    assert (result.epochs_run, result.best_epoch) == (4, 1)
+    assert len(read_metrics(tmp_path / "falling" / "metrics.csv")) == 4
+    last = load_checkpoint(tmp_path / "falling" / "last.pt")
+    assert last.extra["stop"]["stopped"] is True and last.epoch == 4
 
 
 def _cli_error(capsys, *args: str) -> str:

@@ -39,16 +39,7 @@ from andon.training.report import write_report
 from andon.training.rundir import (HEADLINE, RunDir, create_run, load_predictions, named, plan_run,
                                    read_metrics, save_predictions, write_metrics)
 from andon.training.seeding import configure_torch, rng_state, seed_everything, set_rng_state
-
-@dataclass
-class StopState:
-    """Early stopping and best-epoch bookkeeping; saved in last.pt."""
-
-    epoch: int = 0                 # epochs completed
-    best_value: float = -math.inf  # of the monitored metric, sign-adjusted so that higher is better
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    stopped: bool = False
+from andon.training.stopping import StopState, record_epoch
 
 
 @dataclass
@@ -208,14 +199,8 @@ def _epochs(s: Session, state: StopState, rows: list[dict[str, Any]], progress: 
         epoch = state.epoch + 1
         row, report = _run_epoch(s, epoch, progress)
         rows.append(row)
-        value = _monitored(row, cfg.monitor)
-        state.epoch = epoch
-        if value > state.best_value:
-            state.best_value, state.best_epoch, state.bad_epochs = value, epoch, 0
+        if record_epoch(state, epoch, _monitored(row, cfg.monitor), cfg):
             _save_best(s, epoch, report)
-        elif epoch > cfg.freeze_epochs:
-            state.bad_epochs += 1
-        state.stopped = 0 < cfg.patience <= state.bad_epochs
         write_metrics(s.run.metrics, rows)
         _save_last(s, state)
         console.print(_epoch_line(row, cfg.epochs, state), markup=False, highlight=False)

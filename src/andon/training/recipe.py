@@ -133,6 +133,8 @@ class TrainSection(_Section):
     balance: Literal["sampler", "loss", "none"]
     prior_correction: bool
     patience: int = Field(ge=0)
+    min_epochs: int | None = Field(ge=0)
+    min_delta: float = Field(ge=0.0, lt=1.0)
     monitor: Monitor
     workers: int = Field(ge=0, le=64)
     seed: int = Field(ge=0)

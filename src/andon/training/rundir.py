@@ -25,8 +25,8 @@ from andon.fileio import write_atomic
 from andon.training.recipe import Recipe, recipe_from_dict
 
 #: recipe keys that may change when a run is resumed; anything else would make it a different run
-RESUMABLE_KEYS = frozenset({"data.path", "train.epochs", "train.patience", "train.workers", "train.device",
-                            "train.threads", "train.precision", "decision.target_escape",
+RESUMABLE_KEYS = frozenset({"data.path", "train.epochs", "train.patience", "train.min_epochs", "train.workers",
+                            "train.device", "train.threads", "train.precision", "decision.target_escape",
                             "decision.max_false_reject", "output.runs_dir"})
 
 #: the headline metrics (``ClassificationReport.headline()`` keys) of metrics.csv, the report and the summary
