@@ -229,9 +229,8 @@ def _run_epoch(s: Session, epoch: int, progress: Progress) -> tuple[dict[str, An
 
 
 def _monitored(row: dict[str, Any], monitor: str) -> float:
+    """The monitored value with higher = better (NaN stays NaN: ``record_epoch`` takes it as the worst)."""
     value = float(row[monitor] if monitor == "val_loss" else row[f"val_{monitor}"])
-    if math.isnan(value):
-        return -math.inf
     return -value if monitor == "val_loss" else value
 
 

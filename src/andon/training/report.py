@@ -114,7 +114,8 @@ def _summary_rows(run: RunDir, recipe: Recipe, card: ModelCard, best_epoch: int)
         ("model", f"{card.backbone}, weights {card.weights}"),
         ("input", f"{p.input_size[0]}x{p.input_size[1]} {p.color_mode}, resize {p.resize}, "
                   f"mean {list(p.mean)}, std {list(p.std)}"),
-        ("epochs", f"{len(rows)} run of {recipe.train.epochs}; best epoch {best_epoch} by val {recipe.train.monitor}"),
+        ("epochs", f"{len(rows)} run of {recipe.train.epochs}; best epoch {best_epoch} by val {recipe.train.monitor} "
+                   f"(the latest epoch within {recipe.train.min_delta:g} of the best value)"),
         ("training time", f"{sum(float(r['seconds']) for r in rows):.0f} s"),
         ("thresholds", f"P(defect) below {card.thresholds.defect.pass_below:.4g} passes, at or above "
                        f"{card.thresholds.defect.reject_at:.4g} rejects ({card.thresholds.source})"),
