@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 from andon.training.recipe import load_recipe
-from andon.training.stopping import StopState, patience_start, record_epoch
+from andon.training.stopping import StopState, patience_start, record_epoch, stop_due
 
-#: validation macro recall of the NEU benchmark run (seed 0, 20 epochs): one error in 269 in most epochs from 4 on,
-#: and 0.99667 / 0.99573 only say which class it fell in
+#: validation macro recall of the NEU benchmark run (seed 0, 20 epochs): one error in 269 in most epochs from
+#: 4 on, and 0.99667 / 0.99573 only say which class it fell in
 NEU = [0.95627, 0.96667, 0.93053, 0.99667, 0.99264, 0.99573, 0.99145, 0.99145, 0.99573, 0.99573, 0.99573,
        0.99573, 0.99573, 0.99239, 0.99573, 0.99573, 0.99573, 0.99573, 0.99573, 0.99573]
 
@@ -65,3 +65,12 @@ def test_frozen_backbone_epochs_never_count_and_nan_is_the_worst_value():
     assert bests == [1] and (state.epoch, state.stopped) == (3, True)
     state, bests = _replay([float("nan")], cfg)
     assert bests == [1] and state.best_value == -math.inf
+
+
+def test_the_patience_given_on_resume_decides_whether_a_stopped_run_goes_on():
+    falling = [0.9 - 0.01 * e for e in range(20)]
+    state, _ = _replay(falling, _train())
+    assert (state.epoch, state.bad_epochs, state.stopped) == (15, 5, True)
+    assert not stop_due(state, _train(patience=8))   # a larger patience: the run continues
+    assert not stop_due(state, _train(patience=0))   # early stopping off: it runs to the end
+    assert stop_due(state, _train(patience=5))       # the same patience: it stays stopped

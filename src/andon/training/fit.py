@@ -39,7 +39,7 @@ from andon.training.report import write_report
 from andon.training.rundir import (HEADLINE, RunDir, create_run, load_predictions, named, plan_run,
                                    read_metrics, save_predictions, write_metrics)
 from andon.training.seeding import configure_torch, rng_state, seed_everything, set_rng_state
-from andon.training.stopping import StopState, record_epoch
+from andon.training.stopping import StopState, record_epoch, stop_due
 
 
 @dataclass
@@ -271,8 +271,7 @@ def _restore(s: Session) -> tuple[StopState, list[dict[str, Any]]]:
     s.scheduler.load_state_dict({**ckpt.extra["scheduler"], "lr_lambdas": [None] * len(s.scheduler.lr_lambdas)})
     set_rng_state(ckpt.extra["rng"])
     state = StopState(**ckpt.extra["stop"])
-    if state.epoch < s.recipe.train.epochs and state.stopped and s.recipe.train.patience > state.bad_epochs:
-        state.stopped = False  # a larger patience given on resume lets the run go on
+    state.stopped = stop_due(state, s.recipe.train)  # the patience given on resume decides
     rows = [_typed(r) for r in read_metrics(s.run.metrics) if int(r["epoch"]) <= state.epoch]
     return state, rows
 

@@ -4,9 +4,9 @@ Two rules make it fit small industrial validation sets (a few hundred images, so
 
 * **Ties go to the later epoch.** An epoch is the best so far when its monitored value is within
   ``train.min_delta`` of the highest value seen. Counted metrics saturate: NEU's validation split sits at one
-  error in 269 in 13 of the epochs 4 to 20, and macro recall only tells which class that one error fell in. The later
-  epoch, trained on at a lower learning rate, is the better model (measured: the epoch-4 model 98.92 % on
-  test, the epoch-20 one 100 %).
+  error in 269 in 13 of the epochs 4 to 20, and macro recall only tells which class that error fell in. The
+  later epoch, trained on at a lower learning rate, is the better model (measured: the epoch-4 model 98.92 %
+  on test, the epoch-20 one 100 %).
 * **Patience counts only from ``train.min_epochs``** (default: half the schedule, where the cosine decay
   has halved the learning rate). At the peak rate the validation figures wander, and a run stopped there
   throws away the low-rate epochs that make the model.
@@ -46,5 +46,11 @@ def record_epoch(state: StopState, epoch: int, value: float, cfg: TrainSection) 
         state.best_value, state.best_epoch, state.bad_epochs = max(value, state.best_value), epoch, 0
     elif epoch > patience_start(cfg):
         state.bad_epochs += 1
-    state.stopped = 0 < cfg.patience <= state.bad_epochs
+    state.stopped = stop_due(state, cfg)
     return best
+
+
+def stop_due(state: StopState, cfg: TrainSection) -> bool:
+    """Patience used up. Also asked on resume, where a changed ``train.patience`` may let a stopped run go on
+    (or end one)."""
+    return 0 < cfg.patience <= state.bad_epochs
