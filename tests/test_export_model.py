@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from andon.cli import main
 from andon.errors import ConfigError, ExportError
 from andon.inspect.card import ModelCard, PreprocessSpec
 from andon.inspect.onnxfile import read_card
@@ -25,11 +26,11 @@ def _card(classes: list[str], defects: list[str]) -> ModelCard:
                      backbone="mobilenet_v3_small")
 
 
-def _model(num_classes: int, seed: int = 0) -> Classifier:
+def _model(num_classes: int, seed: int = 0, head_groups: list[int] | None = None) -> Classifier:
     """A random mobilenet_v3_small made informative: BatchNorm statistics set on random inputs (at torchvision's
     initial statistics its features vanish), a strong head, logits centred so probabilities are not saturated."""
     torch.manual_seed(seed)
-    model = create_model("mobilenet_v3_small", num_classes, weights="none")
+    model = create_model("mobilenet_v3_small", num_classes, weights="none", head_groups=head_groups)
     calibration = torch.from_numpy(_inputs(16, seed=99))
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -39,7 +40,7 @@ def _model(num_classes: int, seed: int = 0) -> Classifier:
         model.train()(calibration)
         model.eval()
         nn.init.normal_(model.head.weight, std=0.3)
-        model.head.bias -= model(calibration).mean(0)
+        model.head.bias -= model.head_logits(model.features(calibration)).mean(0)
     return model
 
 
@@ -96,6 +97,54 @@ def test_heatmap_without_good_classes_shows_the_predicted_class(tmp_path: Path) 
     assert len(set(predicted.tolist())) > 1, "the check needs images predicted as different classes"
     expected = np.stack([local[i, predicted[i]] for i in range(len(x))])
     np.testing.assert_allclose(heat, expected, atol=1e-4)
+
+
+def test_merged_classes_add_up_their_sources_in_probabilities_and_heatmap(tmp_path: Path, capsys) -> None:
+    """A head trained on defect types (crack, pit, stain) of a model whose classes are defect / ok."""
+    card = _card(["defect", "ok"], ["defect"]).replace(trained_as={"defect": ["crack", "pit", "stain"]})
+    assert card.head_groups == [0, 0, 0, 1]
+    model = _model(2, seed=4, head_groups=card.head_groups)
+    x = _inputs(6, seed=5)
+    with torch.no_grad():
+        head = model.head_logits(model.features(torch.from_numpy(x))).double()
+        assert model.training_logits(torch.from_numpy(x)).shape == (6, 4) and model(torch.from_numpy(x)).shape == (6, 2)
+        merged = torch.softmax(model(torch.from_numpy(x)).double(), 1).numpy()
+    fine = torch.softmax(head, 1).numpy()
+    expected = np.stack([fine[:, :3].sum(1), fine[:, 3]], axis=1)
+    np.testing.assert_allclose(merged, expected, atol=1e-6)
+    assert np.abs(expected[:, 0] - fine[:, :3].max(1)).max() > 0.05, \
+        "the types' probabilities must be spread: otherwise summing them and taking the largest would agree"
+
+    report = export_model(model, card, tmp_path / "merged.onnx", _inputs(4))
+    assert report.card.trained_as == {"defect": ["crack", "pit", "stain"]}
+    probs, heat = _outputs(report.path, x)
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    local = torch.softmax(_local_logits(model, x), dim=1).numpy()  # N x 4 head units x h x w
+    np.testing.assert_allclose(heat, local[:, :3].sum(1), atol=1e-4)
+    with pytest.raises(SystemExit) as done:
+        main(["info", str(report.path)])
+    assert done.value.code in (0, None) and "defect = crack + pit + stain" in capsys.readouterr().out
+
+
+def test_merged_logits_are_stable_for_large_logits() -> None:
+    model = _model(2, head_groups=[0, 0, 1])
+    z = torch.tensor([[800.0, 790.0, -5.0], [-900.0, -905.0, 0.0]])
+    merged = torch.softmax(model.merge(z).double(), 1)
+    expected = torch.softmax(z.double(), 1)
+    np.testing.assert_allclose(merged[:, 0].numpy(), expected[:, :2].sum(1).numpy(), atol=1e-12)
+    assert torch.isfinite(model.merge(z)).all()
+
+
+def test_head_groups_must_cover_the_classes_in_order() -> None:
+    for groups in ([0, 0], [0, 2, 1], [1, 0, 0]):
+        with pytest.raises(ConfigError, match="must name every class 0..1, in order"):
+            create_model("resnet18", 2, weights="none", head_groups=groups)
+    model = create_model("resnet18", 2, weights="none", head_groups=[0, 1, 1])
+    assert model.head.out_features == 3 and model.merged and "head_units=3" in repr(model)
+    with pytest.raises(ConfigError, match=r"class counts \[5.0, 5.0\] must be 3 positive numbers"):
+        model.set_training_prior([5, 5])
+    with pytest.raises(ExportError, match=r"training classes \['ok', 'defect'\] do not match the model's head of 3"):
+        export_model(model, _card(["ok", "defect"], ["defect"]), Path("/nonexistent/m.onnx"), _inputs(1))
 
 
 class _Noisy(nn.Module):

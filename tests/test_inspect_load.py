@@ -15,7 +15,7 @@ from tiny_onnx import tiny_card, tiny_model, write_tiny_model
 
 from andon.errors import ModelCardError, ModelFileError
 from andon.inspect import Inspector
-from andon.inspect.card import CARD_METADATA_KEY
+from andon.inspect.card import CARD_METADATA_KEY, ModelCard
 from andon.inspect.onnxfile import embed_card
 
 
@@ -133,6 +133,32 @@ def test_card_with_invalid_field(tmp_path: Path) -> None:
     model = _set_card_text(tiny_model(), __import__("json").dumps(card))
     with pytest.raises(ModelCardError, match=r"invalid model card: classes: .*at least 2 classes"):
         Inspector.load(_save(model, tmp_path / "model.onnx"))
+
+
+@pytest.mark.parametrize(
+    ("trained_as", "pattern"),
+    [
+        ({"scratch": ["a", "b"]}, r"trained_as names \['scratch'\], which are not among the classes"),
+        ({"defect": ["crack"]}, r"at least 2 source classes .* \['defect'\] have fewer"),
+        ({"defect": ["crack", "ok"]}, r"the training classes \['ok', 'crack', 'ok'\] must be unique"),
+    ],
+)
+def test_card_with_inconsistent_trained_as(tmp_path: Path, trained_as: dict, pattern: str) -> None:
+    card = tiny_card().model_dump(mode="json")
+    card["trained_as"] = trained_as
+    model = _set_card_text(tiny_model(), __import__("json").dumps(card))
+    with pytest.raises(ModelCardError, match=r"invalid model card: .*" + pattern):
+        Inspector.load(_save(model, tmp_path / "model.onnx"))
+
+
+def test_cards_without_trained_as_still_load() -> None:
+    """Cards written before ``trained_as`` existed: one head unit per class."""
+    data = tiny_card().model_dump(mode="json")
+    del data["trained_as"]
+    card = ModelCard.from_json(__import__("json").dumps(data))
+    assert card.trained_as == {} and card.training_classes == ["ok", "defect"] and card.head_groups == [0, 1]
+    merged = card.replace(trained_as={"defect": ["crack", "pit"]})
+    assert merged.training_classes == ["ok", "crack", "pit"] and merged.head_groups == [0, 1, 1]
 
 
 def test_card_without_content_hash(tmp_path: Path) -> None:

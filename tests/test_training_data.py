@@ -104,7 +104,7 @@ def test_class_weights_and_empty_classes():
     weights = loss_class_weights(counts)
     assert weights[1] / weights[0] == pytest.approx(9.0)
     assert float((weights * torch.tensor(counts)).sum()) == pytest.approx(100.0)
-    with pytest.raises(DatasetError, match="scratch have no training images"):
+    with pytest.raises(DatasetError, match="scratch has no training images"):
         class_counts(np.array([0, 0, 2]), ["ok", "scratch", "spot"])
 
 

@@ -191,6 +191,55 @@ def test_early_stopping_ends_the_run_and_says_so_in_last_pt(trained_run, tmp_pat
     assert last.extra["stop"]["stopped"] is True and last.epoch == 4
 
 
+@pytest.fixture(scope="module")
+def merged_run(trained_run, tmp_path_factory):
+    """The trained_run recipe with scratch and spot merged into 'defect' (learned as the two types), in-process
+    without workers: interrupted after epoch 2 of 5, then resumed."""
+    runs = tmp_path_factory.mktemp("merged")
+    recipe = _recipe_like(trained_run, runs, "merged", "data.remap.scratch=defect", "data.remap.spot=defect",
+                          "train.workers=0")
+
+    def stop_after_two(epoch: int, row: dict) -> None:
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(recipe, console=QUIET, callbacks=[stop_after_two])
+    assert load_checkpoint(runs / "merged" / "last.pt").epoch == 2
+    fit(recipe, resume=True, console=QUIET)  # the head of three units comes back from last.pt
+    return runs / "merged"
+
+
+def test_a_merge_is_learned_as_its_types_and_the_model_answers_in_merged_classes(merged_run):
+    from andon.training.predict import predict_paths
+
+    ckpt = load_checkpoint(merged_run / "best.pt")
+    card = ckpt.card
+    assert card.classes == ["defect", "ok"] and card.defect_classes == ["defect"]
+    assert card.trained_as == {"defect": ["scratch", "spot"]} and card.training_classes == ["scratch", "spot", "ok"]
+    assert ckpt.num_classes == 2 and ckpt.state_dict["head.weight"].shape[0] == 3
+    assert {s.label for s in load_dataset(merged_run / "splits.csv").samples} == {"defect", "ok"}
+    assert [int(r["epoch"]) for r in read_metrics(merged_run / "metrics.csv")] == [1, 2, 3, 4, 5]
+    pred = load_predictions(merged_run / "predictions_test.npz")
+    assert list(pred["classes"]) == ["defect", "ok"] and pred["probs"].shape[1] == 2
+    accuracy = float((pred["probs"].argmax(1) == pred["y_true"]).mean())
+    majority = max(np.bincount(pred["y_true"])) / len(pred["y_true"])
+    assert accuracy >= majority + 0.15, f"test accuracy {accuracy:.3f}, always 'defect' gives {majority:.3f}"
+    probs, _ = predict_paths(merged_run, [str(p) for p in pred["paths"]])
+    np.testing.assert_allclose(probs, pred["probs"], atol=1e-5)  # the run folder rebuilds the merging head
+    assert "defect = scratch + spot" in (merged_run / "report.md").read_text()
+
+
+def test_keep_source_classes_false_learns_the_merged_label(trained_run, tmp_path):
+    recipe = _recipe_like(trained_run, tmp_path, "plain", "data.remap.scratch=defect", "data.remap.spot=defect",
+                          "data.keep_source_classes=false", "train.epochs=1", "train.workers=0",
+                          "model.input_size=48")
+    fit(recipe, console=QUIET)
+    ckpt = load_checkpoint(tmp_path / "plain" / "best.pt")
+    assert ckpt.card.classes == ["defect", "ok"] and ckpt.card.trained_as == {}
+    assert ckpt.state_dict["head.weight"].shape[0] == 2
+
+
 def _cli_error(capsys, *args: str) -> str:
     with pytest.raises(SystemExit) as done:
         main(["train", *args])
@@ -216,4 +265,22 @@ def test_cli_errors_are_one_line(capsys, shapes_data, tmp_path):
     assert "--resume needs the name" in line
     line = _cli_error(capsys, "--resume", "--name", "nothing-here", *runs)
     assert "nothing-here" in line
+    line = _cli_error(capsys, str(_with_a_type_held_out(shapes_data, tmp_path / "pits")),
+                      "--remap", "scratch=defect,pit=defect", *runs)
+    assert "'pit' (merged into 'defect') has no training images" in line
+    assert "--set data.keep_source_classes=false" in line
     assert not (tmp_path / "runs").exists()  # bad input leaves no run folder behind
+
+
+def _with_a_type_held_out(shapes_data: Path, out: Path) -> Path:
+    """ok and scratch of shapes_data, plus a type 'pit' whose one image the split puts into test."""
+    import shutil
+
+    from andon.datasets.splits import split_score
+
+    for name in ("ok", "scratch"):
+        shutil.copytree(shapes_data / name, out / name)
+    name = next(f"{i}.png" for i in range(100) if split_score(0, f"path:pit/{i}.png") < 0.15)
+    (out / "pit").mkdir()
+    shutil.copy(next((shapes_data / "spot").iterdir()), out / "pit" / name)
+    return out

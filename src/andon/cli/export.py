@@ -134,6 +134,8 @@ def _print_info(s: dict) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from andon.inspect.card import describe_trained_as
+
     card = s["card"]
     pre = card["preprocess"]
     th = card["thresholds"]
@@ -144,6 +146,8 @@ def _print_info(s: dict) -> None:
         ("name / version", f"{card['name']} {card['version']}"),
         ("classes", ", ".join(card["classes"])),
         ("defect classes", ", ".join(card["defect_classes"])),
+        *([("trained as", describe_trained_as(card["trained_as"]) + " (the graph adds up their probabilities)")]
+          if card.get("trained_as") else []),
         ("input", f"{pre['input_size'][0]}x{pre['input_size'][1]} (HxW), RGB channel order, NCHW float32, "
                   f"colour mode {pre['color_mode']}"),
         ("resize", f"{pre['resize']} ({pre['interpolation']} interpolation, pad value {pre['pad_value']})"),

@@ -114,6 +114,9 @@ class ModelCard(_Strict):
     output_names: dict[str, str] = Field(default_factory=lambda: {"probabilities": "probs", "heatmap": "heatmap"})
     #: sha256 of the ONNX file with this card removed; set by export, checked by the inspector
     content_hash: str = ""
+    #: classes the network learned as several source classes and whose probabilities it adds up, e.g.
+    #: ``{"defect": ["blowhole", "crack"]}`` after a remap that merged defect types (``data.keep_source_classes``)
+    trained_as: dict[str, list[str]] = Field(default_factory=dict)
 
     @field_validator("classes")
     @classmethod
@@ -134,6 +137,7 @@ class ModelCard(_Strict):
         bad = [c for c in self.thresholds.per_class if c not in self.defect_classes]
         if bad:
             raise ValueError(f"per-class thresholds for {bad}, which are not defect classes {self.defect_classes}")
+        head_layout(self.classes, self.trained_as)
         return self
 
     @property
@@ -143,6 +147,16 @@ class ModelCard(_Strict):
     @property
     def defect_indices(self) -> list[int]:
         return [self.classes.index(c) for c in self.defect_classes]
+
+    @property
+    def training_classes(self) -> list[str]:
+        """The classes the network's head was trained on (``classes`` unless ``trained_as`` merges some)."""
+        return head_layout(self.classes, self.trained_as)[0]
+
+    @property
+    def head_groups(self) -> list[int]:
+        """For each training class, the index of the class in ``classes`` it adds its probability to."""
+        return head_layout(self.classes, self.trained_as)[1]
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -162,6 +176,34 @@ class ModelCard(_Strict):
             return ModelCard.model_validate(data)
         except ValidationError as exc:
             raise ModelCardError(f"invalid model card: {_first_error(exc)}") from None
+
+
+def head_layout(classes: list[str], trained_as: dict[str, list[str]]) -> tuple[list[str], list[int]]:
+    """The training classes in head order and the class each one belongs to.
+
+    Each class in ``classes`` order contributes its sources (``trained_as[c]``, in the order given) or itself:
+    ``head_layout(["defect", "ok"], {"defect": ["crack", "pit"]}) == (["crack", "pit", "ok"], [0, 0, 1])``.
+    """
+    unknown = [c for c in trained_as if c not in classes]
+    if unknown:
+        raise ValueError(f"trained_as names {unknown}, which are not among the classes {classes}")
+    short = [c for c, sources in trained_as.items() if len(sources) < 2]
+    if short:
+        raise ValueError(f"trained_as must list at least 2 source classes for each merged class; {short} have fewer")
+    names: list[str] = []
+    groups: list[int] = []
+    for index, name in enumerate(classes):
+        sources = trained_as.get(name, [name])
+        names.extend(sources)
+        groups.extend([index] * len(sources))
+    if len(set(names)) != len(names):
+        raise ValueError(f"the training classes {names} must be unique")
+    return names, groups
+
+
+def describe_trained_as(trained_as: dict[str, list[str]]) -> str:
+    """``"defect = crack + pit"`` for reports and ``andon info``; empty when nothing was merged."""
+    return "; ".join(f"{c} = {' + '.join(sources)}" for c, sources in trained_as.items())
 
 
 def default_defect_classes(classes: list[str], declared: list[str] | None = None) -> list[str]:

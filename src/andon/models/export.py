@@ -250,6 +250,9 @@ def _check_inputs(model: Classifier, card: ModelCard, inputs: np.ndarray) -> np.
     if len(card.classes) != model.num_classes:
         raise ExportError(f"the card lists {len(card.classes)} classes {card.classes} but the model has "
                           f"{model.num_classes} outputs")
+    if card.head_groups != model.head_groups.tolist():
+        raise ExportError(f"the card's training classes {card.training_classes} do not match the model's head of "
+                          f"{model.head_units} units")
     h, w = card.preprocess.input_size
     inputs = np.asarray(inputs, dtype=np.float32)
     if inputs.ndim != 4 or inputs.shape[1:] != (3, h, w):

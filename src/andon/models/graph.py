@@ -13,7 +13,9 @@ with per-location logits ``z(y, x) = head(F[:, :, y, x])`` (whose spatial mean i
                   = sum_{c in D} softmax(z(y, x))_c
 
 that is, the local probability that the part is defective, from defect classes D against good classes G.
-The second form is what the graph computes (softmax is numerically safe in every runtime).
+The second form is what the graph computes (softmax is numerically safe in every runtime). When the head
+was trained on source classes that the model merges (``Classifier.head_groups``), the sums run over the
+head's units of the classes in D; the result is the same local probability.
 
 When every class is a defect class (a defect-type classifier such as NEU steel, with no "ok" class), "is
 it defective" is not a question the model answers; the heatmap then shows where the evidence for the
@@ -39,10 +41,11 @@ class InspectionGraph(nn.Module):
             raise ValueError(f"defect indices {defect_indices} must be a non-empty subset of 0..{k - 1}")
         self.model = model
         self.all_defect = len(set(defect_indices)) == k
-        mask = torch.zeros(k)
-        mask[list(defect_indices)] = 1.0
+        groups = model.head_groups.detach().cpu()
+        mask = torch.isin(groups, torch.tensor(sorted(set(defect_indices)))).float()
         self.register_buffer("defect_mask", mask[None, :, None, None], persistent=False)
-        self.register_buffer("class_index", torch.arange(k)[None, :], persistent=False)
+        #: the class of each head unit
+        self.register_buffer("unit_class", groups[None, :], persistent=False)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.model.features(image)
@@ -50,7 +53,7 @@ class InspectionGraph(nn.Module):
         local = torch.softmax(self.model.local_logits(feats), dim=1)
         if self.all_defect:
             predicted = logits.argmax(dim=1, keepdim=True)
-            mask = (self.class_index == predicted).to(local.dtype)[:, :, None, None]
+            mask = (self.unit_class == predicted).to(local.dtype)[:, :, None, None]
         else:
             mask = self.defect_mask
         heatmap = (local * mask).sum(dim=1).clamp(0.0, 1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,14 +54,16 @@ def model_info(name: str) -> ModelInfo:
 
 
 def create_model(name: str, num_classes: int, weights: str | Path = "imagenet", *, dropout: float = 0.2,
-                 mean: Triple | None = None, std: Triple | None = None, progress: bool = True) -> Classifier:
+                 mean: Triple | None = None, std: Triple | None = None, progress: bool = True,
+                 head_groups: Sequence[int] | None = None) -> Classifier:
     """Build backbone ``name`` with a new linear head of ``num_classes`` and load ``weights`` onto its trunk.
 
     The normalisation that goes with the weights is in ``model.weights_info`` (``mean``/``std`` override it,
-    for local files trained with another normalisation).
+    for local files trained with another normalisation). ``head_groups`` gives the head one unit per training
+    class, each adding its probability to the class it names (``ModelCard.head_groups``).
     """
     spec = _spec(name)
     trunk, channels = spec.build()
-    model = Classifier(name, trunk, channels, num_classes, dropout=dropout)
+    model = Classifier(name, trunk, channels, num_classes, dropout=dropout, head_groups=head_groups)
     model.weights_info = load_weights(model, weights, mean=mean, std=std, progress=progress)
     return model

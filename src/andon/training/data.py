@@ -21,12 +21,14 @@ from rich.progress import Progress
 
 from andon.datasets.dataset import Dataset
 from andon.datasets.manifest import load_dataset, write_manifest
+from andon.datasets.remap import ClassPlan, class_plan
 from andon.datasets.splits import assign_splits
 from andon.errors import DatasetError
 from andon.inspect.card import PreprocessSpec
 from andon.inspect.preprocess import Preprocessor
 from andon.training.augment import Augmenter
 from andon.training.cache import ImageCache, build_cache, cache_key, single_threaded_opencv
+from andon.training.optim import class_counts
 from andon.training.recipe import DataSection, ModelSection
 from andon.training.seeding import derive_seed
 
@@ -35,30 +37,51 @@ SPLIT_NAMES = ("train", "val", "test")
 
 @dataclass
 class RunData:
-    """The split data set and its cached pixels; ``indices[split]`` index both ``samples`` and ``cache``."""
+    """The split data set and its cached pixels; ``indices[split]`` index ``samples``, ``cache`` and the labels.
+
+    ``dataset`` has the folder's labels; ``plan`` maps them to the model's ``classes`` (``targets``, what
+    evaluation compares with) and to the head's training classes (``labels``, what the loss compares with).
+    Without a merge kept apart the two label arrays are the same.
+    """
 
     dataset: Dataset
-    classes: list[str]
+    plan: ClassPlan
     spec: PreprocessSpec
     cache: ImageCache
     labels: np.ndarray
+    targets: np.ndarray
     indices: dict[str, np.ndarray]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.plan.classes
 
     def paths(self, split: str) -> list[str]:
         return [str(self.dataset.samples[i].path) for i in self.indices[split]]
 
 
-def load_split_dataset(cfg: DataSection) -> Dataset:
-    """The data folder (or manifest), remapped, with every image given a split."""
+def load_split_dataset(cfg: DataSection) -> tuple[Dataset, ClassPlan]:
+    """The data folder (or manifest) with every image given a split, and how its classes become the model's.
+
+    The samples keep the folder's labels (the split and the fingerprint are those of the data on disk);
+    ``ClassPlan`` applies ``data.remap``.
+    """
     if cfg.path is None:
         raise DatasetError("no data given: pass the data folder (andon train DATA) or set data.path in the recipe")
     dataset = load_dataset(cfg.path)
-    if cfg.remap:
-        dataset = dataset.remap(cfg.remap, strict=True)
-    if len(dataset.classes) < 2:
-        raise DatasetError(f"{cfg.path} has only the class {dataset.classes}; a classifier needs at least 2 classes")
+    try:
+        plan = class_plan(dataset.classes, cfg.remap, keep_sources=cfg.keep_source_classes)
+    except DatasetError as exc:
+        raise DatasetError(f"{cfg.path}: {exc}") from None
     return assign_splits(dataset, val=cfg.val_fraction, test=cfg.test_fraction, seed=cfg.split_seed,
-                         group_by=cfg.group_by)
+                         group_by=cfg.group_by), plan
+
+
+def check_training_classes(dataset: Dataset, plan: ClassPlan) -> None:
+    """Every training class has a training image (checked before a run folder is made)."""
+    train = np.array([plan.training_index(s.label) for s in dataset.samples if s.split == "train"], dtype=np.int64)
+    hint = " (or train on the merged labels: --set data.keep_source_classes=false)" if plan.trained_as else ""
+    class_counts(train, [plan.describe(c) for c in plan.training_classes], hint=hint)
 
 
 def preprocess_spec(cfg: ModelSection, mean: Sequence[float], std: Sequence[float]) -> PreprocessSpec:
@@ -67,13 +90,12 @@ def preprocess_spec(cfg: ModelSection, mean: Sequence[float], std: Sequence[floa
                           interpolation=cfg.interpolation, mean=tuple(mean), std=tuple(std))
 
 
-def prepare_run_data(dataset: Dataset, spec: PreprocessSpec, run_dir: Path, *, workers: int,
+def prepare_run_data(dataset: Dataset, plan: ClassPlan, spec: PreprocessSpec, run_dir: Path, *, workers: int,
                      progress: Progress | None = None) -> RunData:
-    """Write ``RUN/splits.csv`` and fill (or reuse) the image cache of every split."""
-    write_manifest(dataset, run_dir / "splits.csv")
-    classes = dataset.classes
-    index = dataset.class_index
-    labels = np.array([index[s.label] for s in dataset.samples], dtype=np.int64)
+    """Write ``RUN/splits.csv`` (with the model's class names) and fill (or reuse) the image cache of every split."""
+    write_manifest(dataset.remap(plan.table), run_dir / "splits.csv")
+    labels = np.array([plan.training_index(s.label) for s in dataset.samples], dtype=np.int64)
+    targets = np.array([plan.class_index(s.label) for s in dataset.samples], dtype=np.int64)
     splits = np.array([s.split for s in dataset.samples])
     indices = {name: np.flatnonzero(splits == name) for name in SPLIT_NAMES}
     if len(indices["train"]) == 0 or len(indices["val"]) == 0:
@@ -82,7 +104,7 @@ def prepare_run_data(dataset: Dataset, spec: PreprocessSpec, run_dir: Path, *, w
     paths = [s.path for s in dataset.samples]
     key = cache_key(paths, spec, dataset.fingerprint())
     cache = fill_cache(paths, spec, run_dir / "cache", key=key, workers=workers, progress=progress)
-    return RunData(dataset, classes, spec, cache, labels, indices)
+    return RunData(dataset, plan, spec, cache, labels, targets, indices)
 
 
 def fill_cache(paths: Sequence[Path], spec: PreprocessSpec, folder: Path, *, key: str, workers: int,
@@ -191,8 +213,9 @@ def build_eval_dataset(paths: Sequence[Path | str], spec: PreprocessSpec, cache_
 
 
 def split_datasets(data: RunData, augmenter: Augmenter | None) -> dict[str, CachedImages]:
+    """Training images labelled with training classes (augmented); val and test with the model's classes."""
     pre = Preprocessor(data.spec)
-    return {name: CachedImages(data.cache, data.indices[name], data.labels, pre,
-                               augmenter if name == "train" else None)
+    return {name: CachedImages(data.cache, data.indices[name], data.labels if name == "train" else data.targets,
+                               pre, augmenter if name == "train" else None)
             for name in SPLIT_NAMES}
 

@@ -9,10 +9,11 @@ import torch
 from rich.progress import Progress
 from torch import nn
 
+from andon.models.classifier import Classifier
 from andon.training.progress import set_status, track
 
 
-def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module,
+def train_one_epoch(model: Classifier, loader: torch.utils.data.DataLoader, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                     device: torch.device, epoch: int, progress: Progress | None = None, *,
                     autocast_dtype: torch.dtype | None = None, frozen_bn: bool = False) -> dict[str, float]:
@@ -22,8 +23,10 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
     optimizer state and the gradients stay fp32. With ``frozen_bn`` the BatchNorm layers normalise with their
     stored statistics (eval mode) while everything else trains.
 
-    Returns the mean training loss, the training accuracy (on augmented images), the learning rate at
-    the end and the wall time, including any time spent waiting for data.
+    The loss and the accuracy are on the training classes (``Classifier.training_logits``): the defect
+    types of a model that merges them into one class. Returns the mean training loss, the training accuracy
+    (on augmented images), the learning rate at the end and the wall time, including any time spent waiting
+    for data.
     """
     model.train()
     if frozen_bn:
@@ -38,7 +41,7 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
         images = images.to(device, non_blocking=True, memory_format=_memory_format(model))
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            logits = model(images)
+            logits = model.training_logits(images)  # one per training class (see Classifier)
             loss = criterion(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

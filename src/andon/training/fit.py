@@ -23,13 +23,14 @@ from rich.console import Console
 from rich.progress import Progress
 
 from andon.datasets.dataset import Dataset
+from andon.datasets.remap import ClassPlan
 from andon.errors import ConfigError, DatasetError
 from andon.evaluation.metrics import classification_report
 from andon.inspect.card import ModelCard, PreprocessSpec, default_defect_classes
 from andon.models import Checkpoint, Classifier, create_model, load_checkpoint, save_checkpoint
 from andon.training.augment import build_augmenter
-from andon.training.data import (EpochSampler, RunData, eval_loader, load_split_dataset, prepare_run_data,
-                                 preprocess_spec, split_datasets, train_loader)
+from andon.training.data import (EpochSampler, RunData, check_training_classes, eval_loader, load_split_dataset,
+                                 prepare_run_data, preprocess_spec, split_datasets, train_loader)
 from andon.training.engine import cross_entropy, evaluate, train_one_epoch
 from andon.training.optim import (build_criterion, build_optimizer, build_scheduler, class_counts,
                                   sample_weights)
@@ -79,12 +80,12 @@ def fit(recipe: Recipe, *, resume: bool = False, console: Console | None = None,
     console = console or Console(stderr=True)
     recipe = named(recipe)
     run = plan_run(recipe, resume=resume)
-    device, dataset, model = prepare(recipe)
+    device, dataset, plan, model = prepare(recipe)
     create_run(run, recipe)  # only now: bad data, model names or weights leave no folder behind
     console.print(f"run {run.path}  (after an interruption: andon train {resume_flags(recipe)})",
                   markup=False, highlight=False)
     with make_progress(console) as progress:
-        session = setup_session(recipe, run, device, dataset, model, progress)
+        session = setup_session(recipe, run, device, dataset, plan, model, progress)
         state, rows = _restore(session) if resume else (StopState(), [])
         _epochs(session, state, rows, progress, console, callbacks)
         result = _finish(session, state, progress)
@@ -110,19 +111,21 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare(recipe: Recipe) -> tuple[torch.device, Dataset, Classifier]:
-    """Device, seeds, the split data set and the model: where bad input shows up, before anything is written."""
+def prepare(recipe: Recipe) -> tuple[torch.device, Dataset, ClassPlan, Classifier]:
+    """Device, seeds, the split data set, its class plan and the model: where bad input shows up, before
+    anything is written."""
     cfg = recipe.train
     device = pick_device(cfg.device)
     configure_torch(cfg.threads, device)
     seed_everything(cfg.seed)
-    dataset = load_split_dataset(recipe.data)
-    default_defect_classes(dataset.classes, recipe.data.defect_classes)  # unknown names fail here, not at the end
-    model = create_model(recipe.model.name, len(dataset.classes), recipe.model.weights,
+    dataset, plan = load_split_dataset(recipe.data)
+    check_training_classes(dataset, plan)
+    default_defect_classes(plan.classes, recipe.data.defect_classes)  # unknown names fail here, not at the end
+    model = create_model(recipe.model.name, len(plan.classes), recipe.model.weights, head_groups=plan.head_groups,
                          mean=recipe.model.mean, std=recipe.model.std).to(device)
     if autocast_dtype(cfg.precision, device) is not None:
         model = model.to(memory_format=torch.channels_last)  # what oneDNN's bf16 convolutions want
-    return device, dataset, model
+    return device, dataset, plan, model
 
 
 def frozen_batchnorm(recipe: Recipe) -> bool:
@@ -152,15 +155,15 @@ def _cpu_has_bf16() -> bool:
         return False
 
 
-def setup_session(recipe: Recipe, run: RunDir, device: torch.device, dataset: Dataset, model: Classifier,
-                  progress: Progress | None = None) -> Session:
+def setup_session(recipe: Recipe, run: RunDir, device: torch.device, dataset: Dataset, plan: ClassPlan,
+                  model: Classifier, progress: Progress | None = None) -> Session:
     """Cache, loaders, optimizer, scheduler, loss: everything an epoch needs (also used by bench/pipeline.py)."""
     cfg = recipe.train
     info = model.weights_info
     spec = preprocess_spec(recipe.model, info.mean, info.std)
-    data = prepare_run_data(dataset, spec, run.path, workers=cfg.workers, progress=progress)
+    data = prepare_run_data(dataset, plan, spec, run.path, workers=cfg.workers, progress=progress)
     card = make_card(recipe, run.name, data, spec, weights=info.source)
-    counts = class_counts(data.labels[data.indices["train"]], data.classes)
+    counts = class_counts(data.labels[data.indices["train"]], plan.training_classes)
     if cfg.balance != "none" and cfg.prior_correction:
         model.set_training_prior(counts)
     weights = sample_weights(data.labels[data.indices["train"]], counts) if cfg.balance == "sampler" else None
@@ -184,6 +187,7 @@ def make_card(recipe: Recipe, run_name: str, data: RunData, spec: PreprocessSpec
         version=f"{run_name}-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}",
         classes=data.classes,
         defect_classes=default_defect_classes(data.classes, recipe.data.defect_classes),
+        trained_as=data.plan.trained_as,
         preprocess=spec,
         backbone=recipe.model.name,
         weights=weights,

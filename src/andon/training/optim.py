@@ -63,13 +63,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainSection,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 
-def class_counts(labels: np.ndarray, classes: list[str]) -> np.ndarray:
-    """Training images per class; a class with none cannot be learned, so it is an error."""
+def class_counts(labels: np.ndarray, classes: list[str], *, hint: str = "") -> np.ndarray:
+    """Training images per class; a class with none cannot be learned, so it is an error (``hint`` ends it)."""
     counts = np.bincount(labels, minlength=len(classes))
     empty = [c for c, n in zip(classes, counts) if n == 0]
     if empty:
         raise DatasetError(f"class{'es' if len(empty) > 1 else ''} {', '.join(empty)} "
-                           "have no training images after the split; add images or lower val/test fractions")
+                           f"{'have' if len(empty) > 1 else 'has'} no training images after the split; add images "
+                           f"or lower val/test fractions{hint}")
     return counts
 
 

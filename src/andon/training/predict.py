@@ -15,7 +15,7 @@ import torch
 from andon.errors import AndonError, DatasetError, RunError
 from andon.inspect.card import ModelCard
 from andon.inspect.preprocess import Preprocessor
-from andon.models import Classifier, create_model, load_checkpoint
+from andon.models import Classifier, load_checkpoint, model_from_checkpoint
 
 
 def load_run_model(run_dir: str | Path) -> tuple[Classifier, ModelCard]:
@@ -24,9 +24,7 @@ def load_run_model(run_dir: str | Path) -> tuple[Classifier, ModelCard]:
     if not Path(run_dir).is_dir():
         raise RunError(f"run folder {run_dir} does not exist")
     ckpt = load_checkpoint(path)
-    model = create_model(ckpt.model_name, ckpt.num_classes, "none")
-    model.load_state_dict(ckpt.state_dict)
-    return model.eval(), ckpt.card
+    return model_from_checkpoint(ckpt), ckpt.card
 
 
 @torch.inference_mode()

@@ -36,6 +36,7 @@ class _Section(BaseModel):
 class DataSection(_Section):
     path: Path | None
     remap: dict[str, str]
+    keep_source_classes: bool
     defect_classes: list[str] | None
     val_fraction: float = Field(ge=0.0, lt=1.0)
     test_fraction: float = Field(ge=0.0, lt=1.0)

@@ -15,7 +15,7 @@ import numpy as np
 
 from andon.evaluation import plots
 from andon.evaluation.metrics import ClassificationReport, defect_score
-from andon.inspect.card import ModelCard
+from andon.inspect.card import ModelCard, describe_trained_as
 from andon.inspect.preprocess import Preprocessor
 from andon.training.recipe import Recipe
 from andon.training.rundir import HEADLINE, RunDir, atomic_write, load_predictions, read_metrics
@@ -107,9 +107,12 @@ def _rel(run: RunDir, path: Path) -> str:
 def _summary_rows(run: RunDir, recipe: Recipe, card: ModelCard, best_epoch: int) -> list[tuple[str, str]]:
     rows = read_metrics(run.metrics)
     p = card.preprocess
+    trained_as = [("trained as", describe_trained_as(card.trained_as) + " (one head unit each; the model adds up "
+                   "their probabilities)")] if card.trained_as else []
     return [
         ("data", f"{recipe.data.path}"),
         ("classes", ", ".join(card.classes)),
+        *trained_as,
         ("defect classes", ", ".join(card.defect_classes)),
         ("model", f"{card.backbone}, weights {card.weights}"),
         ("input", f"{p.input_size[0]}x{p.input_size[1]} {p.color_mode}, resize {p.resize}, "
