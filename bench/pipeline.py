@@ -89,10 +89,10 @@ def main() -> None:
                   "train.freeze_epochs": 0, "output.runs_dir": str(Path(tmp) / "runs"), "output.name": "bench"}
         recipe = load_recipe(values={k: v for k, v in values.items() if v is not None})
         run = plan_run(recipe, resume=False)
-        device, dataset, model = prepare(recipe)
+        device, dataset, plan, model = prepare(recipe)
         create_run(run, recipe)
         start = time.perf_counter()
-        s = setup_session(recipe, run, device, dataset, model)
+        s = setup_session(recipe, run, device, dataset, plan, model)
         cache_s = time.perf_counter() - start
         loader, steps = s.loaders["train"], len(s.loaders["train"])
         images = steps * args.batch_size
