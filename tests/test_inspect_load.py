@@ -157,8 +157,10 @@ def test_cards_without_trained_as_still_load() -> None:
     del data["trained_as"]
     card = ModelCard.from_json(__import__("json").dumps(data))
     assert card.trained_as == {} and card.training_classes == ["ok", "defect"] and card.head_groups == [0, 1]
+    assert "trained_as" not in card.to_json()  # so that andon versions before it read cards without a merge
     merged = card.replace(trained_as={"defect": ["crack", "pit"]})
     assert merged.training_classes == ["ok", "crack", "pit"] and merged.head_groups == [0, 1, 1]
+    assert ModelCard.from_json(merged.to_json()) == merged
 
 
 def test_card_without_content_hash(tmp_path: Path) -> None:

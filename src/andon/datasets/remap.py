@@ -109,13 +109,18 @@ class ClassPlan:
         return {c: sources[c] for c in self.classes if len(sources[c]) > 1}
 
     @cached_property
+    def _layout(self) -> tuple[list[str], list[int]]:
+        return head_layout(self.classes, self.trained_as)
+
+    @property
     def training_classes(self) -> list[str]:
         """The head's classes, in head order (``ModelCard.training_classes``)."""
-        return head_layout(self.classes, self.trained_as)[0]
+        return self._layout[0]
 
-    @cached_property
+    @property
     def head_groups(self) -> list[int]:
-        return head_layout(self.classes, self.trained_as)[1]
+        """The model class of each head unit (``ModelCard.head_groups``)."""
+        return self._layout[1]
 
     def class_index(self, label: str) -> int:
         """The model-class index of a folder label."""

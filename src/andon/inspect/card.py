@@ -159,7 +159,8 @@ class ModelCard(_Strict):
         return head_layout(self.classes, self.trained_as)[1]
 
     def to_json(self) -> str:
-        return self.model_dump_json()
+        # without a merge the card leaves trained_as out, so andon versions before it still read the file
+        return self.model_dump_json(exclude=None if self.trained_as else {"trained_as"})
 
     @classmethod
     def from_json(cls, text: str) -> "ModelCard":
