@@ -33,7 +33,7 @@ class Figure:
 def write_report(run: RunDir, recipe: Recipe, card: ModelCard, reports: dict[str, ClassificationReport],
                  *, best_epoch: int) -> Path:
     """Draw the plots into ``RUN/plots/`` and write report.html and report.md; returns the HTML path."""
-    figures = draw_figures(run, card, reports, best_epoch)
+    figures = draw_figures(run, card, reports, best_epoch, monitor=recipe.train.monitor)
     main = "test" if "test" in reports else "val"
     sections = {
         "summary": _summary_rows(run, recipe, card, best_epoch),
@@ -48,17 +48,22 @@ def write_report(run: RunDir, recipe: Recipe, card: ModelCard, reports: dict[str
 
 
 def draw_figures(run: RunDir, card: ModelCard, reports: dict[str, ClassificationReport],
-                 best_epoch: int) -> list[Figure]:
+                 best_epoch: int, *, monitor: str = "macro_recall") -> list[Figure]:
     plot_dir = run.path / "plots"
     main = "test" if "test" in reports else "val"
     preds = {split: load_predictions(run.predictions(split)) for split in reports}
     curves = {split: (np.isin(p["y_true"], card.defect_indices), defect_score(p["probs"], card.defect_indices))
               for split, p in preds.items()}
     rep = reports[main]
+    curve_metrics = ["val_accuracy", "val_macro_recall", "val_macro_f1"]
+    chosen_on = ""
+    if card.trained_as and monitor != "val_loss":  # chosen on the training classes: show that beside the classes'
+        curve_metrics.append("val_monitor")
+        chosen_on = f"; monitor: {monitor} of the training classes ({', '.join(card.training_classes)}), which chose it"
     figures = [
         Figure("Training curves", _rel(run, plots.plot_training_curves(
-            read_metrics(run.metrics), plot_dir / "curves.png", best_epoch=best_epoch)),
-            f"loss and validation metrics per epoch; dashed: best epoch ({best_epoch})"),
+            read_metrics(run.metrics), plot_dir / "curves.png", best_epoch=best_epoch, metrics=curve_metrics)),
+            f"loss and validation metrics per epoch; dashed: best epoch ({best_epoch}){chosen_on}"),
         Figure(f"Confusion matrix ({main})", _rel(run, plots.plot_confusion(
             rep.confusion, rep.classes, plot_dir / "confusion.png", title=f"{main}"))),
         Figure(f"Per-class precision and recall ({main})", _rel(run, plots.plot_per_class(
@@ -117,8 +122,8 @@ def _summary_rows(run: RunDir, recipe: Recipe, card: ModelCard, best_epoch: int)
         ("model", f"{card.backbone}, weights {card.weights}"),
         ("input", f"{p.input_size[0]}x{p.input_size[1]} {p.color_mode}, resize {p.resize}, "
                   f"mean {list(p.mean)}, std {list(p.std)}"),
-        ("epochs", f"{len(rows)} run of {recipe.train.epochs}; best epoch {best_epoch} by val {recipe.train.monitor} "
-                   f"(the latest epoch within {recipe.train.min_delta:g} of the best value)"),
+        ("epochs", f"{len(rows)} run of {recipe.train.epochs}; best epoch {best_epoch} by val {recipe.train.monitor}"
+                   f"{' of the training classes' if card.trained_as else ''} (the latest epoch within {recipe.train.min_delta:g} of the best value)"),
         ("training time", f"{sum(float(r['seconds']) for r in rows):.0f} s"),
         ("thresholds", f"P(defect) below {card.thresholds.defect.pass_below:.4g} passes, at or above "
                        f"{card.thresholds.defect.reject_at:.4g} rejects ({card.thresholds.source})"),
