@@ -80,6 +80,33 @@ def _chosen_epoch(values: list[float], min_delta: float = 0.002) -> int:
     return chosen
 
 
+def _decision_rows(report_md: Path) -> dict[str, list[str]]:
+    """The decisions table of report.md: folder class -> [class, images, pass, review, reject]."""
+    text = report_md.read_text()
+    section = text.split("## Decisions at the card's thresholds (test)")[1].split("\n## ")[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows[1:]}
+
+
+def test_the_card_and_the_report_give_the_rates_at_the_thresholds(trained_run):
+    card = load_checkpoint(trained_run / "best.pt").card
+    pred = load_predictions(trained_run / "predictions_test.npz")
+    assert card.thresholds.per_class == {}
+    score, bad, band = pred["probs"][:, card.defect_indices].sum(1), np.isin(pred["y_true"], [1, 2]), card.thresholds.defect
+    assert card.metrics["test_escape_rate"] == pytest.approx(((score < band.pass_below) & bad).sum() / bad.sum())
+    assert card.metrics["test_false_reject_rate"] == pytest.approx(((score >= band.reject_at) & ~bad).sum() / (~bad).sum())
+    review = ((score >= band.pass_below) & (score < band.reject_at)).mean()
+    assert card.metrics["test_review_rate"] == pytest.approx(review)
+    assert {"val_escape_rate", "val_false_reject_rate"} <= set(card.metrics)
+    rows = _decision_rows(trained_run / "report.md")
+    assert list(rows) == CLASSES and all(rows[c][0] == c for c in CLASSES)
+    for index, name in enumerate(CLASSES):
+        images, passed, review_n, rejected = (int(v) for v in rows[name][1:])
+        mine = pred["y_true"] == index
+        assert images == mine.sum() == passed + review_n + rejected
+        assert passed == (mine & (score < band.pass_below)).sum() and rejected == (mine & (score >= band.reject_at)).sum()
+
+
 def test_last_checkpoint_can_continue(trained_run):
     last = load_checkpoint(trained_run / "last.pt")
     assert last.epoch == 5
@@ -237,6 +264,10 @@ def test_a_merge_is_learned_as_its_types_and_the_model_answers_in_merged_classes
     probs, _ = predict_paths(merged_run, [str(p) for p in pred["paths"]])
     np.testing.assert_allclose(probs, pred["probs"], atol=1e-5)  # the run folder rebuilds the merging head
     assert "defect = scratch + spot" in (merged_run / "report.md").read_text()
+    rows = _decision_rows(merged_run / "report.md")  # the decisions by defect type, from the folder's labels
+    assert list(rows) == ["scratch", "spot", "ok"] and [r[0] for r in rows.values()] == ["defect", "defect", "ok"]
+    assert sum(int(r[1]) for r in rows.values()) == len(pred["y_true"])
+    assert int(rows["ok"][1]) == (pred["y_true"] == 1).sum()
 
 
 def test_a_model_trained_as_types_is_chosen_on_the_types(merged_run, shapes_data):

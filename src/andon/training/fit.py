@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import Progress
@@ -89,7 +90,8 @@ def fit(recipe: Recipe, *, resume: bool = False, console: Console | None = None,
         state, rows = _restore(session) if resume else (StopState(), [])
         _epochs(session, state, rows, progress, console, callbacks)
         result = _finish(session, state, progress)
-    console.print(summary_table(f"run {run.name}: best epoch {result.best_epoch}", result.metrics, list(HEADLINE)))
+    console.print(summary_table(f"run {run.name}: best epoch {result.best_epoch}", result.metrics,
+                                [*HEADLINE, "escape_rate", "false_reject_rate"]))
     console.print(f"report: {run.path / 'report.html'}")
     return result
 
@@ -336,10 +338,33 @@ def _finish(s: Session, state: StopState, progress: Progress) -> RunResult:
     metrics = {f"{split}_{k}": v for split, h in headlines.items() for k, v in h.items()}
     card = make_card(s.recipe, s.run.name, s.data, s.card.preprocess, weights=s.card.weights, metrics=metrics)
     card = calibrate_card(card, s.recipe.decision, s.run, progress)
+    rates = threshold_metrics(card, s.run, list(reports))
+    card = card.replace(metrics={**card.metrics, **rates})
+    for split, headline in headlines.items():
+        headline.update({k.removeprefix(f"{split}_"): v for k, v in rates.items() if k.startswith(f"{split}_")})
     save_checkpoint(s.run.best, Checkpoint(best.model_name, best.num_classes, best.state_dict, card, best.epoch))
-    write_report(s.run, s.recipe, card, reports, best_epoch=state.best_epoch)
+    sources = {split: [s.data.dataset.samples[i].label for i in s.data.indices[split]] for split in reports}
+    write_report(s.run, s.recipe, card, reports, best_epoch=state.best_epoch, sources=sources)
     _close_workers(s.loaders)
     return RunResult(s.run.path, state.best_epoch, state.epoch, headlines)
+
+
+def threshold_metrics(card: ModelCard, run: RunDir, splits: list[str]) -> dict[str, float]:
+    """The plant's rates at the card's thresholds for each split: ``{split}_escape_rate`` (defective parts
+    passed), ``{split}_false_reject_rate`` (good parts rejected) and ``{split}_review_rate``."""
+    from andon.evaluation.metrics import decision_rates
+    from andon.inspect.decision import decide_many
+
+    out: dict[str, float] = {}
+    for split in splits:
+        pred = load_predictions(run.predictions(split))
+        decisions = decide_many(card.thresholds, pred["probs"], card.classes, card.defect_classes)
+        rates = decision_rates(np.isin(pred["y_true"], card.defect_indices), decisions)
+        for key in ("escape_rate", "false_reject_rate", "review_rate"):
+            value = getattr(rates, key)
+            if math.isfinite(value):
+                out[f"{split}_{key}"] = value
+    return out
 
 
 def calibrate_card(card: ModelCard, cfg: DecisionSection, run: RunDir, progress: Progress | None) -> ModelCard:

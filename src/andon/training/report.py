@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from andon.evaluation import plots
-from andon.evaluation.metrics import ClassificationReport, defect_score
+from andon.evaluation.metrics import ClassificationReport, DecisionRates, decision_rates, defect_score
 from andon.inspect.card import ModelCard, describe_trained_as
+from andon.inspect.decision import DECISIONS, decide_many
 from andon.inspect.preprocess import Preprocessor
 from andon.training.recipe import Recipe
 from andon.training.rundir import HEADLINE, RunDir, atomic_write, load_predictions, read_metrics
@@ -31,15 +32,21 @@ class Figure:
 
 
 def write_report(run: RunDir, recipe: Recipe, card: ModelCard, reports: dict[str, ClassificationReport],
-                 *, best_epoch: int) -> Path:
-    """Draw the plots into ``RUN/plots/`` and write report.html and report.md; returns the HTML path."""
+                 *, best_epoch: int, sources: dict[str, list[str]] | None = None) -> Path:
+    """Draw the plots into ``RUN/plots/`` and write report.html and report.md; returns the HTML path.
+
+    ``sources`` holds each split's folder labels in prediction order (they differ from the model's classes
+    after a remap); the decisions table counts pass / review / reject per folder class.
+    """
     figures = draw_figures(run, card, reports, best_epoch, monitor=recipe.train.monitor)
     main = "test" if "test" in reports else "val"
+    pred = load_predictions(run.predictions(main))
     sections = {
         "summary": _summary_rows(run, recipe, card, best_epoch),
         "headline": {split: rep.headline() for split, rep in reports.items()},
         "per_class": reports[main],
         "main": main,
+        "decisions": decision_table(card, pred, (sources or {}).get(main)),
     }
     atomic_write(run.path / "report.md", _markdown(run.name, sections, figures, recipe))
     out = run.path / "report.html"
@@ -105,6 +112,42 @@ def worst_mistakes(pred: dict[str, np.ndarray], card: ModelCard,
     return images, captions
 
 
+@dataclass
+class DecisionTable:
+    """The card's thresholds applied to one split: the plant's rates and the decisions per folder class."""
+
+    rates: DecisionRates
+    rows: list[tuple[str, str, int, int, int, int]]  # folder class, model class, images, pass, review, reject
+
+    def sentence(self) -> str:
+        r = self.rates
+        escapes = round(r.escape_rate * r.n_defective) if r.n_defective else 0
+        rejects = round(r.false_reject_rate * r.n_good) if r.n_good else 0
+        return (f"escape rate {_pct(r.escape_rate)} ({escapes} of {r.n_defective} defective parts passed), "
+                f"false rejects {_pct(r.false_reject_rate)} ({rejects} of {r.n_good} good parts rejected), "
+                f"sent to review {_pct(r.review_rate)} of {r.n} parts")
+
+
+def decision_table(card: ModelCard, pred: dict[str, np.ndarray], sources: list[str] | None = None) -> DecisionTable:
+    """Pass / review / reject at the card's thresholds, per folder class (``sources``, default the true class)."""
+    y_true, probs = pred["y_true"], pred["probs"]
+    decisions = decide_many(card.thresholds, probs, card.classes, card.defect_classes)
+    truth = [card.classes[i] for i in y_true]
+    folder = truth if sources is None else list(sources)
+    if len(folder) != len(truth):
+        raise ValueError(f"{len(folder)} folder labels for {len(truth)} predictions")
+    rows = []
+    for name in sorted(set(folder), key=lambda n: (card.classes.index(truth[folder.index(n)]), n)):
+        mine = np.array([f == name for f in folder])
+        counts = [int((decisions[mine] == d).sum()) for d in DECISIONS]
+        rows.append((name, truth[folder.index(name)], int(mine.sum()), *counts))
+    return DecisionTable(decision_rates(np.isin(y_true, card.defect_indices), decisions), rows)
+
+
+def _pct(value: float) -> str:
+    return "-" if value != value else f"{value:.2%}"
+
+
 def _rel(run: RunDir, path: Path) -> str:
     return path.relative_to(run.path).as_posix()
 
@@ -147,6 +190,10 @@ def _markdown(name: str, sections: dict, figures: list[Figure], recipe: Recipe) 
               "|---|---|---|---|---|"]
     lines += [f"| {m.name} | {m.support} | {_fmt(m.precision)} | {_fmt(m.recall)} | {_fmt(m.f1)} |"
               for m in rep.per_class] + [""]
+    table: DecisionTable = sections["decisions"]
+    lines += [f"## Decisions at the card's thresholds ({sections['main']})", "", table.sentence() + ".", "",
+              "| folder class | class | images | pass | review | reject |", "|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.rows] + [""]
     for fig in figures:
         lines += [f"## {fig.title}", "", f"![{fig.title}]({fig.path})", ""] + ([fig.caption, ""] if fig.caption else [])
     lines += ["## Recipe", "", "```yaml", recipe.to_yaml().rstrip(), "```", ""]
@@ -173,6 +220,12 @@ def _html(name: str, sections: dict, figures: list[Figure], recipe: Recipe) -> s
                  "<th>precision</th><th>recall</th><th>F1</th></tr>")
     parts += [f"<tr><td>{e(m.name)}</td><td class=n>{m.support}</td><td class=n>{_fmt(m.precision)}</td>"
               f"<td class=n>{_fmt(m.recall)}</td><td class=n>{_fmt(m.f1)}</td></tr>" for m in rep.per_class]
+    table: DecisionTable = sections["decisions"]
+    parts.append(f"</table><h2>Decisions at the card's thresholds ({e(sections['main'])})</h2>"
+                 f"<p>{e(table.sentence())}.</p><table><tr><th>folder class</th><th>class</th><th>images</th>"
+                 "<th>pass</th><th>review</th><th>reject</th></tr>")
+    parts += ["<tr>" + "".join(f"<td>{e(str(v))}</td>" if i < 2 else f"<td class=n>{v}</td>"
+                               for i, v in enumerate(row)) + "</tr>" for row in table.rows]
     parts.append("</table>")
     for fig in figures:
         parts.append(f"<figure><h2>{e(fig.title)}</h2><img src='{e(fig.path)}' alt='{e(fig.title)}'>"
