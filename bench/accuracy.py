@@ -96,11 +96,9 @@ class Row:
     false_reject_at_val_min: float = float("nan")
 
 
-def run_task(task: Task, *, epochs: int, input_size: int, runs_dir: Path, batch_size: int, lr: float,
-             head_lr: float, seed: int = 0, patience: int | None = None) -> list[Row]:
-    from andon.evaluation.metrics import classification_report
-    from andon.models.checkpoint import load_checkpoint
-    from andon.training.fit import fit
+def task_recipe(task: Task, *, epochs: int, input_size: int, runs_dir: Path, batch_size: int, lr: float,
+                head_lr: float, seed: int = 0, patience: int | None = None):
+    """The recipe a task trains with (also used by bench/epochs.py)."""
     from andon.training.recipe import load_recipe
 
     values = {
@@ -128,7 +126,17 @@ def run_task(task: Task, *, epochs: int, input_size: int, runs_dir: Path, batch_
     }
     if patience is not None:  # None: the recipe's early stopping
         values["train.patience"] = patience
-    recipe = load_recipe(values=values)
+    return load_recipe(values=values)
+
+
+def run_task(task: Task, *, epochs: int, input_size: int, runs_dir: Path, batch_size: int, lr: float,
+             head_lr: float, seed: int = 0, patience: int | None = None) -> list[Row]:
+    from andon.evaluation.metrics import classification_report
+    from andon.models.checkpoint import load_checkpoint
+    from andon.training.fit import fit
+
+    recipe = task_recipe(task, epochs=epochs, input_size=input_size, runs_dir=runs_dir, batch_size=batch_size,
+                         lr=lr, head_lr=head_lr, seed=seed, patience=patience)
     started = time.perf_counter()
     result = fit(recipe)
     seconds = time.perf_counter() - started

@@ -224,6 +224,16 @@ def test_thresholds_set_by_hand_round_trip(model: Path, capsys) -> None:
     assert not list(model.parent.glob(".*.tmp"))
 
 
+def test_new_thresholds_drop_the_rates_measured_at_the_old_ones(tmp_path: Path, capsys) -> None:
+    from tiny_onnx import tiny_card
+
+    card = tiny_card(metrics={"test_accuracy": 0.9, "test_escape_rate": 0.01, "test_false_reject_rate": 0.02,
+                              "val_review_rate": 0.05})
+    model = write_tiny_model(tmp_path / "rated.onnx", card)
+    code, _, _ = run(["thresholds", str(model), "--reject-at", "0.6"], capsys)
+    assert code == 0 and Inspector.load(model).card.metrics == {"test_accuracy": 0.9}
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--pass-below", "0.8"], "pass_below 0.8 must not exceed reject_at 0.7"),
     (["--reject-at", "1.5"], "reject_at 1.5 must be between 0 and 1"),

@@ -169,6 +169,12 @@ class ModelCard(_Strict):
         except ValidationError as exc:
             raise ModelCardError(f"invalid model card: {_first_error(exc)}") from None
 
+    def with_thresholds(self, thresholds: Thresholds | dict) -> "ModelCard":
+        """A copy deciding with ``thresholds``; the metrics measured at the old ones (``THRESHOLD_METRICS``)
+        are dropped rather than left to describe a decision the card no longer makes."""
+        kept = {k: v for k, v in self.metrics.items() if not k.endswith(THRESHOLD_METRICS)}
+        return self.replace(thresholds=thresholds, metrics=kept)
+
     def replace(self, **changes: object) -> "ModelCard":
         """A copy with ``changes`` applied and validated again."""
         data = self.model_dump()
@@ -177,6 +183,10 @@ class ModelCard(_Strict):
             return ModelCard.model_validate(data)
         except ValidationError as exc:
             raise ModelCardError(f"invalid model card: {_first_error(exc)}") from None
+
+
+#: metrics (``{split}_<name>``) that hold at the card's thresholds only
+THRESHOLD_METRICS = ("escape_rate", "false_reject_rate", "review_rate")
 
 
 def head_layout(classes: list[str], trained_as: dict[str, list[str]]) -> tuple[list[str], list[int]]:

@@ -439,7 +439,7 @@ def write_thresholds(path: str | Path, thresholds: Thresholds) -> ModelCard:
     refuse_external_data(model, path)
     card = _read_card(model, path)
     _verify_hash(model, card, path)
-    new_card = card.replace(thresholds=thresholds.model_dump())
+    new_card = card.with_thresholds(thresholds.model_dump())
     for prop in model.metadata_props:
         if prop.key == CARD_METADATA_KEY:
             prop.value = new_card.to_json()

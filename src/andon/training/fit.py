@@ -27,7 +27,7 @@ from andon.datasets.dataset import Dataset
 from andon.datasets.remap import ClassPlan
 from andon.errors import ConfigError, DatasetError
 from andon.evaluation.metrics import classification_report
-from andon.inspect.card import ModelCard, PreprocessSpec, default_defect_classes
+from andon.inspect.card import THRESHOLD_METRICS, ModelCard, PreprocessSpec, default_defect_classes
 from andon.models import Checkpoint, Classifier, create_model, load_checkpoint, save_checkpoint
 from andon.training.augment import build_augmenter
 from andon.training.data import (EpochSampler, RunData, check_training_classes, eval_loader, load_split_dataset,
@@ -360,7 +360,7 @@ def threshold_metrics(card: ModelCard, run: RunDir, splits: list[str]) -> dict[s
         pred = load_predictions(run.predictions(split))
         decisions = decide_many(card.thresholds, pred["probs"], card.classes, card.defect_classes)
         rates = decision_rates(np.isin(pred["y_true"], card.defect_indices), decisions)
-        for key in ("escape_rate", "false_reject_rate", "review_rate"):
+        for key in THRESHOLD_METRICS:
             value = getattr(rates, key)
             if math.isfinite(value):
                 out[f"{split}_{key}"] = value
