@@ -22,7 +22,7 @@ def test_defaults_come_from_default_yaml_and_cover_every_field():
     recipe = load_recipe()
     assert recipe.to_dict() == _plain_defaults()
     assert recipe.model.mean is None and recipe.model.std is None  # the weights' own normalisation
-    assert recipe.train.balance == "sampler" and recipe.train.monitor == "macro_recall"
+    assert recipe.train.balance == "sampler" and recipe.train.monitor == "auto"
 
 
 def _plain_defaults() -> dict:

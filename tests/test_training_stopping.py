@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from andon.training.recipe import load_recipe
-from andon.training.stopping import StopState, patience_start, record_epoch, stop_due
+from andon.training.stopping import StopState, patience_start, record_epoch, resolve_monitor, stop_due
 
 #: validation macro recall of the NEU benchmark run (seed 0, 20 epochs): one error in 269 in most epochs from
 #: 4 on, and 0.99667 / 0.99573 only say which class it fell in
@@ -74,3 +76,14 @@ def test_the_patience_given_on_resume_decides_whether_a_stopped_run_goes_on():
     assert not stop_due(state, _train(patience=8))   # a larger patience: the run continues
     assert not stop_due(state, _train(patience=0))   # early stopping off: it runs to the end
     assert stop_due(state, _train(patience=5))       # the same patience: it stays stopped
+
+
+@pytest.mark.parametrize(("monitor", "classes", "defects", "resolved"), [
+    ("auto", ["defect", "ok"], ["defect"], "roc_auc"),
+    ("auto", ["ok", "scratch", "spot"], ["scratch", "spot"], "macro_recall"),
+    ("auto", ["crazing", "inclusion"], ["crazing", "inclusion"], "macro_recall"),  # no good class: no ranking
+    ("val_loss", ["defect", "ok"], ["defect"], "val_loss"),
+    ("macro_recall", ["defect", "ok"], ["defect"], "macro_recall"),
+])
+def test_auto_monitor_ranks_an_ok_defect_model_and_recalls_the_others(monitor, classes, defects, resolved):
+    assert resolve_monitor(monitor, classes, defects) == resolved

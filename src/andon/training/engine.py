@@ -64,35 +64,18 @@ def train_one_epoch(model: Classifier, loader: torch.utils.data.DataLoader, crit
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
-             progress: Progress | None = None, description: str = "evaluate", *,
-             head: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities for every image of ``loader``, in loader order: (y_true, probs).
-
-    With ``head`` the probabilities are those of the head's units (``Classifier.training_logits``, the
-    training classes); ``merge_probs`` turns them into the class probabilities without a second pass.
-    """
+             progress: Progress | None = None, description: str = "evaluate") -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities for every image of ``loader``, in loader order: (y_true, probs)."""
     model.eval()
     labels_out: list[np.ndarray] = []
     probs_out: list[np.ndarray] = []
     for (images, labels), _task in track(loader, progress, description, len(loader)):
-        images = images.to(device, non_blocking=True, memory_format=_memory_format(model))
-        logits = model.training_logits(images) if head else model(images)
+        logits = model(images.to(device, non_blocking=True, memory_format=_memory_format(model)))
         probs_out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         labels_out.append(labels.numpy())
     if not probs_out:
         return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(labels_out).astype(np.int64), np.concatenate(probs_out)
-
-
-def merge_probs(head_probs: np.ndarray, head_groups: list[int]) -> np.ndarray:
-    """Class probabilities from head-unit probabilities: each class's is the sum of its units' (what the
-    log-sum-exp of ``Classifier.merge`` gives under softmax)."""
-    groups = np.asarray(head_groups, dtype=np.int64)
-    if head_probs.ndim != 2 or head_probs.shape[1] != len(groups):
-        raise ValueError(f"head probabilities of shape {head_probs.shape} do not match {len(groups)} head units")
-    member = np.zeros((len(groups), int(groups.max()) + 1 if len(groups) else 0), dtype=head_probs.dtype)
-    member[np.arange(len(groups)), groups] = 1
-    return head_probs @ member
 
 
 def _memory_format(model: nn.Module) -> torch.memory_format:

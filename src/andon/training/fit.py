@@ -32,7 +32,7 @@ from andon.models import Checkpoint, Classifier, create_model, load_checkpoint, 
 from andon.training.augment import build_augmenter
 from andon.training.data import (EpochSampler, RunData, check_training_classes, eval_loader, load_split_dataset,
                                  prepare_run_data, preprocess_spec, split_datasets, train_loader)
-from andon.training.engine import cross_entropy, evaluate, merge_probs, train_one_epoch
+from andon.training.engine import cross_entropy, evaluate, train_one_epoch
 from andon.training.optim import (build_criterion, build_optimizer, build_scheduler, class_counts,
                                   sample_weights)
 from andon.training.progress import make_progress, summary_table
@@ -41,7 +41,7 @@ from andon.training.report import write_report
 from andon.training.rundir import (HEADLINE, RunDir, create_run, load_predictions, named, plan_run,
                                    read_metrics, save_predictions, write_metrics)
 from andon.training.seeding import configure_torch, rng_state, seed_everything, set_rng_state
-from andon.training.stopping import StopState, record_epoch, stop_due
+from andon.training.stopping import StopState, record_epoch, resolve_monitor, stop_due
 
 
 @dataclass
@@ -209,8 +209,8 @@ def _epochs(s: Session, state: StopState, rows: list[dict[str, Any]], progress: 
             _save_best(s, epoch, report)
         write_metrics(s.run.metrics, rows)
         _save_last(s, state)
-        console.print(_epoch_line(row, cfg.epochs, state, types=bool(s.card.trained_as), monitor=cfg.monitor),
-                      markup=False, highlight=False)
+        monitor = resolve_monitor(cfg.monitor, s.card.classes, s.card.defect_classes)
+        console.print(_epoch_line(row, cfg.epochs, state, monitor), markup=False, highlight=False)
         for callback in callbacks:
             callback(epoch, row)
 
@@ -235,33 +235,12 @@ def _run_epoch(s: Session, epoch: int, progress: Progress) -> tuple[dict[str, An
 
 
 def _validate(s: Session, epoch: int, progress: Progress) -> tuple[dict[str, float], float, float]:
-    """The model's validation figures (the card's classes), its validation loss, and the monitored value.
-
-    A model trained as types (``card.trained_as``) is monitored on the types, as a model with the types as
-    its classes would be: the macro recall of ok/defect saturates on a few hundred validation images and
-    tells little about which epoch is better, that of ok and each defect type does not.
-    """
-    monitor = s.recipe.train.monitor
-    if not s.card.trained_as:
-        y_true, probs = evaluate(s.model, s.loaders["val"], s.device, progress, f"validate {epoch}")
-        report = classification_report(y_true, probs, s.card.classes, s.card.defect_classes).headline()
-        loss = cross_entropy(y_true, probs)
-        return report, loss, loss if monitor == "val_loss" else report[monitor]
-    _, head_probs = evaluate(s.model, s.loaders["val"], s.device, progress, f"validate {epoch}", head=True)
-    val = s.data.indices["val"]
-    y_true, probs = s.data.targets[val], merge_probs(head_probs, s.card.head_groups)
+    """The validation figures of the model's classes, the validation loss, and the monitored value."""
+    y_true, probs = evaluate(s.model, s.loaders["val"], s.device, progress, f"validate {epoch}")
     report = classification_report(y_true, probs, s.card.classes, s.card.defect_classes).headline()
-    if monitor == "val_loss":
-        return report, cross_entropy(y_true, probs), cross_entropy(s.data.labels[val], head_probs)
-    types = classification_report(s.data.labels[val], head_probs, s.card.training_classes,
-                                  defect_training_classes(s.card)).headline()
-    return report, cross_entropy(y_true, probs), types[monitor]
-
-
-def defect_training_classes(card: ModelCard) -> list[str]:
-    """The training classes that add up to a defect class (each defect type of a merged ``defect``)."""
-    return [name for name, group in zip(card.training_classes, card.head_groups)
-            if card.classes[group] in card.defect_classes]
+    loss = cross_entropy(y_true, probs)
+    monitor = resolve_monitor(s.recipe.train.monitor, s.card.classes, s.card.defect_classes)
+    return report, loss, loss if monitor == "val_loss" else report[monitor]
 
 
 def _monitored(row: dict[str, Any], monitor: str) -> float:
@@ -270,11 +249,10 @@ def _monitored(row: dict[str, Any], monitor: str) -> float:
     return -value if monitor == "val_loss" else value
 
 
-def _epoch_line(row: dict[str, Any], epochs: int, state: StopState, *, types: bool = False,
-                monitor: str = "macro_recall") -> str:
+def _epoch_line(row: dict[str, Any], epochs: int, state: StopState, monitor: str = "macro_recall") -> str:
     mark = " *" if state.best_epoch == row["epoch"] else ""
     stop = "  (early stop)" if state.stopped else ""
-    chosen_on = f"  types {monitor.replace('_', ' ')} {row['val_monitor']:.4g}" if types else ""
+    chosen_on = "" if monitor == "macro_recall" else f"  {monitor.replace('_', ' ')} {row['val_monitor']:.4g}"
     return (f"epoch {row['epoch']}/{epochs} [{row['phase']}]  train loss {row['train_loss']:.4f} "
             f"acc {row['train_accuracy']:.1%}  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.1%} "
             f"macro recall {row['val_macro_recall']:.1%}{chosen_on}  lr {row['lr']:.2e}  "

@@ -20,6 +20,7 @@ from andon.inspect.decision import DECISIONS, decide_many
 from andon.inspect.preprocess import Preprocessor
 from andon.training.recipe import Recipe
 from andon.training.rundir import HEADLINE, RunDir, atomic_write, load_predictions, read_metrics
+from andon.training.stopping import resolve_monitor
 
 MISTAKES_SHOWN = 18
 
@@ -38,7 +39,8 @@ def write_report(run: RunDir, recipe: Recipe, card: ModelCard, reports: dict[str
     ``sources`` holds each split's folder labels in prediction order (they differ from the model's classes
     after a remap); the decisions table counts pass / review / reject per folder class.
     """
-    figures = draw_figures(run, card, reports, best_epoch, monitor=recipe.train.monitor)
+    monitor = resolve_monitor(recipe.train.monitor, card.classes, card.defect_classes)
+    figures = draw_figures(run, card, reports, best_epoch, monitor=monitor)
     main = "test" if "test" in reports else "val"
     pred = load_predictions(run.predictions(main))
     sections = {
@@ -63,14 +65,12 @@ def draw_figures(run: RunDir, card: ModelCard, reports: dict[str, Classification
               for split, p in preds.items()}
     rep = reports[main]
     curve_metrics = ["val_accuracy", "val_macro_recall", "val_macro_f1"]
-    chosen_on = ""
-    if card.trained_as and monitor != "val_loss":  # chosen on the training classes: show that beside the classes'
-        curve_metrics.append("val_monitor")
-        chosen_on = f"; monitor: {monitor} of the training classes ({', '.join(card.training_classes)}), which chose it"
+    if monitor != "val_loss" and f"val_{monitor}" not in curve_metrics:  # the figure that chose the epoch
+        curve_metrics.append(f"val_{monitor}")
     figures = [
         Figure("Training curves", _rel(run, plots.plot_training_curves(
             read_metrics(run.metrics), plot_dir / "curves.png", best_epoch=best_epoch, metrics=curve_metrics)),
-            f"loss and validation metrics per epoch; dashed: best epoch ({best_epoch}){chosen_on}"),
+            f"loss and validation metrics per epoch; dashed: best epoch ({best_epoch}), chosen on val {monitor}"),
         Figure(f"Confusion matrix ({main})", _rel(run, plots.plot_confusion(
             rep.confusion, rep.classes, plot_dir / "confusion.png", title=f"{main}"))),
         Figure(f"Per-class precision and recall ({main})", _rel(run, plots.plot_per_class(
@@ -155,6 +155,7 @@ def _rel(run: RunDir, path: Path) -> str:
 def _summary_rows(run: RunDir, recipe: Recipe, card: ModelCard, best_epoch: int) -> list[tuple[str, str]]:
     rows = read_metrics(run.metrics)
     p = card.preprocess
+    monitor = resolve_monitor(recipe.train.monitor, card.classes, card.defect_classes)
     trained_as = [("trained as", describe_trained_as(card.trained_as) + " (one head unit each; the model adds up "
                    "their probabilities)")] if card.trained_as else []
     return [
@@ -165,8 +166,8 @@ def _summary_rows(run: RunDir, recipe: Recipe, card: ModelCard, best_epoch: int)
         ("model", f"{card.backbone}, weights {card.weights}"),
         ("input", f"{p.input_size[0]}x{p.input_size[1]} {p.color_mode}, resize {p.resize}, "
                   f"mean {list(p.mean)}, std {list(p.std)}"),
-        ("epochs", f"{len(rows)} run of {recipe.train.epochs}; best epoch {best_epoch} by val {recipe.train.monitor}"
-                   f"{' of the training classes' if card.trained_as else ''} (the latest epoch within {recipe.train.min_delta:g} of the best value)"),
+        ("epochs", f"{len(rows)} run of {recipe.train.epochs}; best epoch {best_epoch} by val {monitor} "
+                   f"(the latest epoch within {recipe.train.min_delta:g} of the best value)"),
         ("training time", f"{sum(float(r['seconds']) for r in rows):.0f} s"),
         ("thresholds", f"P(defect) below {card.thresholds.defect.pass_below:.4g} passes, at or above "
                        f"{card.thresholds.defect.reject_at:.4g} rejects ({card.thresholds.source})"),

@@ -31,8 +31,7 @@ RESUMABLE_KEYS = frozenset({"data.path", "train.epochs", "train.patience", "trai
 
 #: the headline metrics (``ClassificationReport.headline()`` keys) of metrics.csv, the report and the summary
 HEADLINE = ("accuracy", "macro_recall", "macro_f1", "defect_recall", "roc_auc", "pr_auc")
-#: val_monitor: the value the best epoch is chosen on (train.monitor; on the training classes, e.g. each defect
-#: type, for a model trained as types)
+#: val_monitor: the value the best epoch is chosen on (train.monitor, ``auto`` resolved)
 METRIC_COLUMNS = ("epoch", "phase", "train_loss", "train_accuracy", "val_loss", *(f"val_{k}" for k in HEADLINE),
                   "val_monitor", "lr", "seconds")
 
