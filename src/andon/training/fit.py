@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import Progress
@@ -37,7 +36,7 @@ from andon.training.optim import (build_criterion, build_optimizer, build_schedu
                                   sample_weights)
 from andon.training.progress import make_progress, summary_table
 from andon.training.recipe import DecisionSection, Recipe
-from andon.training.report import write_report
+from andon.training.report import decision_table, write_report
 from andon.training.rundir import (HEADLINE, RunDir, create_run, load_predictions, named, plan_run,
                                    read_metrics, save_predictions, write_metrics)
 from andon.training.seeding import configure_torch, rng_state, seed_everything, set_rng_state
@@ -330,14 +329,9 @@ def _finish(s: Session, state: StopState, progress: Progress) -> RunResult:
 def threshold_metrics(card: ModelCard, run: RunDir, splits: list[str]) -> dict[str, float]:
     """The plant's rates at the card's thresholds for each split: ``{split}_escape_rate`` (defective parts
     passed), ``{split}_false_reject_rate`` (good parts rejected) and ``{split}_review_rate``."""
-    from andon.evaluation.metrics import decision_rates
-    from andon.inspect.decision import decide_many
-
     out: dict[str, float] = {}
     for split in splits:
-        pred = load_predictions(run.predictions(split))
-        decisions = decide_many(card.thresholds, pred["probs"], card.classes, card.defect_classes)
-        rates = decision_rates(np.isin(pred["y_true"], card.defect_indices), decisions)
+        rates = decision_table(card, load_predictions(run.predictions(split))).rates
         for key in THRESHOLD_METRICS:
             value = getattr(rates, key)
             if math.isfinite(value):

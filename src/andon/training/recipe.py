@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from andon.errors import ConfigError
 from andon.inspect.card import ColorMode, Interpolation, ResizePolicy
 
-#: metrics the early stopping may watch; all but val_loss are better when higher
-MONITOR_METRICS = ("accuracy", "macro_recall", "macro_f1", "defect_recall", "roc_auc", "pr_auc", "val_loss")
+#: what early stopping and the best epoch watch; all but val_loss are better when higher; auto: see
+#: ``andon.training.stopping.resolve_monitor``
 Monitor = Literal["auto", "accuracy", "macro_recall", "macro_f1", "defect_recall", "roc_auc", "pr_auc", "val_loss"]
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

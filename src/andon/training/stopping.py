@@ -1,6 +1,6 @@
 """Which epoch is the best one, and when to stop: the bookkeeping of ``fit()``, kept apart so it can be tested.
 
-Two rules make it fit small industrial validation sets (a few hundred images, some classes with a dozen):
+Three rules make it fit small industrial validation sets (a few hundred images, some classes with a dozen):
 
 * **Ties go to the later epoch.** An epoch is the best so far when its monitored value is within
   ``train.min_delta`` of the highest value seen. Counted metrics saturate: NEU's validation split sits at one
