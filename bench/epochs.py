@@ -23,7 +23,7 @@ from bench.accuracy import REPO, SHARED, TASKS, WEIGHTS, machine, task_recipe
 
 #: rule name -> (metrics.csv column, higher is better)
 RULES = {
-    "val_monitor (recipe's monitor; types for a model trained as types)": ("val_monitor", True),
+    "val_monitor (train.monitor as andon train resolves it)": ("val_monitor", True),
     "val_macro_recall (model's classes)": ("val_macro_recall", True),
     "val_loss (model's classes)": ("val_loss", False),
     "val_roc_auc (defect vs ok)": ("val_roc_auc", True),
