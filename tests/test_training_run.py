@@ -190,6 +190,15 @@ def test_resume_with_more_epochs_goes_on_learning(trained_run, tmp_path):
     assert (tmp_path / "trained" / "report.html").is_file()
 
 
+def test_metrics_rows_written_before_a_column_existed_resume():
+    """A run started before metrics.csv had val_monitor gets an empty cell there once resumed; resuming it again
+    must read that row, not fail on float('')."""
+    from andon.training.fit import _typed
+
+    row = {"epoch": "3", "phase": "full", "val_loss": "0.25", "val_monitor": "", "lr": "0.001"}
+    assert _typed(row) == {"epoch": 3, "phase": "full", "val_loss": 0.25, "lr": 0.001}
+
+
 def test_resume_refuses_a_different_recipe(trained_run, interrupted):
     recipe, _, _ = interrupted
     with pytest.raises(ConfigError, match=r"model\.input_size"):

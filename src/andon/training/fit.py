@@ -293,8 +293,12 @@ def _restore(s: Session) -> tuple[StopState, list[dict[str, Any]]]:
 
 
 def _typed(row: dict[str, str]) -> dict[str, Any]:
+    """A metrics.csv row with its numbers back; an empty cell (a column added after the run started, such as
+    val_monitor) stays out."""
     out: dict[str, Any] = {}
     for key, value in row.items():
+        if value == "" and key not in ("epoch", "phase"):
+            continue
         out[key] = int(value) if key == "epoch" else value if key == "phase" else float(value)
     return out
 
