@@ -99,3 +99,37 @@ def test_retention_prunes_old_passes_and_reviewed_never_unreviewed(tmp_path, tin
         for name in ("old_unreviewed", "new_pass", "recently_reviewed"):
             assert client.get(f"/v1/inspections/{ids[name]}/image", headers=auth(key)).status_code == 200
         assert client.post("/v1/admin/retention", headers=auth(key)).json()["images_pruned"] == 0
+
+
+def test_retention_sweeps_images_no_record_names_and_only_those(tmp_path, tiny_model_path):
+    """A crash between the image write and the record commit leaves a file no record names (and a crash mid-
+    write a temp file): retention removes them once older than orphan_grace_s; named images, the review queue's
+    included, and fresh files (a record may be committing right now) stay."""
+    import os
+    import time
+
+    settings = settings_for(tmp_path, tiny_model_path, pass_sample_rate=1.0, orphan_grace_s=3600)
+    with client_for(settings) as client:
+        key = add_key(client, "engineer")
+        ids = [post_frame(client, jpeg(value, noise=i), key=key).json()["id"]
+               for i, value in enumerate((PASS, REVIEW, REJECT))]
+        images = client.app.state.ctx.settings.images_dir
+        named = sorted(p for p in images.rglob("*") if p.is_file())
+        assert len(named) >= 3
+        old = time.time() - 2 * 3600
+        orphan = images / "2026" / "01" / "02" / "lost.jpg"
+        orphan.parent.mkdir(parents=True)
+        orphan.write_bytes(b"x" * 1000)
+        partial = images / "2026" / "01" / "02" / ".lost2.jpg.k3j4.tmp"
+        partial.write_bytes(b"half")
+        fresh = images / "2026" / "01" / "02" / "committing.jpg"
+        fresh.write_bytes(b"y")
+        for path in [*named, orphan, partial]:  # everything old except the fresh file
+            os.utime(path, (old, old))
+        report = client.post("/v1/admin/retention", headers=auth(key)).json()
+        assert report["orphans_removed"] == 2 and report["orphan_bytes"] == 1000 and report["images_pruned"] == 0
+        assert not orphan.exists() and not partial.exists() and fresh.exists()
+        assert all(p.exists() for p in named)
+        for inspection_id in ids:
+            assert client.get(f"/v1/inspections/{inspection_id}/image", headers=auth(key)).status_code == 200
+        assert client.post("/v1/admin/retention", headers=auth(key)).json()["orphans_removed"] == 0

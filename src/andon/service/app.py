@@ -145,6 +145,7 @@ async def _retention_loop(ctx: ServiceContext) -> None:
         await asyncio.sleep(s.retention_interval_s)
         try:
             await run_in_threadpool(prune, ctx.sessions, ctx.store, pass_days=s.retention_pass_days,
-                                    reviewed_days=s.retention_reviewed_days)
+                                    reviewed_days=s.retention_reviewed_days,
+                                    orphan_grace_s=s.orphan_grace_s)
         except Exception:  # noqa: BLE001
             log.exception("retention run failed")

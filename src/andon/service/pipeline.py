@@ -230,7 +230,7 @@ class Pipeline:
         for key in keys:
             try:
                 self.store.delete(key)
-            except Exception:  # noqa: BLE001 - best effort; retention removes orphans
+            except Exception:  # noqa: BLE001 - best effort; retention sweeps orphans
                 log.warning("could not remove %s after a failed write", key)
 
     def _outcome(self, rows: list[Inspection], replayed: list[bool], heatmap: bool, after: list[Callable],

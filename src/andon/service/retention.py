@@ -3,6 +3,11 @@
 Records stay (they are small and they are the audit trail); only the image and heatmap files go, and the
 record says when (``image_pruned_at``). The rule is in the query: a row qualifies only if its review status
 is ``not_required`` (a pass) or ``reviewed``, so an ``unreviewed`` frame is never touched whatever its age.
+
+The same run sweeps orphans: the service stores a frame's image before it commits the record, so a crash
+(or a database that refused the record and a clean-up that failed too) can leave an image no record names.
+Files older than ``orphan_grace_s`` that no record names are deleted, with the temp files of interrupted
+writes. The grace period keeps the sweep away from frames whose record is being committed right now.
 """
 
 from __future__ import annotations
@@ -26,12 +31,56 @@ _CHUNK = 500
 class PruneReport:
     images_pruned: int = 0
     bytes_freed: int = 0
+    #: stored files no record names (and temp files of interrupted writes), removed by the sweep
+    orphans_removed: int = 0
+    orphan_bytes: int = 0
 
 
 def prune(sessions: Callable[[], Session], store: ImageStore, *, pass_days: float | None,
-          reviewed_days: float | None, now: dt.datetime | None = None) -> PruneReport:
-    """Delete the images the policy lets go; returns how many and how many bytes (posted sizes)."""
+          reviewed_days: float | None, orphan_grace_s: float | None = 3600.0,
+          now: dt.datetime | None = None) -> PruneReport:
+    """Delete the images the policy lets go, then the orphans older than ``orphan_grace_s`` (None: no sweep);
+    returns how many and how many bytes (posted sizes for pruned frames, file sizes for orphans)."""
     now = now or utcnow()
+    report = _prune_policy(sessions, store, pass_days=pass_days, reviewed_days=reviewed_days, now=now)
+    if orphan_grace_s is not None:
+        sweep_orphans(sessions, store, cutoff=now - dt.timedelta(seconds=orphan_grace_s), report=report)
+    return report
+
+
+def sweep_orphans(sessions: Callable[[], Session], store: ImageStore, *, cutoff: dt.datetime,
+                  report: PruneReport) -> PruneReport:
+    """Delete stored files written before ``cutoff`` that no record names as its image or heatmap."""
+    report.orphans_removed += store.remove_partial_writes(cutoff)
+    batch: list[tuple[str, int]] = []
+    for item in store.stored_before(cutoff):
+        batch.append(item)
+        if len(batch) == _CHUNK:
+            _remove_unnamed(sessions, store, batch, report)
+            batch = []
+    if batch:
+        _remove_unnamed(sessions, store, batch, report)
+    if report.orphans_removed:
+        log.warning("retention: removed %d stored files that no record names (left by a crash or a failed write)",
+                    report.orphans_removed)
+    return report
+
+
+def _remove_unnamed(sessions: Callable[[], Session], store: ImageStore, batch: list[tuple[str, int]],
+                    report: PruneReport) -> None:
+    keys = [key for key, _size in batch]
+    with sessions() as session:
+        named = set(session.scalars(select(Inspection.image_key).where(Inspection.image_key.in_(keys))))
+        named |= set(session.scalars(select(Inspection.heatmap_key).where(Inspection.heatmap_key.in_(keys))))
+    for key, size in batch:
+        if key not in named:
+            store.delete(key)
+            report.orphans_removed += 1
+            report.orphan_bytes += size
+
+
+def _prune_policy(sessions: Callable[[], Session], store: ImageStore, *, pass_days: float | None,
+                  reviewed_days: float | None, now: dt.datetime) -> PruneReport:
     rules = []
     if pass_days is not None:
         rules.append(and_(Inspection.review_status == REVIEW_NOT_REQUIRED,

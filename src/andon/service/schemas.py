@@ -162,3 +162,6 @@ class KeyCreated(KeyOut):
 class RetentionOut(BaseModel):
     images_pruned: int
     bytes_freed: int
+    #: stored files no record named (left by a crash between image and record), deleted
+    orphans_removed: int = 0
+    orphan_bytes: int = 0

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     retention_reviewed_days: float | None = Field(180.0, gt=0, description="drop images of reviewed frames older "
                                                   "than this; unreviewed flagged frames are never pruned")
     retention_interval_s: float = Field(3600.0, ge=1.0)
+    orphan_grace_s: float | None = Field(3600.0, ge=60.0, description="retention also deletes stored images no "
+                                         "record names (a crash between image and record) once older than "
+                                         "this; None: never")
     registry_poll_s: float = Field(1.0, ge=0.05, description="how often workers look for a promoted model")
 
     # decisions

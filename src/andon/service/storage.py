@@ -9,8 +9,11 @@ protocol (PUT is atomic there; ``healthcheck`` would HEAD the bucket).
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -35,6 +38,13 @@ class ImageStore(Protocol):
         """Remove ``key`` (no error when absent)."""
 
     def exists(self, key: str) -> bool: ...
+
+    def stored_before(self, cutoff: dt.datetime) -> Iterator[tuple[str, int]]:
+        """(key, size in bytes) of every object last written before ``cutoff``; for the orphan sweep."""
+
+    def remove_partial_writes(self, cutoff: dt.datetime) -> int:
+        """Remove what interrupted ``put`` calls left before ``cutoff`` (temp files); returns how many. A store
+        whose writes are atomic by themselves (S3 PUT) has none."""
 
     def healthcheck(self) -> str | None:
         """None when writable, else a one-line reason."""
@@ -73,6 +83,33 @@ class LocalDiskStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def stored_before(self, cutoff: dt.datetime) -> Iterator[tuple[str, int]]:
+        limit = cutoff.timestamp()
+        for path, stat in self._files():
+            key = path.relative_to(self.root).as_posix()
+            if stat.st_mtime < limit and _KEY.match(key):
+                yield key, stat.st_size
+
+    def remove_partial_writes(self, cutoff: dt.datetime) -> int:
+        """Temp files of ``write_durably`` (``.<name>.<random>.tmp``) a crash left behind."""
+        removed = 0
+        for path, stat in list(self._files()):
+            if path.name.startswith(".") and path.name.endswith(".tmp") and stat.st_mtime < cutoff.timestamp():
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def _files(self) -> Iterator[tuple[Path, os.stat_result]]:
+        if not self.root.is_dir():
+            return
+        for folder, _dirs, names in os.walk(self.root):
+            for name in names:
+                path = Path(folder) / name
+                try:
+                    yield path, path.stat()
+                except FileNotFoundError:  # deleted meanwhile (retention, a failed write's clean-up)
+                    continue
 
     def healthcheck(self) -> str | None:
         try:

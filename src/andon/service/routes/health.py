@@ -67,5 +67,7 @@ def metrics(ctx: ContextDep) -> Response:
 async def run_retention(ctx: ContextDep, _: CanManage) -> Any:
     s = ctx.settings
     report = await run_in_threadpool(prune, ctx.sessions, ctx.store, pass_days=s.retention_pass_days,
-                                     reviewed_days=s.retention_reviewed_days)
-    return RetentionOut(images_pruned=report.images_pruned, bytes_freed=report.bytes_freed)
+                                     reviewed_days=s.retention_reviewed_days,
+                                     orphan_grace_s=s.orphan_grace_s)
+    return RetentionOut(images_pruned=report.images_pruned, bytes_freed=report.bytes_freed,
+                        orphans_removed=report.orphans_removed, orphan_bytes=report.orphan_bytes)
