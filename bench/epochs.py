@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.accuracy import REPO, SHARED, TASKS, WEIGHTS, machine, task_recipe
+from andon.evaluation.metrics import defect_score
+from bench.accuracy import (REPO, SHARED, TASKS, WEIGHTS, _recall_and_false_rejects, _two_way, machine,
+                            task_recipe)
 
 #: rule name -> (metrics.csv column, higher is better)
 RULES = {
@@ -43,26 +45,17 @@ def test_scores(run_dir: Path, epoch: int) -> EpochScore:
     import torch
 
     from andon.datasets.manifest import load_dataset
-    from andon.evaluation.metrics import defect_score
-    from andon.inspect.preprocess import Preprocessor
-    from andon.models import load_checkpoint, model_from_checkpoint
+    from andon.training.predict import predict_paths
 
-    with torch.random.fork_rng():  # building the model draws a head initialisation: keep training's stream
-        ckpt = load_checkpoint(run_dir / "last.pt", with_extra=False)
-        model = model_from_checkpoint(ckpt).eval()
-    card = ckpt.card
     samples = [s for s in load_dataset(run_dir / "splits.csv").samples if s.split == "test"]
-    pre = Preprocessor(card.preprocess)
-    probs = []
-    with torch.inference_mode():
-        for start in range(0, len(samples), 64):
-            batch = np.stack([pre(Path(s.path).read_bytes()) for s in samples[start:start + 64]])
-            probs.append(torch.softmax(model(torch.from_numpy(batch)), dim=1).numpy())
-    score = defect_score(np.concatenate(probs), card.defect_indices)
-    bad = np.array([s.label in card.defect_classes for s in samples])
-    flagged = score >= 0.5
-    missed = [f"{Path(s.path).parent.name}/{Path(s.path).name}" for s, b, f in zip(samples, bad, flagged) if b and not f]
-    return EpochScore(epoch, float(flagged[bad].mean()), float(flagged[~bad].mean()), missed)
+    with torch.random.fork_rng():  # building the model draws a head initialisation: keep training's stream
+        probs, card = predict_paths(run_dir, [s.path for s in samples], checkpoint="last.pt", batch_size=64)
+    pred = {"probs": probs, "y_true": np.array([card.classes.index(s.label) for s in samples])}
+    recall, false_rejects = _recall_and_false_rejects(pred, card.classes, card.defect_classes, _two_way(0.5))
+    flagged = defect_score(probs, card.defect_indices) >= 0.5
+    missed = [f"{Path(s.path).parent.name}/{Path(s.path).name}" for s, f in zip(samples, flagged)
+              if s.label in card.defect_classes and not f]
+    return EpochScore(epoch, recall, false_rejects, missed)
 
 
 def kept_epoch(rows: list[dict[str, str]], column: str, higher: bool, recipe) -> tuple[int, int]:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import Progress
@@ -66,6 +67,8 @@ class Session:
     criterion: torch.nn.Module
     sampler: EpochSampler
     loaders: dict[str, torch.utils.data.DataLoader]
+    #: train.monitor with auto resolved for this model's classes (``stopping.resolve_monitor``)
+    monitor: str
 
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
@@ -178,7 +181,8 @@ def setup_session(recipe: Recipe, run: RunDir, device: torch.device, dataset: Da
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, len(loaders["train"]))
     criterion = build_criterion(cfg, counts, device)
-    return Session(recipe, run, device, data, model, card, optimizer, scheduler, criterion, sampler, loaders)
+    monitor = resolve_monitor(cfg.monitor, card.classes, card.defect_classes)
+    return Session(recipe, run, device, data, model, card, optimizer, scheduler, criterion, sampler, loaders, monitor)
 
 
 def make_card(recipe: Recipe, run_name: str, data: RunData, spec: PreprocessSpec, *, weights: str,
@@ -204,12 +208,11 @@ def _epochs(s: Session, state: StopState, rows: list[dict[str, Any]], progress: 
         epoch = state.epoch + 1
         row, report = _run_epoch(s, epoch, progress)
         rows.append(row)
-        if record_epoch(state, epoch, _monitored(row, cfg.monitor), cfg):
+        if record_epoch(state, epoch, _monitored(row, s.monitor), cfg):
             _save_best(s, epoch, report)
         write_metrics(s.run.metrics, rows)
         _save_last(s, state)
-        monitor = resolve_monitor(cfg.monitor, s.card.classes, s.card.defect_classes)
-        console.print(_epoch_line(row, cfg.epochs, state, monitor), markup=False, highlight=False)
+        console.print(_epoch_line(row, cfg.epochs, state, s.monitor), markup=False, highlight=False)
         for callback in callbacks:
             callback(epoch, row)
 
@@ -238,8 +241,7 @@ def _validate(s: Session, epoch: int, progress: Progress) -> tuple[dict[str, flo
     y_true, probs = evaluate(s.model, s.loaders["val"], s.device, progress, f"validate {epoch}")
     report = classification_report(y_true, probs, s.card.classes, s.card.defect_classes).headline()
     loss = cross_entropy(y_true, probs)
-    monitor = resolve_monitor(s.recipe.train.monitor, s.card.classes, s.card.defect_classes)
-    return report, loss, loss if monitor == "val_loss" else report[monitor]
+    return report, loss, loss if s.monitor == "val_loss" else report[s.monitor]
 
 
 def _monitored(row: dict[str, Any], monitor: str) -> float:
@@ -309,20 +311,22 @@ def _finish(s: Session, state: StopState, progress: Progress) -> RunResult:
     s.model.load_state_dict(best.state_dict)
     headlines: dict[str, dict[str, float]] = {}
     reports = {}
+    preds: dict[str, dict[str, np.ndarray]] = {}
     for split in ("val", "test"):
         if len(s.data.indices[split]) == 0:
             continue
         y_true, probs = evaluate(s.model, s.loaders[split], s.device, progress, f"evaluate best on {split}")
         save_predictions(s.run.predictions(split), s.data.paths(split), y_true, probs, s.card.classes)
+        preds[split] = {"y_true": y_true, "probs": probs}
         reports[split] = classification_report(y_true, probs, s.card.classes, s.card.defect_classes)
         headlines[split] = reports[split].headline()
     metrics = {f"{split}_{k}": v for split, h in headlines.items() for k, v in h.items()}
     card = make_card(s.recipe, s.run.name, s.data, s.card.preprocess, weights=s.card.weights, metrics=metrics)
     card = calibrate_card(card, s.recipe.decision, s.run, progress)
-    rates = threshold_metrics(card, s.run, list(reports))
-    card = card.replace(metrics={**card.metrics, **rates})
-    for split, headline in headlines.items():
-        headline.update({k.removeprefix(f"{split}_"): v for k, v in rates.items() if k.startswith(f"{split}_")})
+    for split, pred in preds.items():  # the plant's rates at the thresholds just set
+        rates = threshold_rates(card, pred)
+        headlines[split].update(rates)
+        card = card.replace(metrics={**card.metrics, **{f"{split}_{k}": v for k, v in rates.items()}})
     save_checkpoint(s.run.best, Checkpoint(best.model_name, best.num_classes, best.state_dict, card, best.epoch))
     sources = {split: [s.data.dataset.samples[i].label for i in s.data.indices[split]] for split in reports}
     write_report(s.run, s.recipe, card, reports, best_epoch=state.best_epoch, sources=sources)
@@ -330,17 +334,11 @@ def _finish(s: Session, state: StopState, progress: Progress) -> RunResult:
     return RunResult(s.run.path, state.best_epoch, state.epoch, headlines)
 
 
-def threshold_metrics(card: ModelCard, run: RunDir, splits: list[str]) -> dict[str, float]:
-    """The plant's rates at the card's thresholds for each split: ``{split}_escape_rate`` (defective parts
-    passed), ``{split}_false_reject_rate`` (good parts rejected) and ``{split}_review_rate``."""
-    out: dict[str, float] = {}
-    for split in splits:
-        rates = decision_table(card, load_predictions(run.predictions(split))).rates
-        for key in THRESHOLD_METRICS:
-            value = getattr(rates, key)
-            if math.isfinite(value):
-                out[f"{split}_{key}"] = value
-    return out
+def threshold_rates(card: ModelCard, pred: dict[str, np.ndarray]) -> dict[str, float]:
+    """The plant's rates at the card's thresholds on one split's predictions: ``escape_rate`` (defective
+    parts passed), ``false_reject_rate`` (good parts rejected) and ``review_rate``; NaN ones left out."""
+    rates = decision_table(card, pred).rates
+    return {key: getattr(rates, key) for key in THRESHOLD_METRICS if math.isfinite(getattr(rates, key))}
 
 
 def calibrate_card(card: ModelCard, cfg: DecisionSection, run: RunDir, progress: Progress | None) -> ModelCard:

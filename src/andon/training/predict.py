@@ -18,9 +18,9 @@ from andon.inspect.preprocess import Preprocessor
 from andon.models import Classifier, load_checkpoint, model_from_checkpoint
 
 
-def load_run_model(run_dir: str | Path) -> tuple[Classifier, ModelCard]:
-    """The best model of a run, in eval mode on the CPU, and its card."""
-    path = Path(run_dir) / "best.pt"
+def load_run_model(run_dir: str | Path, checkpoint: str = "best.pt") -> tuple[Classifier, ModelCard]:
+    """The best model of a run (or its ``checkpoint``, e.g. ``last.pt``), in eval mode on the CPU, and its card."""
+    path = Path(run_dir) / checkpoint
     if not Path(run_dir).is_dir():
         raise RunError(f"run folder {run_dir} does not exist")
     ckpt = load_checkpoint(path)
@@ -28,10 +28,11 @@ def load_run_model(run_dir: str | Path) -> tuple[Classifier, ModelCard]:
 
 
 @torch.inference_mode()
-def predict_paths(run_dir: str | Path, paths: Sequence[str | Path], *,
-                  batch_size: int = 32) -> tuple[np.ndarray, ModelCard]:
-    """Probabilities (N x classes, float32, in ``paths`` order) of the run's best model, and its card."""
-    model, card = load_run_model(run_dir)
+def predict_paths(run_dir: str | Path, paths: Sequence[str | Path], *, batch_size: int = 32,
+                  checkpoint: str = "best.pt") -> tuple[np.ndarray, ModelCard]:
+    """Probabilities (N x classes, float32, in ``paths`` order) of the run's best model (or ``checkpoint``),
+    and its card."""
+    model, card = load_run_model(run_dir, checkpoint)
     pre = Preprocessor(card.preprocess)
     out = np.zeros((len(paths), len(card.classes)), dtype=np.float32)
     for start in range(0, len(paths), batch_size):

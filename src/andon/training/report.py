@@ -40,15 +40,15 @@ def write_report(run: RunDir, recipe: Recipe, card: ModelCard, reports: dict[str
     after a remap); the decisions table counts pass / review / reject per folder class.
     """
     monitor = resolve_monitor(recipe.train.monitor, card.classes, card.defect_classes)
-    figures = draw_figures(run, card, reports, best_epoch, monitor=monitor)
+    preds = {split: load_predictions(run.predictions(split)) for split in reports}
+    figures = draw_figures(run, card, reports, preds, best_epoch, monitor=monitor)
     main = "test" if "test" in reports else "val"
-    pred = load_predictions(run.predictions(main))
     sections = {
-        "summary": _summary_rows(run, recipe, card, best_epoch),
+        "summary": _summary_rows(run, recipe, card, best_epoch, monitor),
         "headline": {split: rep.headline() for split, rep in reports.items()},
         "per_class": reports[main],
         "main": main,
-        "decisions": decision_table(card, pred, (sources or {}).get(main)),
+        "decisions": decision_table(card, preds[main], (sources or {}).get(main)),
     }
     atomic_write(run.path / "report.md", _markdown(run.name, sections, figures, recipe))
     out = run.path / "report.html"
@@ -57,10 +57,10 @@ def write_report(run: RunDir, recipe: Recipe, card: ModelCard, reports: dict[str
 
 
 def draw_figures(run: RunDir, card: ModelCard, reports: dict[str, ClassificationReport],
-                 best_epoch: int, *, monitor: str = "macro_recall") -> list[Figure]:
+                 preds: dict[str, dict[str, np.ndarray]], best_epoch: int, *,
+                 monitor: str = "macro_recall") -> list[Figure]:
     plot_dir = run.path / "plots"
     main = "test" if "test" in reports else "val"
-    preds = {split: load_predictions(run.predictions(split)) for split in reports}
     curves = {split: (np.isin(p["y_true"], card.defect_indices), defect_score(p["probs"], card.defect_indices))
               for split, p in preds.items()}
     rep = reports[main]
@@ -133,14 +133,14 @@ def decision_table(card: ModelCard, pred: dict[str, np.ndarray], sources: list[s
     y_true, probs = pred["y_true"], pred["probs"]
     decisions = decide_many(card.thresholds, probs, card.classes, card.defect_classes)
     truth = [card.classes[i] for i in y_true]
-    folder = truth if sources is None else list(sources)
+    folder = np.array(truth if sources is None else list(sources), dtype=str)
     if len(folder) != len(truth):
         raise ValueError(f"{len(folder)} folder labels for {len(truth)} predictions")
+    class_of = dict(zip(folder.tolist(), truth))  # every image of a folder class has the same model class
     rows = []
-    for name in sorted(set(folder), key=lambda n: (card.classes.index(truth[folder.index(n)]), n)):
-        mine = np.array([f == name for f in folder])
-        counts = [int((decisions[mine] == d).sum()) for d in DECISIONS]
-        rows.append((name, truth[folder.index(name)], int(mine.sum()), *counts))
+    for name in sorted(class_of, key=lambda n: (card.classes.index(class_of[n]), n)):
+        mine = folder == name
+        rows.append((name, class_of[name], int(mine.sum()), *(int((decisions[mine] == d).sum()) for d in DECISIONS)))
     return DecisionTable(decision_rates(np.isin(y_true, card.defect_indices), decisions), rows)
 
 
@@ -152,10 +152,10 @@ def _rel(run: RunDir, path: Path) -> str:
     return path.relative_to(run.path).as_posix()
 
 
-def _summary_rows(run: RunDir, recipe: Recipe, card: ModelCard, best_epoch: int) -> list[tuple[str, str]]:
+def _summary_rows(run: RunDir, recipe: Recipe, card: ModelCard, best_epoch: int,
+                  monitor: str) -> list[tuple[str, str]]:
     rows = read_metrics(run.metrics)
     p = card.preprocess
-    monitor = resolve_monitor(recipe.train.monitor, card.classes, card.defect_classes)
     trained_as = [("trained as", describe_trained_as(card.trained_as) + " (one head unit each; the model adds up "
                    "their probabilities)")] if card.trained_as else []
     return [
