@@ -17,7 +17,8 @@ from andon.errors import WeightsError
 from andon.inspect.card import PreprocessSpec
 from andon.inspect.preprocess import Preprocessor
 from andon.models import create_model, load_weights
-from andon.models.weights import lite0_package_file
+from andon.models.backbones import BACKBONES
+from andon.models.weights import lite0_package_file, lite_package_file
 
 SHARED_MV2 = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "mobilenet_v2-imagenet.pth"
 MILITARY_UNIFORM = 652  # ImageNet-1k index; the classic label of the Grace Hopper test photo
@@ -123,6 +124,48 @@ def test_lite0_package_weights_map_one_to_one() -> None:
     assert int(probs.argmax()) == MILITARY_UNIFORM
     assert float(probs[MILITARY_UNIFORM]) > 0.2
 
+
+
+@pytest.mark.parametrize(("name", "n_tensors", "last_block_channels"),
+                         [("efficientnet_lite1", 384, 320), ("efficientnet_lite2", 384, 352)])
+def test_lite1_lite2_package_weights_map_one_to_one(name: str, n_tensors: int, last_block_channels: int) -> None:
+    try:
+        path = lite_package_file(name)
+    except WeightsError as exc:
+        pytest.skip(str(exc))
+    package = torch.load(path, map_location="cpu", weights_only=True)
+    model = create_model(name, 1000, weights="imagenet").eval()
+    ours = list(model.backbone.state_dict().values())
+    theirs = [v for k, v in package.items() if not k.startswith("_fc.")]
+    assert len(ours) == len(theirs) == n_tensors
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs)), "every package tensor lands in order"
+    assert package["_blocks.20._project_conv.weight"].shape[0] == last_block_channels
+    assert model.weights_info.mean == pytest.approx((127 / 255,) * 3)
+    assert name.replace("efficientnet_", "efficientnet-") in model.weights_info.source
+    # with the package's own ImageNet classifier, at the native input size, the photo is a military uniform
+    # (these packages are less sure than Lite0's: 11-13 %, ahead of suit and tie; a wrong mapping gives noise)
+    model.head.load_state_dict({"weight": package["_fc.weight"], "bias": package["_fc.bias"]})
+    from matplotlib import cbook
+
+    spec = PreprocessSpec(input_size=BACKBONES[name].input_size, resize="center_crop",
+                          mean=model.weights_info.mean, std=model.weights_info.std)
+    data = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).read_bytes()
+    with torch.no_grad():
+        probs = model(torch.from_numpy(Preprocessor(spec)(data))[None]).softmax(1)[0]
+    assert int(probs.argmax()) == MILITARY_UNIFORM
+    assert float(probs[MILITARY_UNIFORM]) > 0.08
+
+
+def test_lite_package_file_given_as_a_path_maps_in_order() -> None:
+    try:
+        path = lite_package_file("efficientnet_lite1")
+    except WeightsError as exc:
+        pytest.skip(str(exc))
+    model = create_model("efficientnet_lite1", 2, weights=path)
+    package = torch.load(path, map_location="cpu", weights_only=True)
+    torch.testing.assert_close(model.backbone.features[0][0].weight, package["_conv_stem.weight"])
+    with pytest.raises(WeightsError, match="efficientnet_lite2"):
+        create_model("efficientnet_lite2", 2, weights=path)  # Lite1's file does not fit Lite2
 
 @pytest.fixture
 def mv2_file() -> Path:

