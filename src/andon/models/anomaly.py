@@ -17,7 +17,8 @@ graph with the classifier:
   ReduceMin in ONNX), optionally blurred by a fixed Gaussian, and mapped into [0, 1) by ``d / (d + scale)``
   where ``scale`` is the median raw image score of good reference images that are not in the bank: a typical
   good part scores about 0.5. The image score is the maximum of the map.
-- ``fit_patchcore``: builds a ``PatchCore`` from batches of good images.
+- ``fit_patchcore``: builds a ``PatchCore`` from batches of good images (``build_patchcore`` from features
+  already extracted).
 """
 
 from __future__ import annotations
@@ -179,7 +180,10 @@ class PatchCore(nn.Module):
 
     def raw_map(self, image: torch.Tensor) -> torch.Tensor:
         """Distance of each patch to its nearest bank entry, ``[N, h, w]`` (blurred when ``blur_sigma > 0``)."""
-        features = self.extractor(image)
+        return self.distance_map(self.extractor(image))
+
+    def distance_map(self, features: torch.Tensor) -> torch.Tensor:
+        """``raw_map`` from patch features ``N x D x h x w`` already extracted (benchmarks reuse them)."""
         n, d, h, w = features.shape
         patches = features.permute(0, 2, 3, 1).reshape(-1, d)
         squared = (patches * patches).sum(1, keepdim=True) - 2.0 * (patches @ self.bank.t()) + self.bank_sq
@@ -246,11 +250,25 @@ def fit_patchcore(extractor: PatchFeatures, good_batches: Iterable[torch.Tensor]
     n_good = sum(len(b) for b in good)
     say(f"extracting patch features of {n_good} good images")
     patches = extract_patches(extractor, good)
+    with torch.no_grad():
+        reference_features = [extractor(batch) for batch in references]
+    return build_patchcore(extractor, patches, reference_features, bank_size=bank_size, seed=seed,
+                           blur_sigma=blur_sigma, progress=say)
+
+
+def build_patchcore(extractor: PatchFeatures, patches: torch.Tensor, reference_features: list[torch.Tensor], *,
+                    bank_size: int, seed: int = 0, blur_sigma: float = 0.0,
+                    progress: Progress | None = None) -> PatchCore:
+    """``fit_patchcore`` from features already extracted: good patches ``[M, D]`` and reference feature maps."""
+    say = progress or (lambda _message: None)
+    if len(patches) == 0:
+        raise DatasetError("no good patches to build the bank from")
     size = min(bank_size, len(patches))
     say(f"coreset: {size} of {len(patches)} patches ({100 * size / len(patches):.2f} %)")
     bank = patches[coreset_indices(patches, size, seed)]
     model = PatchCore(extractor, bank, 1.0, blur_sigma=blur_sigma).eval()
-    scores = raw_scores(model, references)
+    with torch.no_grad():
+        scores = torch.cat([model.distance_map(f).flatten(1).amax(dim=1) for f in reference_features])
     scale = float(scores.median())
     if scale <= 0:  # every reference patch is in the bank: any positive scale keeps the map monotone
         scale = float(scores.max()) or 1.0
