@@ -188,9 +188,9 @@ def _two_way(cut: float):
 
 def _recall_and_false_rejects(pred, classes: list[str], defects: list[str], thresholds) -> tuple[float, float]:
     """Share of defective parts not passed, and share of good parts not passed, by the card's decision rule."""
-    from andon.inspect.decision import decide_many
+    from andon.inspect.decision import DecisionPolicy
 
-    flagged = decide_many(thresholds, pred["probs"], classes, defects) != "pass"
+    flagged = DecisionPolicy(thresholds, classes, defects).decide(pred["probs"]).rank > 0
     bad = pred["y_true"] != classes.index("ok")
     return float(flagged[bad].mean()), float(flagged[~bad].mean())
 

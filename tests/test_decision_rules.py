@@ -1,11 +1,11 @@
-"""The three-way decision rule, including its edges, per-class bands and the vectorised form."""
+"""The three-way decision policy: its edges, per-class bands, the anomaly signal, and one frame = one row."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from andon.inspect import ThresholdBand, Thresholds, decide, decide_many
+from andon.inspect import DecisionPolicy, ModelOutputs, ThresholdBand, Thresholds
 
 CLASSES = ["ok", "scratch", "dent"]
 DEFECTS = ["scratch", "dent"]
@@ -14,6 +14,16 @@ BAND = Thresholds(defect=ThresholdBand(pass_below=0.3, reject_at=0.8))
 
 def row(scratch: float, dent: float) -> list[float]:
     return [1 - scratch - dent, scratch, dent]
+
+
+def decide(thresholds: Thresholds, probs_row, classes=CLASSES, defects=DEFECTS) -> tuple[str, list[str]]:
+    """One frame through the batch policy: its decision and reasons."""
+    verdicts = DecisionPolicy(thresholds, classes, defects).decide(np.asarray([probs_row]))
+    return verdicts.decision(0), verdicts.reasons(0)
+
+
+def decide_many(thresholds: Thresholds, probs, classes=CLASSES, defects=DEFECTS) -> np.ndarray:
+    return DecisionPolicy(thresholds, classes, defects).decide(np.asarray(probs)).decisions
 
 
 @pytest.mark.parametrize(("scratch", "dent", "expected"), [
@@ -69,7 +79,7 @@ def test_all_defect_classes_always_reject() -> None:
         assert reasons == ["P(defect) 1.00 >= reject_at 0.80"]
 
 
-def test_decide_many_matches_decide() -> None:
+def test_batch_matches_one_frame_at_a_time() -> None:
     rng = np.random.default_rng(7)
     probs = rng.dirichlet([0.5, 0.5, 0.5], size=2000)
     probs[:50] = np.round(probs[:50], 1)  # include values on the thresholds
@@ -82,5 +92,46 @@ def test_decide_many_matches_decide() -> None:
     assert set(many) == {"pass", "review", "reject"}
 
 
-def test_decide_many_empty() -> None:
-    assert decide_many(BAND, np.zeros((0, 3)), CLASSES, DEFECTS).shape == (0,)
+def test_empty_batch() -> None:
+    verdicts = DecisionPolicy(BAND, CLASSES, DEFECTS).decide(np.zeros((0, 3)))
+    assert verdicts.decisions.shape == (0,)
+    assert verdicts.counts() == {"pass": 0, "review": 0, "reject": 0}
+
+
+ANOMALY = Thresholds(defect=BAND.defect, anomaly=ThresholdBand(pass_below=0.5, reject_at=1.0))
+
+
+def test_anomaly_flags_what_the_classifier_passes_as_unknown_defect() -> None:
+    probs = np.asarray([row(0.05, 0.05), row(0.05, 0.05), row(0.5, 0.4), row(0.2, 0.15)])
+    anomaly = np.asarray([0.2, 0.7, 0.9, 0.6])
+    verdicts = DecisionPolicy(ANOMALY, CLASSES, DEFECTS).decide(ModelOutputs.of(probs, anomaly_score=anomaly))
+    assert list(verdicts.decisions) == ["pass", "review", "reject", "review"]
+    assert [verdicts.reason(i) for i in range(4)] == ["pass", "unknown defect", "defect", "defect"]
+    assert verdicts.reasons(1) == [
+        "P(defect) 0.10 < pass_below 0.30",
+        "anomaly score 0.70 in review band [0.50, 1.00): unlike the good parts, and unlike any defect the classifier "
+        "knows (unknown defect)"]
+    # the classifier already sends frame 3 to review: the anomaly score adds nothing, and says nothing
+    assert verdicts.reasons(3) == ["P(defect) 0.35 in review band [0.30, 0.80)"]
+    assert verdicts.flagged_by() == {"defect": 2, "anomaly": 1}
+
+
+def test_anomaly_band_only_stricter_and_needs_the_score() -> None:
+    policy = DecisionPolicy(ANOMALY, CLASSES, DEFECTS)
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet([0.5, 0.5, 0.5], size=500)
+    anomaly = rng.uniform(0, 1, size=500)
+    with_anomaly = policy.decide(ModelOutputs.of(probs, anomaly_score=anomaly)).rank
+    without = DecisionPolicy(BAND, CLASSES, DEFECTS).decide(probs).rank
+    assert (with_anomaly >= without).all() and (with_anomaly > without).any()
+    with pytest.raises(ValueError, match="anomaly_score"):
+        policy.decide(probs)
+
+
+def test_anomaly_only_model_decides_on_its_score() -> None:
+    band = Thresholds(defect=ThresholdBand(pass_below=0.5, reject_at=1.0))
+    policy = DecisionPolicy(band, ["anomaly", "ok"], ["anomaly"], anomaly_only=True)
+    verdicts = policy.decide(np.asarray([[0.3, 0.7], [0.6, 0.4]]))
+    assert list(verdicts.decisions) == ["pass", "review"]
+    assert verdicts.reason(1) == "anomaly"
+    assert verdicts.reasons(1) == ["anomaly score 0.60 in review band [0.50, 1.00)"]

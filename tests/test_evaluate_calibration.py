@@ -9,7 +9,7 @@ import pytest
 
 from andon.errors import CalibrationError
 from andon.evaluation.calibration import calibrate, calibrate_probs, required_samples
-from andon.inspect import decide_many
+from andon.inspect import DecisionPolicy
 
 
 def synthetic(rng: np.random.Generator, n_good: int, n_bad: int, *, overlap: float = 1.0):
@@ -91,7 +91,7 @@ def test_decisions_with_calibrated_thresholds_reproduce_the_reported_rates() -> 
     bad, scores = synthetic(rng, 3000, 700)
     result = calibrate(bad, scores, target_escape=0.01, max_false_reject=0.03)
     probs = np.stack([1 - scores, scores], axis=1)
-    decisions = decide_many(result.thresholds, probs, ["ok", "defect"], ["defect"])
+    decisions = DecisionPolicy(result.thresholds, ["ok", "defect"], ["defect"]).decide(probs).decisions
     assert ((decisions == "pass") & bad).sum() / bad.sum() == pytest.approx(result.escape_rate)
     assert ((decisions == "reject") & ~bad).sum() / (~bad).sum() == pytest.approx(result.false_reject_rate)
     assert (decisions == "review").mean() == pytest.approx(result.review_rate)
@@ -158,11 +158,11 @@ def test_per_class_band_meets_its_own_target() -> None:
     crack_band = result.bands[1]
     assert crack_band.name == "crack" and crack_band.target_escape == 0.005
     y2, probs2 = _three_class(np.random.default_rng(10), 20000, 5000, 40000)
-    decisions = decide_many(result.thresholds, probs2, classes, defects)
+    decisions = DecisionPolicy(result.thresholds, classes, defects).decide(probs2).decisions
     crack_escape = (decisions[y2 == 2] == "pass").mean()
     assert crack_escape <= 0.005 + 3 * math.sqrt(0.005 * 0.995 / 1200)
     without = calibrate_probs(y, probs, classes, defects, target_escape=0.02)
-    crack_escape_without = (decide_many(without.thresholds, probs2, classes, defects)[y2 == 2] == "pass").mean()
+    crack_escape_without = (DecisionPolicy(without.thresholds, classes, defects).decide(probs2).decisions[y2 == 2] == "pass").mean()
     assert crack_escape <= crack_escape_without
 
 

@@ -10,7 +10,7 @@ import pytest
 from andon.evaluation.evaluate import evaluate_probs, jsonable
 from andon.evaluation.metrics import decision_rates
 from andon.evaluation.tradeoff import operating_points, plot_tradeoff, tradeoff_curve
-from andon.inspect import ThresholdBand, Thresholds, decide_many
+from andon.inspect import DecisionPolicy, ThresholdBand, Thresholds
 
 
 def sample(seed: int = 0, n_good: int = 900, n_bad: int = 300):
@@ -24,7 +24,7 @@ def test_curve_rates_equal_decision_rates(pb: float, ra: float) -> None:
     bad, scores = sample()
     band = ThresholdBand(pass_below=pb, reject_at=ra)
     curve = tradeoff_curve(bad, scores)
-    decisions = decide_many(Thresholds(defect=band), np.stack([1 - scores, scores], 1), ["ok", "d"], ["d"])
+    decisions = DecisionPolicy(Thresholds(defect=band), ["ok", "d"], ["d"]).decide(np.stack([1 - scores, scores], 1)).decisions
     expected = decision_rates(bad, decisions)
     got = curve.rates(band)
     assert got["escape_rate"] == pytest.approx(expected.escape_rate)

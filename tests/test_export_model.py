@@ -164,7 +164,7 @@ def test_parity_failure_refuses_with_the_figure_and_writes_nothing(tmp_path: Pat
     noisy = Classifier("mobilenet_v3_small", _Noisy(base.backbone), base.feature_channels, 2)
     noisy.head.load_state_dict(base.head.state_dict())
     out = tmp_path / "out" / "noisy.onnx"
-    with pytest.raises(ExportError, match=r"differ by up to \d\.\d+(e-\d+)? in probabilities \(tolerance 0\.0001\)"):
+    with pytest.raises(ExportError, match=r"differ in probabilities by up to \d\.\d+(e-\d+)? \(tolerance 0\.0001\)"):
         export_model(noisy.eval(), _card(["ok", "defect"], ["defect"]), out, _inputs(4))
     assert not out.exists()
     assert not out.parent.exists() or list(out.parent.iterdir()) == []

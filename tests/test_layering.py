@@ -46,3 +46,24 @@ def test_import_linter_contracts_hold() -> None:
     out = subprocess.run(["lint-imports"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "0 broken" in out.stdout
+    # both contracts ran: torch stays out, and the packages stay layered (no inspect <-> evaluation cycle)
+    assert "2 kept" in out.stdout and "packages are layered" in out.stdout
+
+
+def test_layers_contract_catches_an_upward_import(tmp_path) -> None:
+    """The layers contract is not vacuous: a lower package importing a higher one breaks it."""
+    lint = subprocess.run([sys.executable, "-m", "importlinter.cli", "--help"], capture_output=True, text=True)
+    if lint.returncode != 0:
+        pytest.skip("import-linter is not installed (pip install -e '.[dev]')")
+    import shutil
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copytree(repo / "src", tmp_path / "src")
+    shutil.copy(repo / "pyproject.toml", tmp_path / "pyproject.toml")
+    upward = tmp_path / "src" / "andon" / "inspect" / "decision.py"
+    upward.write_text(upward.read_text() + "\nfrom andon.evaluation import metrics  # noqa: E402\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path / "src")}
+    out = subprocess.run(["lint-imports"], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert out.returncode != 0
+    assert "1 kept, 1 broken" in out.stdout and "andon.inspect.decision -> andon.evaluation" in out.stdout

@@ -37,25 +37,27 @@ def evaluate(
     """Report accuracy, per-class P/R/F1, confusion, ROC/PR AUC and the escape, false-reject and review rates
     at the model's thresholds, with the escape / false-reject / review trade-off."""
     from andon.evaluation.calibration import calibrate_probs
-    from andon.evaluation.evaluate import evaluate_probs, labels_for, model_probs, write_report
+    from andon.evaluation.evaluate import (defect_classes_for, evaluate_probs, labels_for, model_outputs,
+                                           thresholds_for, write_report)
 
     ds = _load(data, remap)
     eval_ds, split_name, note = _select(ds, split)
     cal_ds = _select(ds, calibrate_on, required=True)[0] if calibrate_on else None
     paths = [s.path for s in eval_ds] + ([s.path for s in cal_ds] if cal_ds is not None else [])
-    probs, card, info = model_probs(model, paths, batch_size=batch, progress=not as_json)
+    outputs, card, info = model_outputs(model, paths, batch_size=batch, progress=not as_json)
     classes = card.classes
-    defects = _defect_classes(classes, card.defect_classes, defect_classes)
-    thresholds = _thresholds_for(card.thresholds, defects)
+    defects = defect_classes_for(classes, card.defect_classes, defect_classes)
+    thresholds = thresholds_for(card.thresholds, defects)
     n_eval = len(eval_ds)
     y_eval = labels_for([s.label for s in eval_ds], classes, source=str(data))
     calibration = None
     if cal_ds is not None:
         y_cal = labels_for([s.label for s in cal_ds], classes, source=str(data))
-        calibration = calibrate_probs(y_cal, probs[n_eval:], classes, defects, target_escape=target_escape,
+        calibration = calibrate_probs(y_cal, outputs.probs[n_eval:], classes, defects, target_escape=target_escape,
                                       max_false_reject=max_false_reject, source=f"split '{calibrate_on}'")
-    evaluation = evaluate_probs(y_eval, probs[:n_eval], classes, defects, thresholds, model=info,
-                                data={"path": str(data), "split": split_name, "n": n_eval}, calibration=calibration)
+    evaluation = evaluate_probs(y_eval, outputs.take(slice(0, n_eval)), classes, defects, thresholds, model=info,
+                                data={"path": str(data), "split": split_name, "n": n_eval}, calibration=calibration,
+                                anomaly_only=card.anomaly_only)
     if note:
         evaluation.notes.append(note)
     if report is not None:
@@ -107,23 +109,6 @@ def _select(ds, split: str | None, *, required: bool = False):
         raise DatasetError(f"split {split!r} of {ds.root} has no images; splits present: "
                            f"{sorted({s.split for s in ds.samples if s.split})}")
     return subset, split, None
-
-
-def _defect_classes(classes: list[str], declared_by_card: list[str], option: str | None) -> list[str]:
-    from andon.inspect.card import default_defect_classes
-
-    if option is None:
-        return list(declared_by_card)
-    names = [c.strip() for c in option.split(",") if c.strip()]
-    if not names:
-        raise ConfigError(f"--defect-classes {option!r} names no class; classes are {classes}")
-    return default_defect_classes(classes, names)
-
-
-def _thresholds_for(thresholds, defects: list[str]):
-    """The card's thresholds, without per-class bands of classes no longer counted as defects."""
-    kept = {c: b for c, b in thresholds.per_class.items() if c in defects}
-    return thresholds if len(kept) == len(thresholds.per_class) else thresholds.model_copy(update={"per_class": kept})
 
 
 # -- terminal view (rich) ------------------------------------------------------------------------------------

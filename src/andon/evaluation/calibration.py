@@ -35,7 +35,7 @@ import numpy as np
 
 from andon.errors import CalibrationError
 from andon.inspect.card import ThresholdBand, Thresholds
-from andon.inspect.decision import decision_ranks
+from andon.inspect.decision import DecisionPolicy
 
 _ROUND = 1_000_000  # thresholds are multiples of 1e-6
 
@@ -179,9 +179,7 @@ def calibrate(is_defective: np.ndarray, scores: np.ndarray, *, target_escape: fl
         defect=ThresholdBand(pass_below=bands[0].pass_below, reject_at=bands[0].reject_at),
         per_class={b.name: ThresholdBand(pass_below=b.pass_below, reject_at=b.reject_at) for b in bands[1:]},
     )
-    rank = decision_ranks(scores, thresholds.defect)
-    for cls in per_class:
-        rank = np.maximum(rank, decision_ranks(np.asarray(cls.scores, dtype=np.float64), thresholds.per_class[cls.name]))
+    rank = DecisionPolicy(thresholds).decide_scores({"defect": scores, **{c.name: c.scores for c in per_class}}).rank
     result = _result(thresholds, bad, rank, bands, source)
     _check_combined(result, max_false_reject, max_review)
     return dataclasses.replace(result, thresholds=thresholds.model_copy(update={"source": result.description}))
@@ -196,7 +194,7 @@ def calibrate_probs(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str
     ``per_class`` names defect classes to give their own band, optionally with their own escape target
     (``{"crack": 0.001}``).
     """
-    from andon.evaluation.metrics import defect_score
+    from andon.inspect.decision import defect_score
 
     classes = list(classes)
     y_true = np.asarray(y_true, dtype=np.int64)

@@ -22,14 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from andon.errors import AndonError, DatasetError, RunError
+from andon.errors import AndonError, ConfigError, DatasetError, RunError
 from andon.evaluation.calibration import CalibrationResult
 from andon.evaluation.metrics import ClassificationReport, DecisionRates, classification_report, decision_rates, \
     defect_score
 from andon.evaluation.tradeoff import OperatingPoint, TradeoffCurve, operating_points, plot_tradeoff, tradeoff_curve
 from andon.fileio import write_atomic
-from andon.inspect.card import ModelCard, Thresholds
-from andon.inspect.decision import DECISIONS, decide_many
+from andon.inspect.card import ModelCard, Thresholds, default_defect_classes
+from andon.inspect.decision import DECISIONS, DecisionPolicy
+from andon.inspect.outputs import ModelOutputs, output_spec
 
 Progress = bool | None | Callable[[int, int], None]
 
@@ -49,11 +50,25 @@ class Evaluation:
     operating_points: list[OperatingPoint]
     curve: TradeoffCurve
     y_true: np.ndarray
-    probs: np.ndarray
+    outputs: ModelOutputs
+    #: frames flagged (review or reject) per deciding signal: {"defect": 12, "anomaly": 3}
+    flagged_by: dict[str, int] = field(default_factory=dict)
     calibration: CalibrationResult | None = None
     calibrated_rates: DecisionRates | None = None
     calibrated_decisions: dict[str, int] | None = None
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def probs(self) -> np.ndarray:
+        return np.asarray(self.outputs.probs, dtype=np.float64)
+
+    @property
+    def anomaly_auc(self) -> float:
+        """ROC AUC of the good-only anomaly score for defective vs good parts (NaN without one)."""
+        from andon.evaluation.metrics import roc_auc
+
+        score = self.outputs.get("anomaly_score")
+        return float("nan") if score is None else roc_auc(self.is_defective, score)
 
     @property
     def scores(self) -> np.ndarray:
@@ -76,6 +91,8 @@ class Evaluation:
             "per_class": [vars(m) for m in report.per_class],
             "confusion": report.confusion,
             "decisions": self.decisions,
+            "flagged_by": self.flagged_by,
+            "anomaly_roc_auc": self.anomaly_auc,
             "rates": self.rates.as_dict(),
             "operating_points": [p.as_dict() for p in self.operating_points],
             "calibration": None if self.calibration is None else self.calibration.as_dict(),
@@ -86,27 +103,32 @@ class Evaluation:
         return jsonable(out)
 
 
-def evaluate_probs(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], defect_classes: Sequence[str],
-                   thresholds: Thresholds, *, model: dict[str, str] | None = None,
-                   data: dict[str, object] | None = None, calibration: CalibrationResult | None = None) -> Evaluation:
-    """All figures from labels and probabilities; with ``calibration``, also the rates its thresholds give here."""
+def evaluate_probs(y_true: np.ndarray, probs: np.ndarray | ModelOutputs, classes: Sequence[str],
+                   defect_classes: Sequence[str], thresholds: Thresholds, *, model: dict[str, str] | None = None,
+                   data: dict[str, object] | None = None, calibration: CalibrationResult | None = None,
+                   anomaly_only: bool = False) -> Evaluation:
+    """All figures from labels and model outputs (or bare probabilities); with ``calibration``, also the rates its
+    thresholds give here."""
     classes, defect_classes = list(classes), list(defect_classes)
     y_true = np.asarray(y_true, dtype=np.int64)
-    probs = np.asarray(probs, dtype=np.float64)
+    outputs = probs if isinstance(probs, ModelOutputs) else ModelOutputs.of(np.asarray(probs, dtype=np.float64))
+    probs = np.asarray(outputs.probs, dtype=np.float64)
     report = classification_report(y_true, probs, classes, defect_classes)
     defect_idx = [classes.index(c) for c in defect_classes]
     bad, score = np.isin(y_true, defect_idx), defect_score(probs, defect_idx)
-    decisions = decide_many(thresholds, probs, classes, defect_classes)
+    verdicts = DecisionPolicy(thresholds, classes, defect_classes, anomaly_only=anomaly_only).decide(outputs)
+    decisions = verdicts.decisions
     band = thresholds.defect
     evaluation = Evaluation(
         model=model or {}, data=data or {}, classes=classes, defect_classes=defect_classes, thresholds=thresholds,
-        report=report, rates=decision_rates(bad, decisions), decisions=_counts(decisions),
+        report=report, rates=decision_rates(bad, decisions), decisions=verdicts.counts(),
         operating_points=operating_points(bad, score),
         curve=tradeoff_curve(bad, score, extra=(band.pass_below, band.reject_at)),
-        y_true=y_true, probs=probs,
+        y_true=y_true, outputs=outputs, flagged_by=verdicts.flagged_by(),
     )
     if calibration is not None:
-        calibrated = decide_many(calibration.thresholds, probs, classes, defect_classes)
+        calibrated = DecisionPolicy(calibration.thresholds, classes, defect_classes,
+                                    anomaly_only=anomaly_only).decide(outputs).decisions
         evaluation.calibration = calibration
         evaluation.calibrated_rates = decision_rates(bad, calibrated)
         evaluation.calibrated_decisions = _counts(calibrated)
@@ -114,6 +136,22 @@ def evaluate_probs(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]
         evaluation.notes.append("every class is a defect class: P(defect) = 1 for every part, so every part is "
                                 "rejected; read the per-class figures, not the plant rates")
     return evaluation
+
+
+def defect_classes_for(classes: list[str], declared_by_card: list[str], option: str | None) -> list[str]:
+    """The card's defect classes, or those a ``--defect-classes`` option names (comma-separated)."""
+    if option is None:
+        return list(declared_by_card)
+    names = [c.strip() for c in option.split(",") if c.strip()]
+    if not names:
+        raise ConfigError(f"--defect-classes {option!r} names no class; classes are {classes}")
+    return default_defect_classes(classes, names)
+
+
+def thresholds_for(thresholds: Thresholds, defects: list[str]) -> Thresholds:
+    """The card's thresholds, without per-class bands of classes no longer counted as defects."""
+    kept = {c: b for c, b in thresholds.per_class.items() if c in defects}
+    return thresholds if len(kept) == len(thresholds.per_class) else thresholds.model_copy(update={"per_class": kept})
 
 
 def _counts(decisions: np.ndarray) -> dict[str, int]:
@@ -140,7 +178,14 @@ def labels_for(labels: Sequence[str], classes: Sequence[str], *, source: str = "
 
 def onnx_probs(inspector, paths: Sequence[Path], *, batch_size: int = 32, progress: Progress = True,
                workers: int | None = None) -> np.ndarray:
-    """NxK probabilities for image files, through the inspector's preprocessing and one call per batch.
+    """NxK probabilities for image files (``onnx_outputs``' probabilities)."""
+    return onnx_outputs(inspector, paths, batch_size=batch_size, progress=progress, workers=workers).probs
+
+
+def onnx_outputs(inspector, paths: Sequence[Path], *, batch_size: int = 32, progress: Progress = True,
+                 workers: int | None = None) -> ModelOutputs:
+    """The model's outputs (all but the maps) for image files, through the inspector's preprocessing and one
+    call per batch.
 
     Files are read and preprocessed by a few threads (the decoders release the GIL) while the network runs.
     Unreadable images are collected and reported together: a silently skipped image would change the figures.
@@ -148,7 +193,8 @@ def onnx_probs(inspector, paths: Sequence[Path], *, batch_size: int = 32, progre
     from andon.datasets.progress import progress_bar
 
     k = len(inspector.card.classes)
-    out = np.zeros((len(paths), k), dtype=np.float32)
+    out = {key: np.zeros((len(paths), k) if key == "probabilities" else (len(paths),), dtype=np.float32)
+           for key in inspector.card.output_names if not output_spec(key).is_map}
     failures: list[str] = []
     workers = workers or min(4, os.cpu_count() or 1)
 
@@ -166,42 +212,44 @@ def onnx_probs(inspector, paths: Sequence[Path], *, batch_size: int = 32, progre
             tensors = list(pool.map(tensor, chunk))
             ok = [i for i, t in enumerate(tensors) if t is not None]
             if ok:
-                out[[start + i for i in ok]] = inspector.predict_probs(np.stack([tensors[i] for i in ok]))
+                batch = inspector.predict(np.stack([tensors[i] for i in ok]))
+                for key, values in batch.values.items():
+                    out[key][[start + i for i in ok]] = values
             advance(len(chunk))
     if failures:
         raise DatasetError(f"{len(failures)} image(s) cannot be read, so the figures would be wrong: "
                            + "; ".join(failures[:3]) + ("; ..." if len(failures) > 3 else "")
                            + "; find them all with 'andon data check'")
-    return out
+    return ModelOutputs(out)
 
 
-def model_probs(model: Path, paths: Sequence[Path], *, batch_size: int = 32,
-                progress: Progress = True) -> tuple[np.ndarray, ModelCard, dict[str, str]]:
-    """Probabilities from an exported ``.onnx`` (torch-free) or a training run folder (needs torch)."""
+def model_outputs(model: Path, paths: Sequence[Path], *, batch_size: int = 32,
+                  progress: Progress = True) -> tuple[ModelOutputs, ModelCard, dict[str, str]]:
+    """Outputs from an exported ``.onnx`` (torch-free) or a training run folder (needs torch)."""
     model = Path(model)
     if model.is_dir():
-        return _run_probs(model, paths)
+        return _run_outputs(model, paths)
     from andon.inspect.inspector import Inspector
 
     inspector = Inspector.load(model)
-    probs = onnx_probs(inspector, paths, batch_size=batch_size, progress=progress)
+    outputs = onnx_outputs(inspector, paths, batch_size=batch_size, progress=progress)
     info = {"path": str(model), "kind": "onnx", "name": inspector.card.name, "version": inspector.model_version,
             "hash": inspector.model_hash}
-    return probs, inspector.card, info
+    return outputs, inspector.card, info
 
 
-def _run_probs(run_dir: Path, paths: Sequence[Path]) -> tuple[np.ndarray, ModelCard, dict[str, str]]:
+def _run_outputs(run_dir: Path, paths: Sequence[Path]) -> tuple[ModelOutputs, ModelCard, dict[str, str]]:
     try:
-        from andon.training.predict import predict_paths  # torch: only for run folders
+        from andon.training.predict import predict_outputs  # torch: only for run folders
     except ImportError as exc:
         raise RunError(
             f"evaluating the run folder {run_dir} needs the training extras ({exc.name or exc} is missing): "
             "pip install 'andon[train]', or export it with 'andon export RUN' and evaluate the .onnx"
         ) from None
-    probs, card = predict_paths(run_dir, list(paths))
+    outputs, card = predict_outputs(run_dir, list(paths))
     info = {"path": str(run_dir), "kind": "run", "name": card.name, "version": card.version,
             "hash": card.content_hash}
-    return np.asarray(probs, dtype=np.float32), card, info
+    return outputs, card, info
 
 
 # -- the report --------------------------------------------------------------------------------------------

@@ -14,10 +14,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from andon.inspect.decision import defect_score
 
-def defect_score(probs: np.ndarray, defect_indices: list[int]) -> np.ndarray:
-    """P(defect) per row: the sum of the defect classes' probabilities."""
-    return np.asarray(probs, dtype=np.float64)[:, defect_indices].sum(axis=1)
+__all__ = ["defect_score"]  # defined with the decision it feeds; re-exported for the metrics' readers
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:

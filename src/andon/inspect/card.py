@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from andon import __version__
 from andon.errors import ModelCardError
+from andon.inspect.outputs import check_output_names
 
 CARD_METADATA_KEY = "andon.card"
 CARD_SCHEMA_VERSION = 1
@@ -83,12 +84,40 @@ class ThresholdBand(_Strict):
 
 
 class Thresholds(_Strict):
-    """Decision thresholds: one band on the defect probability, optional bands per defect class."""
+    """Decision thresholds: one band on the defect probability, optional bands per defect class, and an
+    optional band on the good-only anomaly score (``andon.inspect.decision`` says how they combine)."""
 
     defect: ThresholdBand = ThresholdBand()
     per_class: dict[str, ThresholdBand] = Field(default_factory=dict)
+    #: band on the anomaly score (models with an ``anomaly_score`` output); None: the score does not decide
+    anomaly: ThresholdBand | None = None
     #: how the thresholds were set ("default", "manual", or a calibration description)
     source: str = "default"
+
+
+class AnomalySpec(_Strict):
+    """The good-only anomaly detector inside the model file (``andon.models.anomaly``)."""
+
+    method: str = "patchcore"
+    #: the pretrained trunk the patch features come from (an andon backbone), its weights, and the indices of
+    #: the trunk blocks whose features are used
+    trunk: str
+    weights: str = "imagenet"
+    layers: list[int] = Field(default_factory=list)
+    #: patches in the memory bank (coreset of the good training images' patches) and their dimension
+    bank_size: int = Field(ge=1)
+    dim: int = Field(ge=1)
+    #: Gaussian blur of the distance map before the image score is taken (0: none)
+    blur_sigma: float = Field(0.0, ge=0.0)
+    #: good training images the bank was built from
+    n_good: int = Field(0, ge=0)
+    #: raw nearest-patch distance that maps to score 0.5 (score = d / (d + scale))
+    scale: float = Field(gt=0.0)
+    #: True: a model made from good parts only; its probabilities are (P(anomaly), P(ok)) from the anomaly
+    #: score, and the defect band decides on that score
+    only: bool = False
+    #: how the anomaly band was set (the false-alarm target, the good images it was verified on)
+    calibration: str = ""
 
 
 class ModelCard(_Strict):
@@ -117,6 +146,11 @@ class ModelCard(_Strict):
     #: classes the network learned as several source classes and whose probabilities it adds up, e.g.
     #: ``{"defect": ["blowhole", "crack"]}`` after a remap that merged defect types (``data.keep_source_classes``)
     trained_as: dict[str, list[str]] = Field(default_factory=dict)
+    #: why the thresholds are weak: too many good parts rejected or too many parts sent to review, judged on
+    #: the card's validation rates when training wrote it; ``andon export`` refuses such a card unless told to
+    threshold_warnings: list[str] = Field(default_factory=list)
+    #: the good-only anomaly detector in the graph, if any
+    anomaly: AnomalySpec | None = None
 
     @field_validator("classes")
     @classmethod
@@ -138,7 +172,18 @@ class ModelCard(_Strict):
         if bad:
             raise ValueError(f"per-class thresholds for {bad}, which are not defect classes {self.defect_classes}")
         head_layout(self.classes, self.trained_as)
+        check_output_names(self.output_names)
+        if self.thresholds.anomaly is not None and "anomaly_score" not in self.output_names:
+            raise ValueError("thresholds.anomaly is set but the model has no anomaly_score output")
+        if self.anomaly is not None and self.anomaly.only and self.thresholds.anomaly is not None:
+            raise ValueError("an anomaly-only model decides on thresholds.defect (its P(anomaly)); "
+                             "thresholds.anomaly must be unset")
         return self
+
+    @property
+    def anomaly_only(self) -> bool:
+        """A model made from good parts only (``andon train --anomaly-only``)."""
+        return self.anomaly is not None and self.anomaly.only
 
     @property
     def good_classes(self) -> list[str]:
@@ -159,8 +204,17 @@ class ModelCard(_Strict):
         return head_layout(self.classes, self.trained_as)[1]
 
     def to_json(self) -> str:
-        # without a merge the card leaves trained_as out, so andon versions before it still read the file
-        return self.model_dump_json(exclude=None if self.trained_as else {"trained_as"})
+        # fields a card does not use are left out, so andon versions from before them still read the file
+        exclude: dict = {}
+        if not self.trained_as:
+            exclude["trained_as"] = True
+        if not self.threshold_warnings:
+            exclude["threshold_warnings"] = True
+        if self.anomaly is None:
+            exclude["anomaly"] = True
+        if self.thresholds.anomaly is None:
+            exclude["thresholds"] = {"anomaly"}
+        return self.model_dump_json(exclude=exclude or None)
 
     @classmethod
     def from_json(cls, text: str) -> "ModelCard":
@@ -171,9 +225,10 @@ class ModelCard(_Strict):
 
     def with_thresholds(self, thresholds: Thresholds | dict) -> "ModelCard":
         """A copy deciding with ``thresholds``; the metrics measured at the old ones (``THRESHOLD_METRICS``)
-        are dropped rather than left to describe a decision the card no longer makes."""
+        are dropped rather than left to describe a decision the card no longer makes, and so are the
+        ``threshold_warnings`` about them."""
         kept = {k: v for k, v in self.metrics.items() if not k.endswith(THRESHOLD_METRICS)}
-        return self.replace(thresholds=thresholds, metrics=kept)
+        return self.replace(thresholds=thresholds, metrics=kept, threshold_warnings=[])
 
     def replace(self, **changes: object) -> "ModelCard":
         """A copy with ``changes`` applied and validated again."""

@@ -27,11 +27,11 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from andon.errors import AndonError, ImageDecodeError, ModelCardError, ModelFileError
-from andon.evaluation.metrics import defect_score
 from andon.inspect import decoding
 from andon.inspect.card import ModelCard, Thresholds
-from andon.inspect.decision import decide
+from andon.inspect.decision import DecisionPolicy, Verdicts
 from andon.inspect.onnxfile import content_hash, read_card
+from andon.inspect.outputs import ModelOutputs, output_spec
 from andon.inspect.preprocess import Frame, Preprocessor
 from andon.inspect.quality import frame_quality
 from andon.inspect.result import InspectionResult
@@ -52,8 +52,10 @@ class Inspector:
         self.preprocessor = preprocessor
         self._session = session
         self._input = card.input_name
-        self._probs_name = card.output_names["probabilities"]
-        self._heatmap_name = card.output_names.get("heatmap")
+        self.policy = DecisionPolicy.from_card(card)
+        #: outputs every call runs (what the decision needs) and those run only when maps are asked for
+        self._always = [k for k in card.output_names if not output_spec(k).is_map]
+        self._maps = [k for k in card.output_names if output_spec(k).is_map]
 
     # -- loading ---------------------------------------------------------------------------------------
 
@@ -92,20 +94,28 @@ class Inspector:
         return inspector
 
     def _warm_up(self, source: str | Path) -> None:
-        """One batch through the whole path; also proves the graph really outputs probabilities."""
+        """One batch through the whole path; also proves every output has its declared shape and range."""
         h, w = self.card.preprocess.input_size
         tensor = self.preprocessor(np.full((2 * h, 2 * w, 3), 128, dtype=np.uint8))[None]  # resize path too
-        probs, heat = self._run(tensor, heatmap=self._heatmap_name is not None)
+        outputs = self._run(tensor, maps=True)
         k = len(self.card.classes)
-        if probs.shape != (1, k) or not np.all(np.isfinite(probs)):
-            raise ModelFileError(f"{source}: output '{self._probs_name}' gave shape {probs.shape}, expected (1, {k})")
+        names = self.card.output_names
+        for key, value in outputs.values.items():
+            dims = output_spec(key).dims
+            fits = value.ndim == len(dims) and value.shape[0] == 1 and ("K" not in dims or value.shape[1] == k)
+            if not fits or not np.all(np.isfinite(value)):
+                raise ModelFileError(f"{source}: output '{names[key]}' gave {value.shape} "
+                                     f"{'' if fits else '(wrong shape) '}with values "
+                                     f"{'finite' if np.all(np.isfinite(value)) else 'not all finite'}; expected "
+                                     f"({', '.join(dims)}) with N=1, K={k}, finite")
+        probs = outputs.probs
         if not np.all(probs >= -1e-4) or abs(float(probs.sum()) - 1.0) > 1e-3:
             raise ModelFileError(
-                f"{source}: output '{self._probs_name}' is not a probability vector (sums to {float(probs.sum()):.4f}"
-                f", min {float(probs.min()):.4f}); the graph must end with a softmax over {k} classes"
+                f"{source}: output '{names['probabilities']}' is not a probability vector (sums to "
+                f"{float(probs.sum()):.4f}, min {float(probs.min()):.4f}); the graph must end with a softmax over {k} "
+                "classes"
             )
-        if heat is not None and (heat.ndim != 3 or heat.shape[0] != 1):
-            raise ModelFileError(f"{source}: output '{self._heatmap_name}' gave shape {heat.shape}, expected (1, h, w)")
+        self.policy.decide(outputs)  # the decision finds every score it needs
 
     # -- thresholds ------------------------------------------------------------------------------------
 
@@ -117,12 +127,18 @@ class Inspector:
         """A copy deciding with other thresholds; shares the (expensive) onnxruntime session."""
         other = copy.copy(self)
         other.card = self.card.replace(thresholds=thresholds.model_dump())
+        other.policy = DecisionPolicy.from_card(other.card)
         return other
+
+    @property
+    def has_maps(self) -> bool:
+        """Whether the model outputs a map (class heatmap or anomaly map) to show where the defect is."""
+        return bool(self._maps)
 
     # -- inference -------------------------------------------------------------------------------------
 
-    def predict_probs(self, tensors: np.ndarray) -> np.ndarray:
-        """Bare forward pass: float32 Nx3xHxW preprocessed tensors -> NxK class probabilities."""
+    def predict(self, tensors: np.ndarray, *, maps: bool = False) -> ModelOutputs:
+        """Bare forward pass: float32 Nx3xHxW preprocessed tensors -> the model's outputs (maps when asked)."""
         tensors = np.ascontiguousarray(tensors, dtype=np.float32)
         if tensors.ndim == 3:
             tensors = tensors[None]
@@ -130,8 +146,13 @@ class Inspector:
         if tensors.ndim != 4 or tensors.shape[1:] != (3, h, w):
             raise ImageDecodeError(f"tensors of shape {tensors.shape} do not fit the model input (N, 3, {h}, {w})")
         if len(tensors) == 0:
-            return np.zeros((0, len(self.card.classes)), dtype=np.float32)
-        return self._run(tensors, heatmap=False)[0]
+            return ModelOutputs({k: np.zeros((0, len(self.card.classes)) if k == "probabilities" else (0,),
+                                              dtype=np.float32) for k in self._always})
+        return self._run(tensors, maps=maps)
+
+    def predict_probs(self, tensors: np.ndarray) -> np.ndarray:
+        """Bare forward pass: float32 Nx3xHxW preprocessed tensors -> NxK class probabilities."""
+        return self.predict(tensors).probs
 
     def inspect(self, frame: Frame, *, heatmap: bool = False) -> InspectionResult:
         """The verdict on one frame (image bytes, or a uint8/uint16 grey, RGB or RGBA array)."""
@@ -158,23 +179,24 @@ class Inspector:
             return list(prepared)  # type: ignore[arg-type]
         t0 = time.perf_counter()
         batch = good[0].tensor[None] if len(good) == 1 else np.stack([p.tensor for p in good])  # no copy for one
-        probs, heat = self._run(batch, heatmap=heatmap)
+        outputs = self._run(batch, maps=heatmap)
         infer_ms = (time.perf_counter() - t0) * 1000.0 / len(good)  # the batch call, amortised per frame
+        verdicts = self.policy.decide(outputs)
         results: list[InspectionResult | AndonError] = []
         row = 0
         for p in prepared:
             if not isinstance(p, _Prepared):
                 results.append(p)
                 continue
-            results.append(self._result(p, probs[row], None if heat is None else heat[row], infer_ms))
+            results.append(self._result(p, outputs, verdicts, row, infer_ms))
             row += 1
         return results
 
     # -- internals -------------------------------------------------------------------------------------
 
     def _check_heatmap(self, heatmap: bool) -> None:
-        if heatmap and self._heatmap_name is None:
-            raise ModelCardError(f"model {self.path.name} has no heatmap output (card output_names "
+        if heatmap and not self._maps:
+            raise ModelCardError(f"model {self.path.name} has no heatmap or anomaly map output (card output_names "
                                  f"{self.card.output_names})")
 
     def _prepare(self, frame: Frame) -> "_Prepared":
@@ -188,28 +210,30 @@ class Inspector:
         t2 = time.perf_counter()
         return _Prepared(tensor, size, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0, quality)
 
-    def _run(self, tensors: np.ndarray, *, heatmap: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        names = [self._probs_name] + ([self._heatmap_name] if heatmap and self._heatmap_name else [])
-        outputs = self._session.run(names, {self._input: tensors})  # type: ignore[attr-defined]
-        heat = None
-        if len(outputs) > 1:
-            heat = np.clip(np.asarray(outputs[1], dtype=np.float32), 0.0, 1.0)
-        return np.asarray(outputs[0], dtype=np.float32), heat
+    def _run(self, tensors: np.ndarray, *, maps: bool) -> ModelOutputs:
+        keys = self._always + (self._maps if maps else [])
+        names = [self.card.output_names[k] for k in keys]
+        arrays = self._session.run(names, {self._input: tensors})  # type: ignore[attr-defined]
+        return ModelOutputs.from_run(keys, arrays)
 
-    def _result(self, p: "_Prepared", probs: np.ndarray, heat: np.ndarray | None,
+    def _result(self, p: "_Prepared", outputs: ModelOutputs, verdicts: Verdicts, row: int,
                 infer_ms: float) -> InspectionResult:
         classes = self.card.classes
-        decision, reasons = decide(self.card.thresholds, probs, classes, self.card.defect_classes)
-        score = float(defect_score(probs[None], self.card.defect_indices)[0])
+        probs = outputs.probs[row]
         timings = {"decode": p.decode_ms, "preprocess": p.preprocess_ms, "infer": infer_ms}
         timings["total"] = sum(timings.values())
+        anomaly = outputs.get("anomaly_score")
+        heat, amap = outputs.get("heatmap"), outputs.get("anomaly_map")
         return InspectionResult(
             label=classes[int(np.argmax(probs))],
             scores={c: float(v) for c, v in zip(classes, probs)},
-            defect_score=score,
-            decision=decision,
-            reasons=reasons,
-            heatmap=heat,
+            defect_score=float(verdicts.scores[verdicts.signals[0].name][row]),
+            decision=verdicts.decision(row),
+            reasons=verdicts.reasons(row),
+            reason=verdicts.reason(row),
+            anomaly_score=None if anomaly is None else float(anomaly[row]),
+            anomaly_map=None if amap is None else amap[row],
+            heatmap=None if heat is None else heat[row],
             model_version=self.model_version,
             model_hash=self.model_hash,
             timings_ms=timings,
@@ -375,25 +399,19 @@ def check_signature(model: onnx.ModelProto, card: ModelCard, source: str | Path)
 
 
 def _check_outputs(graph: onnx.GraphProto, card: ModelCard, source: str | Path) -> None:
+    """Every output the card names is in the graph with its declared rank (and K classes where declared)."""
     outputs = {o.name: o for o in graph.output}
     k = len(card.classes)
-    probs_name = card.output_names.get("probabilities")
-    if probs_name is None or probs_name not in outputs:
-        raise ModelFileError(f"{source}: wrong output signature: no probabilities output '{probs_name}' among "
-                             f"{sorted(outputs)}")
-    dims = _dims(outputs[probs_name])
-    if dims is None or len(dims) != 2 or (isinstance(dims[1], int) and dims[1] != k):
-        raise ModelFileError(f"{source}: wrong output signature: '{probs_name}' is {_describe_value(outputs[probs_name])}"
-                             f", expected (N, {k}) for the card's {k} classes {card.classes}")
-    heat_name = card.output_names.get("heatmap")
-    if heat_name is not None:
-        if heat_name not in outputs:
-            raise ModelFileError(f"{source}: wrong output signature: no heatmap output '{heat_name}' among "
-                                 f"{sorted(outputs)}")
-        hdims = _dims(outputs[heat_name])
-        if hdims is None or len(hdims) != 3:
-            raise ModelFileError(f"{source}: wrong output signature: '{heat_name}' is "
-                                 f"{_describe_value(outputs[heat_name])}, expected (N, h, w)")
+    for key, name in card.output_names.items():
+        spec = output_spec(key)
+        want = "(" + ", ".join(str(k) if d == "K" else d for d in spec.dims) + ")"
+        if name not in outputs:
+            raise ModelFileError(f"{source}: wrong output signature: no {key} output '{name}' among {sorted(outputs)}")
+        dims = _dims(outputs[name])
+        if dims is None or len(dims) != spec.rank or ("K" in spec.dims and isinstance(dims[1], int) and dims[1] != k):
+            raise ModelFileError(f"{source}: wrong output signature: '{name}' is {_describe_value(outputs[name])}, "
+                                 f"expected {want}" + (f" for the card's {k} classes {card.classes}"
+                                                       if "K" in spec.dims else ""))
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str] | None:

@@ -44,27 +44,41 @@ from andon import fileio
 from andon.errors import AndonError, ConfigError, ExportError
 from andon.inspect.card import ModelCard
 from andon.inspect.onnxfile import embed_card
+from andon.inspect.outputs import exported_names, output_spec
 from andon.models.classifier import Classifier
 from andon.models.graph import InspectionGraph
 from andon.models.quantize import Int8Report
 
-PROBS_TOLERANCE = 1e-4
-#: the heatmap is for display as 8-bit colour: one level (1/255) is the tolerance. Per-location logits are not
-#: averaged like the pooled ones, so their float error is larger (up to ~5e-4 seen on a resnet50)
-HEATMAP_TOLERANCE = 1 / 255
-INPUT_NAME, PROBS_NAME, HEATMAP_NAME = "image", "probs", "heatmap"
+#: torch vs onnxruntime, per output (``OutputSpec.tolerance``): 1e-4 for probabilities and the anomaly score;
+#: maps are for display as 8-bit colour, one level (1/255). Per-location logits are not averaged like the pooled
+#: ones, so their float error is larger (up to ~5e-4 seen on a resnet50)
+PROBS_TOLERANCE = output_spec("probabilities").tolerance
+HEATMAP_TOLERANCE = output_spec("heatmap").tolerance
+INPUT_NAME = "image"
+PROBS_NAME = output_spec("probabilities").graph_name
 Exporter = Literal["torchscript", "dynamo"]
 Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class Parity:
-    """Largest torch-vs-onnxruntime differences over the verification images."""
+    """Largest torch-vs-onnxruntime differences over the verification images, per output key."""
 
-    probs_max_abs: float
-    heatmap_max_abs: float
+    max_abs: dict[str, float]
     n_images: int
     batch_sizes: tuple[int, ...]
+
+    @property
+    def probs_max_abs(self) -> float:
+        return self.max_abs["probabilities"]
+
+    @property
+    def heatmap_max_abs(self) -> float:
+        return self.max_abs.get("heatmap", 0.0)
+
+    def describe(self) -> str:
+        """``probabilities 2.1e-07, heatmap 3.0e-06, ...``"""
+        return ", ".join(f"{key} {value:.2e}" for key, value in self.max_abs.items())
 
 
 @dataclass
@@ -82,13 +96,14 @@ class ExportReport:
     stages: dict[str, float] = field(default_factory=dict)
 
 
-def export_model(model: Classifier, card: ModelCard, out_path: str | Path, verify_inputs: np.ndarray, *,
-                 opset: int = 17, exporter: Exporter = "torchscript",
+def export_model(model: Classifier | None, card: ModelCard, out_path: str | Path, verify_inputs: np.ndarray, *,
+                 anomaly: torch.nn.Module | None = None, opset: int = 17, exporter: Exporter = "torchscript",
                  progress: Progress | None = None) -> ExportReport:
-    """Export ``model`` with ``card`` to ``out_path`` (fp32), verified on ``verify_inputs`` (N x 3 x H x W)."""
+    """Export ``model`` (and/or the ``anomaly`` detector) with ``card`` to ``out_path`` (fp32), verified on
+    ``verify_inputs`` (N x 3 x H x W)."""
     t0 = time.perf_counter()
     out_path = _check_out_path(out_path)
-    built = build(model, card, verify_inputs, opset=opset, exporter=exporter, progress=progress)
+    built = build(model, card, verify_inputs, anomaly=anomaly, opset=opset, exporter=exporter, progress=progress)
     _say(progress, f"writing {out_path}")
     write_atomic(out_path, built.data)
     return ExportReport(path=out_path, card=built.card, opset=built.opset, exporter=exporter,
@@ -109,18 +124,20 @@ class Built:
     stages: dict[str, float]
 
 
-def build(model: Classifier, card: ModelCard, verify_inputs: np.ndarray, *, opset: int = 17,
-          exporter: Exporter = "torchscript", progress: Progress | None = None) -> Built:
+def build(model: Classifier | None, card: ModelCard, verify_inputs: np.ndarray, *,
+          anomaly: torch.nn.Module | None = None, opset: int = 17, exporter: Exporter = "torchscript",
+          progress: Progress | None = None) -> Built:
     """Trace, optimise, card and verify; nothing is written."""
     stages: dict[str, float] = {}
-    verify_inputs = _check_inputs(model, card, verify_inputs)
-    model = model.eval()
-    graph_module = InspectionGraph(model, card.defect_indices).eval()
+    verify_inputs = _check_inputs(model, card, verify_inputs, anomaly)
+    model = None if model is None else model.eval()
+    graph_module = InspectionGraph(model, card.defect_indices, None if anomaly is None else anomaly.eval()).eval()
     t = time.perf_counter()
-    _say(progress, f"tracing {model.model_name} to ONNX ({exporter}, opset {opset})")
+    what = " + ".join(([model.model_name] if model is not None else []) + (["anomaly detector"] if anomaly else []))
+    _say(progress, f"tracing {what} to ONNX ({exporter}, opset {opset})")
     graph = to_onnx(graph_module, card.preprocess.input_size, opset=opset, exporter=exporter)
     stages["trace"] = time.perf_counter() - t
-    card = export_card(card, model)
+    card = export_card(card, model, graph_module.output_keys)
     data, card = with_card(graph, card)
     t = time.perf_counter()
     _say(progress, f"verifying parity with torch on {len(verify_inputs)} images")
@@ -130,11 +147,12 @@ def build(model: Classifier, card: ModelCard, verify_inputs: np.ndarray, *, opse
                  heatmap_size=heat_hw, stages=stages)
 
 
-def export_card(card: ModelCard, model: Classifier, *, quantization: str = "fp32") -> ModelCard:
+def export_card(card: ModelCard, model: Classifier | None, output_keys: tuple[str, ...] = ("probabilities", "heatmap"),
+                *, quantization: str = "fp32") -> ModelCard:
     """The card as exported: the graph's names, the backbone, this andon version and the export time."""
     return card.replace(
-        backbone=model.model_name, input_name=INPUT_NAME,
-        output_names={"probabilities": PROBS_NAME, "heatmap": HEATMAP_NAME}, quantization=quantization,
+        backbone=card.backbone if model is None else model.model_name, input_name=INPUT_NAME,
+        output_names=exported_names(output_keys), quantization=quantization,
         andon_version=__version__, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         content_hash="",
     )
@@ -152,6 +170,7 @@ def to_onnx(graph_module: InspectionGraph, input_hw: tuple[int, int], *, opset: 
             exporter: Exporter = "torchscript") -> onnx.ModelProto:
     """Trace ``graph_module`` to a self-contained ONNX graph with a dynamic batch dimension."""
     example = torch.zeros(2, 3, *input_hw)  # batch 2: a traced batch of 1 can get specialised away
+    names = list(exported_names(graph_module.output_keys).values())
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter; the result is verified instead
         if exporter == "torchscript":
@@ -161,8 +180,8 @@ def to_onnx(graph_module: InspectionGraph, input_hw: tuple[int, int], *, opset: 
 
             buffer = io.BytesIO()
             torch.onnx.export(graph_module, (example,), buffer, dynamo=False, opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=[PROBS_NAME, HEATMAP_NAME],
-                              dynamic_axes={n: {0: "batch"} for n in (INPUT_NAME, PROBS_NAME, HEATMAP_NAME)},
+                              input_names=[INPUT_NAME], output_names=names,
+                              dynamic_axes={n: {0: "batch"} for n in (INPUT_NAME, *names)},
                               do_constant_folding=True)
             model = onnx.load_model_from_string(buffer.getvalue())
         elif exporter == "dynamo":
@@ -171,7 +190,7 @@ def to_onnx(graph_module: InspectionGraph, input_hw: tuple[int, int], *, opset: 
                                   "use exporter 'torchscript' for opset 17")
             batch = torch.export.Dim("batch", min=1, max=4096)
             program = torch.onnx.export(graph_module, (example,), dynamo=True, opset_version=opset,
-                                        input_names=[INPUT_NAME], output_names=[PROBS_NAME, HEATMAP_NAME],
+                                        input_names=[INPUT_NAME], output_names=names,
                                         dynamic_shapes={"image": {0: batch}}, external_data=False, verbose=False)
             model = program.model_proto
         else:
@@ -185,7 +204,8 @@ def _finish(model: onnx.ModelProto) -> onnx.ModelProto:
 
     model = onnxscript.optimizer.optimize(model)
     model.producer_name, model.producer_version = "andon", __version__
-    model.doc_string = "andon defect classifier: image -> probs, heatmap; the model card is in metadata 'andon.card'"
+    outputs = ", ".join(o.name for o in model.graph.output)
+    model.doc_string = f"andon inspection model: image -> {outputs}; the model card is in metadata 'andon.card'"
     for tensor in model.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             raise ExportError(f"the exporter stored tensor {tensor.name} outside the graph; the file must be "
@@ -202,32 +222,37 @@ def _finish(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def verify(graph_module: InspectionGraph, data: bytes, inputs: np.ndarray, *,
            batch: int = 16) -> tuple[Parity, tuple[int, int]]:
-    """Load ``data`` as the service will, and compare its outputs with torch's; ``ExportError`` if they differ."""
+    """Load ``data`` as the service will, and compare every output with torch's; ``ExportError`` if one differs
+    by more than its tolerance (``OutputSpec.tolerance``). Returns the parity and the map size (h, w)."""
     from andon.inspect.session import create_session
 
     _check_loads(data, "the exported model")
     session = create_session(data)
-    probs_diff = heat_diff = 0.0
+    keys = graph_module.output_keys
+    names = list(exported_names(keys).values())
+    diffs = dict.fromkeys(keys, 0.0)
     sizes = [1] + [min(batch, len(inputs) - i) for i in range(0, len(inputs), batch)]
     starts = [0] + list(range(0, len(inputs), batch))
-    heat_hw = (0, 0)
+    map_hw = (0, 0)
     for start, size in zip(starts, sizes):
         x = np.ascontiguousarray(inputs[start:start + size])
         with torch.no_grad():
-            t_probs, t_heat = graph_module(torch.from_numpy(x))
-        o_probs, o_heat = session.run([PROBS_NAME, HEATMAP_NAME], {INPUT_NAME: x})
-        if o_probs.shape != tuple(t_probs.shape) or o_heat.shape != tuple(t_heat.shape):
-            raise ExportError(f"onnxruntime gave shapes {o_probs.shape}, {o_heat.shape} for a batch of {size}; "
-                              f"torch gave {tuple(t_probs.shape)}, {tuple(t_heat.shape)}")
-        probs_diff = max(probs_diff, float(np.abs(o_probs.astype(np.float64) - t_probs.double().numpy()).max()))
-        heat_diff = max(heat_diff, float(np.abs(o_heat.astype(np.float64) - t_heat.double().numpy()).max()))
-        heat_hw = (int(o_heat.shape[1]), int(o_heat.shape[2]))
-    parity = Parity(probs_diff, heat_diff, len(inputs), tuple(sorted(set(sizes))))
-    if probs_diff > PROBS_TOLERANCE or heat_diff > HEATMAP_TOLERANCE:
-        raise ExportError(f"parity check failed: onnxruntime and torch differ by up to {probs_diff:.3g} in "
-                          f"probabilities (tolerance {PROBS_TOLERANCE:g}) and {heat_diff:.3g} in heatmaps (tolerance "
-                          f"{HEATMAP_TOLERANCE:.2g}) on {len(inputs)} images; the file was not written")
-    return parity, heat_hw
+            expected = [t.double().numpy() for t in graph_module(torch.from_numpy(x))]
+        got = session.run(names, {INPUT_NAME: x})
+        for key, o, t in zip(keys, got, expected):
+            if o.shape != t.shape:
+                raise ExportError(f"onnxruntime gave shape {o.shape} for output {key} on a batch of {size}; torch "
+                                  f"gave {t.shape}")
+            diffs[key] = max(diffs[key], float(np.abs(o.astype(np.float64) - t).max()) if o.size else 0.0)
+            if key == "heatmap" or (output_spec(key).is_map and "heatmap" not in keys):
+                map_hw = (int(o.shape[1]), int(o.shape[2]))
+    parity = Parity(diffs, len(inputs), tuple(sorted(set(sizes))))
+    failed = {k: v for k, v in diffs.items() if v > output_spec(k).tolerance}
+    if failed:
+        detail = ", ".join(f"{k} by up to {v:.3g} (tolerance {output_spec(k).tolerance:.2g})" for k, v in failed.items())
+        raise ExportError(f"parity check failed: onnxruntime and torch differ in {detail} on {len(inputs)} images; "
+                          "the file was not written")
+    return parity, map_hw
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -246,13 +271,25 @@ def _check_out_path(out_path: str | Path) -> Path:
     return out_path
 
 
-def _check_inputs(model: Classifier, card: ModelCard, inputs: np.ndarray) -> np.ndarray:
+def _check_inputs(model: Classifier | None, card: ModelCard, inputs: np.ndarray,
+                  anomaly: torch.nn.Module | None = None) -> np.ndarray:
+    if (card.anomaly is None) != (anomaly is None):
+        raise ExportError("the card describes an anomaly detector but none was given" if anomaly is None else
+                          "an anomaly detector was given but the card does not describe one (card.anomaly)")
+    if model is None:
+        if not card.anomaly_only:
+            raise ExportError("only an anomaly-only model (card.anomaly.only) is exported without a classifier")
+        return _check_shape(card, inputs)
     if len(card.classes) != model.num_classes:
         raise ExportError(f"the card lists {len(card.classes)} classes {card.classes} but the model has "
                           f"{model.num_classes} outputs")
     if card.head_groups != model.head_groups.tolist():
         raise ExportError(f"the card's training classes {card.training_classes} do not match the model's head of "
                           f"{model.head_units} units")
+    return _check_shape(card, inputs)
+
+
+def _check_shape(card: ModelCard, inputs: np.ndarray) -> np.ndarray:
     h, w = card.preprocess.input_size
     inputs = np.asarray(inputs, dtype=np.float32)
     if inputs.ndim != 4 or inputs.shape[1:] != (3, h, w):

@@ -1,10 +1,16 @@
-"""The exported inspection graph: ``image`` -> ``probs``, ``heatmap`` (the contract the Inspector relies on).
+"""The exported inspection graph: ``image`` -> the outputs declared in ``andon.inspect.outputs``.
 
-Inputs and outputs (batch dimension dynamic):
+Input and outputs (batch dimension dynamic; ``output_keys`` lists what a graph has, in order):
 
 - ``image``   float32 [N, 3, H, W]: the tensor ``Preprocessor`` makes (RGB, normalised by the card).
 - ``probs``   float32 [N, K]: softmax of the classifier's logits, in the card's class order.
 - ``heatmap`` float32 [N, h, w] in [0, 1], at the resolution of the last feature map (H/32 x W/32).
+- ``anomaly_score`` [N] and ``anomaly_map`` [N, h', w'], when the graph carries a good-only anomaly
+  detector (``andon.models.anomaly``): it reads the same input tensor as the classifier.
+
+An anomaly-only graph (a model made from good parts only) has no classifier: its ``probs`` are
+(P(anomaly), P(ok)) = (a, 1 - a) from the anomaly score ``a``, so that everything that reads probabilities
+(the label, P(defect), evaluation) works unchanged, and it has no class heatmap.
 
 The heatmap is a class activation map, exact because the head is linear on globally averaged features:
 with per-location logits ``z(y, x) = head(F[:, :, y, x])`` (whose spatial mean is the logits),
@@ -32,14 +38,22 @@ from andon.models.classifier import Classifier
 
 
 class InspectionGraph(nn.Module):
-    """Wraps a trained ``Classifier`` into the two-output graph that export writes to ONNX."""
+    """Wraps a trained ``Classifier`` (and/or an anomaly detector) into the graph that export writes to ONNX."""
 
-    def __init__(self, model: Classifier, defect_indices: list[int]) -> None:
+    def __init__(self, model: Classifier | None, defect_indices: list[int], anomaly: nn.Module | None = None) -> None:
         super().__init__()
+        if model is None and anomaly is None:
+            raise ValueError("an inspection graph needs a classifier, an anomaly detector, or both")
+        self.model = model
+        self.anomaly = anomaly
+        #: the outputs of ``forward``, in order (keys of ``andon.inspect.outputs``)
+        self.output_keys: tuple[str, ...] = (("probabilities",) + (("heatmap",) if model is not None else ())
+                                             + (("anomaly_score", "anomaly_map") if anomaly is not None else ()))
+        if model is None:
+            return
         k = model.num_classes
         if not defect_indices or any(not 0 <= i < k for i in defect_indices):
             raise ValueError(f"defect indices {defect_indices} must be a non-empty subset of 0..{k - 1}")
-        self.model = model
         self.all_defect = len(set(defect_indices)) == k
         groups = model.head_groups.detach().cpu()
         mask = torch.isin(groups, torch.tensor(sorted(set(defect_indices)))).float()
@@ -47,7 +61,14 @@ class InspectionGraph(nn.Module):
         #: the class of each head unit
         self.register_buffer("unit_class", groups[None, :], persistent=False)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.model is None:
+            score, amap = self.anomaly(image)
+            return torch.stack([score, 1.0 - score], dim=1), score, amap
+        outputs = self._classify(image)
+        return outputs + tuple(self.anomaly(image)) if self.anomaly is not None else outputs
+
+    def _classify(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.model.features(image)
         logits = self.model.logits(feats)
         local = torch.softmax(self.model.local_logits(feats), dim=1)

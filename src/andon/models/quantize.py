@@ -42,6 +42,8 @@ class Int8Report:
     fp32_bytes: int
     int8_bytes: int
     calibration_images: int
+    #: largest |fp32 - int8| of the anomaly score, for models with one (NaN otherwise)
+    max_anomaly_diff: float = float("nan")
 
     @property
     def speedup(self) -> float:
@@ -125,11 +127,14 @@ def compare(fp32_session: object, int8_session: object, images: np.ndarray, labe
             input_name: str, probs_name: str, fp32_bytes: int, int8_bytes: int, calibration_images: int,
             batch: int = 16, timing_batch: int = 8, repeats: int = 10) -> Int8Report:
     """Accuracy and decisions of both sessions on ``images``, and their speed on one batch of ``timing_batch``."""
-    from andon.inspect.decision import decide_many
+    from andon.inspect.decision import DecisionPolicy
 
-    p32 = _predict(fp32_session, images, input_name, probs_name, batch)
-    p8 = _predict(int8_session, images, input_name, probs_name, batch)
-    d32, d8 = (decide_many(card.thresholds, p, card.classes, card.defect_classes) for p in (p32, p8))
+    policy = DecisionPolicy.from_card(card)
+    o32 = _predict(fp32_session, images, input_name, card.output_names, batch)
+    o8 = _predict(int8_session, images, input_name, card.output_names, batch)
+    p32, p8 = o32.probs, o8.probs
+    d32, d8 = (policy.decide(o).decisions for o in (o32, o8))
+    a32, a8 = o32.get("anomaly_score"), o8.get("anomaly_score")
     acc32 = float((p32.argmax(1) == labels).mean())
     acc8 = float((p8.argmax(1) == labels).mean())
     sample = images[:timing_batch]
@@ -139,15 +144,21 @@ def compare(fp32_session: object, int8_session: object, images: np.ndarray, labe
         n_eval=len(images), fp32_accuracy=acc32, int8_accuracy=acc8, accuracy_drop_pp=(acc32 - acc8) * 100.0,
         agreement=float((p32.argmax(1) == p8.argmax(1)).mean()), decision_agreement=float((d32 == d8).mean()),
         max_prob_diff=float(np.abs(p32 - p8).max()),
+        max_anomaly_diff=float("nan") if a32 is None else float(np.abs(a32 - a8).max()),
         fp32_ms_per_image=ms32, int8_ms_per_image=ms8, fp32_bytes=fp32_bytes, int8_bytes=int8_bytes,
         calibration_images=calibration_images,
     )
 
 
-def _predict(session: object, images: np.ndarray, input_name: str, probs_name: str, batch: int) -> np.ndarray:
-    out = [session.run([probs_name], {input_name: images[i:i + batch]})[0]  # type: ignore[attr-defined]
-           for i in range(0, len(images), batch)]
-    return np.concatenate(out).astype(np.float64)
+def _predict(session: object, images: np.ndarray, input_name: str, output_names: dict[str, str],
+             batch: int):  # -> ModelOutputs
+    """Every output the decision reads (not the maps), in batches."""
+    from andon.inspect.outputs import ModelOutputs, output_spec
+
+    keys = [k for k in output_names if not output_spec(k).is_map]
+    runs = [session.run([output_names[k] for k in keys], {input_name: images[i:i + batch]})  # type: ignore[attr-defined]
+            for i in range(0, len(images), batch)]
+    return ModelOutputs({k: np.concatenate([r[j] for r in runs]).astype(np.float64) for j, k in enumerate(keys)})
 
 
 def _time_per_image(session: object, sample: np.ndarray, input_name: str, probs_name: str, repeats: int) -> float:

@@ -49,14 +49,14 @@ def resolve_model(ref: str) -> Path:
 def evaluate_on(model: Path, samples, data: Path, split_name: str | None, defect_option: str | None,
                 batch: int, progress: bool):
     """The Evaluation of ``model`` on ``samples`` with the model's own card."""
-    from andon.cli.evaluate import _defect_classes, _thresholds_for
-    from andon.evaluation.evaluate import evaluate_probs, labels_for, model_probs
+    from andon.evaluation.evaluate import defect_classes_for, evaluate_probs, labels_for, model_outputs, thresholds_for
 
-    probs, card, info = model_probs(model, [s.path for s in samples], batch_size=batch, progress=progress)
-    defects = _defect_classes(card.classes, card.defect_classes, defect_option)
+    outputs, card, info = model_outputs(model, [s.path for s in samples], batch_size=batch, progress=progress)
+    defects = defect_classes_for(card.classes, card.defect_classes, defect_option)
     y = labels_for([s.label for s in samples], card.classes, source=str(data))
-    return evaluate_probs(y, probs, card.classes, defects, _thresholds_for(card.thresholds, defects), model=info,
-                          data={"path": str(data), "split": split_name, "n": len(samples)})
+    return evaluate_probs(y, outputs, card.classes, defects, thresholds_for(card.thresholds, defects), model=info,
+                          data={"path": str(data), "split": split_name, "n": len(samples)},
+                          anomaly_only=card.anomaly_only)
 
 
 def comparison(a, b) -> list[dict]:

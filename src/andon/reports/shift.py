@@ -18,12 +18,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from andon.inspect.card import GOOD_CLASS_NAMES
+from andon.inspect.decision import worst_decision
 from andon.service.review import records, stats
 from andon.service.review.dashboard import rate_series, subgroup_edges
 from andon.service.review.tables import CANT_TELL, CONFIRM_DEFECT, FALSE_ALARM
 from andon.service.tables import Inspection
 
-_RANK = {"pass": 0, "review": 1, "reject": 2}
 
 
 @dataclass
@@ -121,8 +121,7 @@ def _production(report: ShiftReport, fr: records.Frames) -> None:
     worst: dict[str, str] = {}
     for i, (part, decision) in enumerate(zip(fr.part_id, fr.decision)):
         key = f"part:{part}" if part else f"frame:{i}"
-        if key not in worst or _RANK[decision] > _RANK[worst[key]]:
-            worst[key] = decision
+        worst[key] = worst_decision((decision, worst.get(key, "pass")))
     report.parts = len(worst)
     counts = Counter(worst.values())
     report.part_decisions = {d: counts.get(d, 0) for d in ("pass", "review", "reject")}

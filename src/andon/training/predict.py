@@ -14,6 +14,7 @@ import torch
 
 from andon.errors import AndonError, DatasetError, RunError
 from andon.inspect.card import ModelCard
+from andon.inspect.outputs import ModelOutputs
 from andon.inspect.preprocess import Preprocessor
 from andon.models import Classifier, load_checkpoint, model_from_checkpoint
 
@@ -40,6 +41,13 @@ def predict_paths(run_dir: str | Path, paths: Sequence[str | Path], *, batch_siz
         batch = np.stack([_tensor(pre, Path(p)) for p in chunk])
         out[start:start + len(chunk)] = torch.softmax(model(torch.from_numpy(batch)), dim=1).numpy()
     return out, card
+
+
+def predict_outputs(run_dir: str | Path, paths: Sequence[str | Path], *, batch_size: int = 32,
+                    checkpoint: str = "best.pt") -> tuple[ModelOutputs, ModelCard]:
+    """The outputs the decision reads (``andon.inspect.outputs``) of the run's model for ``paths``, and its card."""
+    probs, card = predict_paths(run_dir, paths, batch_size=batch_size, checkpoint=checkpoint)
+    return ModelOutputs.of(probs), card
 
 
 def _tensor(pre: Preprocessor, path: Path) -> np.ndarray:

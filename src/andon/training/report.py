@@ -16,7 +16,8 @@ import numpy as np
 from andon.evaluation import plots
 from andon.evaluation.metrics import ClassificationReport, DecisionRates, decision_rates, defect_score
 from andon.inspect.card import ModelCard, describe_trained_as
-from andon.inspect.decision import DECISIONS, decide_many
+from andon.inspect.decision import DECISIONS, DecisionPolicy
+from andon.inspect.outputs import ModelOutputs
 from andon.inspect.preprocess import Preprocessor
 from andon.training.recipe import Recipe
 from andon.training.rundir import HEADLINE, RunDir, atomic_write, load_predictions, read_metrics
@@ -130,8 +131,8 @@ class DecisionTable:
 
 def decision_table(card: ModelCard, pred: dict[str, np.ndarray], sources: list[str] | None = None) -> DecisionTable:
     """Pass / review / reject at the card's thresholds, per folder class (``sources``, default the true class)."""
-    y_true, probs = pred["y_true"], pred["probs"]
-    decisions = decide_many(card.thresholds, probs, card.classes, card.defect_classes)
+    y_true = pred["y_true"]
+    decisions = DecisionPolicy.from_card(card).decide(ModelOutputs.from_predictions(pred)).decisions
     truth = [card.classes[i] for i in y_true]
     folder = np.array(truth if sources is None else list(sources), dtype=str)
     if len(folder) != len(truth):

@@ -9,14 +9,13 @@ from fastapi import APIRouter, Path
 from sqlalchemy import select
 
 from andon.errors import NotFoundError
-from andon.inspect.decision import DECISIONS
+from andon.inspect.decision import DECISION_RANK, worst_decision
 from andon.service.deps import CanRead, ContextDep, SessionDep
 from andon.service.schemas import InspectionOut, PartOut
 from andon.service.tables import Inspection
 
 router = APIRouter(prefix="/v1/parts", tags=["parts"])
 
-_RANK = {d: i for i, d in enumerate(DECISIONS)}  # pass < review < reject
 MAX_FRAMES = 1000
 
 
@@ -29,9 +28,9 @@ def combine(decisions: list[str], policy: str) -> str:
     if not decisions:
         raise ValueError("a part needs at least one frame")
     if policy == "worst":
-        return max(decisions, key=_RANK.__getitem__)
+        return worst_decision(decisions)
     counts = Counter(decisions)
-    return max(counts, key=lambda d: (counts[d], _RANK[d]))
+    return max(counts, key=lambda d: (counts[d], DECISION_RANK[d]))
 
 
 @router.get("/{part_id}", response_model=PartOut,
