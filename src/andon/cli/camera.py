@@ -4,6 +4,10 @@ Open loop, like a real camera: a frame is due every 1/fps seconds whether or not
 come back (up to ``--in-flight`` requests at once; a frame due while all are busy is counted as dropped,
 as a camera with a full buffer would drop it). Each frame carries an Idempotency-Key, so the one retry
 after a connection error or a 503 cannot create a duplicate record.
+
+Synthetic frames know the truth (whether the generator drew a defect), so the summary also judges the line:
+missed defects (defective frames passed), false rejects (good frames rejected), reviews, and the reject rate
+against the generated defect rate.
 """
 
 from __future__ import annotations
@@ -42,8 +46,9 @@ def camera_sim(
     in_flight: int = typer.Option(8, "--in-flight", min=1, max=256, help="Requests outstanding at most."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic frames."),
     quiet: bool = typer.Option(False, "--quiet", help="Only the summary, not one line per frame."),
-) -> None:
-    """Post frames to /v1/inspections at --fps and print each verdict."""
+) -> "_Stats":
+    """Post frames to /v1/inspections at --fps and print each verdict. Synthetic frames know whether they hold
+    a defect: the summary then counts false rejects, missed defects and reviews against that truth."""
     import httpx
     from rich.console import Console
 
@@ -65,18 +70,18 @@ def camera_sim(
             delay = due - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            data = frames.next()
+            data, truth = frames.next_frame()
             params = {"camera_id": camera_id, "line_id": line_id}
             if part_prefix:
                 params["part_id"] = f"{part_prefix}-{n}"
             if not slots.acquire(blocking=False):
-                stats.add("dropped", None)
+                stats.add("dropped", None, truth)
                 n += 1
                 continue
 
-            def job(i: int = n, body: bytes = data, p: dict = params) -> None:
+            def job(i: int = n, body: bytes = data, p: dict = params, t: bool | None = truth) -> None:
                 try:
-                    _post(client, i, body, p, stats, console, quiet)
+                    _post(client, i, body, p, stats, console, quiet, t)
                 finally:
                     slots.release()
 
@@ -87,10 +92,12 @@ def camera_sim(
     finally:
         pool.shutdown(wait=True)
         client.close()
-    console.print(stats.summary(time.perf_counter() - start))
+    console.print(stats.summary(time.perf_counter() - start), highlight=False)
+    return stats
 
 
-def _post(client, i: int, body: bytes, params: dict, stats: "_Stats", console, quiet: bool) -> None:
+def _post(client, i: int, body: bytes, params: dict, stats: "_Stats", console, quiet: bool,
+          truth: bool | None = None) -> None:
     import httpx
 
     key = str(uuid.uuid4())
@@ -104,7 +111,7 @@ def _post(client, i: int, body: bytes, params: dict, stats: "_Stats", console, q
             if attempt == 0:
                 time.sleep(0.5)
                 continue
-            stats.add("error", None)
+            stats.add("error", None, truth)
             console.print(f"#{i} [red]connection failed[/red]: {exc}")
             return
         if r.status_code == 503 and attempt == 0:
@@ -114,13 +121,14 @@ def _post(client, i: int, body: bytes, params: dict, stats: "_Stats", console, q
     ms = (time.perf_counter() - t0) * 1000.0
     if r.status_code in (200, 201):
         v = r.json()
-        stats.add(v["decision"], ms)
+        stats.add(v["decision"], ms, truth)
         if not quiet:
             colour = {"pass": "green", "review": "yellow", "reject": "red"}[v["decision"]]
+            drawn = "" if truth is None else "  (defect drawn)" if truth else "  (good part)"
             console.print(f"#{i} [{colour}]{v['decision']:6}[/{colour}] {v['label']:>12} "
-                          f"P(defect) {v['defect_score']:.2f}  {ms:6.1f} ms  {v['id']}")
+                          f"P(defect) {v['defect_score']:.2f}  {ms:6.1f} ms  {v['id']}{drawn}")
     else:
-        stats.add(f"http {r.status_code}", ms)
+        stats.add(f"http {r.status_code}", ms, truth)
         try:
             detail = r.json().get("message", r.text)
         except ValueError:
@@ -152,21 +160,28 @@ class FrameSource:
         return f"synthetic {w}x{h} parts, {self.defect_rate:.0%} with defects"
 
     def next(self) -> bytes:
+        return self.next_frame()[0]
+
+    def next_frame(self) -> tuple[bytes, bool | None]:
+        """The next frame's bytes and its truth: True when a defect was drawn into it, False for a good part,
+        None for images from a folder (their truth is not known here)."""
         import cv2
 
+        truth: bool | None = None
         if self.files:
             path = self.files[self.i % len(self.files)]
             self.i += 1
             data = path.read_bytes()
             if self.wh is None:
-                return data
+                return data, None
             from andon.inspect.decoding import decode
 
             image = cv2.resize(decode(data), self.wh, interpolation=cv2.INTER_AREA)
         else:
-            image = self._render()
+            image, defect = self._render()
+            truth = defect is not None
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
-        return buf.tobytes()
+        return buf.tobytes(), truth
 
     def _render(self):
         from andon.datasets.synth.defects import DEFECTS
@@ -176,7 +191,7 @@ class FrameSource:
         w, h = self.wh or (640, 512)
         defect = str(self.rng.choice(list(DEFECTS))) if self.rng.random() < self.defect_rate else None
         image, _ = render_sample(self.rng, str(self.rng.choice(list(SURFACES))), defect, (h, w))
-        return image
+        return image, defect
 
 
 class _Stats:
@@ -184,12 +199,46 @@ class _Stats:
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self.latencies: list[float] = []
+        #: (truth, outcome) counts of frames whose truth is known (True: a defect was drawn)
+        self.judged: Counter[tuple[bool, str]] = Counter()
 
-    def add(self, outcome: str, ms: float | None) -> None:
+    def add(self, outcome: str, ms: float | None, truth: bool | None = None) -> None:
         with self.lock:
             self.counts[outcome] += 1
             if ms is not None:
                 self.latencies.append(ms)
+            if truth is not None:
+                self.judged[(truth, outcome)] += 1
+
+    def line_figures(self) -> dict[str, float] | None:
+        """The line's figures against the generator's truth, over the frames that got a decision; None when
+        no frame's truth is known."""
+        decided = {k: v for k, v in self.judged.items() if k[1] in ("pass", "review", "reject")}
+        n = sum(decided.values())
+        if n == 0:
+            return None
+        defective = sum(v for (t, _), v in decided.items() if t)
+        good = n - defective
+        count = lambda truth, outcome: decided.get((truth, outcome), 0)  # noqa: E731
+        rejects = count(True, "reject") + count(False, "reject")
+        reviews = count(True, "review") + count(False, "review")
+        return {"frames": n, "defective": defective, "good": good, "rejects": rejects, "reviews": reviews,
+                "false_rejects": count(False, "reject"), "missed": count(True, "pass"),
+                "reject_rate": rejects / n, "review_rate": reviews / n, "defect_rate": defective / n,
+                "false_reject_rate": count(False, "reject") / good if good else float("nan"),
+                "escape_rate": count(True, "pass") / defective if defective else float("nan")}
+
+    def truth_summary(self) -> str:
+        """One line: what the line did against what the generator drew ('' when no truth is known)."""
+        f = self.line_figures()
+        if f is None:
+            return ""
+        pct = lambda v: "-" if v != v else f"{v:.1%}"  # noqa: E731
+        return (f"against the generator's truth ({f['frames']} decided frames, {f['defective']} with a defect drawn, "
+                f"{pct(f['defect_rate'])}): rejected {f['rejects']} ({pct(f['reject_rate'])}), to review "
+                f"{f['reviews']} ({pct(f['review_rate'])}), false rejects {f['false_rejects']} of {f['good']} good "
+                f"parts ({pct(f['false_reject_rate'])}), missed defects {f['missed']} of {f['defective']} "
+                f"({pct(f['escape_rate'])})")
 
     def summary(self, seconds: float) -> str:
         import numpy as np
@@ -200,7 +249,8 @@ class _Stats:
         if self.latencies:
             p50, p99 = np.percentile(self.latencies, [50, 99])
             lat = f"; latency p50 {p50:.1f} ms, p99 {p99:.1f} ms"
-        return f"{total} frames in {seconds:.1f} s: {parts or 'none'}{lat}"
+        truth = self.truth_summary()
+        return f"{total} frames in {seconds:.1f} s: {parts or 'none'}{lat}" + (f"\n{truth}" if truth else "")
 
 
 def _parse_wh(text: str) -> tuple[int, int]:

@@ -34,14 +34,23 @@ def export(
     opset: int = typer.Option(17, "--opset", min=17, help="ONNX opset (17 or newer)."),
     exporter: str = typer.Option("torchscript", "--exporter",
                                  help="torch exporter: torchscript (opset 17+) or dynamo (opset 18+)."),
+    allow_weak_thresholds: bool = typer.Option(
+        False, "--allow-weak-thresholds", help="Export even if training marked the thresholds weak (too many good "
+                                               "parts rejected or sent to review on validation; see the report)."),
 ) -> None:
     """Export a training run to one self-describing ONNX file, verified against torch."""
     from rich.console import Console
 
-    from andon.errors import ConfigError
+    from andon.errors import ConfigError, ExportError
 
     if exporter not in ("torchscript", "dynamo"):
         raise ConfigError(f"--exporter {exporter!r} is not one of torchscript, dynamo")
+    weak = weak_thresholds(run)
+    if weak and not allow_weak_thresholds:
+        raise ExportError(f"run {run} has weak thresholds: {'; '.join(weak)}; nothing written. Retrain with more "
+                          "images or other decision targets (see the paragraph in its report), or export with "
+                          "--allow-weak-thresholds and recalibrate the file on more labelled parts "
+                          f"(andon thresholds {out} --calibrate DATA)")
     console = Console(stderr=True, log_path=False)
     with console.status("exporting") as status:
         def progress(message: str) -> None:
@@ -55,6 +64,37 @@ def export(
                             eval_images=eval_images, opset=opset, exporter=exporter,  # type: ignore[arg-type]
                             progress=progress)
     _print_report(report)
+
+
+def weak_thresholds(run: Path) -> list[str]:
+    """Why the run's thresholds are weak: the reasons training recorded in its card, or, for a card from before
+    they were recorded, its validation rates judged on the run recipe's limits. Empty when they are not."""
+    from andon.models import load_checkpoint
+    from andon.training.targets import weak_reasons
+
+    best = run / "best.pt"
+    if not best.is_file():
+        return []  # export_run says what is missing
+    card = load_checkpoint(best).card
+    if card.threshold_warnings:
+        return list(card.threshold_warnings)
+    cfg = _run_decision(run)
+    return weak_reasons(card.metrics, max_reject_good=cfg.max_reject_good, max_review=cfg.max_review)
+
+
+def _run_decision(run: Path):
+    """The run's decision section (its recipe.yaml over today's defaults; the defaults alone without one)."""
+    import yaml
+
+    from andon.errors import ConfigError
+    from andon.training.recipe import default_dict, recipe_from_dict
+
+    saved = run / "recipe.yaml"
+    try:
+        data = yaml.safe_load(saved.read_text(encoding="utf-8")) if saved.is_file() else {}
+        return recipe_from_dict(data if isinstance(data, dict) else {}, source=str(saved)).decision
+    except (ConfigError, yaml.YAMLError):
+        return recipe_from_dict(default_dict()).decision
 
 
 def _print_report(report) -> None:
@@ -155,6 +195,7 @@ def _print_info(s: dict) -> None:
         ("thresholds", f"P(defect) pass below {th['defect']['pass_below']:g}, reject at {th['defect']['reject_at']:g}"
                        + "".join(f"; {c}: {b['pass_below']:g}/{b['reject_at']:g}" for c, b in th["per_class"].items())
                        + f" ({th['source']})"),
+        *([("weak thresholds", "; ".join(card["threshold_warnings"]))] if card.get("threshold_warnings") else []),
         ("backbone / weights", f"{card['backbone']} / {card['weights']}"),
         ("quantization", card["quantization"]),
         ("training data", card["data_fingerprint"] or "-"),

@@ -29,10 +29,15 @@ def thresholds(
     calibrate: Path | None = typer.Option(None, "--calibrate", help="Calibrate on this labelled data (folder or "
                                                                    "manifest; its --split when it has splits)."),
     split: str = typer.Option("val", help="Split of --calibrate data to use when it has splits."),
-    target_escape: float = typer.Option(0.005, "--target-escape", help="Escape-rate target for --calibrate."),
-    max_false_reject: float | None = typer.Option(None, "--max-false-reject",
-                                                  help="False-reject cap for --calibrate (default: no review band)."),
-    max_review: float | None = typer.Option(None, "--max-review", help="Fail if the band would review more than this."),
+    target_escape: float | None = typer.Option(None, "--target-escape", help="Escape-rate target for --calibrate "
+                                                                            "(default: the recipe's, 0.005)."),
+    max_false_reject: float | None = typer.Option(
+        None, "--max-false-reject", help="False-reject cap for --calibrate: the uncertain band between the two "
+                                         "thresholds goes to review (default: the recipe's, 0.02; 1: no cap, a "
+                                         "two-way band)."),
+    max_review: float | None = typer.Option(None, "--max-review", help="Review budget for --calibrate: fail, writing "
+                                                                       "nothing, if the band would review more "
+                                                                       "(default: the recipe's, 0.10; 1: none)."),
     class_target: list[str] = typer.Option([], "--class-target", help="Calibrate a band for defect class NAME[:TARGET] "
                                                                      "too; repeatable."),
     remap: str | None = typer.Option(None, "--remap", help="Rename data classes first, e.g. 'scratch=defect'."),
@@ -55,11 +60,17 @@ def thresholds(
         _show(console, inspector, thresholds_table(current, title=f"Thresholds in {model.name}"), as_json, current)
         return
     if calibrate is not None:
-        result, points = _calibrate(inspector, calibrate, split, remap, target_escape, max_false_reject, max_review,
-                                    class_target)
-        new = result.thresholds
-        console.print(calibration_table(result))
+        target_escape, max_false_reject, max_review = _targets(target_escape, max_false_reject, max_review)
+        result, points, why = _calibrate(inspector, calibrate, split, remap, target_escape, max_false_reject,
+                                         max_review, class_target)
+        if result is not None:
+            console.print(calibration_table(result))
         console.print(tradeoff_table(points))
+        if why is not None:
+            from andon.errors import CalibrationError
+
+            raise CalibrationError(f"{why}; nothing written")
+        new = result.thresholds
     else:
         new = _manual(current, inspector.card.defect_classes, pass_below, reject_at, per_class, clear_class)
     if dry_run:
@@ -128,15 +139,37 @@ def _parse_class_band(spec: str, defect_classes: list[str]):
         raise ConfigError(f"--class {spec!r}: {pb!r} and {ra!r} must be numbers between 0 and 1") from None
 
 
+#: what the targets are called here, for the paragraph when they cannot be met (``andon.training.targets``)
+_OPTION_NAMES = {"target_escape": "--target-escape", "max_false_reject": "--max-false-reject",
+                 "max_review": "--max-review", "no_cap": "1"}
+
+
+def _targets(target_escape: float | None, max_false_reject: float | None,
+             max_review: float | None) -> tuple[float, float | None, float | None]:
+    """The calibration targets: the options given, the default recipe's (default.yaml) for the others; a cap or a
+    budget of 1 (or more) means none."""
+    from andon.training.recipe import default_dict
+
+    defaults = default_dict()["decision"]
+    target_escape = (defaults["target_escape"] or 0.005) if target_escape is None else target_escape
+    max_false_reject = defaults["max_false_reject"] if max_false_reject is None else max_false_reject
+    max_review = defaults["max_review"] if max_review is None else max_review
+    return (target_escape, None if max_false_reject is not None and max_false_reject >= 1 else max_false_reject,
+            None if max_review is not None and max_review >= 1 else max_review)
+
+
 def _calibrate(inspector, data: Path, split: str, remap: str | None, target_escape: float,
                max_false_reject: float | None, max_review: float | None, class_target: list[str]):
+    """(calibration result or None, operating points, why the targets are not met or None)."""
     import numpy as np
 
     from andon.cli.evaluate import _load, _select
+    from andon.errors import CalibrationError
     from andon.evaluation.calibration import calibrate_probs
     from andon.evaluation.evaluate import labels_for, onnx_probs
     from andon.evaluation.metrics import defect_score
     from andon.evaluation.tradeoff import operating_points
+    from andon.training.targets import shortfall
 
     ds = _load(data, remap)
     subset, split_name, _ = _select(ds, split)
@@ -145,11 +178,19 @@ def _calibrate(inspector, data: Path, split: str, remap: str | None, target_esca
     probs = onnx_probs(inspector, [s.path for s in subset])
     targets = dict(_parse_class_target(t) for t in class_target)
     source = f"{data}" + (f" split '{split_name}'" if split_name else "")
-    result = calibrate_probs(y, probs, card.classes, card.defect_classes, target_escape=target_escape,
-                             max_false_reject=max_false_reject, max_review=max_review, per_class=targets, source=source)
     defect_idx = card.defect_indices
-    points = operating_points(np.isin(y, defect_idx), defect_score(probs, defect_idx))
-    return result, points
+    bad, scores = np.isin(y, defect_idx), defect_score(probs, defect_idx)
+    points = operating_points(bad, scores)
+    goals = {"target_escape": target_escape, "max_false_reject": max_false_reject, "max_review": max_review,
+             "where": "the calibration data", "keys": _OPTION_NAMES}
+    try:  # the review budget is judged here, so that the paragraph can say what would fit in it
+        result = calibrate_probs(y, probs, card.classes, card.defect_classes, target_escape=target_escape,
+                                 max_false_reject=max_false_reject, per_class=targets, source=source)
+    except CalibrationError as exc:
+        why = shortfall(bad, scores, error=exc.message, **goals)
+        return None, points, why.paragraph if why is not None else exc.message
+    why = shortfall(bad, scores, review_rate=result.review_rate, **goals)
+    return result, points, None if why is None else why.paragraph
 
 
 def _parse_class_target(text: str) -> tuple[str, float | None]:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 
 from andon.datasets.dataset import Dataset
@@ -42,6 +43,7 @@ from andon.training.rundir import (HEADLINE, RunDir, create_run, load_prediction
                                    read_metrics, save_predictions, write_metrics)
 from andon.training.seeding import configure_torch, rng_state, seed_everything, set_rng_state
 from andon.training.stopping import StopState, record_epoch, resolve_monitor, stop_due
+from andon.training.targets import shortfall, weak_reasons, weak_sentence
 
 
 @dataclass
@@ -50,6 +52,10 @@ class RunResult:
     best_epoch: int
     epochs_run: int
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> headline
+    #: paragraphs on decision targets the validation data could not meet (``andon.training.targets``)
+    notes: list[str] = field(default_factory=list)
+    #: why the card's thresholds are weak (``ModelCard.threshold_warnings``); empty when they are not
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -93,7 +99,11 @@ def fit(recipe: Recipe, *, resume: bool = False, console: Console | None = None,
         _epochs(session, state, rows, progress, console, callbacks)
         result = _finish(session, state, progress)
     console.print(summary_table(f"run {run.name}: best epoch {result.best_epoch}", result.metrics,
-                                [*HEADLINE, "escape_rate", "false_reject_rate"]))
+                                [*HEADLINE, *THRESHOLD_METRICS]))
+    for note in result.notes:
+        console.print(f"[yellow]{escape(note)}[/yellow]", highlight=False)
+    if result.warnings:
+        console.print(f"[bold red]{escape(weak_sentence(result.warnings))}[/bold red]", highlight=False)
     console.print(f"report: {run.path / 'report.html'}")
     return result
 
@@ -322,16 +332,21 @@ def _finish(s: Session, state: StopState, progress: Progress) -> RunResult:
         headlines[split] = reports[split].headline()
     metrics = {f"{split}_{k}": v for split, h in headlines.items() for k, v in h.items()}
     card = make_card(s.recipe, s.run.name, s.data, s.card.preprocess, weights=s.card.weights, metrics=metrics)
-    card = calibrate_card(card, s.recipe.decision, s.run, progress)
+    notes: list[str] = []
+    card = calibrate_card(card, s.recipe.decision, s.run, progress, notes=notes,
+                          val_fraction=s.recipe.data.val_fraction)
     for split, pred in preds.items():  # the plant's rates at the thresholds just set
         rates = threshold_rates(card, pred)
         headlines[split].update(rates)
         card = card.replace(metrics={**card.metrics, **{f"{split}_{k}": v for k, v in rates.items()}})
+    cfg = s.recipe.decision  # judged on the card's own validation rates, so export can judge it the same way
+    card = card.replace(threshold_warnings=weak_reasons(card.metrics, max_reject_good=cfg.max_reject_good,
+                                                        max_review=cfg.max_review))
     save_checkpoint(s.run.best, Checkpoint(best.model_name, best.num_classes, best.state_dict, card, best.epoch))
     sources = {split: [s.data.dataset.samples[i].label for i in s.data.indices[split]] for split in reports}
-    write_report(s.run, s.recipe, card, reports, best_epoch=state.best_epoch, sources=sources)
+    write_report(s.run, s.recipe, card, reports, best_epoch=state.best_epoch, sources=sources, notes=notes)
     _close_workers(s.loaders)
-    return RunResult(s.run.path, state.best_epoch, state.epoch, headlines)
+    return RunResult(s.run.path, state.best_epoch, state.epoch, headlines, notes, list(card.threshold_warnings))
 
 
 def threshold_rates(card: ModelCard, pred: dict[str, np.ndarray]) -> dict[str, float]:
@@ -341,10 +356,18 @@ def threshold_rates(card: ModelCard, pred: dict[str, np.ndarray]) -> dict[str, f
     return {key: getattr(rates, key) for key in THRESHOLD_METRICS if math.isfinite(getattr(rates, key))}
 
 
-def calibrate_card(card: ModelCard, cfg: DecisionSection, run: RunDir, progress: Progress | None) -> ModelCard:
-    """Thresholds calibrated on the best model's validation predictions, or the card unchanged (with why)."""
+def calibrate_card(card: ModelCard, cfg: DecisionSection, run: RunDir, progress: Progress | None, *,
+                   notes: list[str] | None = None, val_fraction: float | None = None) -> ModelCard:
+    """Thresholds calibrated on the best model's validation predictions, or the card unchanged (with why).
+
+    The band meets ``target_escape`` and ``max_false_reject``; when the validation data cannot verify them the
+    thresholds stay at 0.5, and when the band needs more review than ``max_review`` it is kept (it does what
+    was asked; the card counts as weak). Either way one paragraph with the figures and the choices is printed
+    and appended to ``notes`` (the report shows it).
+    """
     from andon.errors import CalibrationError
     from andon.evaluation.calibration import calibrate_probs
+    from andon.evaluation.metrics import defect_score
 
     if cfg.target_escape is None:
         return card
@@ -355,16 +378,30 @@ def calibrate_card(card: ModelCard, cfg: DecisionSection, run: RunDir, progress:
     if not path.is_file():
         return card
     val = load_predictions(path)
+    bad, scores = np.isin(val["y_true"], card.defect_indices), defect_score(val["probs"], card.defect_indices)
+    targets = {"target_escape": cfg.target_escape, "max_false_reject": cfg.max_false_reject,
+               "max_review": cfg.max_review, "where": "the validation split", "val_fraction": val_fraction}
+
+    def note(paragraph: str) -> None:
+        if progress is not None:
+            progress.console.print(f"[yellow]{escape(paragraph)}[/yellow]", highlight=False)
+        if notes is not None:
+            notes.append(paragraph)
+
     try:
         result = calibrate_probs(val["y_true"], val["probs"], card.classes, card.defect_classes, target_escape=cfg.target_escape,
                                  max_false_reject=cfg.max_false_reject, source=f"validation split of {run.name}")
     except CalibrationError as exc:
-        message = f"thresholds left at 0.5: {exc}"
-        if progress is not None:
-            progress.console.print(f"[yellow]{message}[/yellow]")
+        why = shortfall(bad, scores, error=exc.message, **targets)
+        note("Thresholds left at 0.5 / 0.5 (P(defect) >= 0.5 rejects, no review band): "
+             + (why.paragraph if why is not None else str(exc)))
         return card.replace(thresholds=card.thresholds.model_copy(update={"source": f"default ({exc})"}))
     if progress is not None:
         progress.console.print(f"thresholds: {result.description}", markup=False, highlight=False)
+    why = shortfall(bad, scores, review_rate=result.review_rate, **targets)
+    if why is not None:
+        note(f"Thresholds kept at [{result.thresholds.defect.pass_below:.6g}, {result.thresholds.defect.reject_at:.6g}), "
+             f"but the model counts as weak: {why.paragraph}")
     return card.replace(thresholds=result.thresholds)
 
 

@@ -150,6 +150,19 @@ class DecisionSection(_Section):
 
     target_escape: float | None = Field(gt=0.0, lt=0.5)
     max_false_reject: float | None = Field(gt=0.0, lt=1.0)
+    #: review budget: a band sending more of the validation parts to review is weak
+    max_review: float | None = Field(ge=0.0, le=1.0)
+    #: false-reject limit: a card rejecting more of the validation good parts is weak
+    max_reject_good: float | None = Field(ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _cap_within_limit(self) -> "DecisionSection":
+        if (self.max_false_reject is not None and self.max_reject_good is not None
+                and self.max_false_reject > self.max_reject_good):
+            raise ValueError(f"max_false_reject {self.max_false_reject:g} is above max_reject_good "
+                             f"{self.max_reject_good:g}, so every calibrated model would count as weak; raise "
+                             "max_reject_good too (or set it to null)")
+        return self
 
 
 class OutputSection(_Section):

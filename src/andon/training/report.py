@@ -34,11 +34,13 @@ class Figure:
 
 
 def write_report(run: RunDir, recipe: Recipe, card: ModelCard, reports: dict[str, ClassificationReport],
-                 *, best_epoch: int, sources: dict[str, list[str]] | None = None) -> Path:
+                 *, best_epoch: int, sources: dict[str, list[str]] | None = None,
+                 notes: list[str] | None = None) -> Path:
     """Draw the plots into ``RUN/plots/`` and write report.html and report.md; returns the HTML path.
 
     ``sources`` holds each split's folder labels in prediction order (they differ from the model's classes
-    after a remap); the decisions table counts pass / review / reject per folder class.
+    after a remap); the decisions table counts pass / review / reject per folder class. ``notes`` are the
+    paragraphs on decision targets the validation data could not meet (``fit.calibrate_card``).
     """
     monitor = resolve_monitor(recipe.train.monitor, card.classes, card.defect_classes)
     preds = {split: load_predictions(run.predictions(split)) for split in reports}
@@ -50,6 +52,7 @@ def write_report(run: RunDir, recipe: Recipe, card: ModelCard, reports: dict[str
         "per_class": reports[main],
         "main": main,
         "decisions": decision_table(card, preds[main], (sources or {}).get(main)),
+        "thresholds": threshold_section(run, recipe, card, preds, notes or []),
     }
     atomic_write(run.path / "report.md", _markdown(run.name, sections, figures, recipe))
     out = run.path / "report.html"
@@ -145,6 +148,92 @@ def decision_table(card: ModelCard, pred: dict[str, np.ndarray], sources: list[s
     return DecisionTable(decision_rates(np.isin(y_true, card.defect_indices), decisions), rows)
 
 
+@dataclass
+class ThresholdSection:
+    """How the thresholds were chosen and what else was on offer: warnings, notes, the trade-off on the split
+    they were calibrated on (a figure and a table of operating points)."""
+
+    split: str | None
+    warning: str  # the weak-thresholds sentence, or ""
+    notes: list[str]
+    figure: Figure | None
+    #: target escape, false-reject cap, pass_below, reject_at, escape, false reject, review (formatted cells)
+    points: list[tuple[str, ...]]
+
+
+def threshold_section(run: RunDir, recipe: Recipe, card: ModelCard, preds: dict[str, dict[str, np.ndarray]],
+                      notes: list[str]) -> ThresholdSection:
+    """The report's section on the decision: the escape / false-reject / review trade-off on the validation
+    split (where training calibrates), the chosen band marked, with the operating points other targets give."""
+    from andon.evaluation.tradeoff import operating_points, plot_tradeoff, tradeoff_curve
+    from andon.training.targets import weak_sentence
+
+    warning = weak_sentence(card.threshold_warnings) if card.threshold_warnings else ""
+    split = "val" if "val" in preds else None
+    if split is None or not card.good_classes or len(preds[split]["y_true"]) == 0:
+        return ThresholdSection(None, warning, notes, None, [])
+    pred = preds[split]
+    bad = np.isin(pred["y_true"], card.defect_indices)
+    scores = defect_score(pred["probs"], card.defect_indices)
+    band = card.thresholds.defect
+    target = recipe.decision.target_escape
+    curve = tradeoff_curve(bad, scores, extra=[band.pass_below, band.reject_at])
+    path = plot_tradeoff(curve, run.path / "plots" / "tradeoff.png", band=band, target_escape=target,
+                         title=f"Escape / false-reject / review trade-off ({split})")
+    rates = curve.rates(band)
+    figure = Figure(f"Trade-off: escape, false reject, review ({split})", _rel(run, path),
+                    f"the chosen band [{band.pass_below:.4g}, {band.reject_at:.4g}) is shaded: on {split} it passes "
+                    f"{_pct(rates['escape_rate'])} of the defective parts, rejects {_pct(rates['false_reject_rate'])} "
+                    f"of the good ones and sends {_pct(rates['review_rate'])} of all parts to review; right: "
+                    "raising reject_at trades false rejects for review")
+    cell = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+    rows = []
+    for p in operating_points(bad, scores):
+        targets = (f"{p.target_escape:.2%}", "none (two-way)" if p.max_false_reject is None else f"{p.max_false_reject:.2%}")
+        rows.append((*targets, p.error, "", "", "", "") if p.error else
+                    (*targets, cell(p.pass_below), cell(p.reject_at), _pct(p.escape_rate), _pct(p.false_reject_rate),
+                     _pct(p.review_rate)))
+    return ThresholdSection(split, warning, notes, figure, rows)
+
+
+_POINT_COLUMNS = ("target escape", "false-reject cap", "pass_below", "reject_at", "escape", "false reject", "review")
+
+
+def _threshold_markdown(t: ThresholdSection) -> list[str]:
+    lines = ["## Thresholds: targets and trade-off", ""]
+    lines += [f"**{t.warning}**", ""] if t.warning else []
+    for note in t.notes:
+        lines += [note, ""]
+    if t.figure is not None:
+        lines += [f"![{t.figure.title}]({t.figure.path})", "", t.figure.caption, ""]
+    if t.points:
+        lines += [f"Operating points on {t.split} (each calibrated with the rule training uses):", "",
+                  "| " + " | ".join(_POINT_COLUMNS) + " |", "|---" * len(_POINT_COLUMNS) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in t.points] + [""]
+    return lines
+
+
+def _threshold_html(t: ThresholdSection) -> list[str]:
+    e = html.escape
+    parts = ["<h2>Thresholds: targets and trade-off</h2>"]
+    if t.warning:
+        parts.append(f"<p class=warn><strong>{e(t.warning)}</strong></p>")
+    parts += [f"<p class=note>{e(note)}</p>" for note in t.notes]
+    if t.figure is not None:
+        parts.append(f"<figure><img src='{e(t.figure.path)}' alt='{e(t.figure.title)}'>"
+                     f"<figcaption>{e(t.figure.caption)}</figcaption></figure>")
+    if t.points:
+        parts.append(f"<p>Operating points on {e(t.split or '')} (each calibrated with the rule training uses):</p>"
+                     "<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in _POINT_COLUMNS) + "</tr>")
+        for row in t.points:
+            if row[3] == "":  # targets this data cannot meet: the reason across the row
+                parts.append(f"<tr><td>{e(row[0])}</td><td>{e(row[1])}</td><td colspan=5>{e(row[2])}</td></tr>")
+            else:
+                parts.append("<tr>" + "".join(f"<td class=n>{e(v)}</td>" for v in row) + "</tr>")
+        parts.append("</table>")
+    return parts
+
+
 def _pct(value: float) -> str:
     return "-" if value != value else f"{value:.2%}"
 
@@ -196,6 +285,7 @@ def _markdown(name: str, sections: dict, figures: list[Figure], recipe: Recipe) 
     lines += [f"## Decisions at the card's thresholds ({sections['main']})", "", table.sentence() + ".", "",
               "| folder class | class | images | pass | review | reject |", "|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.rows] + [""]
+    lines += _threshold_markdown(sections["thresholds"])
     for fig in figures:
         lines += [f"## {fig.title}", "", f"![{fig.title}]({fig.path})", ""] + ([fig.caption, ""] if fig.caption else [])
     lines += ["## Recipe", "", "```yaml", recipe.to_yaml().rstrip(), "```", ""]
@@ -205,7 +295,8 @@ def _markdown(name: str, sections: dict, figures: list[Figure], recipe: Recipe) 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
 th{background:#f2f2f2}td.n{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%}
-figure{margin:1.5em 0}figcaption{color:#555;font-size:.9em}pre{background:#f6f6f6;padding:1em;overflow:auto}"""
+figure{margin:1.5em 0}figcaption{color:#555;font-size:.9em}pre{background:#f6f6f6;padding:1em;overflow:auto}
+p.warn{color:#a93226;border-left:4px solid #a93226;padding-left:.6em}p.note{border-left:4px solid #d4ac0d;padding-left:.6em}"""
 
 
 def _html(name: str, sections: dict, figures: list[Figure], recipe: Recipe) -> str:
@@ -229,6 +320,7 @@ def _html(name: str, sections: dict, figures: list[Figure], recipe: Recipe) -> s
     parts += ["<tr>" + "".join(f"<td>{e(str(v))}</td>" if i < 2 else f"<td class=n>{v}</td>"
                                for i, v in enumerate(row)) + "</tr>" for row in table.rows]
     parts.append("</table>")
+    parts += _threshold_html(sections["thresholds"])
     for fig in figures:
         parts.append(f"<figure><h2>{e(fig.title)}</h2><img src='{e(fig.path)}' alt='{e(fig.title)}'>"
                      f"<figcaption>{e(fig.caption)}</figcaption></figure>")

@@ -181,7 +181,7 @@ def stain(rng: np.random.Generator, canvas: Canvas) -> np.ndarray:
     """A large irregular soft-edged blot: oil, coolant or corrosion; darker, tinted, sometimes ring-edged."""
     h, w = canvas.shape
     s = min(h, w)
-    cx, cy = _centre(rng, h, w, 0.2)
+    cx, cy = _centre(rng, h, w, 0.28)  # the blot lies (mostly) inside the frame: a stain half cut off is a guess
     radius = s * rng.uniform(0.1, 0.24)
     aspect, theta = rng.uniform(0.5, 1.0), rng.uniform(0, math.pi)
     found = _roi(canvas, cx - 1.6 * radius, cy - 1.6 * radius, cx + 1.6 * radius, cy + 1.6 * radius, 1)
@@ -196,7 +196,7 @@ def stain(rng: np.random.Generator, canvas: Canvas) -> np.ndarray:
     alpha = smoothstep((1.0 - rho) / rng.uniform(0.15, 0.5))
     alpha *= np.clip(0.75 + 0.25 * grid_noise(rng, *yy.shape, cells=6), 0.3, 1.0)  # uneven density
     ring = 4.0 * alpha * (1.0 - alpha) if rng.random() < 0.4 else 0.0
-    contrast = rng.uniform(30, 55) * canvas.busy**0.5  # low frequency: fine texture hides it less
+    contrast = rng.uniform(38, 60) * canvas.busy**0.5  # low frequency: fine texture hides it less
     canvas.grey[box] -= contrast * (alpha * rng.uniform(0.5, 1.0) + 0.6 * ring)
     brown = np.array([0.0, -0.04, -0.10], np.float32) * rng.uniform(0.2, 1.0)
     canvas.colour.append((box, alpha, brown))
@@ -230,7 +230,7 @@ def dent(rng: np.random.Generator, canvas: Canvas) -> np.ndarray:
     map_x = (xx - ox + bend * gx * sigma).astype(np.float32)
     map_y = (yy - oy + bend * gy * sigma).astype(np.float32)
     local = cv2.remap(np.ascontiguousarray(local), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    contrast = rng.uniform(45, 80) * canvas.busy**0.5
+    contrast = rng.uniform(55, 85) * canvas.busy**0.5
     canvas.grey[box] = local + contrast * shading - 0.05 * contrast * depth
     return _mask_from(depth, canvas, box, 0.06, grow=0)  # out to ~2.4 sigma: the shaded rim and the bent texture
 
