@@ -320,7 +320,8 @@ def export_run(run_dir: str | Path, out_path: str | Path, *, int8: bool = False,
     split, samples = run.split("val", "train")
     _say(progress, f"preprocessing {min(len(samples), verify_images)} {split} images for the parity check")
     verify_x, _ = load_tensors(pick(samples, verify_images), preprocessor, classes)
-    built = build(run.model, run.card, verify_x, opset=opset, exporter=exporter, progress=progress)
+    built = build(run.model, run.card, verify_x, anomaly=run.anomaly, opset=opset, exporter=exporter,
+                  progress=progress)
     data, card, int8_report = built.data, built.card, None
     if int8:
         data, card, int8_report = _int8(run, built, preprocessor, max_accuracy_drop=max_accuracy_drop,

@@ -1,7 +1,8 @@
 """What export reads from a training run folder: the best checkpoint, its model, and the run's splits.
 
-A run folder holds ``best.pt`` (an andon checkpoint) and ``splits.csv`` (the manifest of the images the run
-used, with their split). Images are read through ``Preprocessor(card.preprocess)``, the one preprocessing
+A run folder holds ``best.pt`` (an andon checkpoint: the classifier, and the fitted anomaly detector in its
+``extra`` when the card describes one) and ``splits.csv`` (the manifest of the images the run used, with their
+split). An anomaly-only run has no classifier (``Run.model`` is None). Images are read through ``Preprocessor(card.preprocess)``, the one preprocessing
 path, so export checks the file on exactly the tensors the service will feed it.
 """
 
@@ -20,6 +21,7 @@ from andon.inspect.card import ModelCard
 from andon.inspect.preprocess import Preprocessor
 from andon.models.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint
 from andon.models.classifier import Classifier
+from andon.models.graph import InspectionGraph
 
 CHECKPOINT_NAME = "best.pt"
 SPLITS_NAME = "splits.csv"
@@ -29,8 +31,14 @@ SPLITS_NAME = "splits.csv"
 class Run:
     path: Path
     checkpoint: Checkpoint
-    model: Classifier
+    model: Classifier | None
     data: Dataset
+    #: the fitted good-only anomaly detector (``andon.models.anomaly.PatchCore``), when the card has one
+    anomaly: object | None = None
+
+    def graph(self) -> InspectionGraph:
+        """The inspection graph of this run (what export writes), in eval mode."""
+        return InspectionGraph(self.model, self.card.defect_indices, self.anomaly).eval()
 
     @property
     def card(self) -> ModelCard:
@@ -53,8 +61,13 @@ def load_run(run_dir: str | Path) -> Run:
     if not run_dir.is_dir():
         raise RunError(f"run folder {run_dir} does not exist" if not run_dir.exists()
                        else f"{run_dir} is not a run folder (it is a file); give the folder 'andon train' wrote")
-    ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME, with_extra=False)
-    model = model_from_checkpoint(ckpt)
+    ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    model = None if ckpt.card.anomaly_only else model_from_checkpoint(ckpt)
+    anomaly = None
+    if ckpt.card.anomaly is not None:
+        from andon.models.anomaly_build import detector_from_checkpoint
+
+        anomaly = detector_from_checkpoint(ckpt.card.anomaly, ckpt.card.preprocess, ckpt.extra)
     splits = run_dir / SPLITS_NAME
     if not splits.is_file():
         raise RunError(f"run folder {run_dir} has no {SPLITS_NAME}; export needs the run's validation images")
@@ -66,7 +79,7 @@ def load_run(run_dir: str | Path) -> Run:
     if unknown:
         raise RunError(f"{splits} has labels {unknown} that the model does not know; its classes are "
                        f"{ckpt.card.classes}")
-    return Run(path=run_dir, checkpoint=ckpt, model=model, data=data)
+    return Run(path=run_dir, checkpoint=ckpt, model=model, data=data, anomaly=anomaly)
 
 
 def pick(samples: Sequence[Sample], n: int | None) -> list[Sample]:

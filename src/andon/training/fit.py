@@ -27,9 +27,12 @@ from rich.progress import Progress
 from andon.datasets.dataset import Dataset
 from andon.datasets.remap import ClassPlan
 from andon.errors import ConfigError, DatasetError
-from andon.evaluation.metrics import classification_report
+from andon.evaluation.metrics import classification_report, roc_auc
 from andon.inspect.card import THRESHOLD_METRICS, ModelCard, PreprocessSpec, default_defect_classes
 from andon.models import Checkpoint, Classifier, create_model, load_checkpoint, save_checkpoint
+from andon.models.anomaly_build import CHECKPOINT_KEY as ANOMALY_KEY
+from andon.models.anomaly_build import checkpoint_state
+from andon.training.anomaly import FittedAnomaly, check_anomaly, fit_anomaly, split_scores, with_anomaly
 from andon.training.augment import build_augmenter
 from andon.training.data import (EpochSampler, RunData, check_training_classes, eval_loader, load_split_dataset,
                                  prepare_run_data, preprocess_spec, split_datasets, train_loader)
@@ -135,6 +138,7 @@ def prepare(recipe: Recipe) -> tuple[torch.device, Dataset, ClassPlan, Classifie
     dataset, plan = load_split_dataset(recipe.data)
     check_training_classes(dataset, plan)
     default_defect_classes(plan.classes, recipe.data.defect_classes)  # unknown names fail here, not at the end
+    check_anomaly(recipe, plan.classes)  # so does an anomaly trunk or weights file that cannot be loaded
     model = create_model(recipe.model.name, len(plan.classes), recipe.model.weights, head_groups=plan.head_groups,
                          mean=recipe.model.mean, std=recipe.model.std).to(device)
     if autocast_dtype(cfg.precision, device) is not None:
@@ -330,11 +334,14 @@ def _finish(s: Session, state: StopState, progress: Progress) -> RunResult:
         preds[split] = {"y_true": y_true, "probs": probs}
         reports[split] = classification_report(y_true, probs, s.card.classes, s.card.defect_classes)
         headlines[split] = reports[split].headline()
+    fitted = _fit_anomaly(s, preds, headlines, progress)
     metrics = {f"{split}_{k}": v for split, h in headlines.items() for k, v in h.items()}
     card = make_card(s.recipe, s.run.name, s.data, s.card.preprocess, weights=s.card.weights, metrics=metrics)
     notes: list[str] = []
     card = calibrate_card(card, s.recipe.decision, s.run, progress, notes=notes,
                           val_fraction=s.recipe.data.val_fraction)
+    if fitted is not None:
+        card = with_anomaly(card, fitted)
     for split, pred in preds.items():  # the plant's rates at the thresholds just set
         rates = threshold_rates(card, pred)
         headlines[split].update(rates)
@@ -342,11 +349,33 @@ def _finish(s: Session, state: StopState, progress: Progress) -> RunResult:
     cfg = s.recipe.decision  # judged on the card's own validation rates, so export can judge it the same way
     card = card.replace(threshold_warnings=weak_reasons(card.metrics, max_reject_good=cfg.max_reject_good,
                                                         max_review=cfg.max_review))
-    save_checkpoint(s.run.best, Checkpoint(best.model_name, best.num_classes, best.state_dict, card, best.epoch))
+    extra = {} if fitted is None else {ANOMALY_KEY: checkpoint_state(fitted.detector)}
+    save_checkpoint(s.run.best, Checkpoint(best.model_name, best.num_classes, best.state_dict, card, best.epoch,
+                                           extra))
     sources = {split: [s.data.dataset.samples[i].label for i in s.data.indices[split]] for split in reports}
     write_report(s.run, s.recipe, card, reports, best_epoch=state.best_epoch, sources=sources, notes=notes)
     _close_workers(s.loaders)
     return RunResult(s.run.path, state.best_epoch, state.epoch, headlines, notes, list(card.threshold_warnings))
+
+
+def _fit_anomaly(s: Session, preds: dict[str, dict[str, np.ndarray]], headlines: dict[str, dict[str, float]],
+                 progress: Progress) -> FittedAnomaly | None:
+    """The good-only detector on the train split's good images (``recipe.anomaly``); its scores join each split's
+    predictions (and their files) and its ROC AUC the headline figures. None when disabled or without a good class."""
+    if not s.recipe.anomaly.enabled:
+        return None
+    if not s.card.good_classes:
+        progress.console.print("anomaly detector: skipped, no class is a good part (it learns from good parts only)")
+        return None
+    fitted = fit_anomaly(s.recipe, s.data, s.card, say=lambda m: progress.console.print(m, markup=False,
+                                                                                         highlight=False))
+    for split, pred in preds.items():
+        pred["anomaly_score"] = split_scores(fitted.detector, s.data, split)
+        save_predictions(s.run.predictions(split), s.data.paths(split), pred["y_true"], pred["probs"],
+                         s.card.classes, anomaly_score=pred["anomaly_score"])
+        bad = np.isin(pred["y_true"], s.card.defect_indices)
+        headlines[split]["anomaly_roc_auc"] = roc_auc(bad, pred["anomaly_score"])
+    return fitted
 
 
 def threshold_rates(card: ModelCard, pred: dict[str, np.ndarray]) -> dict[str, float]:

@@ -14,7 +14,7 @@ import torch
 
 from andon.errors import AndonError, DatasetError, RunError
 from andon.inspect.card import ModelCard
-from andon.inspect.outputs import ModelOutputs
+from andon.inspect.outputs import ModelOutputs, output_spec
 from andon.inspect.preprocess import Preprocessor
 from andon.models import Classifier, load_checkpoint, model_from_checkpoint
 
@@ -43,11 +43,26 @@ def predict_paths(run_dir: str | Path, paths: Sequence[str | Path], *, batch_siz
     return out, card
 
 
-def predict_outputs(run_dir: str | Path, paths: Sequence[str | Path], *, batch_size: int = 32,
-                    checkpoint: str = "best.pt") -> tuple[ModelOutputs, ModelCard]:
-    """The outputs the decision reads (``andon.inspect.outputs``) of the run's model for ``paths``, and its card."""
-    probs, card = predict_paths(run_dir, paths, batch_size=batch_size, checkpoint=checkpoint)
-    return ModelOutputs.of(probs), card
+@torch.inference_mode()
+def predict_outputs(run_dir: str | Path, paths: Sequence[str | Path], *, batch_size: int = 32) -> tuple[ModelOutputs, ModelCard]:
+    """The outputs the decision reads (``andon.inspect.outputs``: probabilities, and the anomaly score when the run
+    has a detector) of the run's inspection graph for ``paths``, and its card; what its .onnx would give."""
+    from andon.models.rundata import load_run
+
+    run = load_run(run_dir)
+    graph, card = run.graph(), run.card
+    pre = Preprocessor(card.preprocess)
+    chunks = []
+    for start in range(0, len(paths), batch_size):
+        batch = np.stack([_tensor(pre, Path(p)) for p in paths[start:start + batch_size]])
+        chunks.append([t.numpy() for t in graph(torch.from_numpy(batch))])
+    keys = [k for k in graph.output_keys if not output_spec(k).is_map]
+    columns = {k: graph.output_keys.index(k) for k in keys}
+    if not chunks:
+        return ModelOutputs({k: np.zeros((0, len(card.classes)) if k == "probabilities" else (0,), np.float32)
+                             for k in keys}), card
+    return ModelOutputs({k: np.concatenate([c[j] for c in chunks]).astype(np.float32)
+                         for k, j in columns.items()}), card
 
 
 def _tensor(pre: Preprocessor, path: Path) -> np.ndarray:

@@ -165,6 +165,20 @@ class DecisionSection(_Section):
         return self
 
 
+class AnomalySection(_Section):
+    """The good-only anomaly detector fitted after the classifier (``andon.training.anomaly``)."""
+
+    enabled: bool
+    only: bool
+    trunk: str | None
+    weights: str | None
+    layers: list[int] | None
+    dim: int = Field(ge=1, le=4096)
+    bank_size: int = Field(ge=1, le=1_000_000)
+    blur_sigma: float = Field(ge=0.0, le=10.0)
+    false_alarm: float = Field(gt=0.0, lt=0.5)
+
+
 class OutputSection(_Section):
     runs_dir: Path
     name: str | None
@@ -183,6 +197,7 @@ class Recipe(_Section):
     augment: AugmentSection
     train: TrainSection
     decision: DecisionSection
+    anomaly: AnomalySection
     output: OutputSection
 
     @model_validator(mode="after")

@@ -155,15 +155,18 @@ def _cell(value: float | int | str) -> str:
     return str(value)
 
 
-def save_predictions(path: Path, paths: list[str], y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> None:
+def save_predictions(path: Path, paths: list[str], y_true: np.ndarray, probs: np.ndarray, classes: list[str], *,
+                     anomaly_score: np.ndarray | None = None) -> None:
     buffer = io.BytesIO()
+    extra = {} if anomaly_score is None else {"anomaly_score": np.asarray(anomaly_score, dtype=np.float32)}
     np.savez_compressed(buffer, paths=np.array(paths, dtype=np.str_), y_true=y_true.astype(np.int64),
-                        probs=probs.astype(np.float32), classes=np.array(classes, dtype=np.str_))
+                        probs=probs.astype(np.float32), classes=np.array(classes, dtype=np.str_), **extra)
     atomic_write(path, buffer.getvalue())
 
 
 def load_predictions(path: Path) -> dict[str, np.ndarray]:
-    """``paths``, ``y_true``, ``probs``, ``classes`` of a run's predictions file."""
+    """``paths``, ``y_true``, ``probs``, ``classes`` (and ``anomaly_score`` when the run has an anomaly detector)
+    of a run's predictions file."""
     if not path.is_file():
         raise RunError(f"{path} does not exist; the run has not finished")
     with np.load(path, allow_pickle=False) as data:
