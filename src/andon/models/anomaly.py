@@ -59,8 +59,12 @@ class PatchFeatures(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, layers: Sequence[int], *, card_mean: Triple, card_std: Triple,
-                 trunk_mean: Triple, trunk_std: Triple, dim: int | None = 128, seed: int = 0) -> None:
+                 trunk_mean: Triple, trunk_std: Triple, dim: int | None = 128, seed: int = 0,
+                 shared: bool = False) -> None:
         super().__init__()
+        #: the trunk is the classifier's own (fine-tuned) trunk: an inspection graph computes it once for both
+        #: (``andon.models.graph``), so the detector adds only the nearest-patch search
+        self.shared = bool(shared)
         blocks = _blocks_of(backbone)
         self.layers = tuple(sorted({int(i) for i in layers}))
         if not self.layers or not 1 <= len(self.layers) <= 2:
@@ -105,8 +109,11 @@ class PatchFeatures(nn.Module):
         return taps
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = image * self.gain + self.shift
-        taps = [F.avg_pool2d(t, 3, stride=1, padding=1) for t in self._taps(x)]
+        return self.from_taps(self._taps(image * self.gain + self.shift))
+
+    def from_taps(self, taps: list[torch.Tensor]) -> torch.Tensor:
+        """Patch embeddings from the chosen blocks' outputs (computed elsewhere, e.g. by the classifier)."""
+        taps = [F.avg_pool2d(t, 3, stride=1, padding=1) for t in taps]
         size = taps[0].shape[-2:]
         taps = [taps[0]] + [F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in taps[1:]]
         features = torch.cat(taps, dim=1)
@@ -194,7 +201,11 @@ class PatchCore(nn.Module):
         return distance[:, 0]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raw = self.raw_map(image)
+        return self.score_features(self.extractor(image))
+
+    def score_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(score, anomaly map) from patch features ``N x D x h x w`` (``PatchFeatures`` output)."""
+        raw = self.distance_map(features)
         anomaly_map = raw / (raw + self.scale)
         return anomaly_map.flatten(1).amax(dim=1), anomaly_map
 

@@ -37,6 +37,22 @@ from torch import nn
 from andon.models.classifier import Classifier
 
 
+def trunk_with_taps(backbone: nn.Module, layers: tuple[int, ...],
+                    image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The trunk's feature map (as ``backbone(image)``) and the outputs of its blocks ``layers`` on the way."""
+    blocks = getattr(backbone, "features", backbone)
+    x, taps = image, []
+    for i, block in enumerate(blocks):
+        x = block(x)
+        if i in layers:
+            taps.append(x)
+    if blocks is not backbone:  # Sequential(features=..., and what follows them, e.g. convnext's norm)
+        for name, child in backbone.named_children():
+            if name != "features":
+                x = child(x)
+    return x, taps
+
+
 class InspectionGraph(nn.Module):
     """Wraps a trained ``Classifier`` (and/or an anomaly detector) into the graph that export writes to ONNX."""
 
@@ -65,11 +81,15 @@ class InspectionGraph(nn.Module):
         if self.model is None:
             score, amap = self.anomaly(image)
             return torch.stack([score, 1.0 - score], dim=1), score, amap
-        outputs = self._classify(image)
-        return outputs + tuple(self.anomaly(image)) if self.anomaly is not None else outputs
+        if self.anomaly is None:
+            return self._classify(self.model.features(image))
+        if self.anomaly.extractor.shared:  # one pass through the classifier's trunk feeds both
+            feats, taps = trunk_with_taps(self.model.backbone, self.anomaly.extractor.layers, image)
+            patches = self.anomaly.extractor.from_taps(taps)
+            return self._classify(feats) + self.anomaly.score_features(patches)
+        return self._classify(self.model.features(image)) + tuple(self.anomaly(image))
 
-    def _classify(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.model.features(image)
+    def _classify(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model.logits(feats)
         local = torch.softmax(self.model.local_logits(feats), dim=1)
         if self.all_defect:

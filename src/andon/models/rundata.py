@@ -67,7 +67,8 @@ def load_run(run_dir: str | Path) -> Run:
     if ckpt.card.anomaly is not None:
         from andon.models.anomaly_build import detector_from_checkpoint
 
-        anomaly = detector_from_checkpoint(ckpt.card.anomaly, ckpt.card.preprocess, ckpt.extra)
+        anomaly = detector_from_checkpoint(ckpt.card.anomaly, ckpt.card.preprocess, ckpt.extra,
+                                           backbone=ckpt.model_name)
     splits = run_dir / SPLITS_NAME
     if not splits.is_file():
         raise RunError(f"run folder {run_dir} has no {SPLITS_NAME}; export needs the run's validation images")

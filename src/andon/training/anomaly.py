@@ -22,7 +22,7 @@ from andon.inspect.card import AnomalySpec, ModelCard, ThresholdBand
 from andon.inspect.outputs import exported_names
 from andon.inspect.preprocess import Preprocessor
 from andon.models.anomaly import PatchCore, fit_patchcore, raw_scores
-from andon.models.anomaly_build import build_extractor
+from andon.models.anomaly_build import CLASSIFIER_TRUNK, build_extractor, classifier_extractor
 from andon.training.data import RunData
 from andon.training.recipe import Recipe
 
@@ -37,6 +37,9 @@ DEFAULT_LAYERS: dict[str, list[int]] = {
     "efficientnet_b0": [3, 4],
     "mobilenet_v3_small": [3, 8],
     "mobilenet_v3_large": [6, 12],
+    "resnet18": [5, 6],  # layer2 + layer3, as PatchCore on wide_resnet50
+    "resnet50": [5, 6],
+    "convnext_tiny": [3, 5],
 }
 #: the band of a calibrated detector: 0.5 is the false-alarm threshold; the score alone never rejects
 ANOMALY_BAND = ThresholdBand(pass_below=0.5, reject_at=1.0)
@@ -52,17 +55,24 @@ class FittedAnomaly:
 
 
 def anomaly_trunk(recipe: Recipe) -> tuple[str, str, list[int]]:
-    """(trunk, weights, layers) the recipe means: ``trunk: null`` is the classifier's own backbone and weights."""
+    """(trunk, weights, layers) the recipe means. ``trunk: classifier`` reads the fine-tuned classifier's own trunk
+    (``CLASSIFIER_TRUNK``, weights ""); ``trunk: null`` a frozen copy of the same backbone with model.weights;
+    an anomaly-only model has no classifier, so ``classifier`` means ``null`` there."""
     cfg = recipe.anomaly
-    trunk = cfg.trunk or recipe.model.name
-    weights = cfg.weights or (recipe.model.weights if cfg.trunk is None else "imagenet")
+    if cfg.trunk == CLASSIFIER_TRUNK and not cfg.only:
+        return CLASSIFIER_TRUNK, "", list(cfg.layers or DEFAULT_LAYERS.get(recipe.model.name) or _no_layers(recipe.model.name))
+    own = cfg.trunk in (None, CLASSIFIER_TRUNK)
+    trunk = recipe.model.name if own else cfg.trunk
+    weights = cfg.weights or (recipe.model.weights if own else "imagenet")
     layers = cfg.layers or DEFAULT_LAYERS.get(trunk)
-    if layers is None:
-        from andon.errors import ConfigError
+    return trunk, weights, list(layers or _no_layers(trunk))
 
-        raise ConfigError(f"anomaly.trunk {trunk!r} has no default layers; set anomaly.layers (block indices) or "
-                          f"use one of {sorted(DEFAULT_LAYERS)}")
-    return trunk, weights, list(layers)
+
+def _no_layers(trunk: str) -> list[int]:
+    from andon.errors import ConfigError
+
+    raise ConfigError(f"anomaly.trunk {trunk!r} has no default layers; set anomaly.layers (block indices) or "
+                      f"use one of {sorted(DEFAULT_LAYERS)}")
 
 
 def check_anomaly(recipe: Recipe, classes: list[str]) -> None:
@@ -73,6 +83,12 @@ def check_anomaly(recipe: Recipe, classes: list[str]) -> None:
 
     trunk, weights, layers = anomaly_trunk(recipe)
     spec = PreprocessSpec(input_size=recipe.model.input_size)
+    if trunk == CLASSIFIER_TRUNK:
+        from andon.models.registry import create_model
+
+        classifier_extractor(create_model(recipe.model.name, 2, "none", progress=False), layers, recipe.anomaly.dim,
+                             spec)
+        return
     own = recipe.anomaly.trunk is None
     build_extractor(trunk, weights, layers, recipe.anomaly.dim, spec, mean=recipe.model.mean if own else None,
                     std=recipe.model.std if own else None)
@@ -106,8 +122,11 @@ def split_scores(detector: PatchCore, data: RunData, split: str, *, batch: int =
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
-def fit_anomaly(recipe: Recipe, data: RunData, card: ModelCard, *, say: Say | None = None) -> FittedAnomaly:
-    """Fit the detector on the train split's good images and calibrate its band on the val split's."""
+def fit_anomaly(recipe: Recipe, data: RunData, card: ModelCard, *, classifier: torch.nn.Module | None = None,
+                say: Say | None = None) -> FittedAnomaly:
+    """Fit the detector on the train split's good images and calibrate its band on the val split's.
+
+    ``classifier`` is the trained model, whose trunk ``anomaly.trunk: classifier`` reads."""
     say = say or (lambda _m: None)
     cfg = recipe.anomaly
     good = [card.classes.index(c) for c in card.good_classes]
@@ -115,9 +134,15 @@ def fit_anomaly(recipe: Recipe, data: RunData, card: ModelCard, *, say: Say | No
         raise DatasetError(f"the anomaly detector learns from good parts, and none of the classes {card.classes} is "
                            "one (name it ok/good/pass/normal, or set data.defect_classes); or set anomaly.enabled=false")
     trunk, weights, layers = anomaly_trunk(recipe)
-    extractor = build_extractor(trunk, weights, layers, cfg.dim, card.preprocess, seed=recipe.train.seed,
-                                mean=recipe.model.mean if recipe.anomaly.trunk is None else None,
-                                std=recipe.model.std if recipe.anomaly.trunk is None else None)
+    if trunk == CLASSIFIER_TRUNK:
+        if classifier is None:
+            raise ValueError("anomaly.trunk classifier needs the trained classifier")
+        extractor = classifier_extractor(classifier.cpu().eval(), layers, cfg.dim, card.preprocess,
+                                         seed=recipe.train.seed)
+    else:
+        own = recipe.anomaly.trunk is None
+        extractor = build_extractor(trunk, weights, layers, cfg.dim, card.preprocess, seed=recipe.train.seed,
+                                    mean=recipe.model.mean if own else None, std=recipe.model.std if own else None)
     train = good_tensors(data, "train", good)
     n_train = sum(len(b) for b in train)
     say(f"anomaly detector: {trunk} blocks {layers}, {n_train} good training images")

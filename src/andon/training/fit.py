@@ -367,7 +367,7 @@ def _fit_anomaly(s: Session, preds: dict[str, dict[str, np.ndarray]], headlines:
     if not s.card.good_classes:
         progress.console.print("anomaly detector: skipped, no class is a good part (it learns from good parts only)")
         return None
-    fitted = fit_anomaly(s.recipe, s.data, s.card, say=lambda m: progress.console.print(m, markup=False,
+    fitted = fit_anomaly(s.recipe, s.data, s.card, classifier=s.model, say=lambda m: progress.console.print(m, markup=False,
                                                                                          highlight=False))
     for split, pred in preds.items():
         pred["anomaly_score"] = split_scores(fitted.detector, s.data, split)
