@@ -3,9 +3,10 @@
 1. check: the caller may post for this camera, the camera is known;
 2. idempotency: a retried (camera, Idempotency-Key) returns the stored answer; different bytes -> 422;
 3. inference on the bounded pool (``Admission``) with the model snapshot taken at the start;
-4. storage: the image (and heatmap) of every non-pass frame and of a sample of passes is written durably,
-   then the record is committed; only then does the caller answer 2xx. A failure at any step writes
-   nothing (images already written for the request are removed).
+4. storage: the image (and its map: ``InspectionResult.display_map``, the anomaly map where the anomaly
+   score flagged the frame, else the class heatmap) of every non-pass frame and of a sample of passes is
+   written durably, then the record is committed; only then does the caller answer 2xx. A failure at any
+   step writes nothing (images already written for the request are removed).
 
 A batch is all-or-nothing: every frame is checked (decoded) before any is stored, and all records go in
 one transaction.
@@ -127,7 +128,7 @@ class Pipeline:
             merged = [row if row is not None else next(fresh) for row in stored]
             after = [self._shadow_job(models.shadow, d, row) for d, row in zip(done, rows)
                      if models.shadow is not None]
-            heat = {row.id: d.result.heatmap for d, row in zip(done, rows)}
+            heat = {row.id: d.result.display_map for d, row in zip(done, rows)}
             return self._outcome(merged, replayed, heatmap, after, heat)
         raise StorageError("could not store the frame after 3 attempts (concurrent retries); retry")
 
@@ -153,7 +154,7 @@ class Pipeline:
         return out
 
     async def _infer(self, inspector: Inspector, frames: list[IncomingFrame]) -> list[_Done]:
-        want_heat = "heatmap" in inspector.card.output_names
+        want_heat = inspector.has_maps  # a class heatmap, an anomaly map, or both
         settings = self.settings
 
         def work() -> list[tuple[ImageHeader, InspectionResult]]:
@@ -198,9 +199,10 @@ class Pipeline:
                     row.image_key = f"{now:%Y/%m/%d}/{row.id}.{_EXT.get(d.header.format, 'img')}"
                     self.store.put(row.image_key, d.frame.data)
                     written.append(row.image_key)
-                    if d.result.heatmap is not None:
+                    shown = d.result.display_map  # the anomaly map where the anomaly score flagged the frame
+                    if shown is not None:
                         row.heatmap_key = f"{now:%Y/%m/%d}/{row.id}.heatmap.npy"
-                        self.store.put(row.heatmap_key, encode_heatmap(d.result.heatmap))
+                        self.store.put(row.heatmap_key, encode_heatmap(shown))
                         written.append(row.heatmap_key)
                 d.timings["storage"] = round((time.perf_counter() - t0) * 1000.0, 3)
                 d.timings["total"] = round((time.perf_counter() - started) * 1000.0, 3)
@@ -298,7 +300,8 @@ def _row(d: _Done, inspection_id: str, now: dt.datetime) -> Inspection:
         image_format=d.header.format, image_width=int(r.image_size[1]), image_height=int(r.image_size[0]),
         image_bytes=len(d.frame.data), body_sha256=d.frame.sha256, image_key=None, heatmap_key=None,
         review_status=REVIEW_NOT_REQUIRED if r.decision == "pass" else REVIEW_UNREVIEWED,
-        idempotency_key=d.frame.idempotency_key, timings_ms={},
+        idempotency_key=d.frame.idempotency_key, timings_ms={}, reason=r.reason or None,
+        anomaly_score=None if r.anomaly_score is None else float(r.anomaly_score),
         **{k: (r.quality or {}).get(k) for k in ("brightness", "contrast", "focus")})
 
 

@@ -47,6 +47,11 @@ class InspectionOut(BaseModel):
     decision: DecisionName
     defect_score: float
     scores: dict[str, float]
+    reason: str | None = Field(description="the decision's reason code: 'pass', the signal that decided ('defect', "
+                               "a defect class with its own band, 'anomaly') or 'unknown defect' (the classifier "
+                               "passed the part, the good-only anomaly score flagged it); null for records from "
+                               "before the reason was stored")
+    anomaly_score: float | None = Field(description="the good-only anomaly score (models with an anomaly detector)")
     reasons: list[str]
     model_version: str
     model_hash: str
@@ -63,7 +68,8 @@ class InspectionOut(BaseModel):
     def from_row(cls, row: Inspection, heatmap: list[list[float]] | None = None) -> "InspectionOut":
         return cls(id=row.id, created_at=row.created_at, captured_at=row.captured_at, line_id=row.line_id,
                    camera_id=row.camera_id, part_id=row.part_id, serial=row.serial, label=row.label,
-                   decision=row.decision, defect_score=row.defect_score, scores=row.scores, reasons=row.reasons,
+                   decision=row.decision, defect_score=row.defect_score, scores=row.scores, reason=row.reason,
+                   anomaly_score=row.anomaly_score, reasons=row.reasons,
                    model_version=row.model_version, model_hash=row.model_hash,
                    image_size=(row.image_height, row.image_width), image_format=row.image_format,
                    image_stored=row.image_key is not None, heatmap_available=row.heatmap_key is not None,

@@ -101,6 +101,11 @@ class Inspection(Base):
     brightness: Mapped[float | None] = mapped_column(Float)
     contrast: Mapped[float | None] = mapped_column(Float)
     focus: Mapped[float | None] = mapped_column(Float)
+    #: the decision's reason code (``InspectionResult.reason``): "pass", the deciding signal ("defect", a defect
+    #: class with its own band, "anomaly") or "unknown defect"; None for records from before migration 0003
+    reason: Mapped[str | None] = mapped_column(String(128))
+    #: the good-only anomaly score, for models that have one
+    anomaly_score: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         UniqueConstraint("camera_id", "idempotency_key"),
