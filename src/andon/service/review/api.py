@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from andon.errors import NotFoundError
 from andon.service.auth import Principal
 from andon.service.deps import CanRead, CanReview, ContextDep, SessionDep
-from andon.service.errors import AuthenticationError
+from andon.service.errors import AuthenticationError, PermissionDeniedError
 from andon.service.review import queue as q
 from andon.service.review.cards import card_lookup
 from andon.service.review.sessions import UserPrincipal
@@ -135,6 +135,24 @@ def get_queue(
     total, counts = q.totals(session, f, ctx.extras.get("review_counts"))
     return QueueOut(items=[InspectionOut.from_row(r) for r in result.items], next_cursor=result.next_cursor,
                     count=total, **counts)
+
+
+@router.get("/v1/review/dashboard", summary="The line dashboard's numbers (engineers): decisions, rates, "
+            "which signal flagged the flagged frames, operator agreement, drift, alerts")
+async def get_dashboard(
+    ctx: ContextDep, principal: CanRead,
+    line_id: Annotated[str | None, Query(max_length=64)] = None,
+    camera_id: Annotated[str | None, Query(max_length=64)] = None,
+    window: Annotated[Literal["24h", "7d", "30d"], Query()] = "24h",
+) -> Any:
+    from andon.service.review import dashboard as dash
+    from andon.service.review.dashboard_pages import cached_board
+
+    if principal.role not in (None, "engineer"):
+        raise PermissionDeniedError(f"the line dashboard is for engineers; a {principal.role} may not read it")
+    board = await run_in_threadpool(cached_board, ctx, dash.DashboardQuery(line_id=line_id, camera_id=camera_id,
+                                                                           window=window))
+    return board.summary()
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:

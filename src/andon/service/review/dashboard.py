@@ -1,5 +1,6 @@
 """The line dashboard's numbers: per subgroup (hour, shift or day) rates with p-chart limits, operator
-agreement with the model, score drift, and frame quality against each camera's usual values.
+agreement with the model, score drift, frame quality against each camera's usual values, and which signal
+flagged the flagged frames (classifier, a per-class band, the anomaly score; ``reasons``).
 
 ``build(session, DashboardQuery)`` reads the records once (``records``) and computes everything the page
 and its charts show; the page caches the result for a minute, so the page and its pictures share one read.
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 from andon.errors import ConfigError
 from andon.inspect.card import GOOD_CLASS_NAMES
 from andon.inspect.quality import SIGNALS
-from andon.service.review import records, stats
+from andon.service.review import reasons, records, stats
 from andon.service.review.tables import CANT_TELL, CONFIRM_DEFECT, FALSE_ALARM
 
 WINDOWS = {"24h": dt.timedelta(hours=24), "7d": dt.timedelta(days=7), "30d": dt.timedelta(days=30)}
@@ -94,6 +95,37 @@ class QualitySeries:
 
 
 @dataclass
+class SignalShare:
+    """Flagged frames (review and reject) one signal decided, and their share of all flagged frames."""
+
+    signal: str
+    frames: int
+    share: float | None
+    #: per_class: frames per defect class band; anomaly: {"unknown defect": n} (the classifier passed them)
+    detail: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        return reasons.SIGNAL_TITLES[self.signal]
+
+
+def flagged_by(fr: records.Frames) -> list[SignalShare]:
+    """Flagged frames per deciding signal (``reasons.SIGNALS``; unknown defects count under anomaly, where
+    ``detail`` says how many they are). Signals that flagged nothing are left out, except the classifier."""
+    flagged = fr.decision != "pass"
+    total = int(flagged.sum())
+    counts: Counter[str] = Counter()
+    detail: dict[str, Counter[str]] = defaultdict(Counter)
+    for reason in fr.reason[flagged].tolist():
+        signal = reasons.signal_of(reason) or reasons.NOT_RECORDED
+        counts[signal] += 1
+        if signal in (reasons.PER_CLASS, reasons.ANOMALY) and reason != "anomaly":
+            detail[signal][reason] += 1
+    return [SignalShare(s, counts[s], counts[s] / total if total else None, dict(sorted(detail[s].items())))
+            for s in reasons.SIGNALS if counts[s] or s == reasons.CLASSIFIER]
+
+
+@dataclass
 class Dashboard:
     query: DashboardQuery
     since: dt.datetime
@@ -107,7 +139,36 @@ class Dashboard:
     drift: Drift | None
     quality: list[QualitySeries]
     model_versions: list[str]
+    #: flagged frames by the signal that flagged them
+    flagged_by: list[SignalShare] = field(default_factory=list)
     alerts: list[str] = field(default_factory=list)
+
+    @property
+    def flagged(self) -> int:
+        return sum(n for d, n in self.decisions.items() if d != "pass")
+
+    def summary(self) -> dict:
+        """The numbers of the page as JSON (``GET /v1/review/dashboard``): counts, rates, who flagged what,
+        operator agreement, drift and the alerts; the charts' series stay on the page."""
+        total = self.frames
+        return {
+            "since": self.since.isoformat(), "until": self.until.isoformat(),
+            "line_id": self.query.line_id, "camera_id": self.query.camera_id, "window": self.query.window,
+            "frames": total, "truncated": self.truncated, "model_versions": self.model_versions,
+            "decisions": {d: int(self.decisions.get(d, 0)) for d in ("pass", "review", "reject")},
+            "reject_rate": self.decisions.get("reject", 0) / total if total else None,
+            "review_rate": self.decisions.get("review", 0) / total if total else None,
+            "flagged": self.flagged,
+            "flagged_by": {s.signal: {"frames": s.frames, "share": s.share, "detail": s.detail}
+                           for s in self.flagged_by},
+            "agreement": [{"model_label": a.model_label, "confirmed": a.confirmed, "relabelled": a.relabelled,
+                           "false_alarm": a.false_alarm, "cant_tell": a.cant_tell, "agreement": a.agreement}
+                          for a in self.agreement],
+            "drift": None if self.drift is None else {"model_version": self.drift.model_version, "psi": self.drift.psi,
+                                                      "ks": self.drift.ks, "level": self.drift.level,
+                                                      "note": self.drift.note},
+            "alerts": list(self.alerts),
+        }
 
 
 def subgroup_edges(since: dt.datetime, until: dt.datetime, subgroup: str) -> np.ndarray:
@@ -230,7 +291,7 @@ def build(session: Session, q: DashboardQuery, now: dt.datetime | None = None) -
                       decisions=dict(Counter(fr.decision.tolist())), rates=rate_series(fr, edges),
                       agreement=agreement_by_class(verdicts), agreement_over_time=agreement_series(verdicts, edges),
                       drift=drift(session, fr, q), quality=quality_series(session, fr, edges, q, since),
-                      model_versions=sorted(set(fr.model_version.tolist())))
+                      model_versions=sorted(set(fr.model_version.tolist())), flagged_by=flagged_by(fr))
     board.alerts = alerts(board)
     return board
 

@@ -1,7 +1,7 @@
 """The line dashboard page (engineers) and its chart pictures.
 
 The numbers behind the page and its four pictures are computed once per filter and kept for a minute
-(``_board``), so loading the page costs one read of the records, not five.
+(``cached_board``), so loading the page costs one read of the records, not five.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _query(request: Request) -> dash.DashboardQuery:
                                window=p.get("window") or "24h", subgroup=p.get("subgroup") or "hour")
 
 
-def _board(ctx, q: dash.DashboardQuery) -> dash.Dashboard:
+def cached_board(ctx, q: dash.DashboardQuery) -> dash.Dashboard:
     cache = ctx.extras.setdefault("dashboard_cache", {})
     with _lock:
         hit = cache.get(q)
@@ -58,7 +58,7 @@ async def dashboard(request: Request) -> Response:
     except ConfigError as exc:
         return error_page(request, 400, "Bad filter", str(exc), user)
     ctx = request.app.state.ctx
-    board = await run_in_threadpool(_board, ctx, q)
+    board = await run_in_threadpool(cached_board, ctx, q)
     lines, cameras = _filters_menu(ctx)
     return render(request, "dashboard.html", {"user": user, "board": board, "q": q, "lines": lines,
                                               "cameras": cameras, "windows": list(dash.WINDOWS),
@@ -79,7 +79,7 @@ async def chart(request: Request, name: str) -> Response:
     ctx = request.app.state.ctx
 
     def draw() -> bytes:
-        return CHARTS[name](_board(ctx, q))
+        return CHARTS[name](cached_board(ctx, q))
 
     png = await run_in_threadpool(draw)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})

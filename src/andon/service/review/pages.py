@@ -23,6 +23,7 @@ from andon.service.review import queue as q
 from andon.service.review.accounts import authenticate
 from andon.service.review.cards import card_lookup
 from andon.service.review.images import browser_frame, heat_layer_png
+from andon.service.review.reasons import stored_map_name
 from andon.service.review.sessions import (COOKIE, CSRF_FIELD, LOGIN_CSRF_COOKIE, UserPrincipal, cookie_secure,
                                            csrf_ok, end_session, start_session)
 from andon.service.review.tables import VERDICTS
@@ -237,8 +238,10 @@ def part_context(session, ctx, row: Inspection, f: q.QueueFilter) -> dict[str, A
                                         .order_by(Inspection.camera_id, Inspection.id).limit(MAX_SIBLINGS)))
     nxt = q.next_after(session, f, row)
     scores = sorted(row.scores.items(), key=lambda kv: -kv[1])
+    card = card_lookup(ctx).card(row.model_hash)
+    map_name = stored_map_name(row.reason, row.anomaly_score, card.output_names if card is not None else None)
     return {"row": row, "info": info, "verdicts": verdicts, "current": current, "siblings": siblings,
-            "next_id": nxt.id if nxt is not None else None, "scores": scores[:8],
+            "next_id": nxt.id if nxt is not None else None, "scores": scores[:8], "map_name": map_name,
             "default_defect": info.default_defect(row), "params": f.params(),
             "reviewable": row.image_key is not None or row.decision != "pass"}
 

@@ -110,7 +110,7 @@ class QueuePage:
 #: what a queue row shows; the other columns (scores, timings) load only for the part on screen
 LIST_COLUMNS = (Inspection.id, Inspection.created_at, Inspection.line_id, Inspection.camera_id,
                 Inspection.part_id, Inspection.label, Inspection.decision, Inspection.defect_score,
-                Inspection.review_status, Inspection.image_key)
+                Inspection.review_status, Inspection.image_key, Inspection.reason, Inspection.anomaly_score)
 
 
 def _conditions(f: QueueFilter, decision: str, now: dt.datetime | None) -> list:

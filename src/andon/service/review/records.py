@@ -21,7 +21,7 @@ MAX_ROWS = 300_000
 
 _FRAME_COLUMNS = (Inspection.created_at, Inspection.line_id, Inspection.camera_id, Inspection.decision,
                   Inspection.label, Inspection.defect_score, Inspection.model_version, Inspection.part_id,
-                  Inspection.brightness, Inspection.contrast, Inspection.focus)
+                  Inspection.brightness, Inspection.contrast, Inspection.focus, Inspection.reason)
 
 
 @dataclass
@@ -39,6 +39,8 @@ class Frames:
     brightness: np.ndarray
     contrast: np.ndarray
     focus: np.ndarray
+    #: the decision's reason code (None for records from before it was stored; ``reasons.signal_of``)
+    reason: np.ndarray
     truncated: bool = False
 
     def __len__(self) -> int:
@@ -73,7 +75,7 @@ def frames(session: Session, since: dt.datetime, until: dt.datetime, *, line_id:
                   decision=np.array(cols[3], dtype=object), label=np.array(cols[4], dtype=object),
                   score=floats(cols[5]), model_version=np.array(cols[6], dtype=object),
                   part_id=np.array(cols[7], dtype=object), brightness=floats(cols[8]), contrast=floats(cols[9]),
-                  focus=floats(cols[10]), truncated=truncated)
+                  focus=floats(cols[10]), reason=np.array(cols[11], dtype=object), truncated=truncated)
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,8 @@ def _frame(rng, h: LineHistory, line: str, camera: str, active: set[str], at: dt
             "image_bytes": 600_000, "body_sha256": "0" * 64, "image_key": None, "heatmap_key": None,
             "image_pruned_at": None,
             "review_status": REVIEW_NOT_REQUIRED if decision == "pass" else REVIEW_UNREVIEWED,
-            "idempotency_key": None, "timings_ms": {}, "brightness": round(float(brightness), 2),
+            "idempotency_key": None, "timings_ms": {}, "reason": "pass" if decision == "pass" else "defect",
+            "anomaly_score": None, "brightness": round(float(brightness), 2),
             "contrast": round(float(contrast), 2), "focus": round(float(focus), 2)}
 
 

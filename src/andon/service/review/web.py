@@ -18,6 +18,7 @@ from fastapi.templating import Jinja2Templates
 from andon import __version__
 from andon.inspect.card import GOOD_CLASS_NAMES
 from andon.service.review.queue import CountCache
+from andon.service.review.reasons import badge as reason_badge
 from andon.service.review.sessions import COOKIE, LoginThrottle, UserPrincipal, principal_for, session_authenticator
 
 HERE = Path(__file__).parent
@@ -48,6 +49,7 @@ def make_templates() -> Jinja2Templates:
     env.globals["static"] = lambda name: f"{STATIC_URL}/{name}?v={__version__}"
     env.globals["andon_version"] = __version__
     env.globals["good_names"] = GOOD_CLASS_NAMES
+    env.globals["reason_badge"] = reason_badge
     return templates
 
 
