@@ -76,7 +76,7 @@ def weak_thresholds(run: Path) -> list[str]:
     if not best.is_file():
         return []  # export_run says what is missing
     card = load_checkpoint(best).card
-    if card.threshold_warnings:
+    if card.threshold_warnings or card.anomaly is not None:  # a card with an anomaly detector recorded its own
         return list(card.threshold_warnings)
     cfg = _run_decision(run)
     return weak_reasons(card.metrics, max_reject_good=cfg.max_reject_good, max_review=cfg.max_review)

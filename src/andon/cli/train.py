@@ -35,6 +35,9 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run named by --name from its last "
                                                         "checkpoint."),
     show_recipe: bool = typer.Option(False, "--show-recipe", help="Print the resolved recipe (every key) and exit."),
+    anomaly_only: bool = typer.Option(False, "--anomaly-only", help="A model from good parts only (a new product "
+                                      "with no defect images yet): no classifier; a good-only anomaly detector "
+                                      "sends unusual parts to review. DATA needs a folder named ok (or good)."),
 ) -> None:
     """Fine-tune a pretrained backbone with a new head. Writes runs/<name>/: recipe.yaml, metrics.csv,
     best.pt, last.pt, splits.csv, predictions and report.html. A checkpoint is saved after every epoch:
@@ -44,6 +47,8 @@ def train(
     from andon.training.fit import fit
 
     values = _flag_values(data, model, weights, epochs, batch_size, input_size, remap, name, runs_dir)
+    if anomaly_only:
+        values["anomaly.only"] = True
     if resume:
         loaded = _resume_recipe(recipe, name, runs_dir, values, settings)
     else:

@@ -10,6 +10,7 @@ the card's anomaly band is [0.5, 1.0): flagged parts go to review, the score alo
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,6 +42,8 @@ DEFAULT_LAYERS: dict[str, list[int]] = {
     "resnet50": [5, 6],
     "convnext_tiny": [3, 5],
 }
+#: the class of an anomaly-only model's flagged parts
+ANOMALY_CLASS = "anomaly"
 #: the band of a calibrated detector: 0.5 is the false-alarm threshold; the score alone never rejects
 ANOMALY_BAND = ThresholdBand(pass_below=0.5, reject_at=1.0)
 
@@ -177,3 +180,101 @@ def _threshold(raw: np.ndarray, scale: float, false_alarm: float) -> tuple[float
                      f"({required_samples(false_alarm)} needed): threshold just above the highest of them")
     t = min(t, 1.0 - 1e-6)
     return scale * t / (1.0 - t), f"false alarms <= {false_alarm:.1%} on {len(raw)} good validation images"
+
+
+# -- a model from good parts only ---------------------------------------------------------------------------
+
+
+def _good_only_warnings(metrics: dict[str, float], max_review: float | None) -> list[str]:
+    """An anomaly-only model's weakness: the share of *good* parts it sends to review (on a line that runs good,
+    that is the operators' load; defective parts it sends there are its purpose)."""
+    false_alarms = metrics.get("val_false_alarm_rate")
+    if max_review is None or false_alarms is None or false_alarms <= max_review + 1e-12:
+        return []
+    return [f"it sends {false_alarms:.1%} of the val good parts to review, above the budget of {max_review:.1%} "
+            "(decision.max_review); add good images, or loosen anomaly.false_alarm or decision.max_review"]
+
+
+def fit_anomaly_only(recipe: Recipe, *, console=None):  # noqa: ANN001 (rich Console) -> fit.RunResult
+    """``andon train DIR --anomaly-only``: a model from good parts alone, for a product with no defect images yet.
+
+    No classifier is trained. The detector is fitted on the train split's good images and its band set on the
+    val split's (``false_alarm``); defect images in the folder (any class not named like a good part) are used
+    only to report figures on val and test. The card's classes are ``anomaly`` and the good class, its
+    "probabilities" (P(anomaly), P(ok)) come from the anomaly score, and its defect band [0.5, 1.0) sends what
+    the score flags to review: an operator's verdicts then become the first labelled defects.
+    """
+    from rich.console import Console
+
+    from andon.datasets.remap import class_plan
+    from andon.inspect.card import GOOD_CLASS_NAMES, Thresholds
+    from andon.models.anomaly_build import checkpoint_state
+    from andon.models.checkpoint import Checkpoint, save_checkpoint
+    from andon.training.data import load_split_dataset, prepare_run_data, preprocess_spec
+    from andon.training.fit import RunResult, threshold_rates
+    from andon.training.progress import summary_table
+    from andon.training.rundir import create_run, named, plan_run, save_predictions
+    from andon.training.seeding import seed_everything
+
+    console = console or Console(stderr=True)
+    say = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
+    recipe = named(recipe)
+    run = plan_run(recipe, resume=False)
+    seed_everything(recipe.train.seed)
+    dataset, _ = load_split_dataset(recipe.data)
+    declared = recipe.data.defect_classes or []
+    goods = [c for c in dataset.classes if c.lower() in GOOD_CLASS_NAMES and c not in declared]
+    if not goods:
+        raise DatasetError(f"--anomaly-only learns from good parts: put them in a folder named ok (or good, pass, "
+                           f"normal); {dataset.root} has the classes {dataset.classes}")
+    good = goods[0]
+    table = {c: (good if c in goods else ANOMALY_CLASS) for c in dataset.classes}
+    plan = class_plan(dataset.classes, table, keep_sources=False)
+    trunk, weights, layers = anomaly_trunk(recipe)
+    own = recipe.anomaly.trunk in (None, CLASSIFIER_TRUNK)
+    from andon.models.registry import create_model
+
+    info = create_model(trunk, 2, weights, progress=False, mean=recipe.model.mean if own else None,
+                        std=recipe.model.std if own else None).weights_info
+    spec = preprocess_spec(recipe.model, info.mean, info.std)
+    create_run(run, recipe)  # only now: bad data, trunk names or weights leave no folder behind
+    say(f"run {run.path}  (anomaly only: {trunk} blocks {layers}, from the good parts in '{good}')")
+    data = prepare_run_data(dataset, plan, spec, run.path, workers=recipe.train.workers)
+    classes = [ANOMALY_CLASS, good]
+    now = dt.datetime.now(dt.timezone.utc)
+    card = ModelCard(name=run.name, version=f"{run.name}-{now:%Y%m%dT%H%M%SZ}",
+                     classes=classes, defect_classes=[ANOMALY_CLASS], preprocess=spec, backbone=trunk,
+                     weights=info.source, data_fingerprint=dataset.fingerprint(),
+                     thresholds=Thresholds(defect=ANOMALY_BAND),
+                     anomaly=AnomalySpec(trunk=trunk, layers=layers, bank_size=1, dim=1, scale=1.0, only=True),
+                     output_names=exported_names(("probabilities", "anomaly_score", "anomaly_map")))
+    is_good = np.array([plan.classes[t] == good for t in data.targets])
+    data.targets = np.where(is_good, 1, 0)  # the card's class order: anomaly, good
+    fitted = fit_anomaly(recipe, data, card, say=say)
+    card = card.replace(anomaly=fitted.spec, thresholds=Thresholds(defect=ANOMALY_BAND,
+                                                                   source=f"anomaly only: {fitted.spec.calibration}"))
+    headlines: dict[str, dict[str, float]] = {}
+    for split in ("val", "test"):
+        if len(data.indices[split]) == 0:
+            continue
+        score = split_scores(fitted.detector, data, split)
+        y_true = data.targets[data.indices[split]]
+        probs = np.stack([score, 1.0 - score], axis=1)
+        pred = {"y_true": y_true, "probs": probs, "anomaly_score": score}
+        save_predictions(run.predictions(split), data.paths(split), y_true, probs, classes, anomaly_score=score)
+        from andon.evaluation.metrics import roc_auc
+
+        figures = {"anomaly_roc_auc": roc_auc(y_true == 0, score), **threshold_rates(card, pred),
+                   "false_alarm_rate": float((score[y_true == 1] >= 0.5).mean()) if (y_true == 1).any()
+                   else float("nan")}
+        headlines[split] = figures
+        card = card.replace(metrics={**card.metrics, **{f"{split}_{k}": v for k, v in figures.items()
+                                                        if np.isfinite(v)}})
+    card = card.replace(threshold_warnings=_good_only_warnings(card.metrics, recipe.decision.max_review))
+    for warning in card.threshold_warnings:
+        console.print(f"[bold red]Weak thresholds: {warning}[/bold red]")
+    save_checkpoint(run.best, Checkpoint(trunk, 2, {}, card, 0, {"anomaly": checkpoint_state(fitted.detector)}))
+    console.print(summary_table(f"run {run.name}: anomaly only", headlines,
+                                ["anomaly_roc_auc", "false_alarm_rate", "escape_rate", "review_rate"]))
+    say(f"export it: andon export {run.path} --out {run.name}.onnx")
+    return RunResult(run.path, 0, 0, headlines)

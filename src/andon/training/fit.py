@@ -90,6 +90,12 @@ def fit(recipe: Recipe, *, resume: bool = False, console: Console | None = None,
     ``callbacks`` are called after each epoch's checkpoint with (epoch, metrics row).
     """
     console = console or Console(stderr=True)
+    if recipe.anomaly.only:
+        if resume:
+            raise ConfigError("an anomaly-only run has no epochs to resume; start it again without --resume")
+        from andon.training.anomaly import fit_anomaly_only
+
+        return fit_anomaly_only(recipe, console=console)
     recipe = named(recipe)
     run = plan_run(recipe, resume=resume)
     device, dataset, plan, model = prepare(recipe)

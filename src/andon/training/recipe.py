@@ -178,6 +178,12 @@ class AnomalySection(_Section):
     blur_sigma: float = Field(ge=0.0, le=10.0)
     false_alarm: float = Field(gt=0.0, lt=0.5)
 
+    @model_validator(mode="after")
+    def _only_needs_enabled(self) -> "AnomalySection":
+        if self.only and not self.enabled:
+            raise ValueError("anomaly.only makes a model from the anomaly detector alone; it needs anomaly.enabled")
+        return self
+
 
 class OutputSection(_Section):
     runs_dir: Path
