@@ -153,6 +153,10 @@ def thresholds_table(thresholds, *, title: str = "Thresholds"):
     table.add_row("P(defect)", f"{band.pass_below:.6g}", _review_text(band), f"{band.reject_at:.6g}")
     for name, b in thresholds.per_class.items():
         table.add_row(f"P({escape(name)}) [dim](stricter only)[/]", f"{b.pass_below:.6g}", _review_text(b), f"{b.reject_at:.6g}")
+    if thresholds.anomaly is not None:
+        b = thresholds.anomaly
+        table.add_row("anomaly score [dim](stricter only)[/]", f"{b.pass_below:.6g}", _review_text(b),
+                      f"{b.reject_at:.6g}" if b.reject_at < 1.0 else "never")
     table.caption = escape(f"source: {thresholds.source}")
     return table
 
