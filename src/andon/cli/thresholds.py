@@ -41,6 +41,11 @@ def thresholds(
     class_target: list[str] = typer.Option([], "--class-target", help="Calibrate a band for defect class NAME[:TARGET] "
                                                                      "too; repeatable."),
     remap: str | None = typer.Option(None, "--remap", help="Rename data classes first, e.g. 'scratch=defect'."),
+    anomaly_at: float | None = typer.Option(None, "--anomaly-at", help="Send to review when the anomaly score is at or "
+                                                                      "above this (models with an anomaly detector)."),
+    false_alarm: float | None = typer.Option(None, "--false-alarm", help="With --calibrate: set the anomaly threshold "
+                                             "on the data's good parts so that at most this share of good parts is "
+                                             "flagged by it (e.g. 0.01)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the new thresholds without writing them."),
     as_json: bool = typer.Option(False, "--json", help="Print the thresholds as JSON only."),
 ) -> None:
@@ -50,16 +55,24 @@ def thresholds(
     from andon.cli.evaluate import calibration_table, thresholds_table, tradeoff_table
     from andon.inspect.inspector import Inspector, write_thresholds
 
-    manual = pass_below is not None or reject_at is not None or per_class or clear_class
+    manual = pass_below is not None or reject_at is not None or per_class or clear_class or anomaly_at is not None
     if manual and calibrate is not None:
-        raise ConfigError("give either thresholds by hand (--pass-below/--reject-at/--class) or --calibrate, not both")
+        raise ConfigError("give either thresholds by hand (--pass-below/--reject-at/--class/--anomaly-at) or "
+                          "--calibrate, not both")
+    if false_alarm is not None and calibrate is None:
+        raise ConfigError("--false-alarm calibrates the anomaly threshold on labelled data: add --calibrate DATA")
     inspector = Inspector.load(model, warmup=calibrate is not None)
+    _check_anomaly_options(inspector.card, anomaly_at, false_alarm)
     console = Console(stderr=as_json)
     current = inspector.card.thresholds
     if not manual and calibrate is None:
         _show(console, inspector, thresholds_table(current, title=f"Thresholds in {model.name}"), as_json, current)
         return
-    if calibrate is not None:
+    if calibrate is not None and inspector.card.anomaly_only and false_alarm is not None:
+        band, text = _anomaly_band(inspector, calibrate, split, remap, false_alarm)
+        console.print(text, markup=False, highlight=False)
+        new = current.model_copy(update={"defect": band, "source": text})
+    elif calibrate is not None:
         target_escape, max_false_reject, max_review = _targets(target_escape, max_false_reject, max_review)
         result, points, why = _calibrate(inspector, calibrate, split, remap, target_escape, max_false_reject,
                                          max_review, class_target)
@@ -70,9 +83,17 @@ def thresholds(
             from andon.errors import CalibrationError
 
             raise CalibrationError(f"{why}; nothing written")
-        new = result.thresholds
+        anomaly = current.anomaly
+        if false_alarm is not None:
+            anomaly, text = _anomaly_band(inspector, calibrate, split, remap, false_alarm)
+            console.print(text, markup=False, highlight=False)
+        new = result.thresholds.model_copy(update={"anomaly": anomaly})
     else:
         new = _manual(current, inspector.card.defect_classes, pass_below, reject_at, per_class, clear_class)
+        if anomaly_at is not None:
+            new = new.model_copy(update={"anomaly": _band(anomaly_at, 1.0, "anomaly score")})
+        else:
+            new = new.model_copy(update={"anomaly": current.anomaly})
     if dry_run:
         _show(console, inspector, thresholds_table(new, title="New thresholds (dry run: not written)"), as_json, new)
         return
@@ -191,6 +212,41 @@ def _calibrate(inspector, data: Path, split: str, remap: str | None, target_esca
         return None, points, why.paragraph if why is not None else exc.message
     why = shortfall(bad, scores, review_rate=result.review_rate, **goals)
     return result, points, None if why is None else why.paragraph
+
+
+def _check_anomaly_options(card, anomaly_at: float | None, false_alarm: float | None) -> None:
+    if anomaly_at is None and false_alarm is None:
+        return
+    if card.anomaly is None:
+        raise ConfigError(f"--anomaly-at / --false-alarm: model {card.name} has no anomaly detector (export a run "
+                          "trained with anomaly.enabled)")
+    if anomaly_at is not None and card.anomaly_only:
+        raise ConfigError("an anomaly-only model decides on its P(anomaly), the anomaly score: set its band with "
+                          "--pass-below / --reject-at")
+    if false_alarm is not None and not 0.0 < false_alarm < 0.5:
+        raise ConfigError(f"--false-alarm {false_alarm} must be a share of good parts between 0 and 0.5, e.g. 0.01")
+
+
+def _anomaly_band(inspector, data: Path, split: str, remap: str | None, false_alarm: float):
+    """The anomaly band [t, never) with at most ``false_alarm`` of good parts flagged (the rank rule), and a line."""
+    import numpy as np
+
+    from andon.cli.evaluate import _load, _select
+    from andon.evaluation.calibration import reject_at_for
+    from andon.evaluation.evaluate import labels_for, onnx_outputs
+    from andon.inspect.card import ThresholdBand
+
+    subset, split_name, _ = _select(_load(data, remap), split)
+    card = inspector.card
+    y = labels_for([s.label for s in subset], card.classes, source=str(data))
+    scores = np.asarray(onnx_outputs(inspector, [s.path for s in subset]).get("anomaly_score"), dtype=np.float64)
+    good = scores[~np.isin(y, card.defect_indices)]
+    t = reject_at_for(good, false_alarm, floor=0.0)
+    caught = float((scores[np.isin(y, card.defect_indices)] >= t).mean()) if len(good) < len(scores) else float("nan")
+    text = (f"anomaly threshold {t:.6g}: at most {false_alarm:.1%} of good parts flagged (rank rule on {len(good)} good "
+            f"parts of {data}{f' split {split_name!r}' if split_name else ''}; {float((good >= t).mean()):.1%} of them "
+            f"flagged here" + ("" if np.isnan(caught) else f", {caught:.1%} of the defective ones") + ")")
+    return ThresholdBand(pass_below=t, reject_at=1.0), text
 
 
 def _parse_class_target(text: str) -> tuple[str, float | None]:
