@@ -105,16 +105,21 @@ def _print_report(report) -> None:
     p, q = report.parity, report.int8
     rows = [
         ("file", f"{report.path} ({_size(report.size_bytes)})"),
-        ("graph", f"opset {report.opset}, {report.exporter} exporter, heatmap {report.heatmap_size[0]}x"
-                  f"{report.heatmap_size[1]}, {report.card.quantization}"),
-        ("parity", f"max |torch - onnxruntime| probs {p.probs_max_abs:.2e}, heatmap {p.heatmap_max_abs:.2e} on "
-                   f"{p.n_images} images, batches {', '.join(map(str, p.batch_sizes))}"),
+        ("graph", f"opset {report.opset}, {report.exporter} exporter, outputs {', '.join(report.card.output_names)}, "
+                  f"map {report.heatmap_size[0]}x{report.heatmap_size[1]}, {report.card.quantization}"),
+        ("parity", f"max |torch - onnxruntime| {p.describe()} on {p.n_images} images, batches "
+                   f"{', '.join(map(str, p.batch_sizes))}"),
     ]
+    if report.card.anomaly is not None:
+        a = report.card.anomaly
+        rows.append(("anomaly detector", _describe_anomaly(a.model_dump())))
     if q is not None:
         rows.append(("int8 accuracy", f"{q.fp32_accuracy:.2%} fp32 -> {q.int8_accuracy:.2%} int8 "
                                       f"({-q.accuracy_drop_pp + 0.0:+.2f} points) on {q.n_eval} images, "
                                       f"{q.agreement:.1%} same predictions, {q.decision_agreement:.1%} same "
-                                      "pass/review/reject at the card's thresholds"))
+                                      "pass/review/reject at the card's thresholds"
+                                      + ("" if q.max_anomaly_diff != q.max_anomaly_diff else
+                                         f", anomaly score within {q.max_anomaly_diff:.3f}")))
         rows.append(("int8 speed", f"{q.fp32_ms_per_image:.2f} -> {q.int8_ms_per_image:.2f} ms/image "
                                    f"({q.speedup:.2f}x faster), size {_size(q.fp32_bytes)} -> {_size(q.int8_bytes)} "
                                    f"({q.size_ratio:.2f}x)"))
@@ -161,6 +166,14 @@ def describe(path: Path) -> dict:
     }
 
 
+def _describe_anomaly(a: dict) -> str:
+    """One line on the good-only anomaly detector of a card (``AnomalySpec`` as a dict)."""
+    trunk = "the classifier's trunk" if a["trunk"] == "classifier" else f"{a['trunk']} ({a['weights']})"
+    what = "anomaly only (no classifier)" if a.get("only") else "beside the classifier"
+    return (f"{a['method']} on {trunk}, blocks {a['layers']}, {a['bank_size']} good patches x {a['dim']} from "
+            f"{a['n_good']} good images; {what}; {a['calibration']}")
+
+
 def _value(value) -> dict:
     import onnx
 
@@ -194,7 +207,9 @@ def _print_info(s: dict) -> None:
         ("normalisation", f"mean {_triple(pre['mean'])}, std {_triple(pre['std'])} (on pixels / 255)"),
         ("thresholds", f"P(defect) pass below {th['defect']['pass_below']:g}, reject at {th['defect']['reject_at']:g}"
                        + "".join(f"; {c}: {b['pass_below']:g}/{b['reject_at']:g}" for c, b in th["per_class"].items())
+                       + (f"; anomaly score: review at {th['anomaly']['pass_below']:g}" if th.get("anomaly") else "")
                        + f" ({th['source']})"),
+        *([("anomaly detector", _describe_anomaly(card["anomaly"]))] if card.get("anomaly") else []),
         *([("weak thresholds", "; ".join(card["threshold_warnings"]))] if card.get("threshold_warnings") else []),
         ("backbone / weights", f"{card['backbone']} / {card['weights']}"),
         ("quantization", card["quantization"]),
