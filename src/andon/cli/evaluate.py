@@ -133,6 +133,10 @@ def print_evaluation(evaluation, console) -> None:
     plant.add_row(f"[bold red]{pct(rates.escape_rate)}[/]", f"[bold blue]{pct(rates.false_reject_rate)}[/]",
                   f"[bold yellow]{pct(rates.review_rate)}[/]", *(str(e.decisions[d]) for d in ("pass", "review", "reject")))
     console.print(plant)
+    flagged = {k: v for k, v in e.flagged_by.items() if v}
+    if "anomaly" in e.flagged_by:  # a model with a good-only anomaly detector: what each signal flagged
+        console.print(escape("flagged by: " + (", ".join(f"{k} {v}" for k, v in flagged.items()) or "nothing")
+                             + f"; anomaly score alone: ROC AUC {e.anomaly_auc:.3f} (defective vs good)"))
     if e.calibration is not None and e.calibrated_rates is not None:
         console.print(calibration_table(e.calibration, e.calibrated_rates))
     console.print(tradeoff_table(e.operating_points))

@@ -168,11 +168,6 @@ class DecisionPolicy:
         """The policy of ``card`` (with other ``thresholds``, e.g. calibrated ones, when given)."""
         return cls(thresholds or card.thresholds, card.classes, card.defect_classes, anomaly_only=card.anomaly_only)
 
-    @property
-    def needs_anomaly(self) -> bool:
-        """Whether deciding needs the ``anomaly_score`` output."""
-        return self.thresholds.anomaly is not None and not self.anomaly_only
-
     def signal_scores(self, outputs: ModelOutputs | np.ndarray) -> dict[str, np.ndarray]:
         """Each signal's score per frame, from a batch of outputs (or bare class probabilities)."""
         if not isinstance(outputs, ModelOutputs):
