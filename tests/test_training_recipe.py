@@ -65,7 +65,7 @@ def test_unknown_nested_and_top_level_keys(tmp_path):
                                           r"p, scale, translate, rotate"):
         load_recipe(overrides=["augment.affine.shear=3"])
     with pytest.raises(ConfigError, match=r"unknown recipe key 'optimizer'.*top level: data, model, augment, "
-                                          r"train, decision, output"):
+                                          r"train, decision, anomaly, output"):
         load_recipe(_write(tmp_path, "optimizer: adam\n"))
 
 
