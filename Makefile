@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 # torch and torchvision are pinned to the releases this project is tested with
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test install install-serve system-deps lint bench-accuracy bench-inference bench-serve bench-pipeline
+.PHONY: demo test install install-serve system-deps lint format bench-accuracy bench-inference bench-serve bench-pipeline
 
 ## The main job: sample data -> trained default model -> service on :8000 with a simulated camera.
 demo: install
@@ -12,6 +12,8 @@ demo: install
 
 ## Everything CI runs: install, system packages for the database and browser tests, the whole suite.
 test: install system-deps
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m pytest -q
 
 install:
@@ -32,8 +34,15 @@ system-deps:
 		|| echo "warning: could not install$$missing; tests that need them will skip"; \
 	fi
 
+## ruff (lint + format check) and the import-linter contracts; 'make format' rewrites the files
 lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 	lint-imports
+
+format:
+	$(PYTHON) -m ruff format .
+	$(PYTHON) -m ruff check --fix .
 
 bench-accuracy:
 	$(PYTHON) -m bench.accuracy

@@ -57,17 +57,29 @@ class Task:
 MERGED = {"blowhole": "defect", "break": "defect", "crack": "defect", "fray": "defect", "uneven": "defect"}
 OK_DEFECT_TARGET = "defect recall >= 99 %, false rejects <= 2 %"
 TASKS = {
-    "neu": Task("neu", "NEU steel, 6 classes", "neu-cls", {}, "96.94 % MobileNet TL; 99.0 % feature fusion",
-                "accuracy >= 99.5 %"),
-    "mt6": Task("mt6", "Magnetic tile, 6 classes", "magnetic-tile", {}, "98.69 % VGG16 TL (random split)",
-                "accuracy >= 99 %"),
+    "neu": Task(
+        "neu",
+        "NEU steel, 6 classes",
+        "neu-cls",
+        {},
+        "96.94 % MobileNet TL; 99.0 % feature fusion",
+        "accuracy >= 99.5 %",
+    ),
+    "mt6": Task(
+        "mt6", "Magnetic tile, 6 classes", "magnetic-tile", {}, "98.69 % VGG16 TL (random split)", "accuracy >= 99 %"
+    ),
     "mt2": Task("mt2", "Magnetic tile, ok/defect", "magnetic-tile", MERGED, "-", OK_DEFECT_TARGET),
-    "mt2m": Task("mt2m", "Magnetic tile, ok/defect, trained on the merged labels", "magnetic-tile", MERGED, "-",
-                 OK_DEFECT_TARGET, keep_sources=False),
-    "mt6g": Task("mt6g", "Magnetic tile, 6 classes", "magnetic-tile", {}, "-", "accuracy >= 99 %",
-                 "near-duplicates"),
-    "mt2g": Task("mt2g", "Magnetic tile, ok/defect", "magnetic-tile", MERGED, "-", OK_DEFECT_TARGET,
-                 "near-duplicates"),
+    "mt2m": Task(
+        "mt2m",
+        "Magnetic tile, ok/defect, trained on the merged labels",
+        "magnetic-tile",
+        MERGED,
+        "-",
+        OK_DEFECT_TARGET,
+        keep_sources=False,
+    ),
+    "mt6g": Task("mt6g", "Magnetic tile, 6 classes", "magnetic-tile", {}, "-", "accuracy >= 99 %", "near-duplicates"),
+    "mt2g": Task("mt2g", "Magnetic tile, ok/defect", "magnetic-tile", MERGED, "-", OK_DEFECT_TARGET, "near-duplicates"),
 }
 
 
@@ -96,8 +108,18 @@ class Row:
     false_reject_at_val_min: float = float("nan")
 
 
-def task_recipe(task: Task, *, epochs: int, input_size: int, runs_dir: Path, batch_size: int, lr: float,
-                head_lr: float, seed: int = 0, patience: int | None = None):
+def task_recipe(
+    task: Task,
+    *,
+    epochs: int,
+    input_size: int,
+    runs_dir: Path,
+    batch_size: int,
+    lr: float,
+    head_lr: float,
+    seed: int = 0,
+    patience: int | None = None,
+):
     """The recipe a task trains with (also used by bench/epochs.py)."""
     from andon.training.recipe import load_recipe
 
@@ -121,22 +143,42 @@ def task_recipe(task: Task, *, epochs: int, input_size: int, runs_dir: Path, bat
         "train.head_lr": head_lr,
         "train.seed": seed,
         "output.runs_dir": str(runs_dir),
-        "output.name": f"bench-{task.key}-{input_size}-{epochs}" + (f"-seed{seed}" if seed else "")
-                       + (f"-patience{patience}" if patience is not None else ""),
+        "output.name": f"bench-{task.key}-{input_size}-{epochs}"
+        + (f"-seed{seed}" if seed else "")
+        + (f"-patience{patience}" if patience is not None else ""),
     }
     if patience is not None:  # None: the recipe's early stopping
         values["train.patience"] = patience
     return load_recipe(values=values)
 
 
-def run_task(task: Task, *, epochs: int, input_size: int, runs_dir: Path, batch_size: int, lr: float,
-             head_lr: float, seed: int = 0, patience: int | None = None) -> list[Row]:
+def run_task(
+    task: Task,
+    *,
+    epochs: int,
+    input_size: int,
+    runs_dir: Path,
+    batch_size: int,
+    lr: float,
+    head_lr: float,
+    seed: int = 0,
+    patience: int | None = None,
+) -> list[Row]:
     from andon.evaluation.metrics import classification_report
     from andon.models.checkpoint import load_checkpoint
     from andon.training.fit import fit
 
-    recipe = task_recipe(task, epochs=epochs, input_size=input_size, runs_dir=runs_dir, batch_size=batch_size,
-                         lr=lr, head_lr=head_lr, seed=seed, patience=patience)
+    recipe = task_recipe(
+        task,
+        epochs=epochs,
+        input_size=input_size,
+        runs_dir=runs_dir,
+        batch_size=batch_size,
+        lr=lr,
+        head_lr=head_lr,
+        seed=seed,
+        patience=patience,
+    )
     started = time.perf_counter()
     result = fit(recipe)
     seconds = time.perf_counter() - started
@@ -145,13 +187,29 @@ def run_task(task: Task, *, epochs: int, input_size: int, runs_dir: Path, batch_
     classes = [str(c) for c in test["classes"]]
     defects = [c for c in classes if c != "ok"]
     report = classification_report(test["y_true"], test["probs"], classes, defects)
-    common = dict(task=task.key, seed=seed, model="mobilenet_v2", input_size=input_size,
-                  epochs_run=result.epochs_run, best_epoch=result.best_epoch, n_test=report.n, train_seconds=seconds)
+    common = dict(
+        task=task.key,
+        seed=seed,
+        model="mobilenet_v2",
+        input_size=input_size,
+        epochs_run=result.epochs_run,
+        best_epoch=result.best_epoch,
+        n_test=report.n,
+        train_seconds=seconds,
+    )
     rows = []
     if len(classes) > 2:  # the classes, by argmax
-        rows.append(Row(title=task.title, accuracy=report.accuracy, macro_recall=report.macro_recall,
-                        defect_recall=report.defect_recall, false_reject_rate=float("nan"), threshold="argmax",
-                        **common))
+        rows.append(
+            Row(
+                title=task.title,
+                accuracy=report.accuracy,
+                macro_recall=report.macro_recall,
+                defect_recall=report.defect_recall,
+                false_reject_rate=float("nan"),
+                threshold="argmax",
+                **common,
+            )
+        )
     if "ok" in classes:  # ok/defect on P(defect): at the card's thresholds, and at the lowest val defect score
         thresholds = load_checkpoint(result.run_dir / "best.pt").card.thresholds
         recall, frr = _recall_and_false_rejects(test, classes, defects, thresholds)
@@ -165,9 +223,20 @@ def run_task(task: Task, *, epochs: int, input_size: int, runs_dir: Path, batch_
             accuracy = (recall * n_bad + (1 - frr) * (report.n - n_bad)) / report.n
             macro_recall = (recall + 1 - frr) / 2
         decision = _describe(thresholds, recipe.decision.target_escape, n_val_bad)
-        rows.append(Row(title=title, accuracy=accuracy, macro_recall=macro_recall, defect_recall=recall,
-                        false_reject_rate=frr, threshold=decision, val_min_threshold=cut,
-                        recall_at_val_min=strict[0], false_reject_at_val_min=strict[1], **common))
+        rows.append(
+            Row(
+                title=title,
+                accuracy=accuracy,
+                macro_recall=macro_recall,
+                defect_recall=recall,
+                false_reject_rate=frr,
+                threshold=decision,
+                val_min_threshold=cut,
+                recall_at_val_min=strict[0],
+                false_reject_at_val_min=strict[1],
+                **common,
+            )
+        )
     return rows
 
 
@@ -200,13 +269,18 @@ def _describe(thresholds, target_escape: float | None, val_defects: int) -> str:
     from andon.evaluation.calibration import required_samples
 
     band = thresholds.defect
-    rule = (f"P(defect) >= {band.pass_below:.4g}" if band.pass_below == band.reject_at
-            else f"review P(defect) in [{band.pass_below:.4g}, {band.reject_at:.4g})")
+    rule = (
+        f"P(defect) >= {band.pass_below:.4g}"
+        if band.pass_below == band.reject_at
+        else f"review P(defect) in [{band.pass_below:.4g}, {band.reject_at:.4g})"
+    )
     extra = f", {len(thresholds.per_class)} per-class bands" if thresholds.per_class else ""
     why = thresholds.source
     if why.startswith("default") and target_escape and val_defects < required_samples(target_escape):
-        why = (f"default: {val_defects} val defects, {required_samples(target_escape)} needed to verify "
-               f"{100 * target_escape:.2g} % escapes")
+        why = (
+            f"default: {val_defects} val defects, {required_samples(target_escape)} needed to verify "
+            f"{100 * target_escape:.2g} % escapes"
+        )
     return f"card: {rule}{extra} ({why})"
 
 
@@ -231,8 +305,12 @@ def render(rows: list[Row], command: str) -> str:
     for r in rows:
         t = TASKS[r.task]
         frr = "-" if np.isnan(r.false_reject_rate) else f"{100 * r.false_reject_rate:.2f} %"
-        strict = ("-" if np.isnan(r.val_min_threshold) else f"t = {r.val_min_threshold:.4f}: "
-                  f"{100 * r.recall_at_val_min:.2f} % / {100 * r.false_reject_at_val_min:.2f} %")
+        strict = (
+            "-"
+            if np.isnan(r.val_min_threshold)
+            else f"t = {r.val_min_threshold:.4f}: "
+            f"{100 * r.recall_at_val_min:.2f} % / {100 * r.false_reject_at_val_min:.2f} %"
+        )
         target = OK_DEFECT_TARGET if "ok/defect" in r.title else t.target
         published = t.published if r.title == t.title else "-"
         lines.append(
@@ -255,18 +333,28 @@ def write_doc(block: str, doc: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: " + ",".join(TASKS)
-                        + " (g: grouped split)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="epochs per task (default: the recipe default, as `andon train` runs)")
+    parser.add_argument(
+        "--tasks", default=",".join(TASKS), help="comma-separated: " + ",".join(TASKS) + " (g: grouped split)"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="epochs per task (default: the recipe default, as `andon train` runs)"
+    )
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of the pretrained trunk")
     parser.add_argument("--head-lr", type=float, default=3e-3, help="peak learning rate of the new head")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="training seed (head initialisation, sampling, augmentation); the split stays seed 0")
-    parser.add_argument("--patience", type=int, default=None,
-                        help="early-stopping patience in epochs, 0: run the whole schedule (default: the recipe's)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="training seed (head initialisation, sampling, augmentation); the split stays seed 0",
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="early-stopping patience in epochs, 0: run the whole schedule (default: the recipe's)",
+    )
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs")
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--no-doc", action="store_true", help="print the table, do not touch docs/benchmarks.md")
@@ -282,10 +370,21 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [k for k in keys if k not in TASKS]
     if unknown:
         parser.error(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
-    rows = [row for k in keys
-            for row in run_task(TASKS[k], epochs=args.epochs, input_size=args.input_size, runs_dir=args.runs_dir,
-                                batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr, seed=args.seed,
-                                patience=args.patience)]
+    rows = [
+        row
+        for k in keys
+        for row in run_task(
+            TASKS[k],
+            epochs=args.epochs,
+            input_size=args.input_size,
+            runs_dir=args.runs_dir,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            head_lr=args.head_lr,
+            seed=args.seed,
+            patience=args.patience,
+        )
+    ]
     command = "python -m bench.accuracy " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     block = render(rows, command.strip())
     print(block)

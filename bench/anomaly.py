@@ -43,7 +43,9 @@ MV2_WEIGHTS = SHARED / "weights" / "mobilenet_v2-imagenet.pth"
 CARD = (0.5, 0.5, 0.5)  # bench.accuracy's card normalisation (that of the shared mobilenet_v2 weights)
 #: the coreset runs on at most this many train patches (a seeded random subset; 2 shared cores)
 MAX_PATCHES = 100_000
-PUBLISHED = "PatchCore, MVTec AD (15 categories, good-only, own test split): image AUROC 99.1 % (Roth et al., CVPR 2022)"
+PUBLISHED = (
+    "PatchCore, MVTec AD (15 categories, good-only, own test split): image AUROC 99.1 % (Roth et al., CVPR 2022)"
+)
 
 
 @dataclass(frozen=True)
@@ -62,24 +64,27 @@ class Variant:
 
 
 BASE = Variant("base", note="mobilenet_v2 blocks 6+13, 224 stretch, D 64, bank 1000")
-VARIANTS = {v.name: v for v in (
-    BASE,
-    replace(BASE, name="s16", layers=(13,), note="stride-16 block only"),
-    replace(BASE, name="s8", layers=(6,), note="stride-8 block only"),
-    replace(BASE, name="last", layers=(18,), dim=None, note="last 1280-ch features (the plain patch-kNN)"),
-    replace(BASE, name="blur1", blur=1.0, note="Gaussian blur sigma 1 cell before the max"),
-    replace(BASE, name="blur2", blur=2.0, note="blur sigma 2 cells"),
-    replace(BASE, name="d32", dim=32),
-    replace(BASE, name="d128", dim=None, note="no projection (128 ch)"),
-    replace(BASE, name="bank250", bank=250),
-    replace(BASE, name="bank4000", bank=4000),
-    replace(BASE, name="letterbox", resize="letterbox"),
-    replace(BASE, name="size320", size=320),
-    replace(BASE, name="size320lb", size=320, resize="letterbox"),
-    replace(BASE, name="lite0", trunk="efficientnet_lite0", layers=(3, 5)),
-    replace(BASE, name="lite1", trunk="efficientnet_lite1", layers=(3, 5), size=240),
-    replace(BASE, name="lite2", trunk="efficientnet_lite2", layers=(3, 5), size=260),
-)}
+VARIANTS = {
+    v.name: v
+    for v in (
+        BASE,
+        replace(BASE, name="s16", layers=(13,), note="stride-16 block only"),
+        replace(BASE, name="s8", layers=(6,), note="stride-8 block only"),
+        replace(BASE, name="last", layers=(18,), dim=None, note="last 1280-ch features (the plain patch-kNN)"),
+        replace(BASE, name="blur1", blur=1.0, note="Gaussian blur sigma 1 cell before the max"),
+        replace(BASE, name="blur2", blur=2.0, note="blur sigma 2 cells"),
+        replace(BASE, name="d32", dim=32),
+        replace(BASE, name="d128", dim=None, note="no projection (128 ch)"),
+        replace(BASE, name="bank250", bank=250),
+        replace(BASE, name="bank4000", bank=4000),
+        replace(BASE, name="letterbox", resize="letterbox"),
+        replace(BASE, name="size320", size=320),
+        replace(BASE, name="size320lb", size=320, resize="letterbox"),
+        replace(BASE, name="lite0", trunk="efficientnet_lite0", layers=(3, 5)),
+        replace(BASE, name="lite1", trunk="efficientnet_lite1", layers=(3, 5), size=240),
+        replace(BASE, name="lite2", trunk="efficientnet_lite2", layers=(3, 5), size=260),
+    )
+}
 
 
 @dataclass
@@ -132,8 +137,11 @@ def grouped_split(cache: Path | None = None) -> list[tuple[Path, str, str]]:
     samples = [(s.path, s.label, s.split) for s in ds.samples]
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"key": key, "samples": [(str(Path(p).relative_to(DATA)), label, split)
-                                                             for p, label, split in samples]}))
+        cache.write_text(
+            json.dumps(
+                {"key": key, "samples": [(str(Path(p).relative_to(DATA)), label, split) for p, label, split in samples]}
+            )
+        )
     return samples
 
 
@@ -182,15 +190,23 @@ def extractor_for(v: Variant, classifier, dim: int | None):
     from andon.models.anomaly import PatchFeatures
 
     info = classifier.weights_info
-    return PatchFeatures(classifier.backbone, v.layers, card_mean=CARD, card_std=CARD, trunk_mean=info.mean,
-                         trunk_std=info.std, dim=dim, seed=0).eval()
+    return PatchFeatures(
+        classifier.backbone,
+        v.layers,
+        card_mean=CARD,
+        card_std=CARD,
+        trunk_mean=info.mean,
+        trunk_std=info.std,
+        dim=dim,
+        seed=0,
+    ).eval()
 
 
 def features_of(extractor, images: np.ndarray, batch: int = 16):
     import torch
 
     with torch.no_grad():
-        return torch.cat([extractor(torch.from_numpy(images[i:i + batch])) for i in range(0, len(images), batch)])
+        return torch.cat([extractor(torch.from_numpy(images[i : i + batch])) for i in range(0, len(images), batch)])
 
 
 def project(features, extractor):
@@ -199,8 +215,15 @@ def project(features, extractor):
     return torch.einsum("dc,nchw->ndhw", extractor.projection, features)
 
 
-def evaluate(v: Variant, images: dict[str, object], full_train, full_test, extract_seconds: float,
-             classifier, test_labels: list[str]) -> tuple[Result, object]:
+def evaluate(
+    v: Variant,
+    images: dict[str, object],
+    full_train,
+    full_test,
+    extract_seconds: float,
+    classifier,
+    test_labels: list[str],
+) -> tuple[Result, object]:
     import torch
 
     from andon.evaluation.metrics import roc_auc
@@ -217,8 +240,7 @@ def evaluate(v: Variant, images: dict[str, object], full_train, full_test, extra
         patches = patches[keep]
     patches = patches.contiguous()
     started = time.perf_counter()
-    model = build_patchcore(extractor, patches, list(references.split(32)), bank_size=v.bank, seed=0,
-                            blur_sigma=v.blur)
+    model = build_patchcore(extractor, patches, list(references.split(32)), bank_size=v.bank, seed=0, blur_sigma=v.blur)
     coreset_seconds = time.perf_counter() - started
     with torch.no_grad():
         raw = torch.cat([model.distance_map(f) for f in test.split(32)])
@@ -226,24 +248,39 @@ def evaluate(v: Variant, images: dict[str, object], full_train, full_test, extra
         scores = maps.flatten(1).amax(1).numpy()
     labels = np.array(test_labels)
     bad = labels != "ok"
-    per_type = {t: roc_auc(labels[(labels == t) | ~bad] != "ok", scores[(labels == t) | ~bad])
-                for t in sorted(set(labels[bad]))}
+    per_type = {
+        t: roc_auc(labels[(labels == t) | ~bad] != "ok", scores[(labels == t) | ~bad]) for t in sorted(set(labels[bad]))
+    }
     pixel_auroc, pointing = pixel_metrics(maps, images, bad)
     h, w = maps.shape[1:]
     result = Result(
-        variant=v.name, trunk=v.trunk, layers="+".join(map(str, v.layers)), size=v.size, resize=v.resize,
-        dim=extractor.dim, bank=int(model.bank.shape[0]), blur=v.blur, map_hw=f"{h}x{w}",
-        n_train_ok=len(train), n_test_ok=int((~bad).sum()), n_test_defect=int(bad.sum()),
-        image_auroc=roc_auc(bad, scores), per_type_auroc=per_type, pixel_auroc=pixel_auroc,
-        pointing_game=pointing, good_score_median=float(np.median(scores[~bad])), extract_seconds=extract_seconds,
-        coreset_seconds=coreset_seconds, knn_mmacs=h * w * extractor.dim * int(model.bank.shape[0]) / 1e6,
-        note=v.note)
+        variant=v.name,
+        trunk=v.trunk,
+        layers="+".join(map(str, v.layers)),
+        size=v.size,
+        resize=v.resize,
+        dim=extractor.dim,
+        bank=int(model.bank.shape[0]),
+        blur=v.blur,
+        map_hw=f"{h}x{w}",
+        n_train_ok=len(train),
+        n_test_ok=int((~bad).sum()),
+        n_test_defect=int(bad.sum()),
+        image_auroc=roc_auc(bad, scores),
+        per_type_auroc=per_type,
+        pixel_auroc=pixel_auroc,
+        pointing_game=pointing,
+        good_score_median=float(np.median(scores[~bad])),
+        extract_seconds=extract_seconds,
+        coreset_seconds=coreset_seconds,
+        knn_mmacs=h * w * extractor.dim * int(model.bank.shape[0]) / 1e6,
+        note=v.note,
+    )
     return result, model
 
 
 def pixel_metrics(maps, images: dict[str, object], bad: np.ndarray) -> tuple[float, float]:
     """Pixel AUROC over every test image (inside the valid region), and the pointing game over defects."""
-    import torch
     import torch.nn.functional as F
 
     from andon.evaluation.metrics import roc_auc
@@ -269,8 +306,15 @@ def onnx_bytes(module, example) -> bytes:
     import torch
 
     buffer = io.BytesIO()
-    torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=17, input_names=["image"],
-                      dynamic_axes={"image": {0: "batch"}})
+    torch.onnx.export(
+        module,
+        (example,),
+        buffer,
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        dynamic_axes={"image": {0: "batch"}},
+    )
     return buffer.getvalue()
 
 
@@ -293,8 +337,10 @@ def cost(classifier, model, size: int, rounds: int = 30) -> tuple[float, float]:
     example = torch.zeros(1, 3, size, size)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
-    sessions = [ort.InferenceSession(onnx_bytes(m, example), options, providers=["CPUExecutionProvider"])
-                for m in (classifier, Both().eval())]
+    sessions = [
+        ort.InferenceSession(onnx_bytes(m, example), options, providers=["CPUExecutionProvider"])
+        for m in (classifier, Both().eval())
+    ]
     x = np.random.default_rng(0).normal(size=(1, 3, size, size)).astype(np.float32)
     times: list[list[float]] = [[], []]
     for r in range(rounds + 3):
@@ -327,16 +373,21 @@ def run(variants: list[Variant], *, with_cost: bool, say=print) -> list[Result]:
         full_train = features_of(full, data["train"])
         extract_seconds = time.perf_counter() - t
         full_test = features_of(full, data["test"])
-        say(f"{trunk} {layers} {size} {resize}: features in {extract_seconds:.0f} s "
-            f"({time.perf_counter() - started:.0f} s)")
+        say(
+            f"{trunk} {layers} {size} {resize}: features in {extract_seconds:.0f} s "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
         for v in group:
-            result, model = evaluate(v, data, full_train, full_test, extract_seconds, classifier,
-                                     [label for _, label in test])
+            result, model = evaluate(
+                v, data, full_train, full_test, extract_seconds, classifier, [label for _, label in test]
+            )
             if with_cost:
                 result.classifier_ms, result.combined_ms = cost(classifier, model, size)
                 result.cost_ratio = result.combined_ms / result.classifier_ms
-            say(f"{v.name}: image AUROC {100 * result.image_auroc:.2f} %, pixel {100 * result.pixel_auroc:.2f} %, "
-                f"cost x{result.cost_ratio:.2f} ({time.perf_counter() - started:.0f} s)")
+            say(
+                f"{v.name}: image AUROC {100 * result.image_auroc:.2f} %, pixel {100 * result.pixel_auroc:.2f} %, "
+                f"cost x{result.cost_ratio:.2f} ({time.perf_counter() - started:.0f} s)"
+            )
             results.append(result)
     order = {v.name: i for i, v in enumerate(variants)}
     return sorted(results, key=lambda r: order[r.variant])
@@ -351,7 +402,8 @@ def render(results: list[Result], command: str) -> str:
         f"{r0.n_train_ok} train ok images (one in ten of them held out for the scale).",
         "",
         "| variant | trunk | layers | input | D | bank | blur | map | image AUROC | "
-        + " | ".join(types) + " | pixel AUROC | pointing game | good median score | extract s | coreset s "
+        + " | ".join(types)
+        + " | pixel AUROC | pointing game | good median score | extract s | coreset s "
         "| kNN MMAC | classifier ms | + anomaly ms | ratio | note |",
         "|" + "---|" * (19 + len(types)),
     ]
@@ -362,14 +414,16 @@ def render(results: list[Result], command: str) -> str:
             f"| {r.map_hw} | **{100 * r.image_auroc:.2f} %** | {per} | {100 * r.pixel_auroc:.2f} % "
             f"| {100 * r.pointing_game:.1f} % | {r.good_score_median:.3f} | {r.extract_seconds:.0f} "
             f"| {r.coreset_seconds:.1f} | {r.knn_mmacs:.0f} | {r.classifier_ms:.1f} | {r.combined_ms:.1f} "
-            f"| {r.cost_ratio:.2f} | {r.note} |")
+            f"| {r.cost_ratio:.2f} | {r.note} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.anomaly", description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help="comma-separated variant names (see --list); default: all")
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help="comma-separated variant names (see --list); default: all"
+    )
     parser.add_argument("--list", action="store_true", help="print the variants and exit")
     parser.add_argument("--no-cost", action="store_true", help="skip the ONNX export and onnxruntime timing")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for extraction and the coreset")
@@ -377,8 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.list:
         for v in VARIANTS.values():
-            print(f"{v.name}: {v.trunk} layers {v.layers} {v.size} {v.resize} D {v.dim} bank {v.bank} "
-                  f"blur {v.blur:g} {v.note}")
+            print(
+                f"{v.name}: {v.trunk} layers {v.layers} {v.size} {v.resize} D {v.dim} bank {v.bank} "
+                f"blur {v.blur:g} {v.note}"
+            )
         return 0
     unknown = [n for n in args.variants.split(",") if n not in VARIANTS]
     if unknown:
@@ -388,9 +444,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     results = run([VARIANTS[n] for n in args.variants.split(",")], with_cost=not args.no_cost)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": machine(), "published": PUBLISHED,
-                                     "results": [asdict(r) for r in results]}, indent=2))
-    command = "python -m bench.anomaly" + (f" --variants {args.variants}" if argv or args.variants != ",".join(VARIANTS) else "")
+    args.json.write_text(
+        json.dumps({"machine": machine(), "published": PUBLISHED, "results": [asdict(r) for r in results]}, indent=2)
+    )
+    command = "python -m bench.anomaly" + (
+        f" --variants {args.variants}" if argv or args.variants != ",".join(VARIANTS) else ""
+    )
     print(render(results, command))
     return 0
 

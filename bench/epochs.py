@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from andon.evaluation.metrics import defect_score
-from bench.accuracy import (REPO, SHARED, TASKS, WEIGHTS, _recall_and_false_rejects, _two_way, machine,
-                            task_recipe)
+from bench.accuracy import REPO, SHARED, TASKS, WEIGHTS, _recall_and_false_rejects, _two_way, machine, task_recipe
 
 #: rule name -> (metrics.csv column, higher is better)
 RULES = {
@@ -53,8 +52,11 @@ def test_scores(run_dir: Path, epoch: int) -> EpochScore:
     pred = {"probs": probs, "y_true": np.array([card.classes.index(s.label) for s in samples])}
     recall, false_rejects = _recall_and_false_rejects(pred, card.classes, card.defect_classes, _two_way(0.5))
     flagged = defect_score(probs, card.defect_indices) >= 0.5
-    missed = [f"{Path(s.path).parent.name}/{Path(s.path).name}" for s, f in zip(samples, flagged)
-              if s.label in card.defect_classes and not f]
+    missed = [
+        f"{Path(s.path).parent.name}/{Path(s.path).name}"
+        for s, f in zip(samples, flagged)
+        if s.label in card.defect_classes and not f
+    ]
     return EpochScore(epoch, recall, false_rejects, missed)
 
 
@@ -79,40 +81,69 @@ def run_seed(task_key: str, seed: int, runs_dir: Path, epochs: int | None = None
     from andon.training.rundir import read_metrics
 
     default = load_recipe()  # its train section is the stopping rule replayed
-    recipe = task_recipe(TASKS[task_key], epochs=epochs or default.train.epochs, input_size=224,
-                         runs_dir=runs_dir, batch_size=32, lr=3e-4, head_lr=3e-3, seed=seed, patience=0)
+    recipe = task_recipe(
+        TASKS[task_key],
+        epochs=epochs or default.train.epochs,
+        input_size=224,
+        runs_dir=runs_dir,
+        batch_size=32,
+        lr=3e-4,
+        head_lr=3e-3,
+        seed=seed,
+        patience=0,
+    )
     run_dir = runs_dir / recipe.output.name
     scores: list[EpochScore] = []
-    fit(recipe, console=Console(stderr=True),
-        callbacks=[lambda epoch, row: scores.append(test_scores(run_dir, epoch))])
+    fit(recipe, console=Console(stderr=True), callbacks=[lambda epoch, row: scores.append(test_scores(run_dir, epoch))])
     rows = read_metrics(run_dir / "metrics.csv")
     rules = {}
     for name, (column, higher) in RULES.items():
         epoch, ran = kept_epoch(rows, column, higher, default)
         rules[name] = {"epoch": epoch, "epochs_run": ran, **vars(scores[epoch - 1])}
     rules["last epoch"] = {"epoch": len(rows), "epochs_run": len(rows), **vars(scores[-1])}
-    return {"seed": seed, "epochs": [vars(s) for s in scores], "rules": rules,
-            "val": [{k: row[k] for k in ("epoch", "val_loss", "val_macro_recall", "val_monitor", "val_roc_auc")}
-                    for row in rows]}
+    return {
+        "seed": seed,
+        "epochs": [vars(s) for s in scores],
+        "rules": rules,
+        "val": [
+            {k: row[k] for k in ("epoch", "val_loss", "val_macro_recall", "val_monitor", "val_roc_auc")} for row in rows
+        ],
+    }
 
 
 def render(task_key: str, results: list[dict], command: str) -> str:
     seeds = [r["seed"] for r in results]
-    lines = [f"Command: `{command}`  ", f"Machine: {machine()}. Task {task_key} ({TASKS[task_key].title}); test "
-             "figures at P(defect) >= 0.5: defect recall / false rejects (epoch kept, epochs run).", "",
-             "| rule | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---" * (len(seeds) + 1) + "|"]
+    lines = [
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}. Task {task_key} ({TASKS[task_key].title}); test "
+        "figures at P(defect) >= 0.5: defect recall / false rejects (epoch kept, epochs run).",
+        "",
+        "| rule | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "|---" * (len(seeds) + 1) + "|",
+    ]
     for name in results[0]["rules"]:
         cells = []
         for r in results:
             x = r["rules"][name]
-            cells.append(f"{100 * x['defect_recall']:.2f} / {100 * x['false_reject_rate']:.2f} % "
-                         f"({x['epoch']}, {x['epochs_run']})")
+            cells.append(
+                f"{100 * x['defect_recall']:.2f} / {100 * x['false_reject_rate']:.2f} % "
+                f"({x['epoch']}, {x['epochs_run']})"
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Every epoch, test defect recall / false rejects:", "",
-              "| epoch | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---" * (len(seeds) + 1) + "|"]
+    lines += [
+        "",
+        "Every epoch, test defect recall / false rejects:",
+        "",
+        "| epoch | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "|---" * (len(seeds) + 1) + "|",
+    ]
     for i in range(max(len(r["epochs"]) for r in results)):
-        cells = [f"{100 * r['epochs'][i]['defect_recall']:.2f} / {100 * r['epochs'][i]['false_reject_rate']:.2f}"
-                 if i < len(r["epochs"]) else "" for r in results]
+        cells = [
+            f"{100 * r['epochs'][i]['defect_recall']:.2f} / {100 * r['epochs'][i]['false_reject_rate']:.2f}"
+            if i < len(r["epochs"])
+            else ""
+            for r in results
+        ]
         lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -47,7 +47,7 @@ def _probe(model, x, y, num_classes: int) -> None:
 
     model.eval()
     with torch.no_grad():
-        feats = torch.cat([model.features(x[i:i + 32]).mean(dim=(2, 3)) for i in range(0, len(x), 32)])
+        feats = torch.cat([model.features(x[i : i + 32]).mean(dim=(2, 3)) for i in range(0, len(x), 32)])
     head = torch.nn.Linear(feats.shape[1], num_classes)
     opt = torch.optim.LBFGS(head.parameters(), max_iter=200)
 
@@ -80,11 +80,18 @@ def make_run(run: Path, data: Path, backbone: str, weights: str, per_class: int,
     y = torch.tensor([classes.index(s.label) for s in train])
     _probe(model, x, y, len(classes))
     fit_s = time.perf_counter() - t0
-    card = ModelCard(name=f"bench-{data.name}", classes=classes, defect_classes=default_defect_classes(classes),
-                     preprocess=spec, backbone=backbone, weights=info.source)
+    card = ModelCard(
+        name=f"bench-{data.name}",
+        classes=classes,
+        defect_classes=default_defect_classes(classes),
+        preprocess=spec,
+        backbone=backbone,
+        weights=info.source,
+    )
     save_checkpoint(run / "best.pt", Checkpoint(backbone, len(classes), model.state_dict(), card))
-    write_manifest(Dataset(samples=tuple(Sample(s.path, s.label, split) for s, split in chosen), root=data),
-                   run / "splits.csv")
+    write_manifest(
+        Dataset(samples=tuple(Sample(s.path, s.label, split) for s, split in chosen), root=data), run / "splits.csv"
+    )
     return {"classes": classes, "train": len(train), "val": len(chosen) - len(train), "probe_fit_s": fit_s}
 
 
@@ -109,18 +116,35 @@ def main(argv: list[str] | None = None) -> dict:
         int8 = export_run(run, Path(tmp) / "int8.onnx", int8=True, max_accuracy_drop=100.0, verify_images=8)
     q: Int8Report = int8.int8  # type: ignore[assignment]
     result = {
-        "data": str(args.data), "backbone": args.backbone, "input": args.size, **setup,
-        "fp32": {"export_s": round(fp32.seconds, 2), "stages_s": {k: round(v, 2) for k, v in fp32.stages.items()},
-                 "size_mb": round(fp32.size_bytes / 1e6, 2), "parity_probs": fp32.parity.probs_max_abs,
-                 "parity_heatmap": fp32.parity.heatmap_max_abs, "parity_images": fp32.parity.n_images},
-        "int8": {"export_s": round(int8.seconds, 2), "stages_s": {k: round(v, 2) for k, v in int8.stages.items()},
-                 "size_mb": round(q.int8_bytes / 1e6, 2), "size_ratio": round(q.size_ratio, 3),
-                 "fp32_accuracy": q.fp32_accuracy, "int8_accuracy": q.int8_accuracy,
-                 "accuracy_drop_pp": round(q.accuracy_drop_pp, 2), "agreement": q.agreement,
-                 "decision_agreement": q.decision_agreement,
-                 "max_prob_diff": round(q.max_prob_diff, 4), "fp32_ms_per_image": round(q.fp32_ms_per_image, 2),
-                 "int8_ms_per_image": round(q.int8_ms_per_image, 2), "speedup": round(q.speedup, 2),
-                 "eval_images": q.n_eval, "calibration_images": q.calibration_images},
+        "data": str(args.data),
+        "backbone": args.backbone,
+        "input": args.size,
+        **setup,
+        "fp32": {
+            "export_s": round(fp32.seconds, 2),
+            "stages_s": {k: round(v, 2) for k, v in fp32.stages.items()},
+            "size_mb": round(fp32.size_bytes / 1e6, 2),
+            "parity_probs": fp32.parity.probs_max_abs,
+            "parity_heatmap": fp32.parity.heatmap_max_abs,
+            "parity_images": fp32.parity.n_images,
+        },
+        "int8": {
+            "export_s": round(int8.seconds, 2),
+            "stages_s": {k: round(v, 2) for k, v in int8.stages.items()},
+            "size_mb": round(q.int8_bytes / 1e6, 2),
+            "size_ratio": round(q.size_ratio, 3),
+            "fp32_accuracy": q.fp32_accuracy,
+            "int8_accuracy": q.int8_accuracy,
+            "accuracy_drop_pp": round(q.accuracy_drop_pp, 2),
+            "agreement": q.agreement,
+            "decision_agreement": q.decision_agreement,
+            "max_prob_diff": round(q.max_prob_diff, 4),
+            "fp32_ms_per_image": round(q.fp32_ms_per_image, 2),
+            "int8_ms_per_image": round(q.int8_ms_per_image, 2),
+            "speedup": round(q.speedup, 2),
+            "eval_images": q.n_eval,
+            "calibration_images": q.calibration_images,
+        },
     }
     print(json.dumps(result, indent=2))
     if args.out:

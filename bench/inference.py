@@ -59,6 +59,7 @@ PAUSE_S = 0.15  # between variants: lets the previous variant's spinning thread 
 
 # ---- models ------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Models:
     backbone: str
@@ -116,7 +117,7 @@ def calibrated_random_trunk(backbone: str, folder: Path, data: Path, size: int, 
     model.train()
     with torch.no_grad():
         for i in range(0, len(x), 32):
-            model(x[i:i + 32])
+            model(x[i : i + 32])
     path = folder / f"{backbone}-random-bn.pth"
     torch.save(model.state_dict(), path)
     return path
@@ -138,17 +139,36 @@ def build_models(backbone: str, folder: Path, data: Path, per_class: int, size: 
     q = int8.int8
     loaded = load_run(run)
     spec = loaded.card.preprocess
-    accuracy = {"data": str(data), "classes": setup["classes"], "train": setup["train"], "held_out": q.n_eval,
-                "fp32": q.fp32_accuracy, "int8": q.int8_accuracy, "change_pp": 0.0 - q.accuracy_drop_pp,
-                "agreement": q.agreement, "decision_agreement": q.decision_agreement,
-                "calibration_images": q.calibration_images, "fp32_mb": fp32.size_bytes / 1e6,
-                "int8_mb": int8.size_bytes / 1e6}
-    return Models(backbone=backbone, trunk=loaded.card.weights or weights, pretrained=pretrained, fp32=fp32.path,
-                  int8=int8.path, torch_model=loaded.model.eval(), mean=tuple(spec.mean), std=tuple(spec.std),
-                  accuracy=accuracy, setup_s=time.perf_counter() - t0)
+    accuracy = {
+        "data": str(data),
+        "classes": setup["classes"],
+        "train": setup["train"],
+        "held_out": q.n_eval,
+        "fp32": q.fp32_accuracy,
+        "int8": q.int8_accuracy,
+        "change_pp": 0.0 - q.accuracy_drop_pp,
+        "agreement": q.agreement,
+        "decision_agreement": q.decision_agreement,
+        "calibration_images": q.calibration_images,
+        "fp32_mb": fp32.size_bytes / 1e6,
+        "int8_mb": int8.size_bytes / 1e6,
+    }
+    return Models(
+        backbone=backbone,
+        trunk=loaded.card.weights or weights,
+        pretrained=pretrained,
+        fp32=fp32.path,
+        int8=int8.path,
+        torch_model=loaded.model.eval(),
+        mean=tuple(spec.mean),
+        std=tuple(spec.std),
+        accuracy=accuracy,
+        setup_s=time.perf_counter() - t0,
+    )
 
 
 # ---- the variants ------------------------------------------------------------------------------------
+
 
 @dataclass
 class Variant:
@@ -175,10 +195,10 @@ def inspector_variant(name: str, path: Path, frames: list[bytes], threads: int |
 
 def limit_variant(name: str, path: Path, tensors: list[np.ndarray], threads: int | None, workers: int) -> Variant:
     """The bare forward: the inspector's own session settings, the inspector's output, pre-made tensors."""
+    import onnx
+
     from andon.inspect.onnxfile import read_card
     from andon.inspect.session import create_session
-
-    import onnx
 
     data = path.read_bytes()
     card = read_card(onnx.load_model_from_string(data))
@@ -236,14 +256,19 @@ def measure(variants: list[Variant], reps: int, seconds: float) -> None:
 
 # ---- summary -----------------------------------------------------------------------------------------
 
+
 def summarise(variant: Variant) -> dict:
     lat = np.array([x for s in variant.samples for x in s.latencies_ms])
     frames = sum(s.frames for s in variant.samples)
-    out = {"fps": float(np.median([s.fps for s in variant.samples])),
-           "fps_runs": [round(s.fps, 2) for s in variant.samples],
-           "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-           "cpu_ms_per_frame": 1000.0 * sum(s.cpu_s for s in variant.samples) / frames,
-           "workers": variant.workers, "calls": int(frames)}
+    out = {
+        "fps": float(np.median([s.fps for s in variant.samples])),
+        "fps_runs": [round(s.fps, 2) for s in variant.samples],
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "cpu_ms_per_frame": 1000.0 * sum(s.cpu_s for s in variant.samples) / frames,
+        "workers": variant.workers,
+        "calls": int(frames),
+    }
     if variant.timings:
         keys = ("decode", "preprocess", "infer", "total")
         split = {k: float(np.median([t[k] for t in variant.timings])) for k in keys}
@@ -282,14 +307,21 @@ def machine() -> dict:
 
     from andon.inspect.session import default_threads
 
-    return {"cpu": cpu_model(), "cpus": len(os.sched_getaffinity(0)), "ort_threads": default_threads(),
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
-            "load_avg_start": [round(x, 2) for x in os.getloadavg()],
-            "date": _dt.datetime.now().isoformat(timespec="minutes")}
+    return {
+        "cpu": cpu_model(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "ort_threads": default_threads(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "torch": torch.__version__,
+        "load_avg_start": [round(x, 2) for x in os.getloadavg()],
+        "date": _dt.datetime.now().isoformat(timespec="minutes"),
+    }
 
 
 # ---- report ------------------------------------------------------------------------------------------
+
 
 def _f(x: float, nd: int = 1) -> str:
     return f"{x:.{nd}f}"
@@ -315,33 +347,49 @@ def markdown(result: dict) -> str:
     ]
     for b in result["backbones"]:
         for name, v in b["variants"].items():
-            lines.append(f"| {b['backbone']} | {name} | {_f(v['fps'])} | {_f(v['p50_ms'])} | {_f(v['p99_ms'])} | "
-                         f"{_f(v['cpu_ms_per_frame'])} |")
-    lines += ["", "Ratios (frames/s over frames/s):", "",
-              "| backbone | inspector / limit | " + f"{par} / limit {par}" + " | best / best limit | decode ceiling | "
-              "inspector / torch eager | best / torch eager | int8 / fp32 limit | "
-              f"int8 / fp32 limit {par} | int8 / fp32 best inspector |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            lines.append(
+                f"| {b['backbone']} | {name} | {_f(v['fps'])} | {_f(v['p50_ms'])} | {_f(v['p99_ms'])} | "
+                f"{_f(v['cpu_ms_per_frame'])} |"
+            )
+    lines += [
+        "",
+        "Ratios (frames/s over frames/s):",
+        "",
+        "| backbone | inspector / limit | " + f"{par} / limit {par}" + " | best / best limit | decode ceiling | "
+        "inspector / torch eager | best / torch eager | int8 / fp32 limit | "
+        f"int8 / fp32 limit {par} | int8 / fp32 best inspector |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for b in result["backbones"]:
         r = b["ratios"]
-        lines.append(f"| {b['backbone']} | {_f(r['inspector/limit'], 2)} | {_f(r[f'inspector/limit {par}'], 2)} | "
-                     f"{_f(r['best inspector/best limit'], 2)} | {_f(r['ceiling'], 2)} | "
-                     f"{_f(r['inspector/torch eager'], 1)} | "
-                     f"{_f(r['best inspector/torch eager'], 1)} | {_f(r['int8/fp32 limit'], 2)} | "
-                     f"{_f(r[f'int8/fp32 limit {par}'], 2)} | {_f(r['int8/fp32 best inspector'], 2)} |")
-    lines += ["", "Inspector time split (median ms per frame, single caller) and int8 accuracy on held-out "
-              "images:", "",
-              "| backbone | decode | preprocess | infer | other | trunk | held-out | fp32 acc | int8 acc | "
-              "change (pt) | "
-              "same prediction | MB fp32 / int8 |",
-              "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines.append(
+            f"| {b['backbone']} | {_f(r['inspector/limit'], 2)} | {_f(r[f'inspector/limit {par}'], 2)} | "
+            f"{_f(r['best inspector/best limit'], 2)} | {_f(r['ceiling'], 2)} | "
+            f"{_f(r['inspector/torch eager'], 1)} | "
+            f"{_f(r['best inspector/torch eager'], 1)} | {_f(r['int8/fp32 limit'], 2)} | "
+            f"{_f(r[f'int8/fp32 limit {par}'], 2)} | {_f(r['int8/fp32 best inspector'], 2)} |"
+        )
+    lines += [
+        "",
+        "Inspector time split (median ms per frame, single caller) and int8 accuracy on held-out images:",
+        "",
+        "| backbone | decode | preprocess | infer | other | trunk | held-out | fp32 acc | int8 acc | "
+        "change (pt) | "
+        "same prediction | MB fp32 / int8 |",
+        "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for b in result["backbones"]:
         s, a = b["variants"]["inspector"]["split_ms"], b["accuracy"]
-        acc = (f"{a['fp32']:.1%} | {a['int8']:.1%} | {a['change_pp']:+.2f} | {a['agreement']:.1%}" if b["pretrained"]
-               else "n/a | n/a | n/a | n/a")  # a random trunk predicts at chance: its changes mean nothing
-        lines.append(f"| {b['backbone']} | {_f(s['decode'])} | {_f(s['preprocess'])} | {_f(s['infer'])} | "
-                     f"{_f(s['other'])} | "
-                     f"{b['trunk_note']} | {a['held_out']} | {acc} | {a['fp32_mb']:.1f} / {a['int8_mb']:.1f} |")
+        acc = (
+            f"{a['fp32']:.1%} | {a['int8']:.1%} | {a['change_pp']:+.2f} | {a['agreement']:.1%}"
+            if b["pretrained"]
+            else "n/a | n/a | n/a | n/a"
+        )  # a random trunk predicts at chance: its changes mean nothing
+        lines.append(
+            f"| {b['backbone']} | {_f(s['decode'])} | {_f(s['preprocess'])} | {_f(s['infer'])} | "
+            f"{_f(s['other'])} | "
+            f"{b['trunk_note']} | {a['held_out']} | {acc} | {a['fp32_mb']:.1f} / {a['int8_mb']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -350,7 +398,7 @@ def write_doc(text: str, command: str) -> None:
     block = f"{BEGIN}\n```\n{command}\n```\n\n{text}\n{END}"
     doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
     if BEGIN in doc and END in doc:
-        doc = doc[:doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
+        doc = doc[: doc.index(BEGIN)] + block + doc[doc.index(END) + len(END) :]
     else:
         doc = doc.rstrip("\n") + "\n\n## Inference (`bench/inference.py`)\n\n" + block + "\n"
     tmp = DOC.with_suffix(".md.tmp")
@@ -360,6 +408,7 @@ def write_doc(text: str, command: str) -> None:
 
 # ---- main --------------------------------------------------------------------------------------------
 
+
 def bench_backbone(backbone: str, folder: Path, frames: list[bytes], args: argparse.Namespace, cores: int) -> dict:
     print(f"[{backbone}] fitting the head and exporting fp32 + int8 ...", flush=True)
     models = build_models(backbone, folder, args.data, args.per_class, args.input_size)
@@ -368,9 +417,16 @@ def bench_backbone(backbone: str, folder: Path, frames: list[bytes], args: argpa
     measure(variants, args.reps, args.seconds)
     summary = {v.name: summarise(v) for v in variants}
     note = "ImageNet (offline)" if models.pretrained else "random, BN on data"
-    out = {"backbone": backbone, "trunk": models.trunk, "trunk_note": note, "pretrained": models.pretrained,
-           "setup_s": models.setup_s, "variants": summary, "ratios": ratios(summary, cores),
-           "accuracy": models.accuracy}
+    out = {
+        "backbone": backbone,
+        "trunk": models.trunk,
+        "trunk_note": note,
+        "pretrained": models.pretrained,
+        "setup_s": models.setup_s,
+        "variants": summary,
+        "ratios": ratios(summary, cores),
+        "accuracy": models.accuracy,
+    }
     for name, v in summary.items():
         print(f"  {name:<22} {v['fps']:7.1f} frames/s  p50 {v['p50_ms']:6.1f}  p99 {v['p99_ms']:6.1f} ms", flush=True)
     print("  " + ", ".join(f"{k} {x:.2f}" for k, x in out["ratios"].items()), flush=True)
@@ -384,8 +440,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=1.0, help="per variant per repetition")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--input-size", type=int, default=224)
-    parser.add_argument("--data", type=Path, default=SHARED / "data" / "neu-cls",
-                        help="class folders for the head and the int8 accuracy (default NEU steel)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=SHARED / "data" / "neu-cls",
+        help="class folders for the head and the int8 accuracy (default NEU steel)",
+    )
     parser.add_argument("--per-class", type=int, default=150, help="images per class: 2/3 train, 1/3 held out")
     parser.add_argument("--out", type=Path, default=None, help="write the full result as JSON")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
@@ -395,14 +455,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if not args.data.is_dir():
-        raise SystemExit(f"--data {args.data} is not a folder; give a class-folder data set "
-                         "(e.g. one written by 'andon data synth')")
+        raise SystemExit(
+            f"--data {args.data} is not a folder; give a class-folder data set (e.g. one written by 'andon data synth')"
+        )
     t0 = time.perf_counter()
     cores = len(os.sched_getaffinity(0))
     info = machine()
     frames = synthetic_frames(args.frames)
-    result = {"machine": info, "frames": len(frames), "frame_kb": float(np.mean([len(f) for f in frames])) / 1e3,
-              "input_size": args.input_size, "reps": args.reps, "seconds": args.seconds, "backbones": []}
+    result = {
+        "machine": info,
+        "frames": len(frames),
+        "frame_kb": float(np.mean([len(f) for f in frames])) / 1e3,
+        "input_size": args.input_size,
+        "reps": args.reps,
+        "seconds": args.seconds,
+        "backbones": [],
+    }
     with tempfile.TemporaryDirectory(prefix="andon-bench-inference-") as tmp:
         for name in [b.strip() for b in args.backbones.split(",") if b.strip()]:
             result["backbones"].append(bench_backbone(name, Path(tmp) / name, frames, args, cores))

@@ -59,8 +59,13 @@ def _args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
-    p.add_argument("--rounds", type=int, default=5, help="rounds of (real epoch, compute-only epoch), interleaved so "
-                                                         "that load from other processes hits both alike")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="rounds of (real epoch, compute-only epoch), interleaved so "
+        "that load from other processes hits both alike",
+    )
     p.add_argument("--count", type=int, default=600, help="synthetic images when --data is not given")
     return p.parse_args()
 
@@ -83,10 +88,19 @@ def main() -> None:
 
             data = Path(tmp) / "synth"
             generate(data, count=args.count, size=256)
-        values = {"data.path": str(data), "model.name": args.model, "model.weights": args.weights,
-                  "model.input_size": args.input_size, "train.batch_size": args.batch_size,
-                  "train.workers": args.workers, "train.threads": args.threads, "train.epochs": 2 * args.rounds + 1,
-                  "train.freeze_epochs": 0, "output.runs_dir": str(Path(tmp) / "runs"), "output.name": "bench"}
+        values = {
+            "data.path": str(data),
+            "model.name": args.model,
+            "model.weights": args.weights,
+            "model.input_size": args.input_size,
+            "train.batch_size": args.batch_size,
+            "train.workers": args.workers,
+            "train.threads": args.threads,
+            "train.epochs": 2 * args.rounds + 1,
+            "train.freeze_epochs": 0,
+            "output.runs_dir": str(Path(tmp) / "runs"),
+            "output.name": "bench",
+        }
         recipe = load_recipe(values={k: v for k, v in values.items() if v is not None})
         run = plan_run(recipe, resume=False)
         device, dataset, plan, model = prepare(recipe)
@@ -104,31 +118,51 @@ def main() -> None:
         real, compute = [], []
         for epoch in range(1, args.rounds + 1):
             s.sampler.set_epoch(epoch)
-            real.append(train_one_epoch(s.model, loader, s.criterion, s.optimizer, s.scheduler, device, epoch,
-                                        **options)["train_seconds"])
-            compute.append(train_one_epoch(s.model, batches, s.criterion, s.optimizer, s.scheduler, device, epoch,
-                                           **options)["train_seconds"])
+            real.append(
+                train_one_epoch(s.model, loader, s.criterion, s.optimizer, s.scheduler, device, epoch, **options)[
+                    "train_seconds"
+                ]
+            )
+            compute.append(
+                train_one_epoch(s.model, batches, s.criterion, s.optimizer, s.scheduler, device, epoch, **options)[
+                    "train_seconds"
+                ]
+            )
         loader_only = _timed_loader(loader, s.sampler, 1)
         paths = [dataset.samples[i].path for i in s.data.indices["train"]]
         uncached = torch.utils.data.DataLoader(
             DecodeEveryTime(paths, Preprocessor(s.data.spec), build_augmenter(recipe.augment)),
-            batch_size=args.batch_size, sampler=s.sampler, num_workers=args.workers, drop_last=True)
+            batch_size=args.batch_size,
+            sampler=s.sampler,
+            num_workers=args.workers,
+            drop_last=True,
+        )
         uncached_s = _timed_loader(uncached, s.sampler, 1)
 
     out = io.StringIO()
-    out.write(f"data {data if args.data else f'synthetic {args.count} x 256x256 PNG'}: {len(paths)} training "
-              f"images, {steps} steps of {args.batch_size}\n")
-    out.write(f"model {args.model} {args.input_size}x{args.input_size}, {threads} torch threads, "
-              f"{args.workers} loader workers, device {device}, autocast {options['autocast_dtype']}\n")
+    out.write(
+        f"data {data if args.data else f'synthetic {args.count} x 256x256 PNG'}: {len(paths)} training "
+        f"images, {steps} steps of {args.batch_size}\n"
+    )
+    out.write(
+        f"model {args.model} {args.input_size}x{args.input_size}, {threads} torch threads, "
+        f"{args.workers} loader workers, device {device}, autocast {options['autocast_dtype']}\n"
+    )
     out.write(f"cache fill (decode + resize once, {args.workers} processes): {cache_s:.2f} s\n")
     for i, (r, c) in enumerate(zip(real, compute), 1):
-        out.write(f"round {i}: real epoch {r:.2f} s ({images / r:.1f} img/s), compute only {c:.2f} s "
-                  f"({images / c:.1f} img/s), ratio {r / c:.2f}\n")
-    out.write(f"loader only, cached: {loader_only:.2f} s ({images / loader_only:.0f} img/s); "
-              f"decoding every epoch: {uncached_s:.2f} s ({images / uncached_s:.0f} img/s)\n")
-    out.write(f"real / compute-only, best epochs: {min(real):.2f} / {min(compute):.2f} s = "
-              f"{min(real) / min(compute):.2f}; medians: {median(real):.2f} / {median(compute):.2f} s = "
-              f"{median(real) / median(compute):.2f}  (1.00 = no data stall)\n")
+        out.write(
+            f"round {i}: real epoch {r:.2f} s ({images / r:.1f} img/s), compute only {c:.2f} s "
+            f"({images / c:.1f} img/s), ratio {r / c:.2f}\n"
+        )
+    out.write(
+        f"loader only, cached: {loader_only:.2f} s ({images / loader_only:.0f} img/s); "
+        f"decoding every epoch: {uncached_s:.2f} s ({images / uncached_s:.0f} img/s)\n"
+    )
+    out.write(
+        f"real / compute-only, best epochs: {min(real):.2f} / {min(compute):.2f} s = "
+        f"{min(real) / min(compute):.2f}; medians: {median(real):.2f} / {median(compute):.2f} s = "
+        f"{median(real) / median(compute):.2f}  (1.00 = no data stall)\n"
+    )
     console.print(out.getvalue(), markup=False, highlight=False, end="")
 
 

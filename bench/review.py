@@ -55,10 +55,16 @@ def seed(data_dir: Path, records: int, backlog: bool = False) -> dict:
         if backlog:  # the worst case: every frame flagged and nobody has judged any
             history = LineHistory(frames=records, seed=1, reject_rate=0.4, review_rate=0.6, reviewed_share=0.0)
         counts = simulate(s, history)
-        s.execute(update(Inspection).where(Inspection.decision != "pass")
-                  .values(image_key="2026/11/25/" + Inspection.id + ".jpg"))
-        s.execute(update(Inspection).where(Inspection.decision == "pass", Inspection.id.like("%A"))
-                  .values(image_key="2026/11/25/" + Inspection.id + ".jpg"))  # ~1 in 32: a pass sample
+        s.execute(
+            update(Inspection)
+            .where(Inspection.decision != "pass")
+            .values(image_key="2026/11/25/" + Inspection.id + ".jpg")
+        )
+        s.execute(
+            update(Inspection)
+            .where(Inspection.decision == "pass", Inspection.id.like("%A"))
+            .values(image_key="2026/11/25/" + Inspection.id + ".jpg")
+        )  # ~1 in 32: a pass sample
         create_user(s, "bench", "operator", PASSWORD)
         s.commit()
     engine.dispose()
@@ -73,8 +79,12 @@ def free_port() -> int:
 
 def serve(data_dir: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "andon", "serve", "--data-dir", str(data_dir), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "andon", "serve", "--data-dir", str(data_dir), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -112,8 +122,14 @@ def summary(ms: list[float]) -> dict:
     def pct(p: float) -> float:
         return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))], 1)
 
-    return {"n": len(ms), "p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99), "max": round(ordered[-1], 1),
-            "mean": round(statistics.fmean(ms), 1)}
+    return {
+        "n": len(ms),
+        "p50": pct(0.5),
+        "p95": pct(0.95),
+        "p99": pct(0.99),
+        "max": round(ordered[-1], 1),
+        "mean": round(statistics.fmean(ms), 1),
+    }
 
 
 def measure(url: str, n: int) -> dict:
@@ -138,20 +154,28 @@ def measure(url: str, n: int) -> dict:
 
         def verdict_and_next() -> None:
             target = state["next"]
-            ok(client.post(f"/v1/inspections/{target}/verdicts", json={"verdict": "confirm_defect"},
-                           headers={"X-CSRF-Token": csrf}))
+            ok(
+                client.post(
+                    f"/v1/inspections/{target}/verdicts",
+                    json={"verdict": "confirm_defect"},
+                    headers={"X-CSRF-Token": csrf},
+                )
+            )
             html = ok(client.get(f"/review/part/{target}")).text
             state["next"] = re.search(r'data-next="([^"]*)"', html).group(1)
 
         waiting = int(re.search(r'id="waiting-count">(\d+)<', client.get("/").text).group(1))
         cycles = min(max(20, n // 2), waiting - 10)  # never run the queue dry
         results["verdict + next part (POST + GET)"] = summary(timed(verdict_and_next, cycles, warmup=3))
-        results["queue page, camera filter"] = summary(timed(lambda: ok(client.get("/", params={"camera": "L1-cam2"})), n))
+        results["queue page, camera filter"] = summary(
+            timed(lambda: ok(client.get("/", params={"camera": "L1-cam2"})), n)
+        )
         results["queue list fragment"] = summary(timed(lambda: ok(client.get("/review/queue")), n))
-        older = re.search(r'cursor=([0-9]+\.[0-9A-Z]+)', client.get("/").text)
+        older = re.search(r"cursor=([0-9]+\.[0-9A-Z]+)", client.get("/").text)
         if older:
             results["older page (keyset cursor)"] = summary(
-                timed(lambda: ok(client.get("/", params={"cursor": older.group(1)})), n))
+                timed(lambda: ok(client.get("/", params={"cursor": older.group(1)})), n)
+            )
         results["JSON queue API"] = summary(timed(lambda: ok(client.get("/v1/review/queue")), n))
         results["waiting"] = waiting
     return results
@@ -169,35 +193,55 @@ def run_size(records: int, n: int, backlog: bool = False) -> dict:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    return {"records": counts["frames"], "backlog": backlog, "verdicts_seeded": counts["verdicts"],
-            "seed_s": round(seeded, 1), "results": results}
+    return {
+        "records": counts["frames"],
+        "backlog": backlog,
+        "verdicts_seeded": counts["verdicts"],
+        "seed_s": round(seeded, 1),
+        "results": results,
+    }
 
 
 def table(runs: list[dict]) -> str:
     names = list(dict.fromkeys(k for r in runs for k in r["results"] if k != "waiting"))
     two = len(runs) >= 2
-    head = "| request | " + " | ".join(
-        f"{r['records']:,} records{', all waiting' if r.get('backlog') else ''} p50 / p95 ms" for r in runs) + \
-        (f" | p95 {runs[1]['records']:,} / {runs[0]['records']:,} |" if two else " |")
+    head = (
+        "| request | "
+        + " | ".join(
+            f"{r['records']:,} records{', all waiting' if r.get('backlog') else ''} p50 / p95 ms" for r in runs
+        )
+        + (f" | p95 {runs[1]['records']:,} / {runs[0]['records']:,} |" if two else " |")
+    )
     lines = [head, "|" + " --- |" * (len(runs) + 1 + two)]
     for name in names:
-        cells = [f"{r['results'][name]['p50']} / **{r['results'][name]['p95']}**" if name in r["results"]
-                 else "– (one page only)" for r in runs]
+        cells = [
+            f"{r['results'][name]['p50']} / **{r['results'][name]['p95']}**"
+            if name in r["results"]
+            else "– (one page only)"
+            for r in runs
+        ]
         ratio = ""
         if two:
             ratio = " | "
             if all(name in r["results"] for r in runs[:2]):
                 ratio += f"{runs[1]['results'][name]['p95'] / max(0.1, runs[0]['results'][name]['p95']):.2f}x"
         lines.append(f"| {name} | " + " | ".join(cells) + ratio + " |")
-    lines.append("| frames waiting in the queue | " + " | ".join(f"{r['results']['waiting']:,}" for r in runs) +
-                 (" | |" if two else " |"))
+    lines.append(
+        "| frames waiting in the queue | "
+        + " | ".join(f"{r['results']['waiting']:,}" for r in runs)
+        + (" | |" if two else " |")
+    )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="1000,100000,100000b", help="record counts to compare (comma-separated; "
-                        "a trailing b: every frame flagged and waiting, the worst backlog)")
+    parser.add_argument(
+        "--sizes",
+        default="1000,100000,100000b",
+        help="record counts to compare (comma-separated; "
+        "a trailing b: every frame flagged and waiting, the worst backlog)",
+    )
     parser.add_argument("--requests", type=int, default=200, help="timed requests per measurement")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -212,8 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nload average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores")
     keys = ("queue page (GET /)", "next-part load (GET /review/part/{id})")
     verdict = all(r["results"][k]["p95"] < BUDGET_P95_MS for r in runs for k in keys)
-    print(f"goal (queue page and next-part load p95 < {BUDGET_P95_MS:.0f} ms in every run, up to "
-          f"{max(r['records'] for r in runs):,} records): {'met' if verdict else 'NOT met'}")
+    print(
+        f"goal (queue page and next-part load p95 < {BUDGET_P95_MS:.0f} ms in every run, up to "
+        f"{max(r['records'] for r in runs):,} records): {'met' if verdict else 'NOT met'}"
+    )
     if args.out:
         args.out.write_text(json.dumps({"runs": runs, "load_average": load}, indent=2) + "\n")
     return 0 if verdict else 1

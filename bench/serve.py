@@ -3,7 +3,8 @@
     python -m bench.serve [--model FILE] [--seconds 8] [--out bench-serve.json]
 
 1. The model: ``--model``, or the default recipe's network (MobileNetV2, 224x224, 2 classes; ImageNet trunk
-   from ../shared/weights when present) with an untrained head - the same graph and cost as a trained one. Its card's threshold is set so that 1 frame
+   from ../shared/weights when present) with an untrained head - the same graph and cost as a trained one. Its card's
+   threshold is set so that 1 frame
    in 10 is flagged (and therefore stored durably, with fsync), as on a line with a few percent flagged.
 2. Frames: 10 synthetic 2448x2048 (5 MP) JPEGs, quality 90 (~0.8 MB each).
 3. In-process limit: ``Inspector.inspect`` in a loop on the same frames, no HTTP: with one thread per core
@@ -44,17 +45,17 @@ FRAME_HW = (2048, 2448)
 
 # ---- model and frames --------------------------------------------------------------------------------
 
+
 def default_model(out: Path, frames: list[bytes]) -> Path:
     """The default recipe's network, exported; thresholds flag the highest-scoring 1 frame in 10."""
     import onnx
+    import torch
 
     from andon.inspect.card import ModelCard, PreprocessSpec, ThresholdBand, Thresholds
     from andon.inspect.inspector import Inspector
     from andon.inspect.onnxfile import embed_card, read_card
     from andon.models import create_model
     from andon.models.export import export_model
-
-    import torch
 
     torch.manual_seed(0)
     shared = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "mobilenet_v2-imagenet.pth"
@@ -65,16 +66,26 @@ def default_model(out: Path, frames: list[bytes]) -> Path:
                 torch.nn.init.ones_(module.weight)
     torch.nn.init.normal_(model.head.weight, std=1.0)  # an untrained head, but scores that differ per frame
     info = model.weights_info
-    card = ModelCard(name="bench-default", version="bench", classes=["ok", "defect"], defect_classes=["defect"],
-                     preprocess=PreprocessSpec(input_size=(224, 224), mean=info.mean, std=info.std),
-                     backbone="mobilenet_v2", weights="none")
+    card = ModelCard(
+        name="bench-default",
+        version="bench",
+        classes=["ok", "defect"],
+        defect_classes=["defect"],
+        preprocess=PreprocessSpec(input_size=(224, 224), mean=info.mean, std=info.std),
+        backbone="mobilenet_v2",
+        weights="none",
+    )
     rng = np.random.default_rng(0)
     export_model(model, card, out, rng.standard_normal((2, 3, 224, 224)).astype(np.float32))
     scores = sorted(Inspector.load(out).inspect(f).defect_score for f in frames)
     cut = float((scores[-1] + scores[-2]) / 2)
     graph = onnx.load(str(out))
-    embed_card(graph, read_card(graph).replace(
-        thresholds=Thresholds(defect=ThresholdBand(pass_below=cut, reject_at=cut), source="bench").model_dump()))
+    embed_card(
+        graph,
+        read_card(graph).replace(
+            thresholds=Thresholds(defect=ThresholdBand(pass_below=cut, reject_at=cut), source="bench").model_dump()
+        ),
+    )
     onnx.save(graph, str(out))
     return out
 
@@ -96,6 +107,7 @@ def synthetic_frames(n: int = 10) -> list[bytes]:
 
 # ---- in-process limit ---------------------------------------------------------------------------------
 
+
 def in_process_limit(model: Path, frames: list[bytes], seconds: float) -> dict:
     from andon.inspect.inspector import Inspector
 
@@ -108,7 +120,7 @@ def in_process_limit(model: Path, frames: list[bytes], seconds: float) -> dict:
         lock = threading.Lock()
         timings: list[dict] = []
 
-        def work(i: int) -> None:
+        def work(i: int, inspector=inspector, lock=lock, timings=timings) -> None:
             result = inspector.inspect(frames[i % len(frames)])
             with lock:
                 timings.append(result.timings_ms)
@@ -119,11 +131,17 @@ def in_process_limit(model: Path, frames: list[bytes], seconds: float) -> dict:
         cpu_ms[name] = sample.cpu_s * 1000.0 / max(1, sample.frames)
         splits[name] = {k: float(np.mean([t[k] for t in timings])) for k in ("decode", "preprocess", "infer")}
     best = max(results, key=results.get)
-    return {"fps": results[best], "config": best, "all": results, "split_ms": splits[best],
-            "cpu_ms_per_frame": cpu_ms[best]}
+    return {
+        "fps": results[best],
+        "config": best,
+        "all": results,
+        "split_ms": splits[best],
+        "cpu_ms_per_frame": cpu_ms[best],
+    }
 
 
 # ---- service and load generator ------------------------------------------------------------------------
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -133,9 +151,24 @@ def _free_port() -> int:
 
 def start_service(model: Path, data_dir: Path, port: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANDON_")}
-    proc = subprocess.Popen([sys.executable, "-m", "andon", "serve", "--model", str(model), "--data-dir",
-                             str(data_dir), "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=open(data_dir.parent / "serve.log", "w"), start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "andon",
+            "serve",
+            "--model",
+            str(model),
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(data_dir.parent / "serve.log", "w"),
+        start_new_session=True,
+    )
     import httpx
 
     deadline = time.monotonic() + 120
@@ -175,8 +208,12 @@ def cpu_seconds(pid: int) -> float:
 
 def run_load(url: str, frames_dir: Path, rate: float, seconds: float) -> dict:
     """One open-loop step, in a separate process (the load generator must not share the service's GIL)."""
-    out = subprocess.run([sys.executable, "-m", "bench.serve", "--loadgen", url, str(frames_dir), str(rate),
-                          str(seconds)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.serve", "--loadgen", url, str(frames_dir), str(rate), str(seconds)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -192,8 +229,10 @@ class _Connection:
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: image/jpeg\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: image/jpeg\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
         self.writer.write(head)
         self.writer.write(body)
         await self.writer.drain()
@@ -262,10 +301,19 @@ async def _loadgen(url: str, frames: list[bytes], rate: float, seconds: float) -
     statuses: dict[str, int] = {}
     for status, _, _ in results:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
-    return {"rate": rate, "sent": n, "accepted": len(accepted), "accepted_fps": len(accepted) / wall,
-            "refused": n - len(accepted), "statuses": statuses, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "split_ms": split, "errors": errors,
-            "loadgen_cpu_ms_per_frame": loadgen_cpu_ms}
+    return {
+        "rate": rate,
+        "sent": n,
+        "accepted": len(accepted),
+        "accepted_fps": len(accepted) / wall,
+        "refused": n - len(accepted),
+        "statuses": statuses,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "split_ms": split,
+        "errors": errors,
+        "loadgen_cpu_ms_per_frame": loadgen_cpu_ms,
+    }
 
 
 def _passes(step: dict) -> bool:
@@ -282,9 +330,12 @@ def sweep(url: str, pid: int, frames_dir: Path, start_rate: float, seconds: floa
         step = run_load(url, frames_dir, rate, seconds)
         step["service_cpu_ms_per_frame"] = (cpu_seconds(pid) - cpu0) * 1000.0 / max(1, step["accepted"])
         steps.append(step)
-        print(f"  {rate:6.1f} fps offered: {step['accepted_fps']:6.1f} accepted, p50 {step['p50_ms']:6.1f} ms, "
-              f"p99 {step['p99_ms']:7.1f} ms, refused {step['refused']}, service CPU "
-              f"{step['service_cpu_ms_per_frame']:.1f} ms/frame", flush=True)
+        print(
+            f"  {rate:6.1f} fps offered: {step['accepted_fps']:6.1f} accepted, p50 {step['p50_ms']:6.1f} ms, "
+            f"p99 {step['p99_ms']:7.1f} ms, refused {step['refused']}, service CPU "
+            f"{step['service_cpu_ms_per_frame']:.1f} ms/frame",
+            flush=True,
+        )
         if not any(_passes(st) for st in steps):
             rate *= 0.7 if not _passes(step) else 1.10
             continue
@@ -318,16 +369,18 @@ def main(argv: list[str] | None = None) -> None:
         model = args.model or default_model(work / "default.onnx", frames)
         print(f"model {model.name}; in-process limit ...", flush=True)
         limit = in_process_limit(model, frames, seconds=args.seconds)
-        print(f"  in-process: {limit['fps']:.1f} frames/s ({limit['config']}; all: "
-              f"{ {k: round(v, 1) for k, v in limit['all'].items()} })", flush=True)
+        print(
+            f"  in-process: {limit['fps']:.1f} frames/s ({limit['config']}; all: "
+            f"{ {k: round(v, 1) for k, v in limit['all'].items()} })",
+            flush=True,
+        )
         port = _free_port()
         proc = start_service(model, work / "data", port)
         rss = RssSampler(proc.pid)
         rss.start()
         try:
             print("service, open-loop load steps:", flush=True)
-            steps = sweep(f"http://127.0.0.1:{port}", proc.pid, frames_dir, max(1.0, 0.5 * limit["fps"]),
-                          args.seconds)
+            steps = sweep(f"http://127.0.0.1:{port}", proc.pid, frames_dir, max(1.0, 0.5 * limit["fps"]), args.seconds)
         finally:
             rss.stop.set()
             os.killpg(proc.pid, signal.SIGTERM)
@@ -341,26 +394,38 @@ def report(limit: dict, steps: list[dict], rss_kb: int, out: Path | None) -> Non
     ok = [s for s in steps if _passes(s)]
     best = max(ok, key=lambda s: s["accepted_fps"]) if ok else None
     capacity = best["accepted_fps"] if best else 0.0
-    result = {"cpu_cores": len(os.sched_getaffinity(0)), "frame": f"{FRAME_HW[1]}x{FRAME_HW[0]} JPEG q90",
-              "in_process_fps": limit["fps"], "in_process_config": limit["config"],
-              "in_process_split_ms": limit["split_ms"],
-              "capacity_fps": capacity, "ratio": capacity / limit["fps"], "rss_mb": rss_kb / 1024,
-              "in_process_cpu_ms_per_frame": limit["cpu_ms_per_frame"],
-              "at_capacity": best, "steps": steps}
+    result = {
+        "cpu_cores": len(os.sched_getaffinity(0)),
+        "frame": f"{FRAME_HW[1]}x{FRAME_HW[0]} JPEG q90",
+        "in_process_fps": limit["fps"],
+        "in_process_config": limit["config"],
+        "in_process_split_ms": limit["split_ms"],
+        "capacity_fps": capacity,
+        "ratio": capacity / limit["fps"],
+        "rss_mb": rss_kb / 1024,
+        "in_process_cpu_ms_per_frame": limit["cpu_ms_per_frame"],
+        "at_capacity": best,
+        "steps": steps,
+    }
     print("\n| metric | value |\n| --- | --- |")
     print(f"| in-process limit ({limit['config']}) | {limit['fps']:.1f} frames/s |")
-    print("| in-process time split (mean ms) | " + ", ".join(f"{k} {v:.1f}" for k, v in limit["split_ms"].items())
-          + " |")
-    print(f"| service capacity (accepted p99 <= {P99_BUDGET_MS:.0f} ms) | {capacity:.1f} frames/s "
-          f"({result['ratio']:.2f}x the in-process limit) |")
+    print(
+        "| in-process time split (mean ms) | " + ", ".join(f"{k} {v:.1f}" for k, v in limit["split_ms"].items()) + " |"
+    )
+    print(
+        f"| service capacity (accepted p99 <= {P99_BUDGET_MS:.0f} ms) | {capacity:.1f} frames/s "
+        f"({result['ratio']:.2f}x the in-process limit) |"
+    )
     if best:
         print(f"| latency at capacity | p50 {best['p50_ms']:.1f} ms, p99 {best['p99_ms']:.1f} ms |")
         split = ", ".join(f"{k} {v:.1f}" for k, v in best["split_ms"].items())
         print(f"| time split at capacity (mean ms) | {split} |")
     service_cpu = float(np.median([s["service_cpu_ms_per_frame"] for s in steps]))
-    print(f"| CPU per frame: in-process / service / load generator | {limit['cpu_ms_per_frame']:.1f} / "
-          f"{service_cpu:.1f} / {np.median([s['loadgen_cpu_ms_per_frame'] for s in steps]):.1f} ms "
-          f"(in-process / service = {limit['cpu_ms_per_frame'] / service_cpu:.2f}) |")
+    print(
+        f"| CPU per frame: in-process / service / load generator | {limit['cpu_ms_per_frame']:.1f} / "
+        f"{service_cpu:.1f} / {np.median([s['loadgen_cpu_ms_per_frame'] for s in steps]):.1f} ms "
+        f"(in-process / service = {limit['cpu_ms_per_frame'] / service_cpu:.2f}) |"
+    )
     print(f"| service peak RSS | {rss_kb / 1024:.0f} MB |")
     if out:
         out.write_text(json.dumps(result, indent=2))

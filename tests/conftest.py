@@ -84,8 +84,13 @@ def make_shapes_data(out: Path, per_class: int = 100, size: int = 64, seed: int 
                 cv2.line(grey, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), int(rng.uniform(20, 60)), 2)
             elif label == "spot":
                 centre = rng.integers(size // 4, size - size // 4, 2)
-                cv2.circle(grey, (int(centre[0]), int(centre[1])), int(rng.integers(size // 16, size // 8)),
-                           int(rng.uniform(20, 60)), -1)
+                cv2.circle(
+                    grey,
+                    (int(centre[0]), int(centre[1])),
+                    int(rng.integers(size // 16, size // 8)),
+                    int(rng.uniform(20, 60)),
+                    -1,
+                )
             ext = "jpg" if i % 3 == 0 else "png"
             cv2.imwrite(str(out / label / f"{label}_{i:03d}.{ext}"), cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
     return out
@@ -98,10 +103,32 @@ def shapes_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 #: the settings of ``trained_run`` (command-line arguments after the data folder)
-TRAINED_RUN_ARGS = ["--model", "resnet18", "--weights", "none", "--input-size", "64", "--epochs", "5",
-                    "--batch-size", "16", "--set", "train.freeze_epochs=1", "--set", "train.lr=0.001",
-                    "--set", "train.head_lr=0.001", "--set", "train.patience=0", "--set", "train.workers=2",
-                    "--set", "train.threads=2", "--set", "train.seed=0"]
+TRAINED_RUN_ARGS = [
+    "--model",
+    "resnet18",
+    "--weights",
+    "none",
+    "--input-size",
+    "64",
+    "--epochs",
+    "5",
+    "--batch-size",
+    "16",
+    "--set",
+    "train.freeze_epochs=1",
+    "--set",
+    "train.lr=0.001",
+    "--set",
+    "train.head_lr=0.001",
+    "--set",
+    "train.patience=0",
+    "--set",
+    "train.workers=2",
+    "--set",
+    "train.threads=2",
+    "--set",
+    "train.seed=0",
+]
 
 
 @pytest.fixture(scope="session")

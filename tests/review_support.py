@@ -12,7 +12,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
@@ -50,12 +49,20 @@ def stain_model(size: int = 64, gain: float = 16.0, version: str = "1") -> onnx.
     w2 = np.array([-gain, gain, gain], np.float32).reshape(3, 1, 1, 1)
     b2 = np.array([2.0, -2.0, -2.3], np.float32)
     graph = helper.make_graph(
-        nodes, "stain",
+        nodes,
+        "stain",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, size, size])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 3]),
-         helper.make_tensor_value_info("heatmap", TensorProto.FLOAT, ["batch", size // 4, size // 4])],
-        initializer=[numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2"),
-                     numpy_helper.from_array(b2, "B2"), *class_index_initializers(card)])
+        [
+            helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("heatmap", TensorProto.FLOAT, ["batch", size // 4, size // 4]),
+        ],
+        initializer=[
+            numpy_helper.from_array(w1, "W1"),
+            numpy_helper.from_array(w2, "W2"),
+            numpy_helper.from_array(b2, "B2"),
+            *class_index_initializers(card),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="andon-tests")
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -78,8 +85,8 @@ def synth_image(inspector, seed: int, decision: str, size: tuple[int, int] = (30
     yy, xx = np.mgrid[0:h, 0:w]
     cy, cx = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w
     angle = rng.uniform(0, np.pi)
-    u = ((yy - cy) * np.cos(angle) + (xx - cx) * np.sin(angle))
-    v = (-(yy - cy) * np.sin(angle) + (xx - cx) * np.cos(angle))
+    u = (yy - cy) * np.cos(angle) + (xx - cx) * np.sin(angle)
+    v = -(yy - cy) * np.sin(angle) + (xx - cx) * np.cos(angle)
 
     ih, iw = inspector.card.preprocess.input_size
 
@@ -127,8 +134,11 @@ def login(client, username: str, password: str = PASSWORD):
     """Log in through the form (login CSRF included); returns the response of the form post."""
     form = client.get("/login")
     token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)
-    return client.post("/login", data={"username": username, "password": password, "csrf_token": token,
-                                       "next": "/"}, follow_redirects=False)
+    return client.post(
+        "/login",
+        data={"username": username, "password": password, "csrf_token": token, "next": "/"},
+        follow_redirects=False,
+    )
 
 
 def page_csrf(html: str) -> str:
@@ -155,8 +165,7 @@ def live_server(app) -> Iterator[str]:
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

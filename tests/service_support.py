@@ -18,7 +18,7 @@ def image(value: int = PASS, size: tuple[int, int] = (48, 64), noise: int = 0) -
     """uint8 RGB HxW frame of one grey level (``noise`` makes distinct frames of the same verdict)."""
     img = np.full((*size, 3), value, np.uint8)
     if noise:
-        img[0, :noise % size[1]] = (value + 1) % 256 if value < 255 else 254
+        img[0, : noise % size[1]] = (value + 1) % 256 if value < 255 else 254
     return img
 
 
@@ -37,8 +37,16 @@ def png(value: int = PASS, size: tuple[int, int] = (48, 64)) -> bytes:
 def settings_for(tmp_path: Path, model: Path | None, db_url: str | None = None, **changes):
     from andon.service.settings import Settings
 
-    base = dict(data_dir=tmp_path / "data", model=model, database_url=db_url, min_free_disk_mb=0,
-                registry_poll_s=0.1, inference_threads=2, intra_op_threads=1, pass_sample_rate=0.0)
+    base = dict(
+        data_dir=tmp_path / "data",
+        model=model,
+        database_url=db_url,
+        min_free_disk_mb=0,
+        registry_poll_s=0.1,
+        inference_threads=2,
+        intra_op_threads=1,
+        pass_sample_rate=0.0,
+    )
     base.update(changes)
     return Settings.load(**base)
 
@@ -69,8 +77,18 @@ def auth(key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-def post_frame(client, data: bytes, *, camera: str = "cam1", line: str = "L1", part: str | None = None,
-               key: str | None = None, idem: str | None = None, content_type: str = "image/jpeg", **params):
+def post_frame(
+    client,
+    data: bytes,
+    *,
+    camera: str = "cam1",
+    line: str = "L1",
+    part: str | None = None,
+    key: str | None = None,
+    idem: str | None = None,
+    content_type: str = "image/jpeg",
+    **params,
+):
     query = {"camera_id": camera, "line_id": line, **params}
     if part is not None:
         query["part_id"] = part

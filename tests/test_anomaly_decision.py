@@ -2,7 +2,8 @@
 
 On ``make_shapes_data`` (ok / scratch / spot, 64 px) and a kind made here (a polished patch, ``_polished``): a
 classifier trained on ok and dark marks (scratch, spot) never sees a part whose texture is wiped flat at its
-own brightness, and passes it; the anomaly detector, fitted on the good training images alone (a frozen ImageNet trunk, EfficientNet-
+own brightness, and passes it; the anomaly detector, fitted on the good training images alone (a frozen ImageNet
+trunk, EfficientNet-
 Lite0's weights from the package: nothing is downloaded), sends those to review as "unknown defect". An
 anomaly-only model made from the good parts alone flags them too. The exported file carries every output with
 torch parity, and the inspector, ``andon evaluate`` and the service decide the same frames the same way.
@@ -25,10 +26,22 @@ from andon.models.export import export_run
 
 pytestmark = pytest.mark.slow
 
-RECIPE = {"model.name": "efficientnet_lite0", "model.weights": "imagenet", "model.input_size": [64, 64],
-          "train.epochs": 2, "train.batch_size": 16, "train.patience": 0, "train.workers": 1, "train.threads": 2,
-          "train.seed": 0, "anomaly.trunk": None, "anomaly.bank_size": 400, "anomaly.false_alarm": 0.1,
-          "decision.target_escape": None, "decision.max_false_reject": None}
+RECIPE = {
+    "model.name": "efficientnet_lite0",
+    "model.weights": "imagenet",
+    "model.input_size": [64, 64],
+    "train.epochs": 2,
+    "train.batch_size": 16,
+    "train.patience": 0,
+    "train.workers": 1,
+    "train.threads": 2,
+    "train.seed": 0,
+    "anomaly.trunk": None,
+    "anomaly.bank_size": 400,
+    "anomaly.false_alarm": 0.1,
+    "decision.target_escape": None,
+    "decision.max_false_reject": None,
+}
 
 
 def _polished(out: Path, n: int = 40, size: int = 64, seed: int = 5) -> Path:
@@ -40,7 +53,7 @@ def _polished(out: Path, n: int = 40, size: int = 64, seed: int = 5) -> Path:
     for i in range(n):
         grey = rng.normal(rng.uniform(100, 170), 12, (size, size)).clip(0, 255).astype(np.uint8)
         (x, y), r = rng.integers(size // 4, 3 * size // 4, 2), int(rng.integers(size // 7, size // 5))
-        patch = grey[max(0, y - r):y + r, max(0, x - r):x + r]
+        patch = grey[max(0, y - r) : y + r, max(0, x - r) : x + r]
         patch[...] = int(patch.mean())
         cv2.imwrite(str(out / f"polished_{i:03d}.png"), cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
     return out
@@ -62,8 +75,14 @@ def held_out(shapes_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
             split = split_of or ("train" if i % 10 < 6 else "val" if i % 10 < 8 else "test")
             rows.append(f"{path},{'defect' if label != 'ok' else 'ok'},{split}")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
-    recipe = load_recipe(values={**RECIPE, "data.path": str(root / "manifest.csv"),
-                                 "output.runs_dir": str(root / "runs"), "output.name": "heldout"})
+    recipe = load_recipe(
+        values={
+            **RECIPE,
+            "data.path": str(root / "manifest.csv"),
+            "output.runs_dir": str(root / "runs"),
+            "output.name": "heldout",
+        }
+    )
     result = fit(recipe, console=Console(file=io.StringIO()))
     model = root / "heldout.onnx"
     report = export_run(result.run_dir, model)
@@ -104,9 +123,8 @@ def test_an_unseen_defect_goes_to_review_as_unknown_defect(held_out: dict) -> No
 
 
 def test_inspector_evaluate_and_service_decide_alike(held_out: dict, tmp_path: Path) -> None:
-    from service_support import client_for, post_frame, settings_for
-
     from andon.evaluation.evaluate import model_outputs
+    from service_support import client_for, post_frame, settings_for
 
     model = held_out["model"]
     paths, _ = _test_frames(held_out["run"])
@@ -146,9 +164,25 @@ def test_an_anomaly_only_model_flags_defects(shapes_data: Path, tmp_path: Path) 
     shutil.copytree(shapes_data / "ok", data / "ok")
     shutil.copytree(shapes_data / "spot", data / "spot")  # only for the val / test figures
     with pytest.raises(SystemExit) as done:
-        main(["train", str(data), "--anomaly-only", "--model", "efficientnet_lite0", "--input-size", "64",
-              "--runs-dir", str(tmp_path / "runs"), "--name", "goodonly", "--set", "anomaly.bank_size=400",
-              "--set", "anomaly.false_alarm=0.1"])
+        main(
+            [
+                "train",
+                str(data),
+                "--anomaly-only",
+                "--model",
+                "efficientnet_lite0",
+                "--input-size",
+                "64",
+                "--runs-dir",
+                str(tmp_path / "runs"),
+                "--name",
+                "goodonly",
+                "--set",
+                "anomaly.bank_size=400",
+                "--set",
+                "anomaly.false_alarm=0.1",
+            ]
+        )
     assert done.value.code == 0
     with pytest.raises(SystemExit) as done:
         main(["export", str(tmp_path / "runs" / "goodonly"), "--out", str(tmp_path / "goodonly.onnx")])

@@ -86,7 +86,9 @@ def test_check_finds_unreadable_duplicates_and_leaks(corrupted: dict) -> None:
 
     leaks = [d for d in report.near_duplicates if d.leak]
     assert [(report.relative(d.a), report.relative(d.b)) for d in leaks] in (
-        [("ok/img_05.png", corrupted["near"])], [(corrupted["near"], "ok/img_05.png")])
+        [("ok/img_05.png", corrupted["near"])],
+        [(corrupted["near"], "ok/img_05.png")],
+    )
     assert not any(d.conflicting for d in report.near_duplicates)
     assert len(report.near_duplicates) == 1  # 26 distinct textures: no false alarms
 
@@ -104,8 +106,15 @@ def test_cli_exit_codes_and_tables(corrupted: dict, capsys: pytest.CaptureFixtur
         main(["data", "check", str(root)])
     out = capsys.readouterr().out
     assert exit_info.value.code == 1
-    for text in ("Classes in", "Unreadable files (2)", "truncated.jpg", "notes.jpg", "conflicting labels",
-                 "split leak", "problem(s) would spoil training"):
+    for text in (
+        "Classes in",
+        "Unreadable files (2)",
+        "truncated.jpg",
+        "notes.jpg",
+        "conflicting labels",
+        "split leak",
+        "problem(s) would spoil training",
+    ):
         assert text in out, text
 
     # without the copies, the unreadable files are the only problem; without those, it is ready to train
@@ -175,8 +184,10 @@ def test_empty_folder_is_a_problem_and_missing_folder_an_error(tmp_path: Path, c
 def test_cli_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("path,label\nnowhere.png,ok\n")
-    for args, needle in ((["data", "check", str(bad)], "bad.csv line 2: image 'nowhere.png' does not exist"),
-                         (["data", "check", str(tmp_path), "--remap", "crack"], "is not 'source=target'")):
+    for args, needle in (
+        (["data", "check", str(bad)], "bad.csv line 2: image 'nowhere.png' does not exist"),
+        (["data", "check", str(tmp_path), "--remap", "crack"], "is not 'source=target'"),
+    ):
         out = subprocess.run([sys.executable, "-m", "andon", *args], capture_output=True, text=True, timeout=120)
         assert out.returncode == 2, out.stderr
         lines = out.stderr.strip().splitlines()
@@ -220,8 +231,11 @@ def test_near_duplicate_grouping_keeps_copies_in_one_split(corrupted: dict) -> N
     assert source.split == copy.split
     identical = by_name["crack/same_as_ok.png"], by_name["ok/img_03.png"]
     assert identical[0].group == identical[1].group and identical[0].split == identical[1].split
-    singles = [s for key, s in by_name.items() if key not in
-               ("ok/img_05.png", corrupted["near"], "crack/same_as_ok.png", "ok/img_03.png")]
+    singles = [
+        s
+        for key, s in by_name.items()
+        if key not in ("ok/img_05.png", corrupted["near"], "crack/same_as_ok.png", "ok/img_03.png")
+    ]
     assert all(s.group is None for s in singles)  # unreadable files and unique images stand alone
     report = check_dataset(ds)
     assert not any(d.leak for d in report.near_duplicates) and not any(g.leak for g in report.exact_duplicates)

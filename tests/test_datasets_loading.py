@@ -77,12 +77,14 @@ def _manifest(path: Path, text: str) -> Path:
 
 def test_manifest_resolves_relative_paths_and_reads_split_and_group(folder: Path, tmp_path: Path) -> None:
     outside = _png(tmp_path / "elsewhere" / "z.png", 40)
-    csv = _manifest(folder / "m.csv",
-                    "\ufeffpath,label,split,group\n"  # BOM from spreadsheet exports
-                    "ok/a.png,ok,train,p1\n"
-                    "\n"
-                    f"{outside},defect,test,\n"
-                    " crack/c.png , defect ,,p2\n")
+    csv = _manifest(
+        folder / "m.csv",
+        "\ufeffpath,label,split,group\n"  # BOM from spreadsheet exports
+        "ok/a.png,ok,train,p1\n"
+        "\n"
+        f"{outside},defect,test,\n"
+        " crack/c.png , defect ,,p2\n",
+    )
     ds = load_manifest(csv)
     assert ds.root == folder.resolve()
     assert [s.label for s in ds.samples] == ["ok", "defect", "defect"]
@@ -100,12 +102,20 @@ def test_manifest_resolves_relative_paths_and_reads_split_and_group(folder: Path
         ("path,split\nok/a.png,train\n", r"line 1: the header lacks label"),
         ("ok/a.png,ok\n", r"line 1: unknown column\(s\) 'ok/a.png', 'ok'"),
         ("path,label\nok/a.png,ok\nok/sub/b.PNG\n", r"line 3: 1 value\(s\) but the header has 2"),
-        ("path,label,split\nok/a.png,ok,train\ncrack/c.png,crack,valid\n", r"line 3: split 'valid' is not one of train, val, test"),
+        (
+            "path,label,split\nok/a.png,ok,train\ncrack/c.png,crack,valid\n",
+            r"line 3: split 'valid' is not one of train, val, test",
+        ),
         ("path,label\nok/a.png,\n", r"line 2: the label of 'ok/a.png' is empty"),
         ("path,label\n,ok\n", r"line 2: the path is empty"),
-        ("path,label\nok/a.png,ok\nok/nope.png,ok\nok/gone.png,ok\n",
-         r"line 3: image 'ok/nope.png' does not exist.*1 more missing, on line\(s\) 4"),
-        ("path,label\nok/a.png,ok\ncrack/c.png,crack\nok/a.png,crack\n", r"line 4: 'ok/a.png' is listed again \(first on line 2\)"),
+        (
+            "path,label\nok/a.png,ok\nok/nope.png,ok\nok/gone.png,ok\n",
+            r"line 3: image 'ok/nope.png' does not exist.*1 more missing, on line\(s\) 4",
+        ),
+        (
+            "path,label\nok/a.png,ok\ncrack/c.png,crack\nok/a.png,crack\n",
+            r"line 4: 'ok/a.png' is listed again \(first on line 2\)",
+        ),
         ("path,label\n", r"has a header but no rows"),
         ("\n\n", r"is empty; its first line must be the header"),
         ("path,label,label\nok/a.png,ok,ok\n", r"line 1: column\(s\) label appear twice"),
@@ -138,8 +148,9 @@ def test_write_manifest_round_trips_atomically(folder: Path, tmp_path: Path) -> 
     assert lines[0] == "path,label,split,group"
     assert lines[1] == f"{(folder / 'crack' / 'c.png').resolve().as_posix()},crack,,"  # outside: absolute
     back = load_manifest(target)
-    assert [(s.path, s.label, s.split, s.group) for s in back.samples] == \
-        [(s.path, s.label, s.split, s.group) for s in ds.samples]
+    assert [(s.path, s.label, s.split, s.group) for s in back.samples] == [
+        (s.path, s.label, s.split, s.group) for s in ds.samples
+    ]
     assert [p.name for p in target.parent.iterdir()] == ["all.csv"]  # no temp file left behind
 
     inside = folder / "inside.csv"

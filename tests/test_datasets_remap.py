@@ -13,8 +13,12 @@ from andon.errors import ConfigError, DatasetError
 
 def _ds(labels: list[str]) -> Dataset:
     root = Path("/data")
-    return Dataset(samples=tuple(Sample(root / lab / f"{i}.png", lab, "train" if i % 2 else None, f"g{i}")
-                                 for i, lab in enumerate(labels)), root=root)
+    return Dataset(
+        samples=tuple(
+            Sample(root / lab / f"{i}.png", lab, "train" if i % 2 else None, f"g{i}") for i, lab in enumerate(labels)
+        ),
+        root=root,
+    )
 
 
 def test_parse_keeps_order_and_strips_spaces() -> None:
@@ -48,8 +52,9 @@ def test_exact_names_win_over_globs_regardless_of_order() -> None:
 
 
 def test_first_matching_glob_wins_and_unmatched_classes_keep_their_name() -> None:
-    table = remap_labels(["crack_small", "crack_big", "scratch", "ok"],
-                         {"crack_b*": "major", "crack_*": "minor", "*_big": "never"})
+    table = remap_labels(
+        ["crack_small", "crack_big", "scratch", "ok"], {"crack_b*": "major", "crack_*": "minor", "*_big": "never"}
+    )
     assert table == {"crack_small": "minor", "crack_big": "major", "scratch": "scratch", "ok": "ok"}
 
 

@@ -15,8 +15,11 @@ ROOT = Path("/data")
 
 
 def _ds(per_class: dict[str, int], *, start: int = 0, name: str = "img_{i:05d}.png") -> Dataset:
-    samples = [Sample(ROOT / label / name.format(i=i), label)
-               for label, n in per_class.items() for i in range(start, start + n)]
+    samples = [
+        Sample(ROOT / label / name.format(i=i), label)
+        for label, n in per_class.items()
+        for i in range(start, start + n)
+    ]
     return Dataset(samples=tuple(samples), root=ROOT)
 
 
@@ -45,16 +48,23 @@ def test_stratified_per_class_close_to_the_fractions() -> None:
 
 def test_adding_images_never_moves_existing_ones() -> None:
     old = assign_splits(_ds({"ok": 120, "crack": 40}))
-    grown = assign_splits(Dataset(samples=_ds({"ok": 120, "crack": 40}).samples
-                                  + _ds({"ok": 80, "crack": 30, "dent": 25}, start=1000).samples, root=ROOT))
+    grown = assign_splits(
+        Dataset(
+            samples=_ds({"ok": 120, "crack": 40}).samples
+            + _ds({"ok": 80, "crack": 30, "dent": 25}, start=1000).samples,
+            root=ROOT,
+        )
+    )
     new_splits = _splits(grown)
     assert all(new_splits[path] == split for path, split in _splits(old).items())
 
 
 def test_splits_do_not_depend_on_where_the_data_set_lives() -> None:
     here = assign_splits(_ds({"ok": 50}))
-    moved = Dataset(samples=tuple(Sample(Path("/mnt/copy") / s.path.relative_to(ROOT), s.label)
-                                  for s in _ds({"ok": 50}).samples), root=Path("/mnt/copy"))
+    moved = Dataset(
+        samples=tuple(Sample(Path("/mnt/copy") / s.path.relative_to(ROOT), s.label) for s in _ds({"ok": 50}).samples),
+        root=Path("/mnt/copy"),
+    )
     assert [s.split for s in assign_splits(moved).samples] == [s.split for s in here.samples]
 
 
@@ -77,8 +87,12 @@ def test_zero_test_fraction_gives_no_test_split() -> None:
 
 
 def test_group_regex_keeps_each_group_in_one_split() -> None:
-    samples = [Sample(ROOT / label / f"exp{k}_num_{i}.jpg", label)
-               for label, n in (("ok", 300), ("crack", 60)) for i in range(n) for k in [i % 7]]
+    samples = [
+        Sample(ROOT / label / f"exp{k}_num_{i}.jpg", label)
+        for label, n in (("ok", 300), ("crack", 60))
+        for i in range(n)
+        for k in [i % 7]
+    ]
     ds = assign_splits(Dataset(samples=tuple(samples), root=ROOT), group_by=r"exp(\d+)")
     by_group: dict[str, set[str]] = {}
     for s in ds.samples:
@@ -106,8 +120,9 @@ def test_group_regex_errors() -> None:
 
 
 def test_manifest_splits_are_kept_and_groups_follow_them() -> None:
-    given = [Sample(ROOT / "ok" / f"{i}.png", "ok", "test" if i < 5 else None, "partA" if i < 8 else None)
-             for i in range(40)]
+    given = [
+        Sample(ROOT / "ok" / f"{i}.png", "ok", "test" if i < 5 else None, "partA" if i < 8 else None) for i in range(40)
+    ]
     ds = assign_splits(Dataset(samples=tuple(given), root=ROOT), group_by="manifest")
     assert [s.split for s in ds.samples[:8]] == ["test"] * 8  # new images of partA join its split
     assert all(s.split in SPLITS for s in ds.samples)
@@ -123,9 +138,14 @@ def test_a_group_given_two_splits_is_a_leak_error() -> None:
 
 @pytest.mark.parametrize(
     ("val", "test", "pattern"),
-    [(-0.1, 0.1, "val fraction -0.1 is outside"), (0.1, 1.0, "test fraction 1.0 is outside"),
-     (0.6, 0.5, "leaves no training data"), (float("nan"), 0.1, "not a number"), (True, 0.1, "not a number"),
-     ("0.1", 0.1, "not a number")],
+    [
+        (-0.1, 0.1, "val fraction -0.1 is outside"),
+        (0.1, 1.0, "test fraction 1.0 is outside"),
+        (0.6, 0.5, "leaves no training data"),
+        (float("nan"), 0.1, "not a number"),
+        (True, 0.1, "not a number"),
+        ("0.1", 0.1, "not a number"),
+    ],
 )
 def test_bad_fractions_are_config_errors(val, test, pattern: str) -> None:
     with pytest.raises(ConfigError, match=pattern):

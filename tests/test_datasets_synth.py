@@ -87,11 +87,18 @@ def test_no_global_brightness_shortcut(synth_data: Path) -> None:
     ds = load_folder(synth_data)
     is_defect = np.array([s.label != "ok" for s in ds.samples])
     grey = [cv2.imread(str(s.path), cv2.IMREAD_GRAYSCALE).astype(np.float32) for s in ds.samples]
-    for name, stat in (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max),
-                       ("p1", lambda g: np.percentile(g, 1)), ("p99", lambda g: np.percentile(g, 99))):
+    for name, stat in (
+        ("mean", np.mean),
+        ("std", np.std),
+        ("min", np.min),
+        ("max", np.max),
+        ("p1", lambda g: np.percentile(g, 1)),
+        ("p99", lambda g: np.percentile(g, 99)),
+    ):
         values = np.array([stat(g) for g in grey])
-        best = max(max(((values >= t) == is_defect).mean(), ((values >= t) != is_defect).mean())
-                   for t in np.unique(values))
+        best = max(
+            max(((values >= t) == is_defect).mean(), ((values >= t) != is_defect).mean()) for t in np.unique(values)
+        )
         assert best < 0.72, (name, best)
 
 
@@ -114,10 +121,17 @@ def test_plan_spreads_classes_and_surfaces() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
-    [({"count": 0}, "count 0"), ({"size": "12x"}, "not H or HxW"), ({"size": 8}, "outside 16-8192"),
-     ({"defects": "scratch,rust"}, "unknown defect.*'rust'"), ({"surfaces": ()}, "at least one surface"),
-     ({"ok_fraction": 1.5}, "between 0 and 1"), ({"image_format": "gif"}, "'gif' is not one of png, jpg"),
-     ({"defects": (), "ok_fraction": 0.5}, "at least one defect"), ({"seed": -1}, "non-negative")],
+    [
+        ({"count": 0}, "count 0"),
+        ({"size": "12x"}, "not H or HxW"),
+        ({"size": 8}, "outside 16-8192"),
+        ({"defects": "scratch,rust"}, "unknown defect.*'rust'"),
+        ({"surfaces": ()}, "at least one surface"),
+        ({"ok_fraction": 1.5}, "between 0 and 1"),
+        ({"image_format": "gif"}, "'gif' is not one of png, jpg"),
+        ({"defects": (), "ok_fraction": 0.5}, "at least one defect"),
+        ({"seed": -1}, "non-negative"),
+    ],
 )
 def test_config_errors_name_the_value(kwargs: dict, pattern: str) -> None:
     with pytest.raises(ConfigError, match=pattern):
@@ -148,8 +162,25 @@ def test_generate_refuses_non_empty_folder_and_replaces_with_overwrite(tmp_path:
 
 def test_cli_synth(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["data", "synth", str(tmp_path / "s"), "--count", "12", "--size", "32x48", "--defects", "spot,stain",
-              "--surfaces", "painted", "--ok-fraction", "0.5", "--seed", "5"])
+        main(
+            [
+                "data",
+                "synth",
+                str(tmp_path / "s"),
+                "--count",
+                "12",
+                "--size",
+                "32x48",
+                "--defects",
+                "spot,stain",
+                "--surfaces",
+                "painted",
+                "--ok-fraction",
+                "0.5",
+                "--seed",
+                "5",
+            ]
+        )
     assert exit_info.value.code == 0
     assert "wrote 12 images of 32x48" in capsys.readouterr().out
     ds = load_folder(tmp_path / "s")

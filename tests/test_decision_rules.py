@@ -26,14 +26,17 @@ def decide_many(thresholds: Thresholds, probs, classes=CLASSES, defects=DEFECTS)
     return DecisionPolicy(thresholds, classes, defects).decide(np.asarray(probs)).decisions
 
 
-@pytest.mark.parametrize(("scratch", "dent", "expected"), [
-    (0.10, 0.10, "pass"),
-    (0.15, 0.149, "pass"),    # s = 0.299 < 0.3
-    (0.15, 0.15, "review"),   # s = pass_below exactly -> review
-    (0.40, 0.39, "review"),
-    (0.40, 0.40, "reject"),   # s = reject_at exactly -> reject
-    (0.90, 0.05, "reject"),
-])
+@pytest.mark.parametrize(
+    ("scratch", "dent", "expected"),
+    [
+        (0.10, 0.10, "pass"),
+        (0.15, 0.149, "pass"),  # s = 0.299 < 0.3
+        (0.15, 0.15, "review"),  # s = pass_below exactly -> review
+        (0.40, 0.39, "review"),
+        (0.40, 0.40, "reject"),  # s = reject_at exactly -> reject
+        (0.90, 0.05, "reject"),
+    ],
+)
 def test_defect_band(scratch: float, dent: float, expected: str) -> None:
     decision, reasons = decide(BAND, row(scratch, dent), CLASSES, DEFECTS)
     assert decision == expected
@@ -84,8 +87,10 @@ def test_batch_matches_one_frame_at_a_time() -> None:
     probs = rng.dirichlet([0.5, 0.5, 0.5], size=2000)
     probs[:50] = np.round(probs[:50], 1)  # include values on the thresholds
     probs[:50] /= probs[:50].sum(axis=1, keepdims=True)
-    thresholds = Thresholds(defect=ThresholdBand(pass_below=0.3, reject_at=0.6),
-                            per_class={"scratch": ThresholdBand(pass_below=0.2, reject_at=0.5)})
+    thresholds = Thresholds(
+        defect=ThresholdBand(pass_below=0.3, reject_at=0.6),
+        per_class={"scratch": ThresholdBand(pass_below=0.2, reject_at=0.5)},
+    )
     many = decide_many(thresholds, probs, CLASSES, DEFECTS)
     single = [decide(thresholds, p, CLASSES, DEFECTS)[0] for p in probs]
     assert list(many) == single
@@ -110,7 +115,8 @@ def test_anomaly_flags_what_the_classifier_passes_as_unknown_defect() -> None:
     assert verdicts.reasons(1) == [
         "P(defect) 0.10 < pass_below 0.30",
         "anomaly score 0.70 in review band [0.50, 1.00): unlike the good parts, and unlike any defect the classifier "
-        "knows (unknown defect)"]
+        "knows (unknown defect)",
+    ]
     # the classifier already sends frame 3 to review: the anomaly score adds nothing, and says nothing
     assert verdicts.reasons(3) == ["P(defect) 0.35 in review band [0.30, 0.80)"]
     assert verdicts.flagged_by() == {"defect": 2, "anomaly": 1}

@@ -60,8 +60,9 @@ def _scores(n_bad: int, n_good: int, overlap: float = 0.0, seed: int = 0) -> tup
 
 def test_too_few_defective_parts_gives_the_figures_and_the_choices() -> None:
     bad, scores = _scores(20, 200)
-    why = shortfall(bad, scores, target_escape=0.005, max_false_reject=0.02, max_review=0.1, error="x",
-                    val_fraction=0.15)
+    why = shortfall(
+        bad, scores, target_escape=0.005, max_false_reject=0.02, max_review=0.1, error="x", val_fraction=0.15
+    )
     assert why is not None and why.kind == "defective"
     text = why.paragraph
     assert "20 in the validation split, at least 199 needed" in text and "200 good" in text
@@ -84,35 +85,46 @@ def test_a_band_over_the_review_budget_says_what_would_fit() -> None:
     bad, scores = _scores(400, 400, overlap=0.2)
     result = calibrate(bad, scores, target_escape=0.005, max_false_reject=0.01)
     assert result.review_rate > 0.1
-    why = shortfall(bad, scores, target_escape=0.005, max_false_reject=0.01, max_review=0.1,
-                    review_rate=result.review_rate)
+    why = shortfall(
+        bad, scores, target_escape=0.005, max_false_reject=0.01, max_review=0.1, review_rate=result.review_rate
+    )
     assert why is not None and why.kind == "review"
     assert f"sends {result.review_rate:.1%} of the parts in the validation split to review" in why.paragraph
     assert "allow decision.max_review = " in why.paragraph
-    assert shortfall(bad, scores, target_escape=0.005, max_false_reject=0.01, max_review=0.5,
-                     review_rate=result.review_rate) is None
+    assert (
+        shortfall(
+            bad, scores, target_escape=0.005, max_false_reject=0.01, max_review=0.5, review_rate=result.review_rate
+        )
+        is None
+    )
 
 
 def test_weak_reasons_judge_the_cards_own_validation_rates() -> None:
     metrics = {"val_false_reject_rate": 0.54, "val_review_rate": 0.0, "test_false_reject_rate": 0.6}
     reasons = weak_reasons(metrics, max_reject_good=0.05, max_review=0.1)
     assert len(reasons) == 1 and "54.0% of the val good parts" in reasons[0]
-    assert weak_reasons({"val_false_reject_rate": 0.01, "val_review_rate": 0.25}, max_reject_good=0.05,
-                        max_review=0.1) == [next(iter(weak_reasons({"val_review_rate": 0.25}, max_reject_good=None,
-                                                                   max_review=0.1)))]
-    assert weak_reasons({"val_false_reject_rate": 0.01, "val_review_rate": 0.05}, max_reject_good=0.05,
-                        max_review=0.1) == []
+    assert weak_reasons(
+        {"val_false_reject_rate": 0.01, "val_review_rate": 0.25}, max_reject_good=0.05, max_review=0.1
+    ) == [next(iter(weak_reasons({"val_review_rate": 0.25}, max_reject_good=None, max_review=0.1)))]
+    assert (
+        weak_reasons({"val_false_reject_rate": 0.01, "val_review_rate": 0.05}, max_reject_good=0.05, max_review=0.1)
+        == []
+    )
     assert "--allow-weak-thresholds" in weak_sentence(reasons)
 
 
 def test_card_keeps_old_readers_working_and_new_thresholds_drop_the_warnings() -> None:
     from andon.inspect.card import ModelCard, PreprocessSpec, ThresholdBand, Thresholds
 
-    card = ModelCard(classes=["defect", "ok"], defect_classes=["defect"], preprocess=PreprocessSpec(input_size=(32, 32)))
+    card = ModelCard(
+        classes=["defect", "ok"], defect_classes=["defect"], preprocess=PreprocessSpec(input_size=(32, 32))
+    )
     assert "threshold_warnings" not in card.to_json()  # cards without warnings read as before
     weak = card.replace(threshold_warnings=["it rejects 54.0% of the val good parts"])
     assert ModelCard.from_json(weak.to_json()).threshold_warnings == weak.threshold_warnings
-    assert weak.with_thresholds(Thresholds(defect=ThresholdBand(pass_below=0.1, reject_at=0.9))).threshold_warnings == []
+    assert (
+        weak.with_thresholds(Thresholds(defect=ThresholdBand(pass_below=0.1, reject_at=0.9))).threshold_warnings == []
+    )
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -121,22 +133,23 @@ def test_card_keeps_old_readers_working_and_new_thresholds_drop_the_warnings() -
 @pytest.fixture(scope="module")
 def weak_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch = pytest.importorskip("torch")
-    from test_export_run import make_run
-
     from andon.models import Checkpoint, load_checkpoint, save_checkpoint
+    from test_export_run import make_run
 
     del torch
     run = make_run(tmp_path_factory.mktemp("weak-run"), n_train=12, n_val=6)
     best = load_checkpoint(run / "best.pt")
-    card = best.card.replace(metrics={**best.card.metrics, "val_false_reject_rate": 0.54, "val_review_rate": 0.0},
-                             threshold_warnings=weak_reasons({"val_false_reject_rate": 0.54}, max_reject_good=0.05,
-                                                             max_review=0.1))
+    card = best.card.replace(
+        metrics={**best.card.metrics, "val_false_reject_rate": 0.54, "val_review_rate": 0.0},
+        threshold_warnings=weak_reasons({"val_false_reject_rate": 0.54}, max_reject_good=0.05, max_review=0.1),
+    )
     save_checkpoint(run / "best.pt", Checkpoint(best.model_name, best.num_classes, best.state_dict, card, best.epoch))
     return run
 
 
-def test_export_refuses_weak_thresholds_in_one_line_and_writes_nothing(weak_run: Path, tmp_path: Path,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_refuses_weak_thresholds_in_one_line_and_writes_nothing(
+    weak_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from andon.cli import main
 
     out = tmp_path / "weak.onnx"
@@ -164,8 +177,12 @@ def test_export_judges_a_card_from_before_warnings_were_recorded(weak_run: Path,
     old = tmp_path / "old"
     shutil.copytree(weak_run, old)
     best = load_checkpoint(old / "best.pt")
-    save_checkpoint(old / "best.pt", Checkpoint(best.model_name, best.num_classes, best.state_dict,
-                                                best.card.replace(threshold_warnings=[]), best.epoch))
+    save_checkpoint(
+        old / "best.pt",
+        Checkpoint(
+            best.model_name, best.num_classes, best.state_dict, best.card.replace(threshold_warnings=[]), best.epoch
+        ),
+    )
     assert any("54.0%" in reason for reason in weak_thresholds(old))  # judged on its metrics, default limits
 
 
@@ -186,8 +203,15 @@ def test_synthetic_frames_know_their_truth(tmp_path: Path) -> None:
 
 def test_the_camera_summary_counts_against_the_truth() -> None:
     stats = _Stats()
-    for outcome, truth in [("pass", False)] * 90 + [("reject", False)] * 2 + [("review", False)] * 3 + \
-            [("reject", True)] * 20 + [("review", True)] * 2 + [("pass", True)] * 1 + [("dropped", True)]:
+    for outcome, truth in (
+        [("pass", False)] * 90
+        + [("reject", False)] * 2
+        + [("review", False)] * 3
+        + [("reject", True)] * 20
+        + [("review", True)] * 2
+        + [("pass", True)] * 1
+        + [("dropped", True)]
+    ):
         stats.add(outcome, 10.0 if outcome != "dropped" else None, truth)
     f = stats.line_figures()
     assert (f["frames"], f["defective"], f["good"]) == (118, 23, 95)  # the dropped frame got no decision
@@ -207,15 +231,22 @@ def service_url(tmp_path: Path, tiny_model_path: Path):
     import time
 
     import uvicorn
-    from service_support import settings_for
 
     from andon.service.app import create_app
+    from service_support import settings_for
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings_for(tmp_path, tiny_model_path)), host="127.0.0.1",
-                                           port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings_for(tmp_path, tiny_model_path)),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -236,9 +267,29 @@ def test_camera_sim_judges_the_line_it_posts_to(service_url: str) -> None:
     from andon.cli import app
 
     url = service_url
-    out = CliRunner().invoke(app, ["camera-sim", "--fps", "20", "--count", "12", "--url", url, "--size", "64x64",
-                                   "--defect-rate", "0.5", "--seed", "4", "--part-prefix", "P", "--quiet",
-                                   "--in-flight", "32"])
+    out = CliRunner().invoke(
+        app,
+        [
+            "camera-sim",
+            "--fps",
+            "20",
+            "--count",
+            "12",
+            "--url",
+            url,
+            "--size",
+            "64x64",
+            "--defect-rate",
+            "0.5",
+            "--seed",
+            "4",
+            "--part-prefix",
+            "P",
+            "--quiet",
+            "--in-flight",
+            "32",
+        ],
+    )
     assert out.exit_code == 0, out.output
     items = httpx.get(f"{url}/v1/inspections", params={"limit": 100}).json()["items"]
     source = FrameSource(None, (64, 64), 0.5, 4)
@@ -273,9 +324,19 @@ def test_a_short_run_of_the_demo_recipe_gives_a_three_way_band(tmp_path: Path) -
     from andon.training.rundir import load_predictions
 
     generate(tmp_path / "data", count=300, size=(64, 64), seed=0)
-    values = {**DEMO_RECIPE, "data.path": str(tmp_path / "data"), "model.input_size": [64, 64], "train.epochs": 2,
-              "train.batch_size": 16, "train.workers": 1, "train.threads": 2, "data.val_fraction": 0.5,
-              "data.test_fraction": 0.1, "output.runs_dir": str(tmp_path / "runs"), "output.name": "demo"}
+    values = {
+        **DEMO_RECIPE,
+        "data.path": str(tmp_path / "data"),
+        "model.input_size": [64, 64],
+        "train.epochs": 2,
+        "train.batch_size": 16,
+        "train.workers": 1,
+        "train.threads": 2,
+        "data.val_fraction": 0.5,
+        "data.test_fraction": 0.1,
+        "output.runs_dir": str(tmp_path / "runs"),
+        "output.name": "demo",
+    }
     console = io.StringIO()
     result = fit(load_recipe(values=values), console=Console(file=console, width=200))
     card = load_checkpoint(result.run_dir / "best.pt").card
@@ -283,8 +344,14 @@ def test_a_short_run_of_the_demo_recipe_gives_a_three_way_band(tmp_path: Path) -
     assert card.thresholds.source.startswith("calibrated on"), card.thresholds.source
     assert band.pass_below < band.reject_at, band
     val = load_predictions(result.run_dir / "predictions_val.npz")
-    two_way = calibrate_probs(val["y_true"], val["probs"], card.classes, card.defect_classes,
-                              target_escape=DEMO_RECIPE["decision.target_escape"], max_false_reject=None)
+    two_way = calibrate_probs(
+        val["y_true"],
+        val["probs"],
+        card.classes,
+        card.defect_classes,
+        target_escape=DEMO_RECIPE["decision.target_escape"],
+        max_false_reject=None,
+    )
     assert two_way.thresholds.defect.reject_at == two_way.thresholds.defect.pass_below == band.pass_below
     assert card.metrics["val_false_reject_rate"] <= DEMO_RECIPE["decision.max_false_reject"]
     printed = console.getvalue()

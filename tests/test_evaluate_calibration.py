@@ -47,8 +47,9 @@ def test_rank_rule_is_conservative_where_the_naive_rule_is_not() -> None:
     rates = []
     for seed in range(300):
         bad_scores = np.random.default_rng(100 + seed).beta(8, 2, n_bad)
-        result = calibrate(np.r_[np.zeros(10, bool), np.ones(n_bad, bool)], np.r_[np.zeros(10), bad_scores],
-                           target_escape=target)
+        result = calibrate(
+            np.r_[np.zeros(10, bool), np.ones(n_bad, bool)], np.r_[np.zeros(10), bad_scores], target_escape=target
+        )
         rates.append(np.searchsorted(held, result.thresholds.defect.pass_below) / len(held))
     assert np.mean(rates) <= target + 0.001  # expectation k/(n+1) = 0.02
     # the naive rule (largest threshold with empirical escape <= target) would average ~ (k+1)/(n+1) = 0.0267
@@ -71,8 +72,8 @@ def test_smallest_review_band() -> None:
     assert pb < ra
     good = scores[~bad]
     allowed = math.floor(cap * (len(good) + 1)) - 1
-    assert (good >= ra).sum() <= allowed          # meets the cap
-    assert (good >= ra - 1e-6).sum() > allowed    # and no smaller reject_at does
+    assert (good >= ra).sum() <= allowed  # meets the cap
+    assert (good >= ra - 1e-6).sum() > allowed  # and no smaller reject_at does
     assert pb == math.floor(pb * 1e6) / 1e6 and ra == math.floor(ra * 1e6) / 1e6  # readable, 6 decimals
 
 
@@ -105,15 +106,20 @@ def test_no_defective_parts() -> None:
 def test_too_few_defective_parts_says_how_many() -> None:
     bad, scores = synthetic(np.random.default_rng(6), 1000, 50)
     assert required_samples(0.005) == 199
-    with pytest.raises(CalibrationError, match=r"too few defective parts to verify an escape rate of 0\.50%: "
-                                               r"50 in the calibration data, at least 199 needed"):
+    with pytest.raises(
+        CalibrationError,
+        match=r"too few defective parts to verify an escape rate of 0\.50%: "
+        r"50 in the calibration data, at least 199 needed",
+    ):
         calibrate(bad, scores, target_escape=0.005)
     calibrate(bad, scores, target_escape=0.02)  # 50 >= 1/0.02 - 1: verifiable
 
 
 def test_targets_that_cannot_both_be_met() -> None:
     bad, scores = synthetic(np.random.default_rng(7), 2000, 500, overlap=3.0)
-    with pytest.raises(CalibrationError, match=r"cannot both be met within a review rate of 1\.00%.*sends \d+\.\d+% of parts"):
+    with pytest.raises(
+        CalibrationError, match=r"cannot both be met within a review rate of 1\.00%.*sends \d+\.\d+% of parts"
+    ):
         calibrate(bad, scores, target_escape=0.005, max_false_reject=0.005, max_review=0.01)
 
 
@@ -124,11 +130,14 @@ def test_false_reject_impossible_when_good_parts_saturate() -> None:
         calibrate(bad, scores, target_escape=0.01, max_false_reject=0.01)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"target_escape": 0.0}, r"target escape rate 0\.0 must be in \(0, 1\); an escape rate of exactly 0"),
-    ({"target_escape": 1.5}, r"target escape rate 1\.5 must be in"),
-    ({"max_false_reject": -0.1}, r"max false-reject rate -0\.1 must be in"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"target_escape": 0.0}, r"target escape rate 0\.0 must be in \(0, 1\); an escape rate of exactly 0"),
+        ({"target_escape": 1.5}, r"target escape rate 1\.5 must be in"),
+        ({"max_false_reject": -0.1}, r"max false-reject rate -0\.1 must be in"),
+    ],
+)
 def test_bad_parameters(kwargs, match) -> None:
     bad, scores = synthetic(np.random.default_rng(8), 500, 500)
     with pytest.raises(CalibrationError, match=match):
@@ -162,19 +171,23 @@ def test_per_class_band_meets_its_own_target() -> None:
     crack_escape = (decisions[y2 == 2] == "pass").mean()
     assert crack_escape <= 0.005 + 3 * math.sqrt(0.005 * 0.995 / 1200)
     without = calibrate_probs(y, probs, classes, defects, target_escape=0.02)
-    crack_escape_without = (DecisionPolicy(without.thresholds, classes, defects).decide(probs2).decisions[y2 == 2] == "pass").mean()
+    crack_escape_without = (
+        DecisionPolicy(without.thresholds, classes, defects).decide(probs2).decisions[y2 == 2] == "pass"
+    ).mean()
     assert crack_escape <= crack_escape_without
 
 
 def test_per_class_must_be_a_defect_class() -> None:
     y, probs = _three_class(np.random.default_rng(11), 300, 300, 300)
     with pytest.raises(CalibrationError, match=r"per-class calibration for 'ok': not one of the defect classes"):
-        calibrate_probs(y, probs, ["ok", "scratch", "crack"], ["scratch", "crack"], target_escape=0.05,
-                        per_class=["ok"])
+        calibrate_probs(
+            y, probs, ["ok", "scratch", "crack"], ["scratch", "crack"], target_escape=0.05, per_class=["ok"]
+        )
 
 
 def test_too_few_parts_of_a_class() -> None:
     y, probs = _three_class(np.random.default_rng(12), 1000, 1000, 30)
     with pytest.raises(CalibrationError, match=r"too few parts of class 'crack'.*30 in the calibration data"):
-        calibrate_probs(y, probs, ["ok", "scratch", "crack"], ["scratch", "crack"], target_escape=0.01,
-                        per_class=["crack"])
+        calibrate_probs(
+            y, probs, ["ok", "scratch", "crack"], ["scratch", "crack"], target_escape=0.01, per_class=["crack"]
+        )

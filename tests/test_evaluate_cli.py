@@ -24,10 +24,10 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from tiny_onnx import write_tiny_model
 
 from andon.cli import main
 from andon.inspect import Inspector
+from tiny_onnx import write_tiny_model
 
 
 def grey_level_for(p_defect: float) -> int:
@@ -142,8 +142,7 @@ def test_evaluate_unreadable_image_is_loud(model: Path, data_dir: Path, capsys) 
     assert err.count("\n") == 1  # one line, no traceback
 
 
-def test_evaluate_run_folder_without_training(model: Path, data_dir: Path, tmp_path: Path, capsys,
-                                              monkeypatch) -> None:
+def test_evaluate_run_folder_without_training(model: Path, data_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "andon.training.predict", None)  # as if the training extras were absent
@@ -170,14 +169,28 @@ def _manifest(tmp_path: Path, data_dir: Path) -> Path:
 
 def test_evaluate_calibrate_on_val(model: Path, data_dir: Path, tmp_path: Path, capsys) -> None:
     manifest = _manifest(tmp_path, data_dir)
-    code, out, _ = run(["evaluate", str(model), str(manifest), "--json", "--split", "test", "--calibrate-on", "val",
-                        "--target-escape", "0.2"], capsys)
+    code, out, _ = run(
+        [
+            "evaluate",
+            str(model),
+            str(manifest),
+            "--json",
+            "--split",
+            "test",
+            "--calibrate-on",
+            "val",
+            "--target-escape",
+            "0.2",
+        ],
+        capsys,
+    )
     assert code == 0
     result = json.loads(out)
     assert result["data"] == {"path": str(manifest), "split": "test", "n": 10}
     inspector = Inspector.load(model)
-    val_defect_scores = [inspector.inspect((tmp_path / "val" / f"d{i}.png").read_bytes()).defect_score
-                         for i in range(5)]
+    val_defect_scores = [
+        inspector.inspect((tmp_path / "val" / f"d{i}.png").read_bytes()).defect_score for i in range(5)
+    ]
     # k = floor(0.2 * (5 + 1)) = 1: pass_below is the lowest val defect score, rounded down
     expected = math.floor(min(val_defect_scores) * 1e6) / 1e6
     cal = result["calibration"]
@@ -209,8 +222,9 @@ def test_thresholds_show(model: Path, capsys) -> None:
 
 def test_thresholds_set_by_hand_round_trip(model: Path, capsys) -> None:
     before = Inspector.load(model)
-    code, out, _ = run(["thresholds", str(model), "--pass-below", "0.2", "--reject-at", "0.6",
-                        "--class", "defect:0.1:0.5"], capsys)
+    code, out, _ = run(
+        ["thresholds", str(model), "--pass-below", "0.2", "--reject-at", "0.6", "--class", "defect:0.1:0.5"], capsys
+    )
     assert code == 0 and "content hash unchanged" in flat(out)
     after = Inspector.load(model)
     assert after.thresholds.defect.pass_below == 0.2 and after.thresholds.defect.reject_at == 0.6
@@ -227,20 +241,29 @@ def test_thresholds_set_by_hand_round_trip(model: Path, capsys) -> None:
 def test_new_thresholds_drop_the_rates_measured_at_the_old_ones(tmp_path: Path, capsys) -> None:
     from tiny_onnx import tiny_card
 
-    card = tiny_card(metrics={"test_accuracy": 0.9, "test_escape_rate": 0.01, "test_false_reject_rate": 0.02,
-                              "val_review_rate": 0.05})
+    card = tiny_card(
+        metrics={
+            "test_accuracy": 0.9,
+            "test_escape_rate": 0.01,
+            "test_false_reject_rate": 0.02,
+            "val_review_rate": 0.05,
+        }
+    )
     model = write_tiny_model(tmp_path / "rated.onnx", card)
     code, _, _ = run(["thresholds", str(model), "--reject-at", "0.6"], capsys)
     assert code == 0 and Inspector.load(model).card.metrics == {"test_accuracy": 0.9}
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--pass-below", "0.8"], "pass_below 0.8 must not exceed reject_at 0.7"),
-    (["--reject-at", "1.5"], "reject_at 1.5 must be between 0 and 1"),
-    (["--class", "ok:0.1:0.2"], "'ok' is not a defect class"),
-    (["--class", "defect:0.1"], "is not NAME:PASS_BELOW:REJECT_AT"),
-    (["--clear-class", "defect"], "there is no per-class band for 'defect'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--pass-below", "0.8"], "pass_below 0.8 must not exceed reject_at 0.7"),
+        (["--reject-at", "1.5"], "reject_at 1.5 must be between 0 and 1"),
+        (["--class", "ok:0.1:0.2"], "'ok' is not a defect class"),
+        (["--class", "defect:0.1"], "is not NAME:PASS_BELOW:REJECT_AT"),
+        (["--clear-class", "defect"], "there is no per-class band for 'defect'"),
+    ],
+)
 def test_thresholds_bad_values(model: Path, capsys, args, message) -> None:
     before = model.read_bytes()
     code, _, err = run(["thresholds", str(model), *args], capsys)
@@ -256,8 +279,21 @@ def test_thresholds_dry_run_writes_nothing(model: Path, capsys) -> None:
 
 
 def test_thresholds_calibrate(model: Path, data_dir: Path, capsys) -> None:
-    code, out, _ = run(["thresholds", str(model), "--calibrate", str(data_dir), "--target-escape", "0.2",
-                        "--max-false-reject", "0.2", "--max-review", "0.5"], capsys)  # the band reviews 4 of 10
+    code, out, _ = run(
+        [
+            "thresholds",
+            str(model),
+            "--calibrate",
+            str(data_dir),
+            "--target-escape",
+            "0.2",
+            "--max-false-reject",
+            "0.2",
+            "--max-review",
+            "0.5",
+        ],
+        capsys,
+    )  # the band reviews 4 of 10
     assert code == 0, out
     inspector = Inspector.load(model)
     scores = {p.name: inspector.inspect(p.read_bytes()).defect_score for p in data_dir.rglob("*.png")}

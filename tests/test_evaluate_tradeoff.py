@@ -24,7 +24,9 @@ def test_curve_rates_equal_decision_rates(pb: float, ra: float) -> None:
     bad, scores = sample()
     band = ThresholdBand(pass_below=pb, reject_at=ra)
     curve = tradeoff_curve(bad, scores)
-    decisions = DecisionPolicy(Thresholds(defect=band), ["ok", "d"], ["d"]).decide(np.stack([1 - scores, scores], 1)).decisions
+    decisions = (
+        DecisionPolicy(Thresholds(defect=band), ["ok", "d"], ["d"]).decide(np.stack([1 - scores, scores], 1)).decisions
+    )
     expected = decision_rates(bad, decisions)
     got = curve.rates(band)
     assert got["escape_rate"] == pytest.approx(expected.escape_rate)

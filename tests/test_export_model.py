@@ -22,8 +22,12 @@ SIZE = 64
 
 
 def _card(classes: list[str], defects: list[str]) -> ModelCard:
-    return ModelCard(classes=classes, defect_classes=defects, preprocess=PreprocessSpec(input_size=(SIZE, SIZE)),
-                     backbone="mobilenet_v3_small")
+    return ModelCard(
+        classes=classes,
+        defect_classes=defects,
+        preprocess=PreprocessSpec(input_size=(SIZE, SIZE)),
+        backbone="mobilenet_v3_small",
+    )
 
 
 def _model(num_classes: int, seed: int = 0, head_groups: list[int] | None = None) -> Classifier:
@@ -112,8 +116,9 @@ def test_merged_classes_add_up_their_sources_in_probabilities_and_heatmap(tmp_pa
     fine = torch.softmax(head, 1).numpy()
     expected = np.stack([fine[:, :3].sum(1), fine[:, 3]], axis=1)
     np.testing.assert_allclose(merged, expected, atol=1e-6)
-    assert np.abs(expected[:, 0] - fine[:, :3].max(1)).max() > 0.05, \
+    assert np.abs(expected[:, 0] - fine[:, :3].max(1)).max() > 0.05, (
         "the types' probabilities must be spread: otherwise summing them and taking the largest would agree"
+    )
 
     report = export_model(model, card, tmp_path / "merged.onnx", _inputs(4))
     assert report.card.trained_as == {"defect": ["crack", "pit", "stain"]}
@@ -186,11 +191,13 @@ def test_inconsistent_inputs_are_refused(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_dynamo_exporter_gives_the_same_contract(tmp_path: Path) -> None:
     model = _model(2)
-    report = export_model(model, _card(["ok", "defect"], ["defect"]), tmp_path / "dynamo.onnx", _inputs(3),
-                          opset=18, exporter="dynamo")
+    report = export_model(
+        model, _card(["ok", "defect"], ["defect"]), tmp_path / "dynamo.onnx", _inputs(3), opset=18, exporter="dynamo"
+    )
     assert report.opset == 18 and report.parity.probs_max_abs <= PROBS_TOLERANCE
     probs, heat = _outputs(report.path, _inputs(5))
     assert probs.shape == (5, 2) and heat.shape == (5, 2, 2)
     with pytest.raises(ConfigError, match="opset 18 or newer"):
-        export_model(model, _card(["ok", "defect"], ["defect"]), tmp_path / "d17.onnx", _inputs(1),
-                     opset=17, exporter="dynamo")
+        export_model(
+            model, _card(["ok", "defect"], ["defect"]), tmp_path / "d17.onnx", _inputs(1), opset=17, exporter="dynamo"
+        )

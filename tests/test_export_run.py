@@ -37,8 +37,9 @@ def _part(rng: np.random.Generator, label: str) -> np.ndarray:
         end = (int(rng.integers(58, 88)), int(rng.integers(0, 72)))
         cv2.line(img, start, end, (25, 25, 25), 3)
     elif label == "dent":
-        cv2.circle(img, (int(rng.integers(18, 70)), int(rng.integers(18, 54))), int(rng.integers(7, 12)),
-                   (55, 55, 55), -1)
+        cv2.circle(
+            img, (int(rng.integers(18, 70)), int(rng.integers(18, 54))), int(rng.integers(7, 12)), (55, 55, 55), -1
+        )
     return np.ascontiguousarray(img)
 
 
@@ -95,9 +96,16 @@ def make_run(root: Path, *, n_train: int = 30, n_val: int = 15, seed: int = 0) -
     model = create_model("mobilenet_v3_small", len(CLASSES), weights="none")
     _fit(model, torch.from_numpy(np.stack(tensors)), torch.tensor(labels))
     card = ModelCard(
-        name="bracket", version="3", classes=CLASSES, defect_classes=["dent", "scratch"], preprocess=spec,
+        name="bracket",
+        version="3",
+        classes=CLASSES,
+        defect_classes=["dent", "scratch"],
+        preprocess=spec,
         thresholds=Thresholds(defect=ThresholdBand(pass_below=0.3, reject_at=0.7), source="manual"),
-        backbone="mobilenet_v3_small", weights="none", data_fingerprint="f" * 64, metrics={"accuracy": 0.95},
+        backbone="mobilenet_v3_small",
+        weights="none",
+        data_fingerprint="f" * 64,
+        metrics={"accuracy": 0.95},
     )
     save_checkpoint(run / "best.pt", Checkpoint("mobilenet_v3_small", len(CLASSES), model.state_dict(), card, epoch=7))
     return run
@@ -172,7 +180,7 @@ def test_graph_has_dynamic_batch_and_matches_torch_on_val_images(exported, run_d
     for batch in (x[:1], x[:3]):
         probs, heat = session.run(["probs", "heatmap"], {"image": batch})
         assert probs.shape == (len(batch), 3) and heat.shape == (len(batch), 2, 2)
-        assert np.abs(probs - expected[:len(batch)]).max() <= PROBS_TOLERANCE
+        assert np.abs(probs - expected[: len(batch)]).max() <= PROBS_TOLERANCE
         assert heat.min() >= 0.0 and heat.max() <= 1.0
     assert (expected.argmax(1) == y).mean() >= 0.6, "the fixture model must be better than chance"
 
@@ -199,9 +207,20 @@ def test_export_cli_and_info_cli(run_dir: Path, tmp_path: Path, capsys: pytest.C
         main(["info", str(out)])
     assert code.value.code in (0, None)
     text = capsys.readouterr().out
-    for expected in ("dent, ok, scratch", "mobilenet_v3_small", "64x64", "RGB", "stretch", "mean (0.5, 0.5, 0.5)",
-                     "pass below 0.3, reject at 0.7", "fp32", "image float [batch, 3, 64, 64]",
-                     "heatmap float [batch, 2, 2]", "ai.onnx 17", "f" * 32):
+    for expected in (
+        "dent, ok, scratch",
+        "mobilenet_v3_small",
+        "64x64",
+        "RGB",
+        "stretch",
+        "mean (0.5, 0.5, 0.5)",
+        "pass below 0.3, reject at 0.7",
+        "fp32",
+        "image float [batch, 3, 64, 64]",
+        "heatmap float [batch, 2, 2]",
+        "ai.onnx 17",
+        "f" * 32,
+    ):
         assert expected in text, expected
 
     with pytest.raises(SystemExit):
@@ -212,10 +231,14 @@ def test_export_cli_and_info_cli(run_dir: Path, tmp_path: Path, capsys: pytest.C
 
 
 @pytest.mark.parametrize("bad", ["png", "checkpoint", "missing"])
-def test_info_refuses_what_is_not_an_andon_model_in_one_line(bad: str, run_dir: Path, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    path = {"png": next((run_dir / "images").glob("*.png")), "checkpoint": run_dir / "best.pt",
-            "missing": tmp_path / "absent.onnx"}[bad]
+def test_info_refuses_what_is_not_an_andon_model_in_one_line(
+    bad: str, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = {
+        "png": next((run_dir / "images").glob("*.png")),
+        "checkpoint": run_dir / "best.pt",
+        "missing": tmp_path / "absent.onnx",
+    }[bad]
     with pytest.raises(SystemExit) as code:
         main(["info", str(path)])
     assert code.value.code == 2
@@ -241,15 +264,19 @@ def _corrupt(run: Path, how: str) -> None:
         (run / "splits.csv").write_text((run / "splits.csv").read_text().replace(",ok,", ",rust,", 1))
 
 
-@pytest.mark.parametrize("how, message", [
-    ("garbage-checkpoint", "cannot be read"),
-    ("no-checkpoint", "does not exist"),
-    ("no-splits", "has no splits.csv"),
-    ("wrong-weights", "do not fit mobilenet_v3_small"),
-    ("unknown-label", "'rust'"),
-])
-def test_export_refuses_a_corrupted_run_in_one_line(how: str, message: str, run_dir: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("garbage-checkpoint", "cannot be read"),
+        ("no-checkpoint", "does not exist"),
+        ("no-splits", "has no splits.csv"),
+        ("wrong-weights", "do not fit mobilenet_v3_small"),
+        ("unknown-label", "'rust'"),
+    ],
+)
+def test_export_refuses_a_corrupted_run_in_one_line(
+    how: str, message: str, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import shutil
 
     run = tmp_path / "run"
@@ -283,15 +310,17 @@ def test_int8_export_is_smaller_carries_its_card_and_is_judged(run_dir: Path, tm
     assert q is not None and q.n_eval == 15 and q.calibration_images == 12
     assert out.stat().st_size == report.size_bytes < 0.5 * q.fp32_bytes
     assert 0.0 <= q.int8_accuracy <= 1.0 and q.accuracy_drop_pp == pytest.approx(
-        (q.fp32_accuracy - q.int8_accuracy) * 100)
+        (q.fp32_accuracy - q.int8_accuracy) * 100
+    )
     assert q.fp32_ms_per_image > 0 and q.int8_ms_per_image > 0
     assert 0.0 <= q.decision_agreement <= 1.0 and 0.0 <= q.agreement <= 1.0
     model = onnx.load(str(out))
     assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 10
     producers = {o: n for n in model.graph.node for o in n.output}
     head = [n for n in model.graph.node if n.op_type == "Gemm"]
-    assert head and all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
-                        for n in head for i in n.input), "the head and softmax stay fp32"
+    assert head and all(
+        producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for n in head for i in n.input
+    ), "the head and softmax stay fp32"
     card = read_card(model)
     assert card.quantization.startswith("int8") and card.content_hash == content_hash(model)
     assert card.metrics["int8_val_accuracy"] == pytest.approx(q.int8_accuracy)
@@ -301,12 +330,26 @@ def test_int8_export_is_smaller_carries_its_card_and_is_judged(run_dir: Path, tm
 
 
 @pytest.mark.slow
-def test_int8_accuracy_gate_refuses_and_writes_nothing(run_dir: Path, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_int8_accuracy_gate_refuses_and_writes_nothing(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "gate" / "int8.onnx"
     with pytest.raises(SystemExit) as code:
-        main(["export", str(run_dir), "--out", str(out), "--int8", "--max-accuracy-drop", "-100",
-              "--calibration-images", "6", "--verify-images", "2"])
+        main(
+            [
+                "export",
+                str(run_dir),
+                "--out",
+                str(out),
+                "--int8",
+                "--max-accuracy-drop",
+                "-100",
+                "--calibration-images",
+                "6",
+                "--verify-images",
+                "2",
+            ]
+        )
     assert code.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "int8 accuracy" in err and "--max-accuracy-drop -100" in err and "no file written" in err

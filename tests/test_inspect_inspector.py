@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_onnx import tiny_card, write_tiny_model
 
 from andon.errors import ImageDecodeError
 from andon.inspect import InspectionResult, Inspector, ThresholdBand, Thresholds
 from andon.inspect.session import cgroup_cpu_limit, default_threads, physical_cores, session_options
+from tiny_onnx import tiny_card, write_tiny_model
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def bright(h: int = 64, w: int = 64) -> np.ndarray:
 
 def with_blob(h: int = 64, w: int = 64, top: int = 0, left: int = 0, size: int = 56) -> np.ndarray:
     image = bright(h, w)
-    image[top:top + size, left:left + size] = 10
+    image[top : top + size, left : left + size] = 10
     return image
 
 
@@ -97,7 +97,7 @@ def test_array_kinds(inspector: Inspector, kind: str) -> None:
 
 
 def test_16bit_png_bytes(inspector: Inspector) -> None:
-    grey16 = (with_blob()[:, :, 0].astype(np.uint16) * 257)
+    grey16 = with_blob()[:, :, 0].astype(np.uint16) * 257
     data = cv2.imencode(".png", grey16)[1].tobytes()
     result = inspector.inspect(data)
     assert result.decision == "reject"
@@ -210,8 +210,9 @@ def test_per_class_band_makes_stricter(tmp_path: Path) -> None:
     base = inspector.inspect(frame)
     assert base.decision == "pass"
     band = ThresholdBand(pass_below=base.scores["scratch"] / 2, reject_at=0.99)
-    strict = inspector.with_thresholds(Thresholds(defect=ThresholdBand(pass_below=0.3, reject_at=0.7),
-                                                  per_class={"scratch": band}))
+    strict = inspector.with_thresholds(
+        Thresholds(defect=ThresholdBand(pass_below=0.3, reject_at=0.7), per_class={"scratch": band})
+    )
     result = strict.inspect(frame)
     assert result.decision == "review"
     assert result.reasons[1].startswith("P(scratch)") and "per-class band for scratch" in result.reasons[1]

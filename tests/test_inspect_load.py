@@ -11,12 +11,12 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
-from tiny_onnx import tiny_card, tiny_model, write_tiny_model
 
 from andon.errors import ModelCardError, ModelFileError
 from andon.inspect import Inspector
 from andon.inspect.card import CARD_METADATA_KEY, ModelCard
 from andon.inspect.onnxfile import embed_card
+from tiny_onnx import tiny_card, tiny_model, write_tiny_model
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -107,8 +107,14 @@ def test_other_zip_is_refused(tmp_path: Path) -> None:
 def test_external_data_is_refused(tmp_path: Path) -> None:
     model = tiny_model()
     path = tmp_path / "model.onnx"
-    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-              location="model.onnx.data", size_threshold=0)
+    onnx.save(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx.data",
+        size_threshold=0,
+    )
     assert (tmp_path / "model.onnx.data").exists()
     with pytest.raises(ModelFileError, match=r"external data \(in 'model.onnx.data'\).*self-contained"):
         Inspector.load(path)
@@ -197,7 +203,9 @@ def _with_card(card, **changes) -> onnx.ModelProto:
 
 def test_wrong_input_name(tmp_path: Path) -> None:
     model = _with_card(tiny_card(), input_name="pixels")
-    with pytest.raises(ModelFileError, match=r"wrong input signature: inputs \['image'\], expected one float32 input 'pixels'"):
+    with pytest.raises(
+        ModelFileError, match=r"wrong input signature: inputs \['image'\], expected one float32 input 'pixels'"
+    ):
         Inspector.load(_save(model, tmp_path / "model.onnx"))
 
 

@@ -54,8 +54,19 @@ def test_jsonl(tiny_model_path: Path, images: Path, capsys) -> None:
 
 
 def test_csv(tiny_model_path: Path, images: Path, capsys) -> None:
-    code, out, _ = run(["predict", str(tiny_model_path), str(images / "good.png"), str(images / "line2"),
-                        "--format", "csv", "--batch", "1"], capsys)
+    code, out, _ = run(
+        [
+            "predict",
+            str(tiny_model_path),
+            str(images / "good.png"),
+            str(images / "line2"),
+            "--format",
+            "csv",
+            "--batch",
+            "1",
+        ],
+        capsys,
+    )
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [Path(r["path"]).name for r in rows] == ["good.png", "bad.jpg"]
@@ -79,8 +90,19 @@ def test_unreadable_images_are_per_line(tiny_model_path: Path, images: Path, tmp
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     missing = tmp_path / "missing.png"
-    code, out, err = run(["predict", str(tiny_model_path), str(broken), str(images / "good.png"), str(missing),
-                          str(images / "notes.txt"), "--format", "jsonl"], capsys)
+    code, out, err = run(
+        [
+            "predict",
+            str(tiny_model_path),
+            str(broken),
+            str(images / "good.png"),
+            str(missing),
+            str(images / "notes.txt"),
+            "--format",
+            "jsonl",
+        ],
+        capsys,
+    )
     assert code == 1  # some failed
     records = [json.loads(line) for line in out.splitlines()]
     assert [Path(r["path"]).name for r in records] == ["broken.png", "good.png", "missing.png", "notes.txt"]
@@ -101,8 +123,9 @@ def test_unreadable_in_table_and_csv(tiny_model_path: Path, tmp_path: Path, caps
 
 def test_heatmap_overlays(tiny_model_path: Path, images: Path, tmp_path: Path, capsys) -> None:
     out_dir = tmp_path / "heat"
-    code, out, _ = run(["predict", str(tiny_model_path), str(images), "--format", "jsonl", "--heatmaps",
-                        str(out_dir)], capsys)
+    code, out, _ = run(
+        ["predict", str(tiny_model_path), str(images), "--format", "jsonl", "--heatmaps", str(out_dir)], capsys
+    )
     assert code == 0
     records = {Path(r["path"]).name: r for r in map(json.loads, out.splitlines())}
     bad_overlay = Path(records["bad.jpg"]["heatmap"])

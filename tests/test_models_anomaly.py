@@ -42,8 +42,15 @@ def _tensor(images: list[np.ndarray]) -> torch.Tensor:
 def _extractor(dim: int | None = 64) -> PatchFeatures:
     torch.manual_seed(0)
     model = create_model("mobilenet_v2", 2, weights="none")
-    return PatchFeatures(model.backbone, (3, 6), card_mean=CARD, card_std=CARD, trunk_mean=model.weights_info.mean,
-                         trunk_std=model.weights_info.std, dim=dim)
+    return PatchFeatures(
+        model.backbone,
+        (3, 6),
+        card_mean=CARD,
+        card_std=CARD,
+        trunk_mean=model.weights_info.mean,
+        trunk_std=model.weights_info.std,
+        dim=dim,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +59,20 @@ def data() -> dict[str, object]:
     good = _tensor([_texture(rng) for _ in range(30)])
     test_good = _tensor([_texture(rng) for _ in range(16)])
     defects = [_with_defect(rng) for _ in range(16)]
-    return {"good": good, "test_good": test_good, "bad": _tensor([d[0] for d in defects]),
-            "where": [d[1] for d in defects]}
+    return {
+        "good": good,
+        "test_good": test_good,
+        "bad": _tensor([d[0] for d in defects]),
+        "where": [d[1] for d in defects],
+    }
 
 
 @pytest.fixture(scope="module")
 def fitted(data: dict[str, object]) -> PatchCore:
     messages: list[str] = []
-    model = fit_patchcore(_extractor(), data["good"].split(8), bank_size=150, seed=0, blur_sigma=1.0,
-                          progress=messages.append)
+    model = fit_patchcore(
+        _extractor(), data["good"].split(8), bank_size=150, seed=0, blur_sigma=1.0, progress=messages.append
+    )
     assert any("coreset" in m for m in messages) and any("scale" in m for m in messages)
     return model
 
@@ -106,8 +118,9 @@ def test_coreset_is_distinct_deterministic_and_covers() -> None:
 
 def test_reference_batches_set_the_scale(data: dict[str, object]) -> None:
     extractor = _extractor()
-    model = fit_patchcore(extractor, data["good"].split(8), bank_size=100, seed=0,
-                          reference_batches=[data["test_good"]])
+    model = fit_patchcore(
+        extractor, data["good"].split(8), bank_size=100, seed=0, reference_batches=[data["test_good"]]
+    )
     with torch.no_grad():
         score, _ = model(data["test_good"])
     assert float(score.median()) == pytest.approx(0.5, abs=1e-5)
@@ -118,9 +131,16 @@ def test_onnx_matches_torch(fitted: PatchCore, data: dict[str, object], batch: i
     ort = pytest.importorskip("onnxruntime")
     example = data["bad"][:2]
     buffer = io.BytesIO()
-    torch.onnx.export(fitted, (example,), buffer, dynamo=False, opset_version=17, input_names=["image"],
-                      output_names=["score", "anomaly_map"],
-                      dynamic_axes={"image": {0: "batch"}, "score": {0: "batch"}, "anomaly_map": {0: "batch"}})
+    torch.onnx.export(
+        fitted,
+        (example,),
+        buffer,
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["score", "anomaly_map"],
+        dynamic_axes={"image": {0: "batch"}, "score": {0: "batch"}, "anomaly_map": {0: "batch"}},
+    )
     session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     x = torch.cat([data["bad"][:2], data["test_good"][:2]])[:batch]
     score, anomaly_map = session.run(None, {"image": x.numpy()})
@@ -152,8 +172,9 @@ def test_renormalisation_feeds_the_trunk_its_own_normalisation() -> None:
     torch.manual_seed(0)
     model = create_model("mobilenet_v2", 2, weights="none").eval()
     imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    extractor = PatchFeatures(model.backbone, (3,), card_mean=CARD, card_std=CARD, trunk_mean=imagenet[0],
-                              trunk_std=imagenet[1], dim=None)
+    extractor = PatchFeatures(
+        model.backbone, (3,), card_mean=CARD, card_std=CARD, trunk_mean=imagenet[0], trunk_std=imagenet[1], dim=None
+    )
     pixels = torch.rand(2, 3, 32, 32)
     card_input = (pixels - 0.5) / 0.5
     trunk_input = (pixels - torch.tensor(imagenet[0]).view(1, 3, 1, 1)) / torch.tensor(imagenet[1]).view(1, 3, 1, 1)

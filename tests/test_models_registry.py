@@ -8,8 +8,16 @@ import torch
 from andon.errors import ConfigError, UnknownModelError
 from andon.models import Classifier, create_model, list_models, model_info
 
-EXPECTED = {"mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v2", "efficientnet_b0", "efficientnet_lite0",
-            "resnet18", "resnet50", "convnext_tiny"}
+EXPECTED = {
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "mobilenet_v2",
+    "efficientnet_b0",
+    "efficientnet_lite0",
+    "resnet18",
+    "resnet50",
+    "convnext_tiny",
+}
 
 
 def test_registry_lists_the_backbones() -> None:

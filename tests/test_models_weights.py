@@ -125,9 +125,9 @@ def test_lite0_package_weights_map_one_to_one() -> None:
     assert float(probs[MILITARY_UNIFORM]) > 0.2
 
 
-
-@pytest.mark.parametrize(("name", "n_tensors", "last_block_channels"),
-                         [("efficientnet_lite1", 384, 320), ("efficientnet_lite2", 384, 352)])
+@pytest.mark.parametrize(
+    ("name", "n_tensors", "last_block_channels"), [("efficientnet_lite1", 384, 320), ("efficientnet_lite2", 384, 352)]
+)
 def test_lite1_lite2_package_weights_map_one_to_one(name: str, n_tensors: int, last_block_channels: int) -> None:
     try:
         path = lite_package_file(name)
@@ -147,8 +147,12 @@ def test_lite1_lite2_package_weights_map_one_to_one(name: str, n_tensors: int, l
     model.head.load_state_dict({"weight": package["_fc.weight"], "bias": package["_fc.bias"]})
     from matplotlib import cbook
 
-    spec = PreprocessSpec(input_size=BACKBONES[name].input_size, resize="center_crop",
-                          mean=model.weights_info.mean, std=model.weights_info.std)
+    spec = PreprocessSpec(
+        input_size=BACKBONES[name].input_size,
+        resize="center_crop",
+        mean=model.weights_info.mean,
+        std=model.weights_info.std,
+    )
     data = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).read_bytes()
     with torch.no_grad():
         probs = model(torch.from_numpy(Preprocessor(spec)(data))[None]).softmax(1)[0]
@@ -166,6 +170,7 @@ def test_lite_package_file_given_as_a_path_maps_in_order() -> None:
     torch.testing.assert_close(model.backbone.features[0][0].weight, package["_conv_stem.weight"])
     with pytest.raises(WeightsError, match="efficientnet_lite2"):
         create_model("efficientnet_lite2", 2, weights=path)  # Lite1's file does not fit Lite2
+
 
 @pytest.fixture
 def mv2_file() -> Path:
@@ -193,8 +198,12 @@ def _textures(rng: np.random.Generator, per_class: int = 8, n: int = 96) -> tupl
     for kind in range(4):
         for _ in range(per_class):
             f, ph = rng.uniform(0.15, 0.3), rng.uniform(0, 2 * np.pi)
-            wave = [np.sin(f * y + ph), np.sin(f * x + ph), np.sin(f * x + ph) * np.sin(f * y + ph),
-                    np.sin(f * (x + y) / 1.4 + ph)][kind]
+            wave = [
+                np.sin(f * y + ph),
+                np.sin(f * x + ph),
+                np.sin(f * x + ph) * np.sin(f * y + ph),
+                np.sin(f * (x + y) / 1.4 + ph),
+            ][kind]
             grey = np.clip(128 + 80 * (wave + rng.normal(0, 0.6, wave.shape)), 0, 255).astype(np.uint8)
             images.append(np.repeat(grey[..., None], 3, axis=2))
             labels.append(kind)
@@ -221,14 +230,22 @@ def test_pretrained_features_beat_random_init(mv2_file: Path) -> None:
     random_scores = []
     for seed in range(3):
         torch.manual_seed(seed)
-        random_scores.append(_nearest_centroid_accuracy(create_model("mobilenet_v2", 4, weights="none").eval(),
-                                                        x, labels))
+        random_scores.append(
+            _nearest_centroid_accuracy(create_model("mobilenet_v2", 4, weights="none").eval(), x, labels)
+        )
     assert pretrained >= 0.95
     assert pretrained > np.mean(random_scores) + 0.25, (pretrained, random_scores)
 
 
-TORCHVISION_BACKBONES = ["mobilenet_v3_small", "mobilenet_v3_large", "mobilenet_v2", "efficientnet_b0", "resnet18",
-                         "resnet50", "convnext_tiny"]
+TORCHVISION_BACKBONES = [
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "mobilenet_v2",
+    "efficientnet_b0",
+    "resnet18",
+    "resnet50",
+    "convnext_tiny",
+]
 
 
 @pytest.mark.parametrize("name", TORCHVISION_BACKBONES)
@@ -249,8 +266,9 @@ def test_imagenet_path_maps_torchvision_state_dicts_without_downloading(name: st
     assert len(requested) == 1 and requested[0] in model.weights_info.source
     assert model.weights_info.mean == pytest.approx((0.485, 0.456, 0.406))
     first_conv = next(m for m in full.modules() if isinstance(m, torch.nn.Conv2d))
-    assert torch.equal(next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)).weight,
-                       first_conv.weight)
+    assert torch.equal(
+        next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)).weight, first_conv.weight
+    )
 
 
 def test_imagenet_download_failure_is_a_weights_error(monkeypatch) -> None:

@@ -15,8 +15,9 @@ def _title_width_px(title: str) -> float:
 def test_mistake_grid_title_is_not_cut_off_over_a_single_image(tmp_path):
     # a run with one test mistake gives a one-image grid; its title used to be wider than the figure
     title = "most confident mistakes on test"
-    out = plots.plot_image_grid([np.full((64, 64, 3), 120, np.uint8)], ["ok -> break (1.00)"],
-                                tmp_path / "grid.png", title=title)
+    out = plots.plot_image_grid(
+        [np.full((64, 64, 3), 120, np.uint8)], ["ok -> break (1.00)"], tmp_path / "grid.png", title=title
+    )
     width = cv2.imread(str(out)).shape[1]
     assert width >= _title_width_px(title)
 

@@ -123,8 +123,8 @@ def test_decompression_bomb_is_refused_from_the_header() -> None:
     bomb = np.zeros((1, 1), np.uint8)
     data = bytearray(_encode(bomb, "PNG"))
     ihdr = data.index(b"IHDR")
-    data[ihdr + 4: ihdr + 12] = (100_000).to_bytes(4, "big") * 2
-    data[ihdr + 17: ihdr + 21] = zlib.crc32(bytes(data[ihdr: ihdr + 17])).to_bytes(4, "big")
+    data[ihdr + 4 : ihdr + 12] = (100_000).to_bytes(4, "big") * 2
+    data[ihdr + 17 : ihdr + 21] = zlib.crc32(bytes(data[ihdr : ihdr + 17])).to_bytes(4, "big")
     with pytest.raises(ImageTooLargeError):
         probe(bytes(data))
 

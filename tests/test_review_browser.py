@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from review_support import PASSWORD, add_user, jpeg_bytes, live_server, post_frame, review_model, synth_image
 from service_support import add_key, settings_for
 
@@ -23,9 +24,11 @@ DRIVER = next((p for p in (shutil.which("chromedriver"), "/usr/bin/chromedriver"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
-                       reason="no chromium / chromedriver binary (Debian: apt-get install chromium chromium-driver; "
-                              "'make system-deps' does it)"),
+    pytest.mark.skipif(
+        CHROMIUM is None or DRIVER is None,
+        reason="no chromium / chromedriver binary (Debian: apt-get install chromium chromium-driver; "
+        "'make system-deps' does it)",
+    ),
 ]
 
 
@@ -36,8 +39,15 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1920,1080", "--force-device-scale-factor=1", "--lang=en-GB"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1920,1080",
+        "--force-device-scale-factor=1",
+        "--lang=en-GB",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)  # Debian's driver: nothing is downloaded
     driver.set_page_load_timeout(30)
@@ -61,10 +71,12 @@ def service(tmp_path):
             ids = []
             for i in range(4):  # four parts, each seen by two cameras; oldest first
                 for cam in ("cam1", "cam2"):
-                    frame = synth_image(inspector, 7 * i + (cam == "cam2"), ("reject", "review")[(i + (cam == "cam2")) % 2],
-                                        (480, 640))
-                    ids.append(post_frame(http, jpeg_bytes(frame), camera=cam, line="L1", part=f"P-10{i}",
-                                          key=keys[cam])["id"])
+                    frame = synth_image(
+                        inspector, 7 * i + (cam == "cam2"), ("reject", "review")[(i + (cam == "cam2")) % 2], (480, 640)
+                    )
+                    ids.append(
+                        post_frame(http, jpeg_bytes(frame), camera=cam, line="L1", part=f"P-10{i}", key=keys[cam])["id"]
+                    )
             add_user(ctx, "olga", "operator")
             add_user(ctx, "erik", "engineer")
             yield url, http, ctx, keys, ids[::-1]  # newest first, as the queue shows them
@@ -109,16 +121,23 @@ def test_operator_reviews_a_queue_with_the_keyboard(browser, service):
     # a camera key opens nothing: the page sends it to the login, the review API refuses it
     r = http.get("/", headers={"Authorization": f"Bearer {keys['cam1']}"}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"].startswith("/login")
-    r = http.post(f"/v1/inspections/{ids[0]}/verdicts", json={"verdict": "false_alarm"},
-                  headers={"Authorization": f"Bearer {keys['cam1']}"})
+    r = http.post(
+        f"/v1/inspections/{ids[0]}/verdicts",
+        json={"verdict": "false_alarm"},
+        headers={"Authorization": f"Bearer {keys['cam1']}"},
+    )
     assert r.status_code == 403
 
     _login(browser, url, "olga")
     _wait(browser, lambda d: d.find_elements("css selector", "#part .part"))
     assert _current(browser) == ids[0]
     assert browser.find_element("id", "waiting-count").text == "8"
-    _wait(browser, lambda d: d.execute_script(
-        "return [...document.querySelectorAll('#part img')].every(i => i.complete && i.naturalWidth > 0)"))
+    _wait(
+        browser,
+        lambda d: d.execute_script(
+            "return [...document.querySelectorAll('#part img')].every(i => i.complete && i.naturalWidth > 0)"
+        ),
+    )
     browser.save_screenshot(str(ARTIFACTS / "review-page.png"))
 
     # heatmap toggle and zoom, from the keyboard
@@ -131,8 +150,12 @@ def test_operator_reviews_a_queue_with_the_keyboard(browser, service):
     assert "scale(2.25)" in transform
     _press(browser, "0")
 
-    plan = [("d", "confirm_defect", None), ("g", "false_alarm", "ok"), ("2", "confirm_defect", "dent"),
-            ("e", "cant_tell", None)]
+    plan = [
+        ("d", "confirm_defect", None),
+        ("g", "false_alarm", "ok"),
+        ("2", "confirm_defect", "dent"),
+        ("e", "cant_tell", None),
+    ]
     timings = []
     for i, (key, verdict, label) in enumerate(plan):
         assert _current(browser) == ids[i]
@@ -185,16 +208,30 @@ def test_engineer_sees_the_dashboard(browser, service):
     from andon.service.review.simulate import Event, LineHistory, simulate
 
     with ctx.sessions() as s:  # a day of a line, with a lamp failing on one camera in the afternoon
-        simulate(s, LineHistory(frames=4000, hours=24, lines=("L1",), cameras_per_line=2, seed=5,
-                                events=[Event("L1-cam2", 0.7, 0.8, "lamp"), Event("L1-cam1", 0.9, 1.0, "focus")]))
+        simulate(
+            s,
+            LineHistory(
+                frames=4000,
+                hours=24,
+                lines=("L1",),
+                cameras_per_line=2,
+                seed=5,
+                events=[Event("L1-cam2", 0.7, 0.8, "lamp"), Event("L1-cam1", 0.9, 1.0, "focus")],
+            ),
+        )
     ARTIFACTS.mkdir(exist_ok=True)
     _login(browser, url, "erik")
     _wait(browser, lambda d: d.find_elements("css selector", "#part .part, .empty"))
     browser.get(url + "/dashboard")
-    _wait(browser, lambda d: d.execute_script(
-        "const imgs = [...document.querySelectorAll('.chart img')];"
-        "imgs.forEach(i => i.loading = 'eager');"
-        "return imgs.length === 4 && imgs.every(i => i.complete && i.naturalWidth > 0)"), timeout=60)
+    _wait(
+        browser,
+        lambda d: d.execute_script(
+            "const imgs = [...document.querySelectorAll('.chart img')];"
+            "imgs.forEach(i => i.loading = 'eager');"
+            "return imgs.length === 4 && imgs.every(i => i.complete && i.naturalWidth > 0)"
+        ),
+        timeout=60,
+    )
     text = browser.find_element("css selector", ".alerts").text
     assert "L1-cam2 brightness" in text
     height = browser.execute_script("return document.body.scrollHeight")

@@ -22,8 +22,14 @@ def board_db(tmp_path_factory):
     engine = make_engine(f"sqlite:///{path}")
     migrate(engine)
     sessions = session_factory(engine)
-    history = LineHistory(frames=6000, hours=24, lines=("L1",), cameras_per_line=2, seed=3,
-                          events=[Event("L1-cam2", 0.75, 0.875, "lamp"), Event("L1-cam1", 0.9, 1.0, "focus")])
+    history = LineHistory(
+        frames=6000,
+        hours=24,
+        lines=("L1",),
+        cameras_per_line=2,
+        seed=3,
+        events=[Event("L1-cam2", 0.75, 0.875, "lamp"), Event("L1-cam1", 0.9, 1.0, "focus")],
+    )
     with sessions() as s:
         simulate(s, history, now=NOW)
     yield sessions

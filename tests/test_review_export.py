@@ -23,12 +23,29 @@ T0 = dt.datetime(2026, 11, 25, 6, 0, tzinfo=dt.timezone.utc)
 
 
 def _frame(i: int, part: str | None, decision: str = "reject", label: str = "scratch") -> Inspection:
-    return Inspection(id=new_id(), created_at=T0 + dt.timedelta(minutes=i), line_id="L1", camera_id=f"cam{i % 2}",
-                      part_id=part, serial=None, label=label, decision=decision, defect_score=0.8,
-                      scores={"ok": 0.2, "scratch": 0.5, "dent": 0.3}, reasons=[], model_version="7",
-                      model_hash="a" * 64, image_format="JPEG", image_width=64, image_height=48, image_bytes=4,
-                      body_sha256=f"{i:064d}", image_key=f"2026/11/25/f{i}.jpg", review_status=REVIEW_UNREVIEWED,
-                      timings_ms={})
+    return Inspection(
+        id=new_id(),
+        created_at=T0 + dt.timedelta(minutes=i),
+        line_id="L1",
+        camera_id=f"cam{i % 2}",
+        part_id=part,
+        serial=None,
+        label=label,
+        decision=decision,
+        defect_score=0.8,
+        scores={"ok": 0.2, "scratch": 0.5, "dent": 0.3},
+        reasons=[],
+        model_version="7",
+        model_hash="a" * 64,
+        image_format="JPEG",
+        image_width=64,
+        image_height=48,
+        image_bytes=4,
+        body_sha256=f"{i:064d}",
+        image_key=f"2026/11/25/f{i}.jpg",
+        review_status=REVIEW_UNREVIEWED,
+        timings_ms={},
+    )
 
 
 @pytest.fixture
@@ -48,8 +65,9 @@ def reviewed(tmp_path):
         s.commit()
         for i, r in enumerate(rows[:12]):
             verdict = "false_alarm" if i % 3 == 0 else "confirm_defect"
-            record_verdict(s, r.id, verdict=verdict, label="dent" if i % 3 == 1 else None, reviewer="olga",
-                           info_for=info)
+            record_verdict(
+                s, r.id, verdict=verdict, label="dent" if i % 3 == 1 else None, reviewer="olga", info_for=info
+            )
         record_verdict(s, rows[12].id, verdict="cant_tell", reviewer="olga", info_for=info)  # left out
         v = record_verdict(s, rows[13].id, verdict="confirm_defect", reviewer="olga", info_for=info)
         record_verdict(s, rows[13].id, verdict="false_alarm", reviewer="erik", supersedes=v.id, info_for=info)
@@ -73,7 +91,10 @@ def test_export_writes_the_operators_labels_with_provenance(reviewed, tmp_path):
     assert load_dataset(out / "images").counts() == {"dent": 4, "ok": 5, "scratch": 4}  # class folders too
     by_path = {s.path.name: s for s in ds.samples}
     first = by_path[f"{rows[0].id}.jpg"]
-    assert first.label == "ok" and (out / "images" / "ok" / f"{rows[0].id}.jpg").read_bytes() == f"jpeg-{rows[0].id}".encode()
+    assert (
+        first.label == "ok"
+        and (out / "images" / "ok" / f"{rows[0].id}.jpg").read_bytes() == f"jpeg-{rows[0].id}".encode()
+    )
     # frames of a part never straddle splits
     splits_by_group: dict[str, set[str]] = {}
     for sample in ds.samples:
@@ -145,6 +166,7 @@ def test_cli_exports_and_reports(reviewed, tmp_path):
     r = CliRunner().invoke(cli, ["review", "export", str(out), "--data-dir", str(data), "--since", "30d"])
     assert r.exit_code == 0, r.output
     assert "exported 13 frames" in r.output and (out / "reviewed.csv").is_file()
-    r = CliRunner().invoke(cli, ["review", "export", str(tmp_path / "x"), "--data-dir", str(data),
-                                 "--since", "yesterday"])
+    r = CliRunner().invoke(
+        cli, ["review", "export", str(tmp_path / "x"), "--data-dir", str(data), "--since", "yesterday"]
+    )
     assert r.exit_code != 0 and "is not a time" in str(r.exception or r.output)

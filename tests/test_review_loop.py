@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 
-from review_support import jpeg_bytes, post_frame, review_model, synth_image
-from service_support import add_key, auth, client_for, settings_for
 from typer.testing import CliRunner
 
 from andon.cli import app as cli
 from andon.inspect.inspector import Inspector
+from review_support import jpeg_bytes, post_frame, review_model, synth_image
+from service_support import add_key, auth, client_for, settings_for
 
 
 def test_verdicts_become_data_and_a_candidate_is_compared_with_the_active_model(tmp_path, monkeypatch):
@@ -37,7 +37,7 @@ def test_verdicts_become_data_and_a_candidate_is_compared_with_the_active_model(
     monkeypatch.setenv("ANDON_DATA_DIR", str(settings.data_dir))
     r = CliRunner().invoke(cli, ["evaluate", str(candidate), str(out / "images"), "--compare", "active", "--json"])
     assert r.exit_code == 0, r.output
-    body = json.loads(r.output[r.output.index("{"):])
+    body = json.loads(r.output[r.output.index("{") :])
     assert body["model"]["version"] == "2" and body["compare"]["model"]["version"] == "1"
     rows = {row["figure"]: row for row in body["side_by_side"]}
     assert body["data"]["n"] == 8 and body["compare"]["data"]["n"] == 8

@@ -16,15 +16,38 @@ from andon.service.tables import REVIEW_NOT_REQUIRED, REVIEW_UNREVIEWED, Inspect
 T0 = dt.datetime(2026, 11, 25, 6, 0, tzinfo=dt.timezone.utc)
 
 
-def frame(at: dt.datetime, decision: str = "reject", *, line: str = "L1", camera: str = "cam1",
-          status: str | None = None, image: bool = True, ident: str | None = None) -> Inspection:
-    return Inspection(id=ident or new_id(), created_at=at, line_id=line, camera_id=camera, part_id=None,
-                      label="scratch" if decision != "pass" else "ok", decision=decision, defect_score=0.9,
-                      scores={"ok": 0.1, "scratch": 0.9}, reasons=[], model_version="1", model_hash="0" * 64,
-                      image_format="JPEG", image_width=64, image_height=48, image_bytes=1000, body_sha256="0" * 64,
-                      image_key=f"x/{at:%H%M%S%f}.jpg" if image else None,
-                      review_status=status or (REVIEW_NOT_REQUIRED if decision == "pass" else REVIEW_UNREVIEWED),
-                      timings_ms={})
+def frame(
+    at: dt.datetime,
+    decision: str = "reject",
+    *,
+    line: str = "L1",
+    camera: str = "cam1",
+    status: str | None = None,
+    image: bool = True,
+    ident: str | None = None,
+) -> Inspection:
+    return Inspection(
+        id=ident or new_id(),
+        created_at=at,
+        line_id=line,
+        camera_id=camera,
+        part_id=None,
+        label="scratch" if decision != "pass" else "ok",
+        decision=decision,
+        defect_score=0.9,
+        scores={"ok": 0.1, "scratch": 0.9},
+        reasons=[],
+        model_version="1",
+        model_hash="0" * 64,
+        image_format="JPEG",
+        image_width=64,
+        image_height=48,
+        image_bytes=1000,
+        body_sha256="0" * 64,
+        image_key=f"x/{at:%H%M%S%f}.jpg" if image else None,
+        review_status=status or (REVIEW_NOT_REQUIRED if decision == "pass" else REVIEW_UNREVIEWED),
+        timings_ms={},
+    )
 
 
 @pytest.fixture
@@ -64,8 +87,13 @@ def test_pages_are_newest_first_and_cover_the_queue_exactly_once(db):
 
 def test_filters_by_decision_line_camera_and_time(db):
     with db() as s:
-        s.add_all([frame(T0, "reject", line="L1", camera="a"), frame(T0 + dt.timedelta(minutes=1), "review",
-                   line="L2", camera="b"), frame(T0 + dt.timedelta(minutes=2), "reject", line="L2", camera="b")])
+        s.add_all(
+            [
+                frame(T0, "reject", line="L1", camera="a"),
+                frame(T0 + dt.timedelta(minutes=1), "review", line="L2", camera="b"),
+                frame(T0 + dt.timedelta(minutes=2), "reject", line="L2", camera="b"),
+            ]
+        )
         s.commit()
         assert len(q.page(s, q.QueueFilter(decision="review")).items) == 1
         assert len(q.page(s, q.QueueFilter(line_id="L2")).items) == 2
@@ -143,7 +171,9 @@ def test_queue_and_verdicts_on_postgresql(postgres_server):
                 cursor = page.next_cursor
                 if cursor is None:
                     break
-            flagged = sorted((r for r in rows if r.decision != "pass"), key=lambda r: (r.created_at, r.id), reverse=True)
+            flagged = sorted(
+                (r for r in rows if r.decision != "pass"), key=lambda r: (r.created_at, r.id), reverse=True
+            )
             assert _ids(seen) == _ids(flagged)
             assert q.count(s, q.QueueFilter(status="audit")) == 10
             info = lambda row: ClassInfo.from_scores(row.scores)  # noqa: E731

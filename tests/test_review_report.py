@@ -22,13 +22,29 @@ END = START + dt.timedelta(hours=8)
 
 def _frame(minute: int, camera: str, decision: str, part: str | None, *, image: bool = False) -> Inspection:
     label = {"pass": "ok", "review": "ok", "reject": "scratch"}[decision]
-    return Inspection(id=new_id(), created_at=START + dt.timedelta(minutes=minute), line_id="L1", camera_id=camera,
-                      part_id=part, serial=None, label=label, decision=decision,
-                      defect_score={"pass": 0.05, "review": 0.5, "reject": 0.9}[decision],
-                      scores={"ok": 0.5, "scratch": 0.3, "dent": 0.2}, reasons=[], model_version="3",
-                      model_hash="b" * 64, image_format="JPEG", image_width=64, image_height=48, image_bytes=10,
-                      body_sha256="0" * 64, image_key=f"k/{minute}-{camera}.jpg" if image or decision != "pass" else None,
-                      review_status=REVIEW_NOT_REQUIRED if decision == "pass" else REVIEW_UNREVIEWED, timings_ms={})
+    return Inspection(
+        id=new_id(),
+        created_at=START + dt.timedelta(minutes=minute),
+        line_id="L1",
+        camera_id=camera,
+        part_id=part,
+        serial=None,
+        label=label,
+        decision=decision,
+        defect_score={"pass": 0.05, "review": 0.5, "reject": 0.9}[decision],
+        scores={"ok": 0.5, "scratch": 0.3, "dent": 0.2},
+        reasons=[],
+        model_version="3",
+        model_hash="b" * 64,
+        image_format="JPEG",
+        image_width=64,
+        image_height=48,
+        image_bytes=10,
+        body_sha256="0" * 64,
+        image_key=f"k/{minute}-{camera}.jpg" if image or decision != "pass" else None,
+        review_status=REVIEW_NOT_REQUIRED if decision == "pass" else REVIEW_UNREVIEWED,
+        timings_ms={},
+    )
 
 
 @pytest.fixture
@@ -50,12 +66,24 @@ def shift_db(tmp_path):
     with sessions() as s:
         s.add_all(rows.values())
         s.commit()
-        for key, verdict, label in [("P1-cam2", "confirm_defect", "dent"), ("P2-cam1", "false_alarm", None),
-                                    ("P3-cam1", "confirm_defect", None), ("X-cam1", "cant_tell", None),
-                                    ("P0-cam1", "confirm_defect", "scratch"),  # an audited pass: an escape
-                                    ("P4-cam2", "false_alarm", None), ("early", "confirm_defect", None)]:
-            record_verdict(s, rows[key].id, verdict=verdict, label=label, reviewer="olga" if key != "P3-cam1" else "ivan",
-                           comment="caught at audit" if key == "P0-cam1" else None, info_for=info)
+        for key, verdict, label in [
+            ("P1-cam2", "confirm_defect", "dent"),
+            ("P2-cam1", "false_alarm", None),
+            ("P3-cam1", "confirm_defect", None),
+            ("X-cam1", "cant_tell", None),
+            ("P0-cam1", "confirm_defect", "scratch"),  # an audited pass: an escape
+            ("P4-cam2", "false_alarm", None),
+            ("early", "confirm_defect", None),
+        ]:
+            record_verdict(
+                s,
+                rows[key].id,
+                verdict=verdict,
+                label=label,
+                reviewer="olga" if key != "P3-cam1" else "ivan",
+                comment="caught at audit" if key == "P0-cam1" else None,
+                info_for=info,
+            )
     yield sessions, rows
     engine.dispose()
 
@@ -67,14 +95,17 @@ def test_report_numbers_match_the_records(shift_db):
     assert r.frames == 12 and r.decisions == {"pass": 8, "review": 2, "reject": 2}
     assert r.parts == 7 and r.part_decisions == {"pass": 3, "review": 2, "reject": 2}
     assert [(c.camera_id, c.frames, c.passed, c.review, c.reject) for c in r.cameras] == [
-        ("cam1", 6, 3, 1, 2), ("cam2", 6, 5, 1, 0)]
+        ("cam1", 6, 3, 1, 2),
+        ("cam2", 6, 5, 1, 0),
+    ]
     assert r.rate("reject") == pytest.approx(2 / 12)
     assert (r.flagged, r.reviewed, r.confirmed, r.false_alarms, r.cant_tell, r.waiting) == (4, 4, 2, 1, 1, 0)
     assert r.relabelled == 0  # P1-cam2 was unsure ("ok"): confirming it as dent is not a re-label
     assert r.agreement == pytest.approx(2 / 3)
     assert r.top_confirmed == [("scratch", 2), ("dent", 1)] and r.top_model == [("scratch", 2)]
     assert r.audited_passes == 2 and [(e.part_id, e.label, e.comment) for e in r.escapes] == [
-        ("P0", "scratch", "caught at audit")]
+        ("P0", "scratch", "caught at audit")
+    ]
     assert [(m.version, m.frames) for m in r.models] == [("3", 12)]
     assert r.models[0].first == START and r.models[0].last == START + dt.timedelta(minutes=101)
     assert r.reviewers == {"olga": 5, "ivan": 1}
@@ -120,8 +151,24 @@ def test_report_cli(shift_db, tmp_path):
     sessions, _ = shift_db
     db_url = str(sessions.kw["bind"].url)
     out = tmp_path / "shift.html"
-    r = CliRunner().invoke(cli, ["report", "--from", START.isoformat(), "--to", END.isoformat(), "--line", "L1",
-                                 "--database-url", db_url, "--data-dir", str(tmp_path), "-o", str(out)])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "report",
+            "--from",
+            START.isoformat(),
+            "--to",
+            END.isoformat(),
+            "--line",
+            "L1",
+            "--database-url",
+            db_url,
+            "--data-dir",
+            str(tmp_path),
+            "-o",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "12 frames, 7 parts" in r.output and "4/4 flagged frames reviewed, 1 escapes" in r.output
     assert out.is_file()

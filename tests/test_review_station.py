@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from review_support import PASSWORD, add_user, jpeg_bytes, login, page_csrf, post_frame, review_model, synth_image
-from service_support import add_key, auth, client_for, settings_for
 
 from andon.inspect.inspector import Inspector
+from review_support import PASSWORD, add_user, jpeg_bytes, login, page_csrf, post_frame, review_model, synth_image
+from service_support import add_key, auth, client_for, settings_for
 
 
 @pytest.fixture
@@ -21,8 +21,9 @@ def station(tmp_path):
         ids = []
         for i in range(3):
             for cam in ("cam1", "cam2"):
-                data = jpeg_bytes(synth_image(inspector, 10 * i + (cam == "cam2"), ("review", "reject")[i % 2],
-                                              (120, 160)))
+                data = jpeg_bytes(
+                    synth_image(inspector, 10 * i + (cam == "cam2"), ("review", "reject")[i % 2], (120, 160))
+                )
                 ids.append(post_frame(client, data, camera=cam, part=f"P-{i}")["id"])
         add_user(client.app.state.ctx, "olga", "operator")
         add_user(client.app.state.ctx, "erik", "engineer")
@@ -57,7 +58,9 @@ def test_login_cookie_flags_wrong_password_and_logout(station, tmp_path):
     assert login(c, "nobody", PASSWORD).status_code == 401
     r = login(c, "olga")
     cookie = r.headers["set-cookie"]
-    assert "andon_session=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    assert (
+        "andon_session=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    )
     assert "Secure" not in cookie  # plain HTTP on loopback; cookie_secure=always sets it
     page = c.get("/")
     assert page.status_code == 200 and 'id="waiting-count">6<' in page.text
@@ -112,8 +115,11 @@ def test_verdicts_need_the_csrf_token_and_keep_their_history(station):
     # a second verdict that does not name the one it replaces is a conflict (someone else was faster)
     clash = c.post(url, json={"verdict": "false_alarm"}, headers={"X-CSRF-Token": csrf})
     assert clash.status_code == 409 and "olga" in clash.json()["message"]
-    change = c.post(url, json={"verdict": "false_alarm", "supersedes": body["id"], "comment": "oil, wiped off"},
-                    headers={"X-CSRF-Token": csrf})
+    change = c.post(
+        url,
+        json={"verdict": "false_alarm", "supersedes": body["id"], "comment": "oil, wiped off"},
+        headers={"X-CSRF-Token": csrf},
+    )
     assert change.status_code == 201 and change.json()["label"] == "ok"
     history = c.get(url).json()
     assert [(v["verdict"], v["label"]) for v in history] == [("confirm_defect", "dent"), ("false_alarm", "ok")]
@@ -142,8 +148,12 @@ def test_operator_and_engineer_keys_may_review_anonymous_may_not(tmp_path, stati
     r = c.post(f"/v1/inspections/{c.ids[2]}/verdicts", json={"verdict": "confirm_defect"}, headers=auth(key))
     assert r.status_code == 201 and r.json()["reviewer"].startswith("key:")
     with client_for(settings_for(tmp_path / "open", review_model(tmp_path / "m2.onnx"))) as open_mode:
-        assert open_mode.post("/v1/inspections/01K00000000000000000000000/verdicts",
-                              json={"verdict": "false_alarm"}).status_code == 401
+        assert (
+            open_mode.post(
+                "/v1/inspections/01K00000000000000000000000/verdicts", json={"verdict": "false_alarm"}
+            ).status_code
+            == 401
+        )
 
 
 def test_review_page_shows_the_part_its_other_cameras_and_the_next_one(station):
@@ -174,12 +184,16 @@ def test_form_fallback_records_the_verdict_and_moves_on(station):
     c = station
     csrf = _logged_in(c)
     target = c.ids[-1]
-    r = c.post(f"/review/part/{target}/verdict", data={"csrf_token": csrf, "verdict": "confirm_defect",
-                                                        "label": "scratch", "supersedes": ""}, follow_redirects=False)
+    r = c.post(
+        f"/review/part/{target}/verdict",
+        data={"csrf_token": csrf, "verdict": "confirm_defect", "label": "scratch", "supersedes": ""},
+        follow_redirects=False,
+    )
     assert r.status_code == 303 and f"item={c.ids[-2]}" in r.headers["location"]
     assert c.get(f"/v1/inspections/{target}/verdicts").json()[0]["label"] == "scratch"
-    assert c.post(f"/review/part/{target}/verdict", data={"csrf_token": "no", "verdict": "false_alarm"}
-                  ).status_code == 403
+    assert (
+        c.post(f"/review/part/{target}/verdict", data={"csrf_token": "no", "verdict": "false_alarm"}).status_code == 403
+    )
 
 
 def test_dashboard_is_for_engineers(station):
@@ -210,6 +224,9 @@ def test_open_redirects_are_refused(station):
     form = c.get("/login", params={"next": "//evil.example/"})
     assert 'name="next" value="/"' in form.text
     token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)
-    r = c.post("/login", data={"username": "olga", "password": PASSWORD, "csrf_token": token,
-                               "next": "https://evil.example/"}, follow_redirects=False)
+    r = c.post(
+        "/login",
+        data={"username": "olga", "password": PASSWORD, "csrf_token": token, "next": "https://evil.example/"},
+        follow_redirects=False,
+    )
     assert r.headers["location"] == "/"

@@ -19,8 +19,9 @@ def test_p_chart_limits_match_a_hand_computed_example():
     pbar = 25 / 625  # 0.04
     assert chart.centre == pytest.approx(pbar)
     # sigma_i = sqrt(0.04 * 0.96 / n_i): n=100 -> 0.019596, n=400 -> 0.009798, n=25 -> 0.039192
-    assert chart.ucl == pytest.approx([0.04 + 3 * 0.0195959, 0.04 + 3 * 0.0097980, 0.04 + 3 * 0.0195959,
-                                       0.04 + 3 * 0.0391918], abs=1e-6)
+    assert chart.ucl == pytest.approx(
+        [0.04 + 3 * 0.0195959, 0.04 + 3 * 0.0097980, 0.04 + 3 * 0.0195959, 0.04 + 3 * 0.0391918], abs=1e-6
+    )
     assert chart.lcl == pytest.approx([0.0, 0.04 - 3 * 0.0097980, 0.0, 0.0], abs=1e-6)  # clipped at 0
     # 12/100 = 0.12 > 0.0988 is out; 8/400 = 0.02 is inside [0.0106, 0.0694]; 0/25 sits on its LCL of 0
     assert chart.out.tolist() == [False, False, True, False]

@@ -11,11 +11,11 @@ import re
 import cv2
 import numpy as np
 import pytest
+
+from andon.inspect.inspector import Inspector
 from review_support import add_user, login
 from service_support import REJECT, add_key, auth, client_for, db_url, jpeg, post_frame, settings_for  # noqa: F401
 from tiny_onnx import write_tiny_anomaly_model
-
-from andon.inspect.inspector import Inspector
 
 SIZE = (48, 64)
 
@@ -190,12 +190,26 @@ def test_upgrading_from_0002_keeps_old_records_readable(tmp_path, tiny_model_pat
     from andon.service.tables import UTCDateTime
 
     typed = {"created_at": UTCDateTime(), "scores": sa.JSON(), "reasons": sa.JSON(), "timings_ms": sa.JSON()}
-    values = {"id": old, "created_at": dt.datetime(2026, 11, 25, 8, 0, tzinfo=dt.timezone.utc), "line_id": "L1",
-              "camera_id": "cam1", "label": "defect", "decision": "review", "defect_score": 0.5,
-              "scores": {"ok": 0.5, "defect": 0.5}, "reasons": ["P(defect) 0.50 in review band [0.30, 0.70)"],
-              "model_version": "0", "model_hash": "0" * 64, "image_format": "JPEG", "image_width": 64,
-              "image_height": 48, "image_bytes": 100, "body_sha256": "0" * 64, "review_status": "unreviewed",
-              "timings_ms": {}}
+    values = {
+        "id": old,
+        "created_at": dt.datetime(2026, 11, 25, 8, 0, tzinfo=dt.timezone.utc),
+        "line_id": "L1",
+        "camera_id": "cam1",
+        "label": "defect",
+        "decision": "review",
+        "defect_score": 0.5,
+        "scores": {"ok": 0.5, "defect": 0.5},
+        "reasons": ["P(defect) 0.50 in review band [0.30, 0.70)"],
+        "model_version": "0",
+        "model_hash": "0" * 64,
+        "image_format": "JPEG",
+        "image_width": 64,
+        "image_height": 48,
+        "image_bytes": 100,
+        "body_sha256": "0" * 64,
+        "review_status": "unreviewed",
+        "timings_ms": {},
+    }
     inspections = sa.table("inspections", *(sa.column(k, typed.get(k)) for k in values))  # the 0002 columns
     with engine.begin() as conn:
         conn.execute(inspections.insert().values(**values))

@@ -7,8 +7,19 @@ import datetime as dt
 import cv2
 import numpy as np
 import pytest
-from service_support import (PASS, REJECT, REVIEW, client_for, count_rows, db_url, jpeg, png, post_frame,  # noqa: F401
-                             settings_for, stored_files)
+
+from service_support import (
+    PASS,
+    REJECT,
+    REVIEW,
+    client_for,
+    count_rows,
+    jpeg,
+    png,
+    post_frame,  # noqa: F401
+    settings_for,
+    stored_files,
+)
 
 
 @pytest.fixture
@@ -29,8 +40,15 @@ def test_migrated_schema_equals_the_orm_metadata(client):
 
 
 def test_one_frame_gets_a_verdict_and_a_durable_record(client):
-    r = post_frame(client, jpeg(REJECT), camera="cam1", line="L1", part="P-1", serial="SN9",
-                   captured_at="2026-11-25T08:00:00+01:00")
+    r = post_frame(
+        client,
+        jpeg(REJECT),
+        camera="cam1",
+        line="L1",
+        part="P-1",
+        serial="SN9",
+        captured_at="2026-11-25T08:00:00+01:00",
+    )
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["decision"] == "reject" and body["label"] == "defect"
@@ -42,8 +60,9 @@ def test_one_frame_gets_a_verdict_and_a_durable_record(client):
     assert body["image_stored"] and body["heatmap_available"] and body["review_status"] == "unreviewed"
     assert r.headers["location"] == f"/v1/inspections/{body['id']}"
     again = client.get(r.headers["location"]).json()
-    assert {k: again[k] for k in ("decision", "label", "model_hash", "part_id", "serial")} == \
-        {k: body[k] for k in ("decision", "label", "model_hash", "part_id", "serial")}
+    assert {k: again[k] for k in ("decision", "label", "model_hash", "part_id", "serial")} == {
+        k: body[k] for k in ("decision", "label", "model_hash", "part_id", "serial")
+    }
     image = client.get(f"/v1/inspections/{body['id']}/image")
     assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
     assert image.content == jpeg(REJECT)
@@ -61,9 +80,12 @@ def test_passes_are_not_stored_unless_sampled(tmp_path, tiny_model_path):
 
 
 def test_multipart_frame_and_optional_heatmap(client):
-    r = client.post("/v1/inspections", params={"heatmap": "true"},
-                    files={"frame": ("f.png", png(REVIEW), "image/png")},
-                    data={"camera_id": "cam2", "line_id": "L2", "part_id": "P-2"})
+    r = client.post(
+        "/v1/inspections",
+        params={"heatmap": "true"},
+        files={"frame": ("f.png", png(REVIEW), "image/png")},
+        data={"camera_id": "cam2", "line_id": "L2", "part_id": "P-2"},
+    )
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["decision"] == "review" and body["camera_id"] == "cam2" and body["image_format"] == "PNG"
@@ -97,15 +119,23 @@ def test_batch_is_one_transaction_with_per_frame_metadata(client):
 
     frames = [("frame", (f"{i}.jpg", jpeg(v), "image/jpeg")) for i, v in enumerate((PASS, REVIEW, REJECT))]
     meta = [{"camera_id": "top"}, {"camera_id": "side"}, {"camera_id": "bottom", "part_id": "P-other"}]
-    r = client.post("/v1/inspections/batch", files=frames, headers={"Idempotency-Key": "batch-7"},
-                    data={"line_id": "L1", "part_id": "P-7", "meta": json.dumps(meta)})
+    r = client.post(
+        "/v1/inspections/batch",
+        files=frames,
+        headers={"Idempotency-Key": "batch-7"},
+        data={"line_id": "L1", "part_id": "P-7", "meta": json.dumps(meta)},
+    )
     assert r.status_code == 201, r.text
     items = r.json()["items"]
     assert [i["decision"] for i in items] == ["pass", "review", "reject"]
     assert [i["camera_id"] for i in items] == ["top", "side", "bottom"]
     assert [i["part_id"] for i in items] == ["P-7", "P-7", "P-other"]
-    again = client.post("/v1/inspections/batch", files=frames, headers={"Idempotency-Key": "batch-7"},
-                        data={"line_id": "L1", "part_id": "P-7", "meta": json.dumps(meta)})
+    again = client.post(
+        "/v1/inspections/batch",
+        files=frames,
+        headers={"Idempotency-Key": "batch-7"},
+        data={"line_id": "L1", "part_id": "P-7", "meta": json.dumps(meta)},
+    )
     assert again.json()["items"] == items and count_rows(client) == 3
     bad = [*frames[:2], ("frame", ("x.jpg", jpeg(PASS)[:200], "image/jpeg"))]
     r = client.post("/v1/inspections/batch", files=bad, data={"line_id": "L1", "camera_id": "c"})
@@ -134,15 +164,18 @@ def test_part_policy_majority_is_configurable(tmp_path, tiny_model_path):
 
 
 def test_listing_filters_and_pages(client):
-    for i, (camera, line, value) in enumerate([("c1", "L1", PASS), ("c1", "L1", REJECT), ("c2", "L1", REVIEW),
-                                                ("c2", "L2", REJECT), ("c3", "L2", PASS)]):
+    for i, (camera, line, value) in enumerate(
+        [("c1", "L1", PASS), ("c1", "L1", REJECT), ("c2", "L1", REVIEW), ("c2", "L2", REJECT), ("c3", "L2", PASS)]
+    ):
         assert post_frame(client, jpeg(value, noise=i), camera=camera, line=line).status_code == 201
     everything = client.get("/v1/inspections").json()
     assert len(everything["items"]) == 5 and everything["next_cursor"] is None
     ids = [i["id"] for i in everything["items"]]
     assert ids == sorted(ids, reverse=True)  # newest first
-    assert {i["camera_id"] for i in client.get("/v1/inspections", params={"line_id": "L2"}).json()["items"]} == \
-        {"c2", "c3"}
+    assert {i["camera_id"] for i in client.get("/v1/inspections", params={"line_id": "L2"}).json()["items"]} == {
+        "c2",
+        "c3",
+    }
     flagged = client.get("/v1/inspections", params=[("decision", "reject"), ("decision", "review")]).json()
     assert sorted(i["decision"] for i in flagged["items"]) == ["reject", "reject", "review"]
     queue = client.get("/v1/inspections", params={"review_status": "unreviewed", "camera_id": "c2"}).json()

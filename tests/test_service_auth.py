@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from service_support import REJECT, add_key, auth, client_for, jpeg, post_frame, settings_for
 
 ROLES = ("none", "bad-key", "camera", "other-camera", "operator", "engineer")
@@ -18,9 +19,14 @@ def world(tmp_path_factory):
     with client_for(settings_for(root, model)) as client:
         ctx = client.app.state.ctx
         ctx.registry.add_file(write_tiny_model(root / "m2.onnx", tiny_card(version="2")))
-        keys = {"none": None, "bad-key": "andon_0123456789ab_not-the-secret",
-                "camera": add_key(client, "camera", "cam1"), "other-camera": add_key(client, "camera", "cam2"),
-                "operator": add_key(client, "operator"), "engineer": add_key(client, "engineer")}
+        keys = {
+            "none": None,
+            "bad-key": "andon_0123456789ab_not-the-secret",
+            "camera": add_key(client, "camera", "cam1"),
+            "other-camera": add_key(client, "camera", "cam2"),
+            "operator": add_key(client, "operator"),
+            "engineer": add_key(client, "engineer"),
+        }
         seeded = post_frame(client, jpeg(REJECT), camera="cam1", part="P-1", key=keys["camera"])
         assert seeded.status_code == 201
         yield client, keys, seeded.json()["id"]
@@ -37,31 +43,50 @@ MANAGE = (401, 401, 403, 403, 403, 200)
 OPEN = (200, 200, 200, 200, 200, 200)
 
 MATRIX = [
-    ("POST /v1/inspections", POST_FRAME,
-     lambda c, h, i: c.post("/v1/inspections", content=jpeg(REJECT), params={"camera_id": "cam1", "line_id": "L"},
-                            headers={**h, "Content-Type": "image/jpeg"})),
-    ("POST /v1/inspections/batch", POST_FRAME,
-     lambda c, h, i: c.post("/v1/inspections/batch", files=_frame_files(), data={"camera_id": "cam1",
-                                                                                 "line_id": "L"}, headers=h)),
+    (
+        "POST /v1/inspections",
+        POST_FRAME,
+        lambda c, h, i: c.post(
+            "/v1/inspections",
+            content=jpeg(REJECT),
+            params={"camera_id": "cam1", "line_id": "L"},
+            headers={**h, "Content-Type": "image/jpeg"},
+        ),
+    ),
+    (
+        "POST /v1/inspections/batch",
+        POST_FRAME,
+        lambda c, h, i: c.post(
+            "/v1/inspections/batch", files=_frame_files(), data={"camera_id": "cam1", "line_id": "L"}, headers=h
+        ),
+    ),
     ("GET /v1/inspections", READ, lambda c, h, i: c.get("/v1/inspections", headers=h)),
     ("GET /v1/inspections/{id}", READ, lambda c, h, i: c.get(f"/v1/inspections/{i}", headers=h)),
     ("GET /v1/inspections/{id}/image", READ, lambda c, h, i: c.get(f"/v1/inspections/{i}/image", headers=h)),
     ("GET /v1/inspections/{id}/heatmap", READ, lambda c, h, i: c.get(f"/v1/inspections/{i}/heatmap", headers=h)),
     ("GET /v1/parts/{id}", READ, lambda c, h, i: c.get("/v1/parts/P-1", headers=h)),
     ("GET /v1/models", MANAGE, lambda c, h, i: c.get("/v1/models", headers=h)),
-    ("POST /v1/models", MANAGE[:-1] + (200,),  # the active model's file again: already registered -> 200
-     lambda c, h, i: c.post("/v1/models", content=c.app.state.ctx.registry.get("1").path.read_bytes(),
-                            headers={**h, "Content-Type": "application/octet-stream"})),
+    (
+        "POST /v1/models",
+        MANAGE[:-1] + (200,),  # the active model's file again: already registered -> 200
+        lambda c, h, i: c.post(
+            "/v1/models",
+            content=c.app.state.ctx.registry.get("1").path.read_bytes(),
+            headers={**h, "Content-Type": "application/octet-stream"},
+        ),
+    ),
     ("POST /v1/models/{v}/promote", MANAGE, lambda c, h, i: c.post("/v1/models/1/promote", headers=h)),
     ("POST /v1/models/rollback", MANAGE[:-1] + (409,), lambda c, h, i: c.post("/v1/models/rollback", headers=h)),
     ("PUT /v1/models/shadow", MANAGE, lambda c, h, i: c.put("/v1/models/shadow", json={"version": "2"}, headers=h)),
     ("GET /v1/models/shadow", MANAGE, lambda c, h, i: c.get("/v1/models/shadow", headers=h)),
     ("DELETE /v1/models/shadow", MANAGE, lambda c, h, i: c.delete("/v1/models/shadow", headers=h)),
-    ("POST /v1/keys", MANAGE[:-1] + (201,),
-     lambda c, h, i: c.post("/v1/keys", json={"role": "operator", "name": "matrix"}, headers=h)),
+    (
+        "POST /v1/keys",
+        MANAGE[:-1] + (201,),
+        lambda c, h, i: c.post("/v1/keys", json={"role": "operator", "name": "matrix"}, headers=h),
+    ),
     ("GET /v1/keys", MANAGE, lambda c, h, i: c.get("/v1/keys", headers=h)),
-    ("DELETE /v1/keys/{id}", MANAGE,
-     lambda c, h, i: c.delete(f"/v1/keys/{add_key(c, 'operator')[6:18]}", headers=h)),
+    ("DELETE /v1/keys/{id}", MANAGE, lambda c, h, i: c.delete(f"/v1/keys/{add_key(c, 'operator')[6:18]}", headers=h)),
     ("POST /v1/admin/retention", MANAGE, lambda c, h, i: c.post("/v1/admin/retention", headers=h)),
     ("GET /livez", OPEN, lambda c, h, i: c.get("/livez", headers=h)),
     ("GET /readyz", OPEN, lambda c, h, i: c.get("/readyz", headers=h)),

@@ -7,10 +7,10 @@ import threading
 import time
 
 import pytest
-from service_support import REJECT, client_for, jpeg, settings_for
 from typer.testing import CliRunner
 
 from andon.cli import app
+from service_support import REJECT, client_for, jpeg, settings_for
 
 runner = CliRunner()
 
@@ -65,8 +65,15 @@ def live_server(tmp_path, tiny_model_path):
     from andon.service.app import create_app
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings_for(tmp_path, tiny_model_path)), host="127.0.0.1",
-                                           port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings_for(tmp_path, tiny_model_path)),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -86,12 +93,44 @@ def test_camera_sim_posts_folder_images_and_synthetic_frames(live_server, tmp_pa
     frames.mkdir()
     (frames / "a.jpg").write_bytes(jpeg(REJECT))
     (frames / "b.jpg").write_bytes(jpeg(255))
-    out = runner.invoke(app, ["camera-sim", str(frames), "--fps", "40", "--count", "4", "--url", url,
-                              "--camera-id", "sim1", "--line-id", "L7", "--part-prefix", "P"])
+    out = runner.invoke(
+        app,
+        [
+            "camera-sim",
+            str(frames),
+            "--fps",
+            "40",
+            "--count",
+            "4",
+            "--url",
+            url,
+            "--camera-id",
+            "sim1",
+            "--line-id",
+            "L7",
+            "--part-prefix",
+            "P",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert "4 frames in" in out.output and "reject 2" in out.output and "pass 2" in out.output
-    out = runner.invoke(app, ["camera-sim", "--fps", "40", "--count", "3", "--url", url, "--size", "96x64",
-                              "--camera-id", "sim2", "--quiet"])
+    out = runner.invoke(
+        app,
+        [
+            "camera-sim",
+            "--fps",
+            "40",
+            "--count",
+            "3",
+            "--url",
+            url,
+            "--size",
+            "96x64",
+            "--camera-id",
+            "sim2",
+            "--quiet",
+        ],
+    )
     assert out.exit_code == 0 and "3 frames in" in out.output, out.output
     listed = httpx.get(f"{url}/v1/inspections", params={"limit": 100}).json()["items"]
     assert sorted(i["camera_id"] for i in listed) == ["sim1"] * 4 + ["sim2"] * 3
@@ -104,5 +143,6 @@ def test_api_docs_describe_both_body_forms(tmp_path, tiny_model_path):
         spec = client.get("/openapi.json").json()
     post = spec["paths"]["/v1/inspections"]["post"]
     assert {"image/jpeg", "multipart/form-data"} <= set(post["requestBody"]["content"])
-    assert {"/v1/parts/{part_id}", "/v1/models/{version}/promote", "/v1/keys", "/livez", "/readyz",
-            "/metrics"} <= set(spec["paths"])
+    assert {"/v1/parts/{part_id}", "/v1/models/{version}/promote", "/v1/keys", "/livez", "/readyz", "/metrics"} <= set(
+        spec["paths"]
+    )

@@ -8,6 +8,7 @@ import threading
 import zlib
 
 import pytest
+
 from service_support import PASS, REJECT, client_for, count_rows, jpeg, png, post_frame, settings_for, stored_files
 
 _LEAKS = re.compile(r"Traceback|File \"|\.py\b|/work/|site-packages|[A-Z][a-z]+(Error|Exception)\b")
@@ -32,8 +33,16 @@ def _check_shape(response, status: int, code: str) -> None:
 
 @pytest.fixture
 def client(tmp_path, tiny_model_path):
-    with client_for(settings_for(tmp_path, tiny_model_path, max_body_bytes=64 * 1024, max_pixels=4_000_000,
-                                 allowed_formats="JPEG,PNG,BMP", cameras=["cam1", "cam2"])) as c:
+    with client_for(
+        settings_for(
+            tmp_path,
+            tiny_model_path,
+            max_body_bytes=64 * 1024,
+            max_pixels=4_000_000,
+            allowed_formats="JPEG,PNG,BMP",
+            cameras=["cam1", "cam2"],
+        )
+    ) as c:
         yield c
 
 
@@ -72,8 +81,15 @@ BAD_FRAMES = [
 @pytest.mark.parametrize("name,data,status,code", BAD_FRAMES, ids=[b[0] for b in BAD_FRAMES])
 def test_bad_frames_get_4xx_and_nothing_is_written(client, name, data, status, code):
     _check_shape(post_frame(client, data, content_type="application/octet-stream"), status, code)
-    _check_shape(client.post("/v1/inspections", files={"frame": ("x", data, "application/octet-stream")},
-                             data={"camera_id": "cam1", "line_id": "L1"}), status, code)
+    _check_shape(
+        client.post(
+            "/v1/inspections",
+            files={"frame": ("x", data, "application/octet-stream")},
+            data={"camera_id": "cam1", "line_id": "L1"},
+        ),
+        status,
+        code,
+    )
     assert count_rows(client) == 0 and stored_files(client) == []
     assert post_frame(client, jpeg(REJECT)).status_code == 201  # the server is still fine
 
@@ -82,22 +98,55 @@ BAD_REQUESTS = [
     ("missing camera_id", dict(params={"line_id": "L1"}), 422, "invalid_request"),
     ("missing line_id", dict(params={"camera_id": "cam1"}), 422, "invalid_request"),
     ("camera id with spaces", dict(params={"camera_id": "cam 1", "line_id": "L1"}), 422, "invalid_request"),
-    ("captured_at not a time", dict(params={"camera_id": "cam1", "line_id": "L1", "captured_at": "yesterday"}),
-     422, "invalid_request"),
-    ("captured_at without zone", dict(params={"camera_id": "cam1", "line_id": "L1",
-                                              "captured_at": "2026-11-25T08:00:00"}), 422, "invalid_request"),
+    (
+        "captured_at not a time",
+        dict(params={"camera_id": "cam1", "line_id": "L1", "captured_at": "yesterday"}),
+        422,
+        "invalid_request",
+    ),
+    (
+        "captured_at without zone",
+        dict(params={"camera_id": "cam1", "line_id": "L1", "captured_at": "2026-11-25T08:00:00"}),
+        422,
+        "invalid_request",
+    ),
     ("unknown camera", dict(params={"camera_id": "cam3", "line_id": "L1"}), 422, "unknown_camera"),
-    ("JSON body", dict(params={"camera_id": "cam1", "line_id": "L1"}, json={"image": "abc"}), 415,
-     "unsupported_media_type"),
-    ("multipart without a file", dict(data={"camera_id": "cam1", "line_id": "L1"},
-                                      files={"other": ("a", b"", "text/plain")}), 422, "invalid_request"),
-    ("multipart unknown field", dict(data={"camera_id": "cam1", "line_id": "L1", "colour": "red"},
-                                     files={"frame": ("a.jpg", jpeg(PASS), "image/jpeg")}), 422, "invalid_request"),
-    ("multipart two frames", dict(data={"camera_id": "cam1", "line_id": "L1"},
-                                  files=[("frame", ("a.jpg", jpeg(PASS), "image/jpeg")),
-                                         ("frame", ("b.jpg", jpeg(PASS), "image/jpeg"))]), 422, "invalid_request"),
-    ("over-long Idempotency-Key", dict(params={"camera_id": "cam1", "line_id": "L1"},
-                                       headers={"Idempotency-Key": "k" * 300}), 422, "invalid_request"),
+    (
+        "JSON body",
+        dict(params={"camera_id": "cam1", "line_id": "L1"}, json={"image": "abc"}),
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "multipart without a file",
+        dict(data={"camera_id": "cam1", "line_id": "L1"}, files={"other": ("a", b"", "text/plain")}),
+        422,
+        "invalid_request",
+    ),
+    (
+        "multipart unknown field",
+        dict(
+            data={"camera_id": "cam1", "line_id": "L1", "colour": "red"},
+            files={"frame": ("a.jpg", jpeg(PASS), "image/jpeg")},
+        ),
+        422,
+        "invalid_request",
+    ),
+    (
+        "multipart two frames",
+        dict(
+            data={"camera_id": "cam1", "line_id": "L1"},
+            files=[("frame", ("a.jpg", jpeg(PASS), "image/jpeg")), ("frame", ("b.jpg", jpeg(PASS), "image/jpeg"))],
+        ),
+        422,
+        "invalid_request",
+    ),
+    (
+        "over-long Idempotency-Key",
+        dict(params={"camera_id": "cam1", "line_id": "L1"}, headers={"Idempotency-Key": "k" * 300}),
+        422,
+        "invalid_request",
+    ),
 ]
 
 
@@ -119,25 +168,48 @@ def test_bodies_over_the_cap_are_refused_also_when_chunked(client):
         for _ in range(40):
             yield b"\0" * 4096
 
-    r = client.post("/v1/inspections", content=chunks(), params={"camera_id": "cam1", "line_id": "L1"},
-                    headers={"Content-Type": "image/jpeg"})
+    r = client.post(
+        "/v1/inspections",
+        content=chunks(),
+        params={"camera_id": "cam1", "line_id": "L1"},
+        headers={"Content-Type": "image/jpeg"},
+    )
     _check_shape(r, 413, "body_too_large")
     assert count_rows(client) == 0
-    assert "andon_rejections_total{reason=\"body_too_large\"} 2.0" in client.get("/metrics").text
+    assert 'andon_rejections_total{reason="body_too_large"} 2.0' in client.get("/metrics").text
 
 
 def test_batch_errors(client):
     one = ("frame", ("a.jpg", jpeg(PASS), "image/jpeg"))
-    _check_shape(client.post("/v1/inspections/batch", files=[one, one], data={"camera_id": "cam1", "line_id": "L",
-                                                                            "meta": "[{}]"}), 422, "invalid_request")
-    _check_shape(client.post("/v1/inspections/batch", files=[one], data={"camera_id": "cam1", "line_id": "L",
-                                                                       "meta": "{not json"}), 422, "invalid_request")
-    _check_shape(client.post("/v1/inspections/batch", content=jpeg(PASS), headers={"Content-Type": "image/jpeg"}),
-                 415, "unsupported_media_type")
-    _check_shape(client.post("/v1/inspections/batch", files=[one] * 17, data={"camera_id": "cam1", "line_id": "L"}),
-                 422, "invalid_request")
-    _check_shape(client.post("/v1/inspections/batch", files=[one] * 30, data={"camera_id": "cam1", "line_id": "L"}),
-                 400, "bad_request")  # the multipart parser itself stops reading past the limit
+    _check_shape(
+        client.post(
+            "/v1/inspections/batch", files=[one, one], data={"camera_id": "cam1", "line_id": "L", "meta": "[{}]"}
+        ),
+        422,
+        "invalid_request",
+    )
+    _check_shape(
+        client.post(
+            "/v1/inspections/batch", files=[one], data={"camera_id": "cam1", "line_id": "L", "meta": "{not json"}
+        ),
+        422,
+        "invalid_request",
+    )
+    _check_shape(
+        client.post("/v1/inspections/batch", content=jpeg(PASS), headers={"Content-Type": "image/jpeg"}),
+        415,
+        "unsupported_media_type",
+    )
+    _check_shape(
+        client.post("/v1/inspections/batch", files=[one] * 17, data={"camera_id": "cam1", "line_id": "L"}),
+        422,
+        "invalid_request",
+    )
+    _check_shape(
+        client.post("/v1/inspections/batch", files=[one] * 30, data={"camera_id": "cam1", "line_id": "L"}),
+        400,
+        "bad_request",
+    )  # the multipart parser itself stops reading past the limit
     assert count_rows(client) == 0
 
 
@@ -150,8 +222,7 @@ def test_unknown_routes_methods_and_ids(client):
 
 
 def test_overload_answers_503_with_retry_after_then_recovers(tmp_path, tiny_model_path):
-    with client_for(settings_for(tmp_path, tiny_model_path, inference_threads=1, queue_size=1,
-                                 retry_after_s=3)) as c:
+    with client_for(settings_for(tmp_path, tiny_model_path, inference_threads=1, queue_size=1, retry_after_s=3)) as c:
         admission = c.app.state.ctx.admission
         gate = threading.Event()
         assert admission.try_acquire(2)  # two frames admitted and stuck: the pool's one thread is held

@@ -6,19 +6,20 @@ import threading
 import time
 
 import pytest
-from service_support import PASS, REJECT, REVIEW, add_key, auth, client_for, jpeg, post_frame, settings_for
 
 from andon.errors import ModelFileError, NotFoundError, RegistryError
+from service_support import PASS, REJECT, REVIEW, add_key, auth, client_for, jpeg, post_frame, settings_for
 
 
 def _strict_model(path):
     """Version 2: the same network with a stricter card: what v1 reviews (P(defect) ~0.47), v2 rejects."""
+    from andon.inspect.card import ThresholdBand, Thresholds
     from tiny_onnx import tiny_card, write_tiny_model
 
-    from andon.inspect.card import ThresholdBand, Thresholds
-
-    card = tiny_card(version="2", thresholds=Thresholds(defect=ThresholdBand(pass_below=0.05, reject_at=0.4),
-                                                        source="manual").model_dump())
+    card = tiny_card(
+        version="2",
+        thresholds=Thresholds(defect=ThresholdBand(pass_below=0.05, reject_at=0.4), source="manual").model_dump(),
+    )
     return write_tiny_model(path, card)
 
 
@@ -29,8 +30,9 @@ def service(tmp_path, tiny_model_path):
 
 
 def _upload(client, key, path):
-    return client.post("/v1/models", content=path.read_bytes(),
-                       headers={**auth(key), "Content-Type": "application/octet-stream"})
+    return client.post(
+        "/v1/models", content=path.read_bytes(), headers={**auth(key), "Content-Type": "application/octet-stream"}
+    )
 
 
 def test_add_promote_rollback_through_the_api(service):
@@ -55,8 +57,11 @@ def test_add_promote_rollback_through_the_api(service):
 def test_broken_models_are_refused_and_nothing_changes(service):
     client, key, v2 = service
     before = client.get("/v1/models", headers=auth(key)).json()
-    for junk, code in ((b"", "bad_model_file"), (b"not onnx at all" * 10, "bad_model_file"),
-                       (jpeg(PASS), "bad_model_file")):
+    for junk, code in (
+        (b"", "bad_model_file"),
+        (b"not onnx at all" * 10, "bad_model_file"),
+        (jpeg(PASS), "bad_model_file"),
+    ):
         r = _upload(client, key, _write(v2.parent / "junk.onnx", junk))
         assert r.status_code == 422 and r.json()["error"] == code, r.text
     tampered = bytearray(v2.read_bytes())
@@ -173,8 +178,9 @@ def test_registry_rules(tmp_path, tiny_model_path):
     with pytest.raises(RegistryError, match="active model"):
         reg.set_shadow("1")
     state = reg.state()
-    assert (state.active, state.previous, state.shadow) == ("1", None, None) and state.history[-1]["action"] == \
-        "promote"
+    assert (state.active, state.previous, state.shadow) == ("1", None, None) and state.history[-1][
+        "action"
+    ] == "promote"
     v3 = write_tiny_model(tmp_path / "v3.onnx", tiny_card(version="3"))
 
     def refuse(path):

@@ -6,9 +6,9 @@ import datetime as dt
 import shutil
 
 import pytest
-from service_support import PASS, REJECT, REVIEW, add_key, auth, client_for, count_rows, jpeg, post_frame, settings_for
 
 from andon.service.storage import LocalDiskStore, write_durably
+from service_support import PASS, REJECT, REVIEW, add_key, auth, client_for, count_rows, jpeg, post_frame, settings_for
 
 
 def test_write_durably_is_all_or_nothing(tmp_path):
@@ -71,19 +71,32 @@ def test_retention_prunes_old_passes_and_reviewed_never_unreviewed(tmp_path, tin
 
     from andon.service.tables import Inspection
 
-    settings = settings_for(tmp_path, tiny_model_path, pass_sample_rate=1.0, retention_pass_days=7,
-                            retention_reviewed_days=30)
+    settings = settings_for(
+        tmp_path, tiny_model_path, pass_sample_rate=1.0, retention_pass_days=7, retention_reviewed_days=30
+    )
     with client_for(settings) as client:
         key = add_key(client, "engineer")
-        ids = {name: post_frame(client, jpeg(value, noise=i), key=key).json()["id"]
-               for i, (name, value) in enumerate([("old_pass", PASS), ("old_reviewed", REJECT),
-                                                  ("old_unreviewed", REVIEW), ("new_pass", PASS),
-                                                  ("recently_reviewed", REJECT)])}
+        ids = {
+            name: post_frame(client, jpeg(value, noise=i), key=key).json()["id"]
+            for i, (name, value) in enumerate(
+                [
+                    ("old_pass", PASS),
+                    ("old_reviewed", REJECT),
+                    ("old_unreviewed", REVIEW),
+                    ("new_pass", PASS),
+                    ("recently_reviewed", REJECT),
+                ]
+            )
+        }
         now = dt.datetime.now(dt.timezone.utc)
         ctx = client.app.state.ctx
         with ctx.sessions() as session:
-            for name, age_days, status in (("old_pass", 8, None), ("old_reviewed", 31, "reviewed"),
-                                           ("old_unreviewed", 400, None), ("recently_reviewed", 10, "reviewed")):
+            for name, age_days, status in (
+                ("old_pass", 8, None),
+                ("old_reviewed", 31, "reviewed"),
+                ("old_unreviewed", 400, None),
+                ("recently_reviewed", 10, "reviewed"),
+            ):
                 values = {"created_at": now - dt.timedelta(days=age_days)}
                 if status:
                     values["review_status"] = status
@@ -111,8 +124,10 @@ def test_retention_sweeps_images_no_record_names_and_only_those(tmp_path, tiny_m
     settings = settings_for(tmp_path, tiny_model_path, pass_sample_rate=1.0, orphan_grace_s=3600)
     with client_for(settings) as client:
         key = add_key(client, "engineer")
-        ids = [post_frame(client, jpeg(value, noise=i), key=key).json()["id"]
-               for i, value in enumerate((PASS, REVIEW, REJECT))]
+        ids = [
+            post_frame(client, jpeg(value, noise=i), key=key).json()["id"]
+            for i, value in enumerate((PASS, REVIEW, REJECT))
+        ]
         images = client.app.state.ctx.settings.images_dir
         named = sorted(p for p in images.rglob("*") if p.is_file())
         assert len(named) >= 3

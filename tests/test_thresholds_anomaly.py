@@ -38,8 +38,7 @@ def test_the_anomaly_band_is_shown_and_set_by_hand(anomaly_model: Path, capsys) 
     assert thresholds.anomaly.pass_below == 0.7
 
 
-def test_anomaly_options_refused_where_they_do_not_apply(anomaly_model: Path, tiny_model_path: Path,
-                                                         capsys) -> None:
+def test_anomaly_options_refused_where_they_do_not_apply(anomaly_model: Path, tiny_model_path: Path, capsys) -> None:
     assert _run(str(tiny_model_path), "--anomaly-at", "0.6") == 2
     assert "has no anomaly detector" in capsys.readouterr().err
     assert _run(str(anomaly_model), "--false-alarm", "0.01") == 2

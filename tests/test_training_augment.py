@@ -8,8 +8,16 @@ import pytest
 from andon.training.augment import build_augmenter
 from andon.training.recipe import load_recipe
 
-ALL_ON = ["augment.hflip=0.5", "augment.vflip=0.5", "augment.rot90=0.5", "augment.affine.p=1",
-          "augment.brightness_contrast.p=1", "augment.blur.p=1", "augment.noise.p=1", "augment.noise.std=0.05"]
+ALL_ON = [
+    "augment.hflip=0.5",
+    "augment.vflip=0.5",
+    "augment.rot90=0.5",
+    "augment.affine.p=1",
+    "augment.brightness_contrast.p=1",
+    "augment.blur.p=1",
+    "augment.noise.p=1",
+    "augment.noise.std=0.05",
+]
 
 
 def _augmenter(overrides=ALL_ON, size=(48, 48)):
@@ -60,20 +68,41 @@ def test_same_seed_same_image_other_seed_other_image():
 
 def test_transforms_draw_independently():
     """Each transform has its own random stream: with one shared seed, hflip and vflip would always agree."""
-    aug = _augmenter(["augment.hflip=0.5", "augment.vflip=0.5", "augment.rot90=0", "augment.affine.p=0",
-                      "augment.brightness_contrast.p=0", "augment.blur.p=0", "augment.noise.p=0"])
+    aug = _augmenter(
+        [
+            "augment.hflip=0.5",
+            "augment.vflip=0.5",
+            "augment.rot90=0",
+            "augment.affine.p=0",
+            "augment.brightness_contrast.p=0",
+            "augment.blur.p=0",
+            "augment.noise.p=0",
+        ]
+    )
     image = _texture((48, 48, 3))
     kinds = set()
     for seed in range(40):
         out = aug(image.copy(), seed)
-        kinds.add(next(k for k, ref in (("none", image), ("h", image[:, ::-1]), ("v", image[::-1]),
-                                        ("hv", image[::-1, ::-1])) if np.array_equal(out, ref)))
+        kinds.add(
+            next(
+                k
+                for k, ref in (("none", image), ("h", image[:, ::-1]), ("v", image[::-1]), ("hv", image[::-1, ::-1]))
+                if np.array_equal(out, ref)
+            )
+        )
     assert kinds == {"none", "h", "v", "hv"}
 
 
 def test_probability_zero_leaves_a_transform_out():
-    off = ["augment.hflip=0", "augment.vflip=0", "augment.rot90=0", "augment.affine.p=0",
-           "augment.brightness_contrast.p=0", "augment.blur.p=0", "augment.noise.p=0"]
+    off = [
+        "augment.hflip=0",
+        "augment.vflip=0",
+        "augment.rot90=0",
+        "augment.affine.p=0",
+        "augment.brightness_contrast.p=0",
+        "augment.blur.p=0",
+        "augment.noise.p=0",
+    ]
     aug = _augmenter(off)
     assert not aug and aug.transforms == []
     image = _texture((48, 48, 3))
@@ -84,7 +113,8 @@ def test_probability_zero_leaves_a_transform_out():
 @pytest.mark.parametrize("flag", ["hflip", "vflip"])
 def test_flips_are_exact_mirror_images(flag):
     others = [f"augment.{k}=0" for k in ("hflip", "vflip", "rot90")] + [
-        f"augment.{k}.p=0" for k in ("affine", "brightness_contrast", "blur", "noise")]
+        f"augment.{k}.p=0" for k in ("affine", "brightness_contrast", "blur", "noise")
+    ]
     aug = _augmenter([*others, f"augment.{flag}=1"])
     image = _texture((48, 48, 3))
     expected = image[:, ::-1] if flag == "hflip" else image[::-1]

@@ -33,11 +33,14 @@ def _images(folder: Path, n: int, *, ext: str = "png", size=(50, 70)) -> list[Pa
     return paths
 
 
-@pytest.mark.parametrize("spec", [
-    PreprocessSpec(input_size=(32, 32)),
-    PreprocessSpec(input_size=(40, 32), resize="letterbox", mean=(0.5,) * 3, std=(0.5,) * 3),
-    PreprocessSpec(input_size=(32, 48), resize="center_crop", color_mode="gray", interpolation="linear"),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        PreprocessSpec(input_size=(32, 32)),
+        PreprocessSpec(input_size=(40, 32), resize="letterbox", mean=(0.5,) * 3, std=(0.5,) * 3),
+        PreprocessSpec(input_size=(32, 48), resize="center_crop", color_mode="gray", interpolation="linear"),
+    ],
+)
 def test_eval_tensor_equals_the_serving_preprocessor_exactly(tmp_path, spec):
     paths = _images(tmp_path / "png", 3) + _images(tmp_path / "jpg", 2, ext="jpg")
     dataset = build_eval_dataset(paths, spec, tmp_path / "cache")
@@ -159,7 +162,8 @@ def test_workers_start_after_opencv_threads_ran_in_the_parent(tmp_path):
     spec = PreprocessSpec(input_size=(32, 32))
     cache = build_cache(paths, spec, tmp_path / "cache", key="k", workers=2)
     assert np.array_equal(cache.image(299), Preprocessor(spec).load(paths[299].read_bytes()))
-    data = CachedImages(cache, np.arange(300), np.zeros(300), Preprocessor(spec), build_augmenter(load_recipe().augment))
-    loader = train_loader(data, EpochSampler(300, seed=0), batch_size=50, workers=2, device=torch.device("cpu"),
-                          seed=0)
+    data = CachedImages(
+        cache, np.arange(300), np.zeros(300), Preprocessor(spec), build_augmenter(load_recipe().augment)
+    )
+    loader = train_loader(data, EpochSampler(300, seed=0), batch_size=50, workers=2, device=torch.device("cpu"), seed=0)
     assert sum(len(y) for _, y in loader) == 300

@@ -61,11 +61,17 @@ def test_unknown_key_in_file_names_the_key_and_the_allowed_keys(tmp_path):
 
 
 def test_unknown_nested_and_top_level_keys(tmp_path):
-    with pytest.raises(ConfigError, match=r"'augment\.affine\.shear'.*allowed keys in 'augment\.affine': "
-                                          r"p, scale, translate, rotate"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'augment\.affine\.shear'.*allowed keys in 'augment\.affine': "
+        r"p, scale, translate, rotate",
+    ):
         load_recipe(overrides=["augment.affine.shear=3"])
-    with pytest.raises(ConfigError, match=r"unknown recipe key 'optimizer'.*top level: data, model, augment, "
-                                          r"train, decision, anomaly, output"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown recipe key 'optimizer'.*top level: data, model, augment, "
+        r"train, decision, anomaly, output",
+    ):
         load_recipe(_write(tmp_path, "optimizer: adam\n"))
 
 
@@ -75,16 +81,19 @@ def test_yaml_syntax_error_gives_the_line(tmp_path):
         load_recipe(path)
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("train.epochs=0", "'train.epochs' = 0"),
-    ("train.epochs=many", "'train.epochs' = 'many'"),
-    ("train.balance=oversample", "'train.balance'"),
-    ("model.color_mode=hsv", "'model.color_mode'"),
-    ("augment.blur.max_kernel=4", "must be odd"),
-    ("output.name=../escape", "folder name"),
-    ("train", "not KEY=VALUE"),
-    ("train.lr.peak=1", "'train.lr' is a value, not a section"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.epochs=0", "'train.epochs' = 0"),
+        ("train.epochs=many", "'train.epochs' = 'many'"),
+        ("train.balance=oversample", "'train.balance'"),
+        ("model.color_mode=hsv", "'model.color_mode'"),
+        ("augment.blur.max_kernel=4", "must be odd"),
+        ("output.name=../escape", "folder name"),
+        ("train", "not KEY=VALUE"),
+        ("train.lr.peak=1", "'train.lr' is a value, not a section"),
+    ],
+)
 def test_bad_values_are_one_line_errors_naming_the_key(override, fragment):
     with pytest.raises(ConfigError) as err:
         load_recipe(overrides=[override])
@@ -103,8 +112,15 @@ def test_cross_field_rules():
 
 
 def test_yaml_round_trip_is_exact():
-    recipe = load_recipe(overrides=["data.path=/data/x", "model.mean=[0.5,0.5,0.5]", "model.std=[0.5,0.5,0.5]",
-                                    "data.remap.a=b", "output.name=run1"])
+    recipe = load_recipe(
+        overrides=[
+            "data.path=/data/x",
+            "model.mean=[0.5,0.5,0.5]",
+            "model.std=[0.5,0.5,0.5]",
+            "data.remap.a=b",
+            "output.name=run1",
+        ]
+    )
     again = recipe_from_dict(yaml.safe_load(recipe.to_yaml()))
     assert again == recipe
     assert isinstance(again, Recipe)

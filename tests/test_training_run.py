@@ -28,7 +28,8 @@ CLASSES = ["ok", "scratch", "spot"]
 def _recipe_like(run: Path, runs_dir: Path, name: str, *changes: str) -> Recipe:
     """The recipe of ``run`` under another name and folder, with ``changes``."""
     return read_recipe(run / "recipe.yaml").with_overrides(
-        [f"output.runs_dir={runs_dir}", f"output.name={name}", *changes])
+        [f"output.runs_dir={runs_dir}", f"output.name={name}", *changes]
+    )
 
 
 def _without_time(rows: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -36,8 +37,17 @@ def _without_time(rows: list[dict[str, str]]) -> list[dict[str, str]]:
 
 
 def test_run_folder_holds_the_promised_files(trained_run):
-    for name in ("recipe.yaml", "splits.csv", "metrics.csv", "best.pt", "last.pt", "predictions_val.npz",
-                 "predictions_test.npz", "report.html", "report.md"):
+    for name in (
+        "recipe.yaml",
+        "splits.csv",
+        "metrics.csv",
+        "best.pt",
+        "last.pt",
+        "predictions_val.npz",
+        "predictions_test.npz",
+        "report.html",
+        "report.md",
+    ):
         assert (trained_run / name).is_file(), name
     rows = read_metrics(trained_run / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
@@ -92,13 +102,19 @@ def test_the_card_and_the_report_give_the_rates_at_the_thresholds(trained_run):
     card = load_checkpoint(trained_run / "best.pt").card
     pred = load_predictions(trained_run / "predictions_test.npz")
     assert card.thresholds.per_class == {}
-    score, bad, band = pred["probs"][:, card.defect_indices].sum(1), np.isin(pred["y_true"], [1, 2]), card.thresholds.defect
+    score, bad, band = (
+        pred["probs"][:, card.defect_indices].sum(1),
+        np.isin(pred["y_true"], [1, 2]),
+        card.thresholds.defect,
+    )
     # the run has a good-only anomaly detector (the default): its band sends to review what the classifier passes
     assert card.anomaly is not None and card.thresholds.anomaly.reject_at == 1.0
     unusual = pred["anomaly_score"] >= card.thresholds.anomaly.pass_below
     passes = (score < band.pass_below) & ~unusual
     assert card.metrics["test_escape_rate"] == pytest.approx((passes & bad).sum() / bad.sum())
-    assert card.metrics["test_false_reject_rate"] == pytest.approx(((score >= band.reject_at) & ~bad).sum() / (~bad).sum())
+    assert card.metrics["test_false_reject_rate"] == pytest.approx(
+        ((score >= band.reject_at) & ~bad).sum() / (~bad).sum()
+    )
     review = ((score < band.reject_at) & ~passes).mean()
     assert card.metrics["test_review_rate"] == pytest.approx(review)
     assert {"val_escape_rate", "val_false_reject_rate"} <= set(card.metrics)
@@ -130,8 +146,14 @@ def test_predict_paths_matches_the_saved_predictions(trained_run):
 def test_report_is_self_contained(trained_run):
     html = (trained_run / "report.html").read_text()
     images = re.findall(r"<img src='([^']+)'", html)
-    assert {"plots/curves.png", "plots/confusion.png", "plots/per_class.png", "plots/roc.png", "plots/pr.png",
-            "plots/mistakes.png"} <= set(images)
+    assert {
+        "plots/curves.png",
+        "plots/confusion.png",
+        "plots/per_class.png",
+        "plots/roc.png",
+        "plots/pr.png",
+        "plots/mistakes.png",
+    } <= set(images)
     for src in images:
         assert (trained_run / src).stat().st_size > 1000, src
     assert "http://" not in html and "https://" not in html and "<script" not in html
@@ -180,7 +202,8 @@ def test_resume_with_more_epochs_goes_on_learning(trained_run, tmp_path):
 
     shutil.copytree(trained_run, tmp_path / "trained", ignore=shutil.ignore_patterns("report*", "plots"))
     recipe = read_recipe(trained_run / "recipe.yaml").with_overrides(
-        [f"output.runs_dir={tmp_path}", "train.epochs=6", "train.workers=0"])
+        [f"output.runs_dir={tmp_path}", "train.epochs=6", "train.workers=0"]
+    )
     fit(recipe, resume=True, console=QUIET)
     rows = read_metrics(tmp_path / "trained" / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5, 6]
@@ -219,9 +242,20 @@ def test_another_seed_gives_another_run(trained_run, tmp_path):
 def test_a_flat_validation_metric_keeps_the_latest_epoch_and_does_not_stop(trained_run, tmp_path):
     """A learning rate too small to change anything (and BatchNorm statistics kept): every epoch scores the
     same, so each is a tie that goes to the later epoch, and patience 1 never fires."""
-    recipe = _recipe_like(trained_run, tmp_path, "flat", "train.epochs=4", "train.freeze_epochs=0",
-                          "train.patience=1", "train.min_epochs=0", "train.lr=1e-12", "train.head_lr=1e-12",
-                          "train.batchnorm=frozen", "train.workers=0", "model.input_size=48")
+    recipe = _recipe_like(
+        trained_run,
+        tmp_path,
+        "flat",
+        "train.epochs=4",
+        "train.freeze_epochs=0",
+        "train.patience=1",
+        "train.min_epochs=0",
+        "train.lr=1e-12",
+        "train.head_lr=1e-12",
+        "train.batchnorm=frozen",
+        "train.workers=0",
+        "model.input_size=48",
+    )
     result = fit(recipe, console=QUIET)
     assert (result.epochs_run, result.best_epoch) == (4, 4)
     assert load_checkpoint(tmp_path / "flat" / "best.pt").epoch == 4
@@ -231,8 +265,16 @@ def test_early_stopping_ends_the_run_and_says_so_in_last_pt(trained_run, tmp_pat
     """A monitored value that only falls: epoch 1 stays the best, patience 2 counted from epoch 2 (min_epochs
     given) stops the 8-epoch run after epoch 4; metrics.csv and last.pt end there too."""
     monkeypatch.setattr("andon.training.fit._monitored", lambda row, monitor: -float(row["epoch"]))
-    recipe = _recipe_like(trained_run, tmp_path, "falling", "train.epochs=8", "train.patience=2",
-                          "train.min_epochs=2", "train.workers=0", "model.input_size=48")
+    recipe = _recipe_like(
+        trained_run,
+        tmp_path,
+        "falling",
+        "train.epochs=8",
+        "train.patience=2",
+        "train.min_epochs=2",
+        "train.workers=0",
+        "model.input_size=48",
+    )
     result = fit(recipe, console=QUIET)
     assert (result.epochs_run, result.best_epoch) == (4, 1)
     assert len(read_metrics(tmp_path / "falling" / "metrics.csv")) == 4
@@ -245,8 +287,9 @@ def merged_run(trained_run, tmp_path_factory):
     """The trained_run recipe with scratch and spot merged into 'defect' (learned as the two types), in-process
     without workers: interrupted after epoch 2 of 5, then resumed."""
     runs = tmp_path_factory.mktemp("merged")
-    recipe = _recipe_like(trained_run, runs, "merged", "data.remap.scratch=defect", "data.remap.spot=defect",
-                          "train.workers=0")
+    recipe = _recipe_like(
+        trained_run, runs, "merged", "data.remap.scratch=defect", "data.remap.spot=defect", "train.workers=0"
+    )
 
     def stop_after_two(epoch: int, row: dict) -> None:
         if epoch == 2:
@@ -294,13 +337,24 @@ def test_an_ok_defect_model_is_chosen_on_how_it_ranks_defects(merged_run):
     val = load_predictions(merged_run / "predictions_val.npz")  # the best model's
     report = classification_report(val["y_true"], val["probs"], ["defect", "ok"], ["defect"])
     assert float(rows[ckpt.epoch - 1]["val_roc_auc"]) == pytest.approx(report.roc_auc, abs=1e-6)
-    assert "best epoch" in (merged_run / "report.md").read_text() and "by val roc_auc" in (merged_run / "report.md").read_text()
+    assert (
+        "best epoch" in (merged_run / "report.md").read_text()
+        and "by val roc_auc" in (merged_run / "report.md").read_text()
+    )
 
 
 def test_keep_source_classes_false_learns_the_merged_label(trained_run, tmp_path):
-    recipe = _recipe_like(trained_run, tmp_path, "plain", "data.remap.scratch=defect", "data.remap.spot=defect",
-                          "data.keep_source_classes=false", "train.epochs=1", "train.workers=0",
-                          "model.input_size=48")
+    recipe = _recipe_like(
+        trained_run,
+        tmp_path,
+        "plain",
+        "data.remap.scratch=defect",
+        "data.remap.spot=defect",
+        "data.keep_source_classes=false",
+        "train.epochs=1",
+        "train.workers=0",
+        "model.input_size=48",
+    )
     fit(recipe, console=QUIET)
     ckpt = load_checkpoint(tmp_path / "plain" / "best.pt")
     assert ckpt.card.classes == ["defect", "ok"] and ckpt.card.trained_as == {}
@@ -332,8 +386,13 @@ def test_cli_errors_are_one_line(capsys, shapes_data, tmp_path):
     assert "--resume needs the name" in line
     line = _cli_error(capsys, "--resume", "--name", "nothing-here", *runs)
     assert "nothing-here" in line
-    line = _cli_error(capsys, str(_with_a_type_held_out(shapes_data, tmp_path / "pits")),
-                      "--remap", "scratch=defect,pit=defect", *runs)
+    line = _cli_error(
+        capsys,
+        str(_with_a_type_held_out(shapes_data, tmp_path / "pits")),
+        "--remap",
+        "scratch=defect,pit=defect",
+        *runs,
+    )
     assert "'pit' (merged into 'defect') has no training images" in line
     assert "--set data.keep_source_classes=false" in line
     assert not (tmp_path / "runs").exists()  # bad input leaves no run folder behind

@@ -11,8 +11,28 @@ from andon.training.stopping import StopState, patience_start, record_epoch, res
 
 #: validation macro recall of the NEU benchmark run (seed 0, 20 epochs): one error in 269 in most epochs from
 #: 4 on, and 0.99667 / 0.99573 only say which class it fell in
-NEU = [0.95627, 0.96667, 0.93053, 0.99667, 0.99264, 0.99573, 0.99145, 0.99145, 0.99573, 0.99573, 0.99573,
-       0.99573, 0.99573, 0.99239, 0.99573, 0.99573, 0.99573, 0.99573, 0.99573, 0.99573]
+NEU = [
+    0.95627,
+    0.96667,
+    0.93053,
+    0.99667,
+    0.99264,
+    0.99573,
+    0.99145,
+    0.99145,
+    0.99573,
+    0.99573,
+    0.99573,
+    0.99573,
+    0.99573,
+    0.99239,
+    0.99573,
+    0.99573,
+    0.99573,
+    0.99573,
+    0.99573,
+    0.99573,
+]
 
 
 def _train(**changes):
@@ -73,17 +93,20 @@ def test_the_patience_given_on_resume_decides_whether_a_stopped_run_goes_on():
     falling = [0.9 - 0.01 * e for e in range(20)]
     state, _ = _replay(falling, _train())
     assert (state.epoch, state.bad_epochs, state.stopped) == (15, 5, True)
-    assert not stop_due(state, _train(patience=8))   # a larger patience: the run continues
-    assert not stop_due(state, _train(patience=0))   # early stopping off: it runs to the end
-    assert stop_due(state, _train(patience=5))       # the same patience: it stays stopped
+    assert not stop_due(state, _train(patience=8))  # a larger patience: the run continues
+    assert not stop_due(state, _train(patience=0))  # early stopping off: it runs to the end
+    assert stop_due(state, _train(patience=5))  # the same patience: it stays stopped
 
 
-@pytest.mark.parametrize(("monitor", "classes", "defects", "resolved"), [
-    ("auto", ["defect", "ok"], ["defect"], "roc_auc"),
-    ("auto", ["ok", "scratch", "spot"], ["scratch", "spot"], "macro_recall"),
-    ("auto", ["crazing", "inclusion"], ["crazing", "inclusion"], "macro_recall"),  # no good class: no ranking
-    ("val_loss", ["defect", "ok"], ["defect"], "val_loss"),
-    ("macro_recall", ["defect", "ok"], ["defect"], "macro_recall"),
-])
+@pytest.mark.parametrize(
+    ("monitor", "classes", "defects", "resolved"),
+    [
+        ("auto", ["defect", "ok"], ["defect"], "roc_auc"),
+        ("auto", ["ok", "scratch", "spot"], ["scratch", "spot"], "macro_recall"),
+        ("auto", ["crazing", "inclusion"], ["crazing", "inclusion"], "macro_recall"),  # no good class: no ranking
+        ("val_loss", ["defect", "ok"], ["defect"], "val_loss"),
+        ("macro_recall", ["defect", "ok"], ["defect"], "macro_recall"),
+    ],
+)
 def test_auto_monitor_ranks_an_ok_defect_model_and_recalls_the_others(monitor, classes, defects, resolved):
     assert resolve_monitor(monitor, classes, defects) == resolved

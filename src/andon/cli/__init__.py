@@ -52,7 +52,7 @@ def _register_all() -> None:
 _register_all()
 
 
-def fail(message: str) -> "typer.Exit":
+def fail(message: str) -> typer.Exit:
     """Print one error line to stderr and return the Exit to raise (code 2)."""
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     return typer.Exit(code=2)

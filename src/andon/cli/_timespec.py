@@ -25,8 +25,10 @@ def parse_time(text: str | None, *, name: str, now: dt.datetime | None = None) -
     try:
         value = dt.datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ConfigError(f"{name} {text!r} is not a time; give an ISO date or time such as 2026-11-25 or "
-                          "2026-11-25T06:00 (plant time unless a zone is given), or an age such as 12h or 7d") from None
+        raise ConfigError(
+            f"{name} {text!r} is not a time; give an ISO date or time such as 2026-11-25 or "
+            "2026-11-25T06:00 (plant time unless a zone is given), or an age such as 12h or 7d"
+        ) from None
     if value.tzinfo is None:
         value = value.astimezone()  # plant time: the machine's local zone
     return value.astimezone(dt.timezone.utc)

@@ -29,24 +29,36 @@ def register(app: typer.Typer) -> None:
 
 
 def camera_sim(
-    folder: Path | None = typer.Argument(None, help="Images to send, in name order, looping. Without images "
-                                         "here (or without DIR), synthetic parts are rendered."),
+    folder: Path | None = typer.Argument(
+        None,
+        help="Images to send, in name order, looping. Without images "
+        "here (or without DIR), synthetic parts are rendered.",
+    ),
     fps: float = typer.Option(2.0, "--fps", min=0.01, max=1000.0, help="Frames per second (fixed arrival rate)."),
     url: str = typer.Option("http://localhost:8000", "--url", help="The service's base URL."),
     camera_id: str = typer.Option("cam1", "--camera-id"),
     line_id: str = typer.Option("line1", "--line-id"),
-    key: str | None = typer.Option(None, "--key", envvar="ANDON_CAMERA_KEY",
-                                   help="This camera's API key (env ANDON_CAMERA_KEY); none in open mode."),
+    key: str | None = typer.Option(
+        None,
+        "--key",
+        envvar="ANDON_CAMERA_KEY",
+        help="This camera's API key (env ANDON_CAMERA_KEY); none in open mode.",
+    ),
     count: int = typer.Option(0, "--count", min=0, help="Stop after this many frames (0: run until Ctrl-C)."),
-    size: str | None = typer.Option(None, "--size", help="Frame size WxH, e.g. 2448x2048: images are resized, "
-                                    "synthetic frames rendered at it (default 640x512 for synthetic frames)."),
-    defect_rate: float = typer.Option(0.2, "--defect-rate", min=0.0, max=1.0,
-                                      help="Share of synthetic frames with a defect."),
+    size: str | None = typer.Option(
+        None,
+        "--size",
+        help="Frame size WxH, e.g. 2448x2048: images are resized, "
+        "synthetic frames rendered at it (default 640x512 for synthetic frames).",
+    ),
+    defect_rate: float = typer.Option(
+        0.2, "--defect-rate", min=0.0, max=1.0, help="Share of synthetic frames with a defect."
+    ),
     part_prefix: str | None = typer.Option(None, "--part-prefix", help="Send part_id PREFIX-<n> with each frame."),
     in_flight: int = typer.Option(8, "--in-flight", min=1, max=256, help="Requests outstanding at most."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic frames."),
     quiet: bool = typer.Option(False, "--quiet", help="Only the summary, not one line per frame."),
-) -> "_Stats":
+) -> _Stats:
     """Post frames to /v1/inspections at --fps and print each verdict. Synthetic frames know whether they hold
     a defect: the summary then counts false rejects, missed defects and reviews against that truth."""
     import httpx
@@ -96,13 +108,16 @@ def camera_sim(
     return stats
 
 
-def _post(client, i: int, body: bytes, params: dict, stats: "_Stats", console, quiet: bool,
-          truth: bool | None = None) -> None:
+def _post(
+    client, i: int, body: bytes, params: dict, stats: _Stats, console, quiet: bool, truth: bool | None = None
+) -> None:
     import httpx
 
     key = str(uuid.uuid4())
-    headers = {"Content-Type": "image/jpeg" if body[:2] == b"\xff\xd8" else "application/octet-stream",
-               "Idempotency-Key": key}
+    headers = {
+        "Content-Type": "image/jpeg" if body[:2] == b"\xff\xd8" else "application/octet-stream",
+        "Idempotency-Key": key,
+    }
     t0 = time.perf_counter()
     for attempt in range(2):
         try:
@@ -125,8 +140,10 @@ def _post(client, i: int, body: bytes, params: dict, stats: "_Stats", console, q
         if not quiet:
             colour = {"pass": "green", "review": "yellow", "reject": "red"}[v["decision"]]
             drawn = "" if truth is None else "  (defect drawn)" if truth else "  (good part)"
-            console.print(f"#{i} [{colour}]{v['decision']:6}[/{colour}] {v['label']:>12} "
-                          f"P(defect) {v['defect_score']:.2f}  {ms:6.1f} ms  {v['id']}{drawn}")
+            console.print(
+                f"#{i} [{colour}]{v['decision']:6}[/{colour}] {v['label']:>12} "
+                f"P(defect) {v['defect_score']:.2f}  {ms:6.1f} ms  {v['id']}{drawn}"
+            )
     else:
         stats.add(f"http {r.status_code}", ms, truth)
         try:
@@ -142,8 +159,11 @@ class FrameSource:
     def __init__(self, folder: Path | None, wh: tuple[int, int] | None, defect_rate: float, seed: int) -> None:
         import numpy as np
 
-        self.files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES) \
-            if folder is not None and folder.is_dir() else []
+        self.files = (
+            sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+            if folder is not None and folder.is_dir()
+            else []
+        )
         if folder is not None and not folder.exists():
             from andon.errors import ConfigError
 
@@ -222,11 +242,20 @@ class _Stats:
         count = lambda truth, outcome: decided.get((truth, outcome), 0)  # noqa: E731
         rejects = count(True, "reject") + count(False, "reject")
         reviews = count(True, "review") + count(False, "review")
-        return {"frames": n, "defective": defective, "good": good, "rejects": rejects, "reviews": reviews,
-                "false_rejects": count(False, "reject"), "missed": count(True, "pass"),
-                "reject_rate": rejects / n, "review_rate": reviews / n, "defect_rate": defective / n,
-                "false_reject_rate": count(False, "reject") / good if good else float("nan"),
-                "escape_rate": count(True, "pass") / defective if defective else float("nan")}
+        return {
+            "frames": n,
+            "defective": defective,
+            "good": good,
+            "rejects": rejects,
+            "reviews": reviews,
+            "false_rejects": count(False, "reject"),
+            "missed": count(True, "pass"),
+            "reject_rate": rejects / n,
+            "review_rate": reviews / n,
+            "defect_rate": defective / n,
+            "false_reject_rate": count(False, "reject") / good if good else float("nan"),
+            "escape_rate": count(True, "pass") / defective if defective else float("nan"),
+        }
 
     def truth_summary(self) -> str:
         """One line: what the line did against what the generator drew ('' when no truth is known)."""
@@ -234,11 +263,13 @@ class _Stats:
         if f is None:
             return ""
         pct = lambda v: "-" if v != v else f"{v:.1%}"  # noqa: E731
-        return (f"against the generator's truth ({f['frames']} decided frames, {f['defective']} with a defect drawn, "
-                f"{pct(f['defect_rate'])}): rejected {f['rejects']} ({pct(f['reject_rate'])}), to review "
-                f"{f['reviews']} ({pct(f['review_rate'])}), false rejects {f['false_rejects']} of {f['good']} good "
-                f"parts ({pct(f['false_reject_rate'])}), missed defects {f['missed']} of {f['defective']} "
-                f"({pct(f['escape_rate'])})")
+        return (
+            f"against the generator's truth ({f['frames']} decided frames, {f['defective']} with a defect drawn, "
+            f"{pct(f['defect_rate'])}): rejected {f['rejects']} ({pct(f['reject_rate'])}), to review "
+            f"{f['reviews']} ({pct(f['review_rate'])}), false rejects {f['false_rejects']} of {f['good']} good "
+            f"parts ({pct(f['false_reject_rate'])}), missed defects {f['missed']} of {f['defective']} "
+            f"({pct(f['escape_rate'])})"
+        )
 
     def summary(self, seconds: float) -> str:
         import numpy as np

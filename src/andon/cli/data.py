@@ -15,14 +15,17 @@ _SURFACES = "brushed,cast,woven,painted"
 
 PATH_HELP = "Class-folder root (DIR/<class>/*.png) or a CSV manifest (path,label[,split][,group])."
 REMAP_HELP = "Rename classes, e.g. 'crack=defect,blowhole=defect' or '*=defect,ok=ok' (exact names win over globs)."
-GROUP_HELP = ("Keep groups in one split: 'manifest' (the group column), 'near-duplicates' (look-alike images, "
-              "found from the pixels) or a regex on the file name whose first group names the group, "
-              "e.g. 'part(\\d+)_'.")
+GROUP_HELP = (
+    "Keep groups in one split: 'manifest' (the group column), 'near-duplicates' (look-alike images, "
+    "found from the pixels) or a regex on the file name whose first group names the group, "
+    "e.g. 'part(\\d+)_'."
+)
 
 
 def register(app: typer.Typer) -> None:
-    data = typer.Typer(name="data", help="Data sets: check them, split them, generate the sample data set.",
-                       no_args_is_help=True)
+    data = typer.Typer(
+        name="data", help="Data sets: check them, split them, generate the sample data set.", no_args_is_help=True
+    )
     data.command("check")(check)
     data.command("split")(split)
     data.command("synth")(synth)
@@ -36,8 +39,13 @@ def check(
     val: float = typer.Option(0.15, "--val", help="Validation fraction (for images without a split)."),
     test: float = typer.Option(0.15, "--test", help="Test fraction (for images without a split)."),
     seed: int = typer.Option(0, "--seed", help="Split seed: the same as training uses."),
-    near_distance: int = typer.Option(10, "--near-duplicate-distance", min=0, max=32,
-                                      help="Perceptual-hash bits (of 64) within which two images are near-duplicates."),
+    near_distance: int = typer.Option(
+        10,
+        "--near-duplicate-distance",
+        min=0,
+        max=32,
+        help="Perceptual-hash bits (of 64) within which two images are near-duplicates.",
+    ),
     no_near: bool = typer.Option(False, "--no-near-duplicates", help="Skip the near-duplicate search."),
     as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON instead of tables."),
 ) -> None:
@@ -64,8 +72,9 @@ def check(
         ds = load_dataset(path)
     ds = _remapped(ds, remap)
     ds = assign_splits(ds, val=val, test=test, seed=seed, group_by=group_by)
-    report = check_dataset(ds, near_duplicate_distance=None if no_near else near_distance,
-                           progress=not as_json, folder_scan=scan)
+    report = check_dataset(
+        ds, near_duplicate_distance=None if no_near else near_distance, progress=not as_json, folder_scan=scan
+    )
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:
@@ -99,8 +108,9 @@ def split(
 
 
 def synth(
-    out: Path = typer.Argument(..., help="Folder to create (OUT/<class>/*.png, masks in OUT/.masks).",
-                               show_default=False),
+    out: Path = typer.Argument(
+        ..., help="Folder to create (OUT/<class>/*.png, masks in OUT/.masks).", show_default=False
+    ),
     count: int = typer.Option(600, "--count", "-n", help="Number of images."),
     size: str = typer.Option("128", "--size", help="Image size: H or HxW pixels."),
     defects: str = typer.Option(_DEFECTS, "--defects", help="Defect classes to generate."),
@@ -113,13 +123,22 @@ def synth(
     """Generate the license-free sample data set: industrial surfaces with scratches, cracks, spots, stains, dents."""
     from andon.datasets.synth import SynthConfig, generate, parse_size
 
-    config = SynthConfig(count=count, size=parse_size(size), defects=defects, surfaces=surfaces,
-                         ok_fraction=ok_fraction, seed=seed, image_format=image_format)
+    config = SynthConfig(
+        count=count,
+        size=parse_size(size),
+        defects=defects,
+        surfaces=surfaces,
+        ok_fraction=ok_fraction,
+        seed=seed,
+        image_format=image_format,
+    )
     started = time.perf_counter()
     ds = generate(out, config, progress=True, overwrite=force)
     counts = ", ".join(f"{k} {v}" for k, v in ds.counts().items())
-    typer.echo(f"wrote {len(ds)} images of {config.size[0]}x{config.size[1]} to {out} in "
-               f"{time.perf_counter() - started:.1f} s ({counts}); masks in {out / '.masks'}")
+    typer.echo(
+        f"wrote {len(ds)} images of {config.size[0]}x{config.size[1]} to {out} in "
+        f"{time.perf_counter() - started:.1f} s ({counts}); masks in {out / '.masks'}"
+    )
 
 
 def _remapped(ds, remap: str | None):

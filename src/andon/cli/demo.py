@@ -50,8 +50,9 @@ def register(app: typer.Typer) -> None:
 
 
 def demo(
-    data_dir: Path = typer.Option(Path("andon-data"), "--data-dir", help="Where the demo keeps its data, "
-                                  "model, database and images."),
+    data_dir: Path = typer.Option(
+        Path("andon-data"), "--data-dir", help="Where the demo keeps its data, model, database and images."
+    ),
     port: int = typer.Option(8000, "--port", help="Port of the service on localhost."),
     fps: float = typer.Option(2.0, "--fps", min=0.1, max=100.0, help="Frames per second of the simulated camera."),
     frames: int = typer.Option(0, "--frames", min=0, help="Stop after this many frames (0: until Ctrl-C)."),
@@ -70,16 +71,31 @@ def demo(
     try:
         url = f"http://localhost:{port}"
         wait_ready(url, server)
-        typer.secho(f"\nandon is running: review station {url}/  (log in as {logins}), API docs {url}/docs, "
-                    f"line dashboard {url}/dashboard\nthe simulated camera posts {fps:g} frames/s; Ctrl-C stops "
-                    "both\n", fg=typer.colors.GREEN, err=True)
+        typer.secho(
+            f"\nandon is running: review station {url}/  (log in as {logins}), API docs {url}/docs, "
+            f"line dashboard {url}/dashboard\nthe simulated camera posts {fps:g} frames/s; Ctrl-C stops "
+            "both\n",
+            fg=typer.colors.GREEN,
+            err=True,
+        )
         from andon.cli.camera import camera_sim
 
-        stats = camera_sim(folder=None, fps=fps, url=url, camera_id="cam1", line_id="line1", key=None,
-                           count=frames, size=f"{SAMPLE_SIZE * 3}x{SAMPLE_SIZE * 3}", defect_rate=DEFECT_RATE,
-                           part_prefix="part", in_flight=8, seed=0, quiet=False)
-        typer.secho(line_verdict(stats.line_figures(), time.perf_counter() - started), err=True,
-                    fg=typer.colors.GREEN)
+        stats = camera_sim(
+            folder=None,
+            fps=fps,
+            url=url,
+            camera_id="cam1",
+            line_id="line1",
+            key=None,
+            count=frames,
+            size=f"{SAMPLE_SIZE * 3}x{SAMPLE_SIZE * 3}",
+            defect_rate=DEFECT_RATE,
+            part_prefix="part",
+            in_flight=8,
+            seed=0,
+            quiet=False,
+        )
+        typer.secho(line_verdict(stats.line_figures(), time.perf_counter() - started), err=True, fg=typer.colors.GREEN)
     except KeyboardInterrupt:
         typer.echo("stopping", err=True)
     finally:
@@ -112,10 +128,15 @@ def build_default_model(demo_dir: Path, model: Path, *, epochs: int | None) -> N
         shutil.rmtree(run_dir)  # --retrain: a fresh run, not a resume
     result = fit(load_recipe(values=values))
     if result.warnings:  # fit printed them; the demo serves the model anyway, for you to see the line's figures
-        typer.secho("the demo model's thresholds are weak (see above); serving it anyway", err=True,
-                    fg=typer.colors.YELLOW)
+        typer.secho(
+            "the demo model's thresholds are weak (see above); serving it anyway", err=True, fg=typer.colors.YELLOW
+        )
     report = export_run(result.run_dir, model)
-    typer.secho(f"model: {model} (probabilities within {report.parity.probs_max_abs:.1e} of torch)", fg=typer.colors.GREEN, err=True)
+    typer.secho(
+        f"model: {model} (probabilities within {report.parity.probs_max_abs:.1e} of torch)",
+        fg=typer.colors.GREEN,
+        err=True,
+    )
 
 
 def line_verdict(figures: dict | None, seconds: float) -> str:
@@ -123,9 +144,11 @@ def line_verdict(figures: dict | None, seconds: float) -> str:
     if figures is None:
         return f"demo: no frame got a decision ({seconds:.0f} s end to end)"
     f = figures
-    return (f"demo line: {f['frames']} frames, {f['reject_rate']:.1%} rejected ({f['defect_rate']:.1%} had a defect "
-            f"drawn), {f['review_rate']:.1%} to review, false rejects {f['false_reject_rate']:.1%} of the good parts, "
-            f"{f['missed']} defects missed; {seconds:.0f} s end to end")
+    return (
+        f"demo line: {f['frames']} frames, {f['reject_rate']:.1%} rejected ({f['defect_rate']:.1%} had a defect "
+        f"drawn), {f['review_rate']:.1%} to review, false rejects {f['false_reject_rate']:.1%} of the good parts, "
+        f"{f['missed']} defects missed; {seconds:.0f} s end to end"
+    )
 
 
 def ensure_users(service_dir: Path, logins_file: Path) -> str:
@@ -159,8 +182,20 @@ def ensure_users(service_dir: Path, logins_file: Path) -> str:
 
 
 def start_service(model: Path, service_dir: Path, port: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "andon", "serve", "--model", str(model), "--data-dir", str(service_dir),
-               "--port", str(port), "--host", "127.0.0.1"]
+    command = [
+        sys.executable,
+        "-m",
+        "andon",
+        "serve",
+        "--model",
+        str(model),
+        "--data-dir",
+        str(service_dir),
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+    ]
     return subprocess.Popen(command)
 
 
@@ -172,8 +207,10 @@ def wait_ready(url: str, server: subprocess.Popen, timeout: float = 120.0) -> No
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise AndonError(f"the service exited with code {server.returncode}; see its messages above "
-                             "(is the port in use? try --port)")
+            raise AndonError(
+                f"the service exited with code {server.returncode}; see its messages above "
+                "(is the port in use? try --port)"
+            )
         try:
             if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
                 return

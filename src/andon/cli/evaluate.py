@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from andon.errors import ConfigError, DatasetError
+from andon.errors import DatasetError
 
 
 def register(app: typer.Typer) -> None:
@@ -17,28 +17,48 @@ def register(app: typer.Typer) -> None:
 def evaluate(
     model: Path = typer.Argument(..., help="An exported .onnx file, or a training run folder (needs andon\\[train])."),
     data: Path = typer.Argument(..., help="A folder with one sub-folder per class, or a CSV manifest."),
-    split: str = typer.Option("test", help="Split to evaluate when the data has splits (a manifest split column); "
-                                           "data without splits is evaluated whole."),
+    split: str = typer.Option(
+        "test",
+        help="Split to evaluate when the data has splits (a manifest split column); "
+        "data without splits is evaluated whole.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON only."),
     report: Path | None = typer.Option(None, "--report", help="Write report.html, evaluation.json and plots here."),
     defect_classes: str | None = typer.Option(
-        None, "--defect-classes", help="Comma-separated defect classes (default: the model card's; without a card "
-                                       "declaration, every class not named ok/good/pass)."),
-    remap: str | None = typer.Option(None, "--remap", help="Rename data classes first, e.g. 'scratch=defect,*=defect'."),
+        None,
+        "--defect-classes",
+        help="Comma-separated defect classes (default: the model card's; without a card "
+        "declaration, every class not named ok/good/pass).",
+    ),
+    remap: str | None = typer.Option(
+        None, "--remap", help="Rename data classes first, e.g. 'scratch=defect,*=defect'."
+    ),
     calibrate_on: str | None = typer.Option(
-        None, "--calibrate-on", help="Also calibrate thresholds on this split (e.g. val) and check them on --split."),
+        None, "--calibrate-on", help="Also calibrate thresholds on this split (e.g. val) and check them on --split."
+    ),
     target_escape: float = typer.Option(0.005, "--target-escape", help="Escape-rate target for --calibrate-on."),
-    max_false_reject: float | None = typer.Option(None, "--max-false-reject",
-                                                  help="False-reject cap for --calibrate-on (default: two-way)."),
+    max_false_reject: float | None = typer.Option(
+        None, "--max-false-reject", help="False-reject cap for --calibrate-on (default: two-way)."
+    ),
     batch: int = typer.Option(32, "--batch", min=1, help="Images per onnxruntime call."),
-    compare: str | None = typer.Option(None, "--compare", help="Another model (.onnx, run folder, or 'active': the "
-                                       "service's active model) evaluated on the same images, shown side by side."),
+    compare: str | None = typer.Option(
+        None,
+        "--compare",
+        help="Another model (.onnx, run folder, or 'active': the "
+        "service's active model) evaluated on the same images, shown side by side.",
+    ),
 ) -> None:
     """Report accuracy, per-class P/R/F1, confusion, ROC/PR AUC and the escape, false-reject and review rates
     at the model's thresholds, with the escape / false-reject / review trade-off."""
     from andon.evaluation.calibration import calibrate_probs
-    from andon.evaluation.evaluate import (defect_classes_for, evaluate_probs, labels_for, model_outputs,
-                                           thresholds_for, write_report)
+    from andon.evaluation.evaluate import (
+        defect_classes_for,
+        evaluate_probs,
+        labels_for,
+        model_outputs,
+        thresholds_for,
+        write_report,
+    )
 
     ds = _load(data, remap)
     eval_ds, split_name, note = _select(ds, split)
@@ -53,11 +73,26 @@ def evaluate(
     calibration = None
     if cal_ds is not None:
         y_cal = labels_for([s.label for s in cal_ds], classes, source=str(data))
-        calibration = calibrate_probs(y_cal, outputs.probs[n_eval:], classes, defects, target_escape=target_escape,
-                                      max_false_reject=max_false_reject, source=f"split '{calibrate_on}'")
-    evaluation = evaluate_probs(y_eval, outputs.take(slice(0, n_eval)), classes, defects, thresholds, model=info,
-                                data={"path": str(data), "split": split_name, "n": n_eval}, calibration=calibration,
-                                anomaly_only=card.anomaly_only)
+        calibration = calibrate_probs(
+            y_cal,
+            outputs.probs[n_eval:],
+            classes,
+            defects,
+            target_escape=target_escape,
+            max_false_reject=max_false_reject,
+            source=f"split '{calibrate_on}'",
+        )
+    evaluation = evaluate_probs(
+        y_eval,
+        outputs.take(slice(0, n_eval)),
+        classes,
+        defects,
+        thresholds,
+        model=info,
+        data={"path": str(data), "split": split_name, "n": n_eval},
+        calibration=calibration,
+        anomaly_only=card.anomaly_only,
+    )
     if note:
         evaluation.notes.append(note)
     if report is not None:
@@ -66,8 +101,9 @@ def evaluate(
     if compare is not None:
         from andon.reports.compare import evaluate_on, resolve_model
 
-        other = evaluate_on(resolve_model(compare), list(eval_ds), data, split_name, defect_classes, batch,
-                            progress=not as_json)
+        other = evaluate_on(
+            resolve_model(compare), list(eval_ds), data, split_name, defect_classes, batch, progress=not as_json
+        )
     if as_json:
         out = evaluation.as_dict()
         if other is not None:
@@ -101,13 +137,17 @@ def _select(ds, split: str | None, *, required: bool = False):
     has_splits = any(s.split for s in ds.samples)
     if not has_splits:
         if required:
-            raise DatasetError(f"--calibrate-on {split}: the data has no splits; give a manifest with a split "
-                               "column, or calibrate with 'andon thresholds MODEL --calibrate VAL_DATA'")
+            raise DatasetError(
+                f"--calibrate-on {split}: the data has no splits; give a manifest with a split "
+                "column, or calibrate with 'andon thresholds MODEL --calibrate VAL_DATA'"
+            )
         return ds, None, "the data has no splits: every image was evaluated"
     subset = ds.split(split)
     if len(subset) == 0:
-        raise DatasetError(f"split {split!r} of {ds.root} has no images; splits present: "
-                           f"{sorted({s.split for s in ds.samples if s.split})}")
+        raise DatasetError(
+            f"split {split!r} of {ds.root} has no images; splits present: "
+            f"{sorted({s.split for s in ds.samples if s.split})}"
+        )
     return subset, split, None
 
 
@@ -120,9 +160,11 @@ def print_evaluation(evaluation, console) -> None:
     from rich.table import Table
 
     e, r, rates = evaluation, evaluation.report, evaluation.rates
-    head = (f"{e.model.get('name', '?')} v{e.model.get('version', '?')} ({e.model.get('path', '')}) on "
-            f"{e.data.get('path', '')} split {e.data.get('split') or 'all'}: {r.n} images, "
-            f"{rates.n_defective} defective, {rates.n_good} good; defect classes: {', '.join(e.defect_classes)}")
+    head = (
+        f"{e.model.get('name', '?')} v{e.model.get('version', '?')} ({e.model.get('path', '')}) on "
+        f"{e.data.get('path', '')} split {e.data.get('split') or 'all'}: {r.n} images, "
+        f"{rates.n_defective} defective, {rates.n_good} good; defect classes: {', '.join(e.defect_classes)}"
+    )
     console.print(escape(head))
     for note in e.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
@@ -130,13 +172,22 @@ def print_evaluation(evaluation, console) -> None:
     plant = Table(title="At these thresholds", title_justify="left")
     for col in ("escape rate", "false-reject rate", "review rate", "pass", "review", "reject"):
         plant.add_column(col, justify="right")
-    plant.add_row(f"[bold red]{pct(rates.escape_rate)}[/]", f"[bold blue]{pct(rates.false_reject_rate)}[/]",
-                  f"[bold yellow]{pct(rates.review_rate)}[/]", *(str(e.decisions[d]) for d in ("pass", "review", "reject")))
+    plant.add_row(
+        f"[bold red]{pct(rates.escape_rate)}[/]",
+        f"[bold blue]{pct(rates.false_reject_rate)}[/]",
+        f"[bold yellow]{pct(rates.review_rate)}[/]",
+        *(str(e.decisions[d]) for d in ("pass", "review", "reject")),
+    )
     console.print(plant)
     flagged = {k: v for k, v in e.flagged_by.items() if v}
     if "anomaly" in e.flagged_by:  # a model with a good-only anomaly detector: what each signal flagged
-        console.print(escape("flagged by: " + (", ".join(f"{k} {v}" for k, v in flagged.items()) or "nothing")
-                             + f"; anomaly score alone: ROC AUC {e.anomaly_auc:.3f} (defective vs good)"))
+        console.print(
+            escape(
+                "flagged by: "
+                + (", ".join(f"{k} {v}" for k, v in flagged.items()) or "nothing")
+                + f"; anomaly score alone: ROC AUC {e.anomaly_auc:.3f} (defective vs good)"
+            )
+        )
     if e.calibration is not None and e.calibrated_rates is not None:
         console.print(calibration_table(e.calibration, e.calibrated_rates))
     console.print(tradeoff_table(e.operating_points))
@@ -156,11 +207,17 @@ def thresholds_table(thresholds, *, title: str = "Thresholds"):
     band = thresholds.defect
     table.add_row("P(defect)", f"{band.pass_below:.6g}", _review_text(band), f"{band.reject_at:.6g}")
     for name, b in thresholds.per_class.items():
-        table.add_row(f"P({escape(name)}) [dim](stricter only)[/]", f"{b.pass_below:.6g}", _review_text(b), f"{b.reject_at:.6g}")
+        table.add_row(
+            f"P({escape(name)}) [dim](stricter only)[/]", f"{b.pass_below:.6g}", _review_text(b), f"{b.reject_at:.6g}"
+        )
     if thresholds.anomaly is not None:
         b = thresholds.anomaly
-        table.add_row("anomaly score [dim](stricter only)[/]", f"{b.pass_below:.6g}", _review_text(b),
-                      f"{b.reject_at:.6g}" if b.reject_at < 1.0 else "never")
+        table.add_row(
+            "anomaly score [dim](stricter only)[/]",
+            f"{b.pass_below:.6g}",
+            _review_text(b),
+            f"{b.reject_at:.6g}" if b.reject_at < 1.0 else "never",
+        )
     table.caption = escape(f"source: {thresholds.source}")
     return table
 
@@ -178,11 +235,23 @@ def calibration_table(calibration, held_out=None):
     for col in ("", "pass_below", "reject_at", "escape rate", "false-reject rate", "review rate"):
         table.add_column(col, justify="right")
     band = calibration.thresholds.defect
-    table.add_row("calibration data", f"{band.pass_below:.6g}", f"{band.reject_at:.6g}", pct(calibration.escape_rate),
-                  pct(calibration.false_reject_rate), pct(calibration.review_rate))
+    table.add_row(
+        "calibration data",
+        f"{band.pass_below:.6g}",
+        f"{band.reject_at:.6g}",
+        pct(calibration.escape_rate),
+        pct(calibration.false_reject_rate),
+        pct(calibration.review_rate),
+    )
     if held_out is not None:
-        table.add_row("evaluated data", "", "", pct(held_out.escape_rate), pct(held_out.false_reject_rate),
-                      pct(held_out.review_rate))
+        table.add_row(
+            "evaluated data",
+            "",
+            "",
+            pct(held_out.escape_rate),
+            pct(held_out.false_reject_rate),
+            pct(held_out.review_rate),
+        )
     return table
 
 
@@ -206,8 +275,15 @@ def tradeoff_table(points):
                 table.add_row(pct(p.target_escape), cap, "[dim]n/a[/]", "", "", "", "")
                 shown_error = shown_error or p.error
                 continue
-            table.add_row(pct(p.target_escape), cap, f"{p.pass_below:.4g}", f"{p.reject_at:.4g}", pct(p.escape_rate),
-                          pct(p.false_reject_rate), pct(p.review_rate))
+            table.add_row(
+                pct(p.target_escape),
+                cap,
+                f"{p.pass_below:.4g}",
+                f"{p.reject_at:.4g}",
+                pct(p.escape_rate),
+                pct(p.false_reject_rate),
+                pct(p.review_rate),
+            )
     if shown_error:
         from rich.markup import escape
 
@@ -219,8 +295,14 @@ def _metrics_table(r):
     from rich.table import Table
 
     table = Table(title="Classification", title_justify="left")
-    values = {"accuracy": r.accuracy, "macro recall": r.macro_recall, "macro F1": r.macro_f1,
-              "defect recall": r.defect_recall, "ROC AUC": r.roc_auc, "PR AUC": r.pr_auc}
+    values = {
+        "accuracy": r.accuracy,
+        "macro recall": r.macro_recall,
+        "macro F1": r.macro_f1,
+        "defect recall": r.defect_recall,
+        "ROC AUC": r.roc_auc,
+        "PR AUC": r.pr_auc,
+    }
     for col in values:
         table.add_column(col, justify="right")
     table.add_row(*(num(v) for v in values.values()))
@@ -232,8 +314,13 @@ def _per_class_table(r):
     from rich.table import Table
 
     table = Table(title="Per class", title_justify="left")
-    for col, justify in (("class", "left"), ("support", "right"), ("precision", "right"), ("recall", "right"),
-                         ("F1", "right")):
+    for col, justify in (
+        ("class", "left"),
+        ("support", "right"),
+        ("precision", "right"),
+        ("recall", "right"),
+        ("F1", "right"),
+    ):
         table.add_column(col, justify=justify)
     for m in r.per_class:
         name = f"{escape(m.name)} [dim](defect)[/]" if m.name in r.defect_classes else escape(m.name)

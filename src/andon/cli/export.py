@@ -20,23 +20,34 @@ def register(app: typer.Typer) -> None:
 def export(
     run: Path = typer.Argument(..., help="Training run folder (with best.pt and splits.csv)."),
     out: Path = typer.Option(..., "--out", "-o", help="The .onnx file to write (atomically; nothing on failure)."),
-    int8: bool = typer.Option(False, "--int8", help="Quantize to int8 (static, QDQ, per-channel), calibrated on "
-                                                    "training images."),
+    int8: bool = typer.Option(
+        False, "--int8", help="Quantize to int8 (static, QDQ, per-channel), calibrated on training images."
+    ),
     max_accuracy_drop: float = typer.Option(
-        1.0, "--max-accuracy-drop", help="With --int8: refuse to write the file if int8 accuracy on the validation "
-                                         "images is more than this many percentage points below fp32."),
-    calibration_images: int = typer.Option(128, "--calibration-images", min=1,
-                                           help="With --int8: training images used to calibrate activation ranges."),
-    verify_images: int = typer.Option(64, "--verify-images", min=1,
-                                      help="Validation images on which torch and onnxruntime must agree."),
-    eval_images: int | None = typer.Option(None, "--eval-images", min=1,
-                                           help="With --int8: validation images to judge accuracy on (default all)."),
+        1.0,
+        "--max-accuracy-drop",
+        help="With --int8: refuse to write the file if int8 accuracy on the validation "
+        "images is more than this many percentage points below fp32.",
+    ),
+    calibration_images: int = typer.Option(
+        128, "--calibration-images", min=1, help="With --int8: training images used to calibrate activation ranges."
+    ),
+    verify_images: int = typer.Option(
+        64, "--verify-images", min=1, help="Validation images on which torch and onnxruntime must agree."
+    ),
+    eval_images: int | None = typer.Option(
+        None, "--eval-images", min=1, help="With --int8: validation images to judge accuracy on (default all)."
+    ),
     opset: int = typer.Option(17, "--opset", min=17, help="ONNX opset (17 or newer)."),
-    exporter: str = typer.Option("torchscript", "--exporter",
-                                 help="torch exporter: torchscript (opset 17+) or dynamo (opset 18+)."),
+    exporter: str = typer.Option(
+        "torchscript", "--exporter", help="torch exporter: torchscript (opset 17+) or dynamo (opset 18+)."
+    ),
     allow_weak_thresholds: bool = typer.Option(
-        False, "--allow-weak-thresholds", help="Export even if training marked the thresholds weak (too many good "
-                                               "parts rejected or sent to review on validation; see the report)."),
+        False,
+        "--allow-weak-thresholds",
+        help="Export even if training marked the thresholds weak (too many good "
+        "parts rejected or sent to review on validation; see the report).",
+    ),
 ) -> None:
     """Export a training run to one self-describing ONNX file, verified against torch."""
     from rich.console import Console
@@ -47,22 +58,33 @@ def export(
         raise ConfigError(f"--exporter {exporter!r} is not one of torchscript, dynamo")
     weak = weak_thresholds(run)
     if weak and not allow_weak_thresholds:
-        raise ExportError(f"run {run} has weak thresholds: {'; '.join(weak)}; nothing written. Retrain with more "
-                          "images or other decision targets (see the paragraph in its report), or export with "
-                          "--allow-weak-thresholds and recalibrate the file on more labelled parts "
-                          f"(andon thresholds {out} --calibrate DATA)")
+        raise ExportError(
+            f"run {run} has weak thresholds: {'; '.join(weak)}; nothing written. Retrain with more "
+            "images or other decision targets (see the paragraph in its report), or export with "
+            "--allow-weak-thresholds and recalibrate the file on more labelled parts "
+            f"(andon thresholds {out} --calibrate DATA)"
+        )
     console = Console(stderr=True, log_path=False)
     with console.status("exporting") as status:
+
         def progress(message: str) -> None:
             status.update(message)
             console.log(message)
 
         from andon.models.export import export_run
 
-        report = export_run(run, out, int8=int8, max_accuracy_drop=max_accuracy_drop,
-                            calibration_images=calibration_images, verify_images=verify_images,
-                            eval_images=eval_images, opset=opset, exporter=exporter,  # type: ignore[arg-type]
-                            progress=progress)
+        report = export_run(
+            run,
+            out,
+            int8=int8,
+            max_accuracy_drop=max_accuracy_drop,
+            calibration_images=calibration_images,
+            verify_images=verify_images,
+            eval_images=eval_images,
+            opset=opset,
+            exporter=exporter,  # type: ignore[arg-type]
+            progress=progress,
+        )
     _print_report(report)
 
 
@@ -105,24 +127,43 @@ def _print_report(report) -> None:
     p, q = report.parity, report.int8
     rows = [
         ("file", f"{report.path} ({_size(report.size_bytes)})"),
-        ("graph", f"opset {report.opset}, {report.exporter} exporter, outputs {', '.join(report.card.output_names)}, "
-                  f"map {report.heatmap_size[0]}x{report.heatmap_size[1]}, {report.card.quantization}"),
-        ("parity", f"max |torch - onnxruntime| {p.describe()} on {p.n_images} images, batches "
-                   f"{', '.join(map(str, p.batch_sizes))}"),
+        (
+            "graph",
+            f"opset {report.opset}, {report.exporter} exporter, outputs {', '.join(report.card.output_names)}, "
+            f"map {report.heatmap_size[0]}x{report.heatmap_size[1]}, {report.card.quantization}",
+        ),
+        (
+            "parity",
+            f"max |torch - onnxruntime| {p.describe()} on {p.n_images} images, batches "
+            f"{', '.join(map(str, p.batch_sizes))}",
+        ),
     ]
     if report.card.anomaly is not None:
         a = report.card.anomaly
         rows.append(("anomaly detector", _describe_anomaly(a.model_dump())))
     if q is not None:
-        rows.append(("int8 accuracy", f"{q.fp32_accuracy:.2%} fp32 -> {q.int8_accuracy:.2%} int8 "
-                                      f"({-q.accuracy_drop_pp + 0.0:+.2f} points) on {q.n_eval} images, "
-                                      f"{q.agreement:.1%} same predictions, {q.decision_agreement:.1%} same "
-                                      "pass/review/reject at the card's thresholds"
-                                      + ("" if q.max_anomaly_diff != q.max_anomaly_diff else
-                                         f", anomaly score within {q.max_anomaly_diff:.3f}")))
-        rows.append(("int8 speed", f"{q.fp32_ms_per_image:.2f} -> {q.int8_ms_per_image:.2f} ms/image "
-                                   f"({q.speedup:.2f}x faster), size {_size(q.fp32_bytes)} -> {_size(q.int8_bytes)} "
-                                   f"({q.size_ratio:.2f}x)"))
+        rows.append(
+            (
+                "int8 accuracy",
+                f"{q.fp32_accuracy:.2%} fp32 -> {q.int8_accuracy:.2%} int8 "
+                f"({-q.accuracy_drop_pp + 0.0:+.2f} points) on {q.n_eval} images, "
+                f"{q.agreement:.1%} same predictions, {q.decision_agreement:.1%} same "
+                "pass/review/reject at the card's thresholds"
+                + (
+                    ""
+                    if q.max_anomaly_diff != q.max_anomaly_diff
+                    else f", anomaly score within {q.max_anomaly_diff:.3f}"
+                ),
+            )
+        )
+        rows.append(
+            (
+                "int8 speed",
+                f"{q.fp32_ms_per_image:.2f} -> {q.int8_ms_per_image:.2f} ms/image "
+                f"({q.speedup:.2f}x faster), size {_size(q.fp32_bytes)} -> {_size(q.int8_bytes)} "
+                f"({q.size_ratio:.2f}x)",
+            )
+        )
     rows += [("content hash", report.card.content_hash), ("time", f"{report.seconds:.1f} s")]
     table = Table(show_header=False, box=None, pad_edge=False)
     for key, value in rows:
@@ -170,8 +211,10 @@ def _describe_anomaly(a: dict) -> str:
     """One line on the good-only anomaly detector of a card (``AnomalySpec`` as a dict)."""
     trunk = "the classifier's trunk" if a["trunk"] == "classifier" else f"{a['trunk']} ({a['weights']})"
     what = "anomaly only (no classifier)" if a.get("only") else "beside the classifier"
-    return (f"{a['method']} on {trunk}, blocks {a['layers']}, {a['bank_size']} good patches x {a['dim']} from "
-            f"{a['n_good']} good images; {what}; {a['calibration']}")
+    return (
+        f"{a['method']} on {trunk}, blocks {a['layers']}, {a['bank_size']} good patches x {a['dim']} from "
+        f"{a['n_good']} good images; {what}; {a['calibration']}"
+    )
 
 
 def _value(value) -> dict:
@@ -199,16 +242,25 @@ def _print_info(s: dict) -> None:
         ("name / version", f"{card['name']} {card['version']}"),
         ("classes", ", ".join(card["classes"])),
         ("defect classes", ", ".join(card["defect_classes"])),
-        *([("trained as", describe_trained_as(card["trained_as"]) + " (the graph adds up their probabilities)")]
-          if card.get("trained_as") else []),
-        ("input", f"{pre['input_size'][0]}x{pre['input_size'][1]} (HxW), RGB channel order, NCHW float32, "
-                  f"colour mode {pre['color_mode']}"),
+        *(
+            [("trained as", describe_trained_as(card["trained_as"]) + " (the graph adds up their probabilities)")]
+            if card.get("trained_as")
+            else []
+        ),
+        (
+            "input",
+            f"{pre['input_size'][0]}x{pre['input_size'][1]} (HxW), RGB channel order, NCHW float32, "
+            f"colour mode {pre['color_mode']}",
+        ),
         ("resize", f"{pre['resize']} ({pre['interpolation']} interpolation, pad value {pre['pad_value']})"),
         ("normalisation", f"mean {_triple(pre['mean'])}, std {_triple(pre['std'])} (on pixels / 255)"),
-        ("thresholds", f"P(defect) pass below {th['defect']['pass_below']:g}, reject at {th['defect']['reject_at']:g}"
-                       + "".join(f"; {c}: {b['pass_below']:g}/{b['reject_at']:g}" for c, b in th["per_class"].items())
-                       + (f"; anomaly score: review at {th['anomaly']['pass_below']:g}" if th.get("anomaly") else "")
-                       + f" ({th['source']})"),
+        (
+            "thresholds",
+            f"P(defect) pass below {th['defect']['pass_below']:g}, reject at {th['defect']['reject_at']:g}"
+            + "".join(f"; {c}: {b['pass_below']:g}/{b['reject_at']:g}" for c, b in th["per_class"].items())
+            + (f"; anomaly score: review at {th['anomaly']['pass_below']:g}" if th.get("anomaly") else "")
+            + f" ({th['source']})",
+        ),
         *([("anomaly detector", _describe_anomaly(card["anomaly"]))] if card.get("anomaly") else []),
         *([("weak thresholds", "; ".join(card["threshold_warnings"]))] if card.get("threshold_warnings") else []),
         ("backbone / weights", f"{card['backbone']} / {card['weights']}"),
@@ -216,8 +268,10 @@ def _print_info(s: dict) -> None:
         ("training data", card["data_fingerprint"] or "-"),
         ("metrics", ", ".join(f"{k} {v:.4g}" for k, v in card["metrics"].items()) or "-"),
         ("andon / created", f"{card['andon_version']} / {card['created']}"),
-        ("content hash", card["content_hash"]
-         + ("" if s["content_hash_ok"] else "  MISMATCH: the graph was changed after export")),
+        (
+            "content hash",
+            card["content_hash"] + ("" if s["content_hash_ok"] else "  MISMATCH: the graph was changed after export"),
+        ),
         ("inputs", "; ".join(_sig(v) for v in s["inputs"])),
         ("outputs", "; ".join(_sig(v) for v in s["outputs"])),
         ("opset", ", ".join(f"{d} {v}" for d, v in s["opset"].items())),

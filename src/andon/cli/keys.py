@@ -8,8 +8,9 @@ import typer
 
 from andon.cli._service import ConfigOpt, DataDirOpt, DbOpt, service_sessions
 
-keys_app = typer.Typer(help="API keys: camera keys (bound to a camera id), operator and engineer keys.",
-                       no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys: camera keys (bound to a camera id), operator and engineer keys.", no_args_is_help=True
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -21,7 +22,9 @@ def create(
     role: str = typer.Option(..., "--role", help="camera, operator or engineer."),
     camera_id: str | None = typer.Option(None, "--camera-id", help="The camera a camera key may post for."),
     name: str | None = typer.Option(None, "--name", help="A label for the key (who holds it)."),
-    config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt, database_url: str | None = DbOpt,
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
+    database_url: str | None = DbOpt,
 ) -> None:
     """Create a key and print it once (only its hash is kept)."""
     from andon.service.auth import create_key
@@ -30,14 +33,20 @@ def create(
         row, secret = create_key(session, role=role, camera_id=camera_id, name=name)
         session.commit()
     typer.echo(secret)
-    typer.secho(f"key {row.id} ({row.role}{', camera ' + row.camera_id if row.camera_id else ''}) created; "
-                "store it now, it is not shown again", err=True, fg=typer.colors.GREEN)
+    typer.secho(
+        f"key {row.id} ({row.role}{', camera ' + row.camera_id if row.camera_id else ''}) created; "
+        "store it now, it is not shown again",
+        err=True,
+        fg=typer.colors.GREEN,
+    )
 
 
 @keys_app.command("list")
 def list_(
     include_revoked: bool = typer.Option(False, "--all", help="Also show revoked keys."),
-    config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt, database_url: str | None = DbOpt,
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
+    database_url: str | None = DbOpt,
 ) -> None:
     """List keys (ids, roles, cameras; never secrets)."""
     from rich.console import Console
@@ -50,16 +59,24 @@ def list_(
     table = Table("id", "name", "role", "camera", "created", "last used", "revoked")
     table.columns[0].no_wrap = True  # the id is what 'andon keys revoke' needs: never broken across lines
     for r in rows:
-        table.add_row(r.id, r.name, r.role, r.camera_id or "", f"{r.created_at:%Y-%m-%d %H:%M}",
-                      f"{r.last_used_at:%Y-%m-%d %H:%M}" if r.last_used_at else "never",
-                      f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "")
+        table.add_row(
+            r.id,
+            r.name,
+            r.role,
+            r.camera_id or "",
+            f"{r.created_at:%Y-%m-%d %H:%M}",
+            f"{r.last_used_at:%Y-%m-%d %H:%M}" if r.last_used_at else "never",
+            f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "",
+        )
     Console().print(table)
 
 
 @keys_app.command("revoke")
 def revoke(
     key_id: str = typer.Argument(..., help="The key id (from 'andon keys list')."),
-    config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt, database_url: str | None = DbOpt,
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
+    database_url: str | None = DbOpt,
 ) -> None:
     """Revoke a key; a running service refuses it within seconds."""
     from andon.service.auth import revoke_key

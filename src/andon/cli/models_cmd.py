@@ -12,8 +12,9 @@ import typer
 
 from andon.cli._service import ConfigOpt, DataDirOpt
 
-models_app = typer.Typer(help="The model registry: add exported models, promote, roll back, shadow.",
-                         no_args_is_help=True)
+models_app = typer.Typer(
+    help="The model registry: add exported models, promote, roll back, shadow.", no_args_is_help=True
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -34,15 +35,17 @@ def _registry(config, data_dir):
 
 def _show_state(registry) -> None:
     state = registry.state()
-    typer.echo(f"active: {state.active or 'none'} | previous: {state.previous or 'none'} | "
-               f"shadow: {state.shadow or 'none'}")
+    typer.echo(
+        f"active: {state.active or 'none'} | previous: {state.previous or 'none'} | shadow: {state.shadow or 'none'}"
+    )
 
 
 @models_app.command("add")
 def add(
     file: Path = typer.Argument(..., help="An .onnx file exported by 'andon export'."),
     promote: bool = typer.Option(False, "--promote", help="Also make it the active model."),
-    config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt,
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
 ) -> None:
     """Register a model (checked: card, hash, signature, and a warm-up run). Its card's version names it."""
     from andon.service.registry import ModelRegistry
@@ -51,8 +54,10 @@ def add(
     settings = _settings(config, data_dir)
     registry = ModelRegistry(settings.registry_dir)
     entry, created = registry.add_file(file, validate=ModelRuntime(registry, settings).validate_file)
-    typer.echo(f"{'added' if created else 'already registered'}: version {entry.version} "
-               f"({entry.name}, {entry.content_hash[:12]}, {entry.size_bytes / 1e6:.1f} MB)")
+    typer.echo(
+        f"{'added' if created else 'already registered'}: version {entry.version} "
+        f"({entry.name}, {entry.content_hash[:12]}, {entry.size_bytes / 1e6:.1f} MB)"
+    )
     if promote:
         registry.promote(entry.version)
     _show_state(registry)
@@ -68,15 +73,25 @@ def list_(config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt) -
     state = registry.state()
     table = Table("version", "name", "hash", "size", "added", "role")
     for e in registry.entries():
-        role = ("active" if e.version == state.active else "previous" if e.version == state.previous
-                else "shadow" if e.version == state.shadow else "")
+        role = (
+            "active"
+            if e.version == state.active
+            else "previous"
+            if e.version == state.previous
+            else "shadow"
+            if e.version == state.shadow
+            else ""
+        )
         table.add_row(e.version, e.name, e.content_hash[:12], f"{e.size_bytes / 1e6:.1f} MB", e.added_at[:19], role)
     Console().print(table)
 
 
 @models_app.command("promote")
-def promote(version: str = typer.Argument(..., help="A registered version."),
-            config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt) -> None:
+def promote(
+    version: str = typer.Argument(..., help="A registered version."),
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
     """Make VERSION active (the active one becomes the rollback target)."""
     registry = _registry(config, data_dir)
     registry.promote(version)
@@ -92,9 +107,12 @@ def rollback(config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt
 
 
 @models_app.command("shadow")
-def shadow(version: str | None = typer.Argument(None, help="A registered version to score next to the active one."),
-           off: bool = typer.Option(False, "--off", help="Stop shadow scoring."),
-           config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt) -> None:
+def shadow(
+    version: str | None = typer.Argument(None, help="A registered version to score next to the active one."),
+    off: bool = typer.Option(False, "--off", help="Stop shadow scoring."),
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
     """Score every frame with VERSION too, without affecting verdicts (GET /v1/models/shadow shows agreement)."""
     from andon.errors import ConfigError
 

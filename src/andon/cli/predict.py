@@ -45,7 +45,7 @@ def predict(
 
     with progress_bar(len(items), "inspecting", fmt == Format.table and sys.stderr.isatty()) as advance:
         for start in range(0, len(items), batch):
-            for row in inspect_items(inspector, items[start:start + batch], heatmaps):
+            for row in inspect_items(inspector, items[start : start + batch], heatmaps):
                 writer.add(row)
             advance(min(batch, len(items) - start))
     writer.finish()
@@ -68,8 +68,13 @@ def expand_inputs(inputs: list[Path]) -> Iterator[Item]:
 
     for path in inputs:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
             if not found:
                 yield Item(path, path.name, f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}")
             for p in found:
@@ -119,8 +124,9 @@ def write_overlay(inspector, frame: bytes, result, out_dir: Path, name: str) -> 
     from andon.inspect import decoding
     from andon.inspect.heatmap import heatmap_png
 
-    image = decoding.decode(frame, max_pixels=inspector.preprocessor.max_pixels,
-                            allowed_formats=inspector.preprocessor.allowed_formats)
+    image = decoding.decode(
+        frame, max_pixels=inspector.preprocessor.max_pixels, allowed_formats=inspector.preprocessor.allowed_formats
+    )
     png = heatmap_png(image, result.heatmap, spec=inspector.card.preprocess)
     out = out_dir / Path(name).with_suffix(".heatmap.png")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -140,8 +146,9 @@ class _Writer:
         self.counts = {"pass": 0, "review": 0, "reject": 0}
         if fmt == Format.csv:
             self._csv = csv.writer(sys.stdout, lineterminator="\n")
-            self._csv.writerow(["path", "decision", "label", "defect_score",
-                                *(f"p_{c}" for c in classes), "heatmap", "error"])
+            self._csv.writerow(
+                ["path", "decision", "label", "defect_score", *(f"p_{c}" for c in classes), "heatmap", "error"]
+            )
 
     def add(self, row: Row) -> None:
         if row.error:
@@ -153,10 +160,17 @@ class _Writer:
             sys.stdout.flush()
         elif self.fmt == Format.csv:
             r = row.result
-            self._csv.writerow([row.path, r.decision if r else "", r.label if r else "",
-                                f"{r.defect_score:.6f}" if r else "",
-                                *((f"{r.scores[c]:.6f}" if r else "") for c in self.classes),
-                                row.heatmap or "", row.error or ""])
+            self._csv.writerow(
+                [
+                    row.path,
+                    r.decision if r else "",
+                    r.label if r else "",
+                    f"{r.defect_score:.6f}" if r else "",
+                    *((f"{r.scores[c]:.6f}" if r else "") for c in self.classes),
+                    row.heatmap or "",
+                    row.error or "",
+                ]
+            )
             sys.stdout.flush()
         else:
             self.rows.append(row)
@@ -170,8 +184,11 @@ class _Writer:
         return out
 
     def finish(self) -> None:
-        summary = (f"{sum(self.counts.values()) + self.failed} image(s): {self.counts['pass']} pass, {self.counts['review']} review, "
-                   f"{self.counts['reject']} reject, {self.failed} failed")
+        summary = (
+            f"{sum(self.counts.values()) + self.failed} image(s): {self.counts['pass']} pass, "
+            f"{self.counts['review']} review, "
+            f"{self.counts['reject']} reject, {self.failed} failed"
+        )
         if self.fmt != Format.table:
             typer.echo(summary, err=True)
             return
@@ -186,8 +203,13 @@ class _Writer:
         from rich.table import Table
 
         table = Table()
-        for col, justify in (("image", "left"), ("decision", "left"), ("label", "left"), ("P(defect)", "right"),
-                             ("why", "left")):
+        for col, justify in (
+            ("image", "left"),
+            ("decision", "left"),
+            ("label", "left"),
+            ("P(defect)", "right"),
+            ("why", "left"),
+        ):
             table.add_column(col, justify=justify, overflow="fold")
         colour = {"pass": "green", "review": "yellow", "reject": "red"}
         for row in self.rows:
@@ -195,6 +217,11 @@ class _Writer:
             if r is None:
                 table.add_row(escape(row.path), "[bold magenta]error[/]", "", "", escape(row.error or ""))
                 continue
-            table.add_row(escape(row.path), f"[bold {colour[r.decision]}]{r.decision}[/]", escape(r.label),
-                          f"{r.defect_score:.4f}", escape("; ".join(r.reasons)))
+            table.add_row(
+                escape(row.path),
+                f"[bold {colour[r.decision]}]{r.decision}[/]",
+                escape(r.label),
+                f"{r.defect_score:.4f}",
+                escape("; ".join(r.reasons)),
+            )
         return table

@@ -12,15 +12,18 @@ def register(app: typer.Typer) -> None:
 
 
 def report(
-    shift: str | None = typer.Option(None, "--shift", help="DATE/NAME (2026-11-25/A), 'last' (the latest finished "
-                                     "shift) or 'current'."),
-    shifts: str = typer.Option("A=06:00-14:00,B=14:00-22:00,C=22:00-06:00", "--shifts",
-                               help="The shift calendar, in plant time."),
+    shift: str | None = typer.Option(
+        None, "--shift", help="DATE/NAME (2026-11-25/A), 'last' (the latest finished shift) or 'current'."
+    ),
+    shifts: str = typer.Option(
+        "A=06:00-14:00,B=14:00-22:00,C=22:00-06:00", "--shifts", help="The shift calendar, in plant time."
+    ),
     start: str | None = typer.Option(None, "--from", help="Instead of --shift: start (ISO time, plant time)."),
     end: str | None = typer.Option(None, "--to", help="Instead of --shift: end (ISO time, or an age like 1h)."),
     line: str | None = typer.Option(None, "--line", help="Only this line (default: all lines)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="HTML file to write (default "
-                                    "shift-report-<line>-<date>-<shift>.html)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="HTML file to write (default shift-report-<line>-<date>-<shift>.html)."
+    ),
     pdf: bool = typer.Option(False, "--pdf", help="Also print it to PDF beside the HTML (needs chromium)."),
     config: Path | None = typer.Option(None, "--config", help="Service settings file (as for 'andon serve')."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Service data folder (default ./andon-data)."),
@@ -58,9 +61,11 @@ def report(
     finally:
         engine.dispose()
     write_html(result, out)
-    typer.echo(f"{out}: {result.frames} frames, {result.parts} parts, reject {_pct(result.rate('reject'))}, "
-               f"review {_pct(result.rate('review'))}, {result.reviewed}/{result.flagged} flagged frames reviewed, "
-               f"{len(result.escapes)} escapes found")
+    typer.echo(
+        f"{out}: {result.frames} frames, {result.parts} parts, reject {_pct(result.rate('reject'))}, "
+        f"review {_pct(result.rate('review'))}, {result.reviewed}/{result.flagged} flagged frames reviewed, "
+        f"{len(result.escapes)} escapes found"
+    )
     if pdf:
         typer.echo(str(write_pdf(out, out.with_suffix(".pdf"))))
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
-review_app = typer.Typer(help="The review station's data: export reviewed frames as a labelled data set.",
-                         no_args_is_help=True)
+review_app = typer.Typer(
+    help="The review station's data: export reviewed frames as a labelled data set.", no_args_is_help=True
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -17,15 +18,22 @@ def register(app: typer.Typer) -> None:
 @review_app.command("export", no_args_is_help=True)
 def export(
     out: Path = typer.Argument(..., help="New folder for the data set (must not exist, or be empty)."),
-    since: str | None = typer.Option(None, "--since", help="Verdicts given at or after: 2026-11-01, "
-                                     "2026-11-01T06:00 (plant time) or an age such as 7d."),
+    since: str | None = typer.Option(
+        None,
+        "--since",
+        help="Verdicts given at or after: 2026-11-01, 2026-11-01T06:00 (plant time) or an age such as 7d.",
+    ),
     until: str | None = typer.Option(None, "--until", help="Verdicts given before (same forms)."),
     line: str | None = typer.Option(None, "--line", help="Only this line."),
     camera: str | None = typer.Option(None, "--camera", help="Only this camera."),
-    merge_with: Path | None = typer.Option(None, "--merge-with", help="The original data set (folder or CSV; "
-                                           "best: the run's splits.csv, whose splits are kept): also write "
-                                           "combined.csv for 'andon train OUT/combined.csv --set "
-                                           "data.group_by=manifest'."),
+    merge_with: Path | None = typer.Option(
+        None,
+        "--merge-with",
+        help="The original data set (folder or CSV; "
+        "best: the run's splits.csv, whose splits are kept): also write "
+        "combined.csv for 'andon train OUT/combined.csv --set "
+        "data.group_by=manifest'.",
+    ),
     val: float = typer.Option(0.15, "--val", help="Share of reviewed parts for validation."),
     test: float = typer.Option(0.15, "--test", help="Share of reviewed parts held out for testing."),
     seed: int = typer.Option(0, "--seed", help="Split seed (the split depends only on it and the part ids)."),
@@ -53,17 +61,33 @@ def export(
         migrate(engine)
         with session_factory(engine)() as session:
             total = len(reviewed_rows(session, start, end, line_id=line, camera_id=camera))
-            with Progress(TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), console=console,
-                          transient=True) as bar:
+            with Progress(
+                TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
+            ) as bar:
                 task = bar.add_task("export", total=total)
-                report = export_reviewed(session, LocalDiskStore(settings.images_dir), out, since=start, until=end,
-                                         line_id=line, camera_id=camera, merge_with=merge_with, val=val, test=test,
-                                         seed=seed, progress=lambda: bar.advance(task))
+                report = export_reviewed(
+                    session,
+                    LocalDiskStore(settings.images_dir),
+                    out,
+                    since=start,
+                    until=end,
+                    line_id=line,
+                    camera_id=camera,
+                    merge_with=merge_with,
+                    val=val,
+                    test=test,
+                    seed=seed,
+                    progress=lambda: bar.advance(task),
+                )
     finally:
         engine.dispose()
     labels = ", ".join(f"{k} {v}" for k, v in sorted(report.labels.items()))
-    console.print(f"exported {report.exported} frames to {out} ({labels}); left out: "
-                  f"{report.skipped_cant_tell} can't tell, {report.skipped_no_image} without a stored image")
+    console.print(
+        f"exported {report.exported} frames to {out} ({labels}); left out: "
+        f"{report.skipped_cant_tell} can't tell, {report.skipped_no_image} without a stored image"
+    )
     if merge_with is not None:
-        console.print(f"combined.csv: {report.merged_original} original + {report.exported} reviewed samples; "
-                      f"train with: andon train {out / 'combined.csv'} --set data.group_by=manifest")
+        console.print(
+            f"combined.csv: {report.merged_original} original + {report.exported} reviewed samples; "
+            f"train with: andon train {out / 'combined.csv'} --set data.group_by=manifest"
+        )

@@ -18,19 +18,33 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
-    config: Path | None = typer.Option(None, "--config", help="YAML/JSON settings file (keys as in ANDON_* env "
-                                       "vars, lower-case, without the prefix)."),
-    host: str | None = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1). Without any API "
-                                    "key the service binds to loopback whatever this says."),
+    config: Path | None = typer.Option(
+        None, "--config", help="YAML/JSON settings file (keys as in ANDON_* env vars, lower-case, without the prefix)."
+    ),
+    host: str | None = typer.Option(
+        None,
+        "--host",
+        help="Address to bind (default 127.0.0.1). Without any API "
+        "key the service binds to loopback whatever this says.",
+    ),
     port: int | None = typer.Option(None, "--port", help="TCP port (default 8000)."),
-    model: Path | None = typer.Option(None, "--model", help="An exported .onnx file: registered, and promoted "
-                                      "when the registry has no active model."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Registry, images and the SQLite database "
-                                         "(default ./andon-data)."),
-    database_url: str | None = typer.Option(None, "--database-url", help="SQLAlchemy URL, e.g. "
-                                            "postgresql+psycopg://andon@db/andon (default SQLite in the data dir)."),
-    workers: int | None = typer.Option(None, "--workers", help="uvicorn worker processes (default 1: one process "
-                                       "with an inference thread pool uses the cores and keeps one model in RAM)."),
+    model: Path | None = typer.Option(
+        None, "--model", help="An exported .onnx file: registered, and promoted when the registry has no active model."
+    ),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Registry, images and the SQLite database (default ./andon-data)."
+    ),
+    database_url: str | None = typer.Option(
+        None,
+        "--database-url",
+        help="SQLAlchemy URL, e.g. postgresql+psycopg://andon@db/andon (default SQLite in the data dir).",
+    ),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        help="uvicorn worker processes (default 1: one process "
+        "with an inference thread pool uses the cores and keeps one model in RAM).",
+    ),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
 ) -> None:
     """Run the service: cameras POST frames to /v1/inspections; API docs at /docs."""
@@ -41,21 +55,27 @@ def serve(
 
     memory.limit_arenas(2)  # before any thread starts: one malloc arena per thread would grow RSS
 
-    settings = Settings.load(config, host=host, port=port, model=model, data_dir=data_dir,
-                             database_url=database_url, workers=workers)
+    settings = Settings.load(
+        config, host=host, port=port, model=model, data_dir=data_dir, database_url=database_url, workers=workers
+    )
     settings = prepare(settings)
     _banner(settings)
-    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level, access_log=access_log,
-                  log_config=_log_config(settings.log_level),
-                  timeout_keep_alive=30, timeout_graceful_shutdown=20,
-                  limit_concurrency=4 * (settings.inference_threads + settings.queue_size) + 64)
+    common = dict(
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=access_log,
+        log_config=_log_config(settings.log_level),
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=20,
+        limit_concurrency=4 * (settings.inference_threads + settings.queue_size) + 64,
+    )
     if settings.workers == 1:
         from andon.service.app import create_app
 
         uvicorn.run(create_app(settings), **common)
         return
-    uvicorn.run("andon.service.app:create_app_from_environment", factory=True, workers=settings.workers,
-                **common)
+    uvicorn.run("andon.service.app:create_app_from_environment", factory=True, workers=settings.workers, **common)
 
 
 def prepare(settings):
@@ -80,13 +100,20 @@ def prepare(settings):
         memory.trim()  # the validation load is gone; give its pages back before the service loads the model
     changes: dict = {"model": None}
     if not has_keys and not _is_loopback(settings.host):
-        typer.secho(f"no API keys are configured: binding to {LOOPBACK} only, not {settings.host}. Create keys "
-                    "with 'andon keys create --role camera --camera-id CAM' (and an engineer key) to serve the "
-                    "network.", fg=typer.colors.YELLOW, err=True)
+        typer.secho(
+            f"no API keys are configured: binding to {LOOPBACK} only, not {settings.host}. Create keys "
+            "with 'andon keys create --role camera --camera-id CAM' (and an engineer key) to serve the "
+            "network.",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
         changes["host"] = LOOPBACK
     elif not has_keys:
-        typer.secho("no API keys are configured: open mode on loopback only (management routes still need an "
-                    "engineer key)", fg=typer.colors.YELLOW, err=True)
+        typer.secho(
+            "no API keys are configured: open mode on loopback only (management routes still need an engineer key)",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
     settings = settings.model_copy(update=changes)
     if settings.workers > 1:
         _hand_to_workers(settings)
@@ -136,6 +163,8 @@ def _banner(settings) -> None:
 
     state = ModelRegistry(settings.registry_dir).state()
     shown = "localhost" if _is_loopback(settings.host) else settings.host
-    typer.echo(f"andon service on http://{shown}:{settings.port} (docs at /docs) | active model: "
-               f"{state.active or 'none'} | data: {settings.data_dir} | {settings.workers} worker(s) x "
-               f"{settings.inference_threads} inference threads x {settings.intra_op_threads} onnxruntime threads")
+    typer.echo(
+        f"andon service on http://{shown}:{settings.port} (docs at /docs) | active model: "
+        f"{state.active or 'none'} | data: {settings.data_dir} | {settings.workers} worker(s) x "
+        f"{settings.inference_threads} inference threads x {settings.intra_op_threads} onnxruntime threads"
+    )

@@ -15,29 +15,43 @@ def register(app: typer.Typer) -> None:
 
 
 def train(
-    data: Path | None = typer.Argument(None, help="A folder with one sub-folder per class, or a CSV manifest. "
-                                                  "Optional with --resume (the run's own data path is used)."),
-    recipe: Path | None = typer.Option(None, "--recipe", "-r", help="A recipe YAML; only the keys it changes "
-                                                                     "are needed (--show-recipe prints them all)."),
-    model: str | None = typer.Option(None, "--model", "-m", help="Backbone, e.g. mobilenet_v2, resnet18 "
-                                                                 "('andon models' lists them)."),
+    data: Path | None = typer.Argument(
+        None,
+        help="A folder with one sub-folder per class, or a CSV manifest. "
+        "Optional with --resume (the run's own data path is used).",
+    ),
+    recipe: Path | None = typer.Option(
+        None,
+        "--recipe",
+        "-r",
+        help="A recipe YAML; only the keys it changes are needed (--show-recipe prints them all).",
+    ),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Backbone, e.g. mobilenet_v2, resnet18 ('andon models' lists them)."
+    ),
     weights: str | None = typer.Option(None, "--weights", help="imagenet, none, or a path to a .pth state dict."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Number of epochs."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Images per training step."),
     input_size: str | None = typer.Option(None, "--input-size", help="Model input: 224, or HxW such as 192x256."),
-    remap: str | None = typer.Option(None, "--remap", help="Rename classes first, e.g. '*=defect,ok=ok' for "
-                                                           "ok/defect from defect-type folders."),
-    name: str | None = typer.Option(None, "--name", "-n", help="Run name (folder under --runs-dir); default "
-                                                               "<data>-<model>-<date>-<time>."),
+    remap: str | None = typer.Option(
+        None, "--remap", help="Rename classes first, e.g. '*=defect,ok=ok' for ok/defect from defect-type folders."
+    ),
+    name: str | None = typer.Option(
+        None, "--name", "-n", help="Run name (folder under --runs-dir); default <data>-<model>-<date>-<time>."
+    ),
     runs_dir: Path | None = typer.Option(None, "--runs-dir", help="Where run folders go (default: runs)."),
-    settings: list[str] = typer.Option([], "--set", "-s", help="Any recipe key, repeatable: --set train.lr=0.0005 "
-                                                               "--set augment.vflip=0."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run named by --name from its last "
-                                                        "checkpoint."),
+    settings: list[str] = typer.Option(
+        [], "--set", "-s", help="Any recipe key, repeatable: --set train.lr=0.0005 --set augment.vflip=0."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run named by --name from its last checkpoint."),
     show_recipe: bool = typer.Option(False, "--show-recipe", help="Print the resolved recipe (every key) and exit."),
-    anomaly_only: bool = typer.Option(False, "--anomaly-only", help="A model from good parts only (a new product "
-                                      "with no defect images yet): no classifier; a good-only anomaly detector "
-                                      "sends unusual parts to review. DATA needs a folder named ok (or good)."),
+    anomaly_only: bool = typer.Option(
+        False,
+        "--anomaly-only",
+        help="A model from good parts only (a new product "
+        "with no defect images yet): no classifier; a good-only anomaly detector "
+        "sends unusual parts to review. DATA needs a folder named ok (or good).",
+    ),
 ) -> None:
     """Fine-tune a pretrained backbone with a new head. Writes runs/<name>/: recipe.yaml, metrics.csv,
     best.pt, last.pt, splits.csv, predictions and report.html. A checkpoint is saved after every epoch:
@@ -61,13 +75,26 @@ def train(
     fit(loaded, resume=resume, console=Console(stderr=True))
 
 
-def _flag_values(data: Path | None, model: str | None, weights: str | None, epochs: int | None,
-                 batch_size: int | None, input_size: str | None, remap: str | None, name: str | None,
-                 runs_dir: Path | None) -> dict[str, Any]:
+def _flag_values(
+    data: Path | None,
+    model: str | None,
+    weights: str | None,
+    epochs: int | None,
+    batch_size: int | None,
+    input_size: str | None,
+    remap: str | None,
+    name: str | None,
+    runs_dir: Path | None,
+) -> dict[str, Any]:
     """Recipe keys set by the short flags (only the flags given)."""
     values: dict[str, Any] = {
-        "data.path": data, "model.name": model, "model.weights": weights, "train.epochs": epochs,
-        "train.batch_size": batch_size, "output.name": name, "output.runs_dir": runs_dir,
+        "data.path": data,
+        "model.name": model,
+        "model.weights": weights,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "output.name": name,
+        "output.runs_dir": runs_dir,
     }
     if input_size is not None:
         values["model.input_size"] = parse_size(input_size)
@@ -90,14 +117,17 @@ def parse_size(text: str) -> list[int]:
     return sizes * 2 if len(sizes) == 1 else sizes
 
 
-def _resume_recipe(recipe: Path | None, name: str | None, runs_dir: Path | None, values: dict[str, Any],
-                   settings: list[str]):
+def _resume_recipe(
+    recipe: Path | None, name: str | None, runs_dir: Path | None, values: dict[str, Any], settings: list[str]
+):
     """The run's own recipe.yaml with the flags given now on top (fit checks that they may change)."""
     from andon.training.recipe import default_dict, load_recipe
 
     if recipe is not None:
-        raise ConfigError("--recipe cannot be combined with --resume: the run's own recipe.yaml is used; "
-                          "change epochs or patience with --epochs / --set")
+        raise ConfigError(
+            "--recipe cannot be combined with --resume: the run's own recipe.yaml is used; "
+            "change epochs or patience with --epochs / --set"
+        )
     if name is None:
         raise ConfigError("--resume needs the name of the run to continue: --name NAME")
     folder = Path(runs_dir or default_dict()["output"]["runs_dir"]) / name

@@ -35,7 +35,9 @@ def create(
     username: str = typer.Argument(..., help="Login name (letters, digits, . _ @ -)."),
     role: str = typer.Option("operator", "--role", help="operator or engineer."),
     password_stdin: bool = StdinOpt,
-    config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt, database_url: str | None = DbOpt,
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
+    database_url: str | None = DbOpt,
 ) -> None:
     """Create a user who can log in to the review page."""
     from andon.service.review.accounts import check_password_rules, create_user
@@ -49,8 +51,9 @@ def create(
 
 
 @users_app.command("list")
-def list_(config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt,
-          database_url: str | None = DbOpt) -> None:
+def list_(
+    config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt, database_url: str | None = DbOpt
+) -> None:
     """List users (never passwords)."""
     from rich.console import Console
     from rich.table import Table
@@ -61,16 +64,23 @@ def list_(config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt,
         rows = list_users(session)
     table = Table("user", "role", "created", "last login", "disabled")
     for u in rows:
-        table.add_row(u.username, u.role, f"{u.created_at:%Y-%m-%d %H:%M}",
-                      f"{u.last_login_at:%Y-%m-%d %H:%M}" if u.last_login_at else "",
-                      f"{u.disabled_at:%Y-%m-%d %H:%M}" if u.disabled_at else "")
+        table.add_row(
+            u.username,
+            u.role,
+            f"{u.created_at:%Y-%m-%d %H:%M}",
+            f"{u.last_login_at:%Y-%m-%d %H:%M}" if u.last_login_at else "",
+            f"{u.disabled_at:%Y-%m-%d %H:%M}" if u.disabled_at else "",
+        )
     Console().print(table)
 
 
 @users_app.command("disable")
-def disable(username: str = typer.Argument(..., help="The user to lock out."),
-            config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt,
-            database_url: str | None = DbOpt) -> None:
+def disable(
+    username: str = typer.Argument(..., help="The user to lock out."),
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
+    database_url: str | None = DbOpt,
+) -> None:
     """Disable a user and end their sessions (their verdicts stay in the audit trail)."""
     from andon.service.review.accounts import disable_user
 
@@ -81,8 +91,12 @@ def disable(username: str = typer.Argument(..., help="The user to lock out."),
 
 
 @users_app.command("enable")
-def enable(username: str = typer.Argument(...), config: Path | None = ConfigOpt,
-           data_dir: Path | None = DataDirOpt, database_url: str | None = DbOpt) -> None:
+def enable(
+    username: str = typer.Argument(...),
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
+    database_url: str | None = DbOpt,
+) -> None:
     """Allow a disabled user to log in again."""
     from andon.service.review.accounts import enable_user
 
@@ -93,9 +107,13 @@ def enable(username: str = typer.Argument(...), config: Path | None = ConfigOpt,
 
 
 @users_app.command("passwd")
-def passwd(username: str = typer.Argument(...), password_stdin: bool = StdinOpt,
-           config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt,
-           database_url: str | None = DbOpt) -> None:
+def passwd(
+    username: str = typer.Argument(...),
+    password_stdin: bool = StdinOpt,
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
+    database_url: str | None = DbOpt,
+) -> None:
     """Set a new password (ends the user's sessions)."""
     from andon.service.review.accounts import set_password
 

@@ -73,8 +73,9 @@ def inspect_file(path: Path) -> ImageInfo:
         return ImageInfo(digest, str(exc))
     except (cv2.error, ValueError, OSError) as exc:  # decoder failures that are not ours to name
         return ImageInfo(digest, f"corrupt: {str(exc).strip().splitlines()[-1][:200]}")
-    return ImageInfo(digest, None, header.width, header.height, header.mode, header.format, phash(pixels),
-                     detail_hash(pixels))
+    return ImageInfo(
+        digest, None, header.width, header.height, header.mode, header.format, phash(pixels), detail_hash(pixels)
+    )
 
 
 def scan_files(paths: list[Path], progress: Progress = False) -> list[ImageInfo]:
@@ -88,9 +89,14 @@ def scan_files(paths: list[Path], progress: Progress = False) -> list[ImageInfo]
     return infos
 
 
-def check_dataset(ds: Dataset, *, near_duplicate_distance: int | None = DEFAULT_NEAR_DUPLICATE_DISTANCE,
-                  min_images_per_class: int = MIN_IMAGES_PER_CLASS, progress: Progress = False,
-                  folder_scan: FolderScan | None = None) -> CheckReport:
+def check_dataset(
+    ds: Dataset,
+    *,
+    near_duplicate_distance: int | None = DEFAULT_NEAR_DUPLICATE_DISTANCE,
+    min_images_per_class: int = MIN_IMAGES_PER_CLASS,
+    progress: Progress = False,
+    folder_scan: FolderScan | None = None,
+) -> CheckReport:
     """Check ``ds`` (with splits assigned, to find leaks) and return the findings.
 
     ``near_duplicate_distance``: Hamming distance (0-32 bits of 64) under which two images count as
@@ -101,14 +107,18 @@ def check_dataset(ds: Dataset, *, near_duplicate_distance: int | None = DEFAULT_
     samples = ds.samples
     infos = scan_files([s.path for s in samples], progress)
     good = [i for i, info in enumerate(infos) if info.error is None]
-    report = CheckReport(root=ds.root, n_images=len(samples), counts=_counts(ds, good),
-                         near_duplicate_distance=near_duplicate_distance)
+    report = CheckReport(
+        root=ds.root, n_images=len(samples), counts=_counts(ds, good), near_duplicate_distance=near_duplicate_distance
+    )
     for i in good:
         report.sizes[(infos[i].width, infos[i].height)] += 1
         report.modes[infos[i].mode] += 1
         report.formats[infos[i].format] += 1
-    report.unreadable = [Unreadable(samples[i].path, samples[i].label, info.error)
-                         for i, info in enumerate(infos) if info.error is not None]
+    report.unreadable = [
+        Unreadable(samples[i].path, samples[i].label, info.error)
+        for i, info in enumerate(infos)
+        if info.error is not None
+    ]
     report.exact_duplicates = _exact_duplicates(ds, infos)
     uniform = False
     if near_duplicate_distance is not None and good:
@@ -135,13 +145,15 @@ def _exact_duplicates(ds: Dataset, infos: list[ImageInfo]) -> list[DuplicateGrou
     for idx in by_digest.values():
         if len(idx) > 1:
             ss = [ds.samples[i] for i in idx]
-            groups.append(DuplicateGroup(tuple(s.path for s in ss), tuple(s.label for s in ss),
-                                         tuple(s.split for s in ss)))
+            groups.append(
+                DuplicateGroup(tuple(s.path for s in ss), tuple(s.label for s in ss), tuple(s.split for s in ss))
+            )
     return groups
 
 
-def confirmed_pairs(infos: list[ImageInfo], max_distance: int, *,
-                    include_identical: bool = False) -> list[tuple[int, int, int]]:
+def confirmed_pairs(
+    infos: list[ImageInfo], max_distance: int, *, include_identical: bool = False
+) -> list[tuple[int, int, int]]:
     """Index pairs ``(i, j, phash distance)`` of readable images that are near-duplicates by both hashes.
 
     Identical files are left out unless ``include_identical`` (the exact-duplicate check reports them).
@@ -161,8 +173,9 @@ def confirmed_pairs(infos: list[ImageInfo], max_distance: int, *,
     return pairs
 
 
-def _near_duplicates(ds: Dataset, infos: list[ImageInfo], good: list[int],
-                     max_distance: int) -> tuple[list[NearDuplicate], bool]:
+def _near_duplicates(
+    ds: Dataset, infos: list[ImageInfo], good: list[int], max_distance: int
+) -> tuple[list[NearDuplicate], bool]:
     """Near-duplicate pairs (identical files excluded), and whether most images look alike.
 
     When one cluster of look-alikes holds most of the data set (aligned images of identical parts), the
@@ -181,8 +194,7 @@ def _near_duplicates(ds: Dataset, infos: list[ImageInfo], good: list[int],
     return found, uniform
 
 
-def _judge(report: CheckReport, ds: Dataset, min_per_class: int, uniform: bool,
-           scan: FolderScan | None) -> None:
+def _judge(report: CheckReport, ds: Dataset, min_per_class: int, uniform: bool, scan: FolderScan | None) -> None:
     problems, warnings = report.problems, report.warnings
     if scan is not None:
         _folder_warnings(report, scan)
@@ -193,8 +205,9 @@ def _judge(report: CheckReport, ds: Dataset, min_per_class: int, uniform: bool,
         problems.append(f"none of the {report.n_images} files is a readable image")
         return
     if report.unreadable:  # training reads every image and stops at the first it cannot decode
-        problems.append(f"{len(report.unreadable)} unreadable file(s) (listed above) would stop training; "
-                        "fix or remove them")
+        problems.append(
+            f"{len(report.unreadable)} unreadable file(s) (listed above) would stop training; fix or remove them"
+        )
     _class_findings(report, min_per_class)
     _duplicate_findings(report)
     _near_findings(report, uniform)
@@ -206,8 +219,10 @@ def _judge(report: CheckReport, ds: Dataset, min_per_class: int, uniform: bool,
 
 def _folder_warnings(report: CheckReport, scan: FolderScan) -> None:
     if scan.stray_images:
-        report.warnings.append(f"{len(scan.stray_images)} image(s) directly in {report.root} are in no class "
-                               f"folder and were ignored (e.g. {scan.stray_images[0].name})")
+        report.warnings.append(
+            f"{len(scan.stray_images)} image(s) directly in {report.root} are in no class "
+            f"folder and were ignored (e.g. {scan.stray_images[0].name})"
+        )
     if scan.empty_classes:
         report.warnings.append(f"class folder(s) without images: {', '.join(scan.empty_classes)}")
 
@@ -219,12 +234,16 @@ def _class_findings(report: CheckReport, min_per_class: int) -> None:
         report.problems.append(f"a classifier needs at least 2 classes; found {', '.join(readable) or 'none'}")
     scarce = {k: v for k, v in totals.items() if v < min_per_class}
     if scarce:
-        report.problems.append(f"class(es) with fewer than {min_per_class} readable images: "
-                               + ", ".join(f"{k} ({v})" for k, v in scarce.items()))
+        report.problems.append(
+            f"class(es) with fewer than {min_per_class} readable images: "
+            + ", ".join(f"{k} ({v})" for k, v in scarce.items())
+        )
     few = {k: v for k, v in totals.items() if min_per_class <= v < FEW_IMAGES_PER_CLASS}
     if few:
-        report.warnings.append(f"class(es) with fewer than {FEW_IMAGES_PER_CLASS} images give noisy metrics: "
-                               + ", ".join(f"{k} ({v})" for k, v in few.items()))
+        report.warnings.append(
+            f"class(es) with fewer than {FEW_IMAGES_PER_CLASS} images give noisy metrics: "
+            + ", ".join(f"{k} ({v})" for k, v in few.items())
+        )
     if len(readable) >= 2 and max(readable.values()) > IMBALANCE_RATIO * min(readable.values()):
         big, small = max(readable, key=readable.get), min(readable, key=readable.get)
         report.warnings.append(f"classes are imbalanced: {big} has {readable[big]} images, {small} {readable[small]}")
@@ -241,15 +260,21 @@ def _duplicate_findings(report: CheckReport) -> None:
     leaks = [g for g in groups if g.leak and not g.conflicting]
     redundant = [g for g in groups if not g.conflicting and not g.leak]
     if conflicts:
-        report.problems.append(f"{len(conflicts)} identical file set(s) carry different labels: "
-                               + _examples([g.paths for g in conflicts], report))
+        report.problems.append(
+            f"{len(conflicts)} identical file set(s) carry different labels: "
+            + _examples([g.paths for g in conflicts], report)
+        )
     if leaks:
-        report.problems.append(f"{len(leaks)} identical file set(s) straddle splits (test images seen in "
-                               "training): " + _examples([g.paths for g in leaks], report))
+        report.problems.append(
+            f"{len(leaks)} identical file set(s) straddle splits (test images seen in "
+            "training): " + _examples([g.paths for g in leaks], report)
+        )
     if redundant:
         extra = sum(len(g.paths) - 1 for g in redundant)
-        report.warnings.append(f"{extra} redundant identical copies (same class and split) weigh their image "
-                               "more in training: " + _examples([g.paths for g in redundant], report))
+        report.warnings.append(
+            f"{extra} redundant identical copies (same class and split) weigh their image "
+            "more in training: " + _examples([g.paths for g in redundant], report)
+        )
 
 
 def _near_findings(report: CheckReport, uniform: bool) -> None:
@@ -262,15 +287,19 @@ def _near_findings(report: CheckReport, uniform: bool) -> None:
     if uniform:
         report.warnings.append(
             f"most images look alike to the perceptual hash ({len(pairs)} pairs within {d} bits), as aligned "
-            "images of identical parts do; near-duplicates cannot be told apart from different parts here")
+            "images of identical parts do; near-duplicates cannot be told apart from different parts here"
+        )
         return
     if conflicts:
-        report.problems.append(f"{len(conflicts)} near-duplicate pair(s) (within {d} bits) carry different labels: "
-                               + _examples(conflicts, report))
+        report.problems.append(
+            f"{len(conflicts)} near-duplicate pair(s) (within {d} bits) carry different labels: "
+            + _examples(conflicts, report)
+        )
     if leaks:
         report.problems.append(
             f"{len(leaks)} near-duplicate pair(s) straddle splits, so the test set has seen training images; "
-            "group them (--group-by) or remove copies: " + _examples(leaks, report))
+            "group them (--group-by) or remove copies: " + _examples(leaks, report)
+        )
     rest = len(pairs) - len({*conflicts, *leaks})
     if rest:
         report.warnings.append(f"{rest} near-duplicate pair(s) within one class and split (within {d} bits)")
@@ -283,5 +312,6 @@ def _split_findings(report: CheckReport) -> None:
             continue
         lacking = [label for label, row in report.counts.items() if sum(row.values()) and not row.get(split)]
         if lacking:
-            report.warnings.append(f"no {split} images for class(es) {', '.join(lacking)}: their {split} "
-                                   "metrics will be missing")
+            report.warnings.append(
+                f"no {split} images for class(es) {', '.join(lacking)}: their {split} metrics will be missing"
+            )

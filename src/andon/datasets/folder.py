@@ -94,8 +94,9 @@ def no_images_message(root: Path, scan: FolderScan, extensions=IMAGE_EXTENSIONS)
     exts = ", ".join(sorted(e.lstrip(".") for e in _normalise_extensions(extensions)))
     message = f"no images in {root}: expected {root}/<class>/<image> with extension {exts}"
     if scan.stray_images:
-        message += (f"; found {len(scan.stray_images)} image(s) directly in {root} - "
-                    "put them in one sub-folder per class")
+        message += (
+            f"; found {len(scan.stray_images)} image(s) directly in {root} - put them in one sub-folder per class"
+        )
     elif scan.empty_classes:
         message += f"; the class folder(s) {', '.join(scan.empty_classes[:5])} hold no image"
     return message

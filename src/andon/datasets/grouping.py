@@ -18,8 +18,9 @@ from andon.datasets.progress import Progress
 NEAR_PREFIX = "near:"
 
 
-def group_near_duplicates(ds: Dataset, *, near_duplicate_distance: int | None = None,
-                          progress: Progress = False) -> Dataset:
+def group_near_duplicates(
+    ds: Dataset, *, near_duplicate_distance: int | None = None, progress: Progress = False
+) -> Dataset:
     """Set ``Sample.group`` so that identical and near-duplicate images (and existing groups) share one."""
     from andon.datasets.check import DEFAULT_NEAR_DUPLICATE_DISTANCE, confirmed_pairs, scan_files
 

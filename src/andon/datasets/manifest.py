@@ -25,8 +25,9 @@ def load_manifest(csv_path: Path | str) -> Dataset:
     """Read a manifest; the data set's root is the CSV's folder."""
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
-        raise DatasetError(f"manifest {csv_path} does not exist" if not csv_path.exists()
-                           else f"manifest {csv_path} is not a file")
+        raise DatasetError(
+            f"manifest {csv_path} does not exist" if not csv_path.exists() else f"manifest {csv_path} is not a file"
+        )
     csv_path = csv_path.resolve()
     try:
         text = csv_path.read_text(encoding="utf-8-sig")
@@ -44,8 +45,10 @@ def load_manifest(csv_path: Path | str) -> Dataset:
             continue
         sample, raw_path = _parse_row(row, columns, line, csv_path, root)
         if sample.path in first_line:
-            raise DatasetError(f"{csv_path.name} line {line}: {raw_path!r} is listed again "
-                               f"(first on line {first_line[sample.path]}); list every image once")
+            raise DatasetError(
+                f"{csv_path.name} line {line}: {raw_path!r} is listed again "
+                f"(first on line {first_line[sample.path]}); list every image once"
+            )
         first_line[sample.path] = line
         if not sample.path.is_file():
             missing.append((line, raw_path))
@@ -67,12 +70,15 @@ def _read_header(reader, csv_path: Path) -> list[str]:
         line = reader.line_num
         unknown = [c for c in columns if c not in allowed]
         if unknown:
-            raise DatasetError(f"{csv_path.name} line {line}: unknown column(s) {', '.join(map(repr, unknown))} in "
-                               f"the header; the header must be {expected}")
+            raise DatasetError(
+                f"{csv_path.name} line {line}: unknown column(s) {', '.join(map(repr, unknown))} in "
+                f"the header; the header must be {expected}"
+            )
         lacking = [c for c in REQUIRED_COLUMNS if c not in columns]
         if lacking:
-            raise DatasetError(f"{csv_path.name} line {line}: the header lacks {', '.join(lacking)}; "
-                               f"it must be {expected}")
+            raise DatasetError(
+                f"{csv_path.name} line {line}: the header lacks {', '.join(lacking)}; it must be {expected}"
+            )
         dupes = sorted({c for c in columns if columns.count(c) > 1})
         if dupes:
             raise DatasetError(f"{csv_path.name} line {line}: column(s) {', '.join(dupes)} appear twice in the header")
@@ -102,7 +108,7 @@ def _missing_message(csv_path: Path, root: Path, missing: list[tuple[int, str]])
     line, raw = missing[0]
     message = f"{csv_path.name} line {line}: image {raw!r} does not exist (relative paths start at {root})"
     if len(missing) > 1:
-        more = ", ".join(str(n) for n, _ in missing[1:1 + _MAX_LISTED])
+        more = ", ".join(str(n) for n, _ in missing[1 : 1 + _MAX_LISTED])
         extra = f" and {len(missing) - 1 - _MAX_LISTED} more" if len(missing) - 1 > _MAX_LISTED else ""
         message += f"; {len(missing) - 1} more missing, on line(s) {more}{extra}"
     return message
@@ -116,8 +122,9 @@ def load_dataset(path: Path | str, **folder_options) -> Dataset:
     if path.suffix.lower() == ".csv":
         return load_manifest(path)
     if not path.exists():
-        raise DatasetError(f"data set {path} does not exist; give a folder with one sub-folder per class "
-                           "or a .csv manifest")
+        raise DatasetError(
+            f"data set {path} does not exist; give a folder with one sub-folder per class or a .csv manifest"
+        )
     raise DatasetError(f"{path} is neither a folder nor a .csv manifest")
 
 

@@ -37,8 +37,9 @@ def detail_hash(gray: np.ndarray) -> int:
         gray = cv2.cvtColor(gray, cv2.COLOR_RGB2GRAY)
     small = cv2.resize(gray, (2 * _DCT_SIZE, 2 * _DCT_SIZE), interpolation=cv2.INTER_AREA).astype(np.float32)
     coeffs = cv2.dct(small)
-    band = np.concatenate([coeffs[:HASH_SIZE, HASH_SIZE:2 * HASH_SIZE].ravel(),
-                           coeffs[HASH_SIZE:2 * HASH_SIZE, :HASH_SIZE].ravel()])
+    band = np.concatenate(
+        [coeffs[:HASH_SIZE, HASH_SIZE : 2 * HASH_SIZE].ravel(), coeffs[HASH_SIZE : 2 * HASH_SIZE, :HASH_SIZE].ravel()]
+    )
     return int.from_bytes(np.packbits(band > np.median(band)).tobytes(), "big")
 
 
@@ -52,7 +53,7 @@ def near_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int, in
     n = len(hashes)
     found: list[tuple[int, int, int]] = []
     for start in range(0, n, _BLOCK):
-        block = hashes[start:start + _BLOCK]
+        block = hashes[start : start + _BLOCK]
         rest = hashes[start:]
         dist = np.bitwise_count(block[:, None] ^ rest[None, :])
         rows, cols = np.nonzero(dist <= max_distance)

@@ -142,12 +142,17 @@ def class_plan(labels: list[str], mapping: dict[str, str], *, keep_sources: bool
     table = remap_labels(labels, mapping, strict=True) if mapping else {label: label for label in labels}
     plan = ClassPlan(table, keep_sources)
     if len(plan.classes) < 2:
-        found = f"the classes {labels} become only {plan.classes} after the remap" if mapping else \
-            f"there is only the class {labels}"
+        found = (
+            f"the classes {labels} become only {plan.classes} after the remap"
+            if mapping
+            else f"there is only the class {labels}"
+        )
         raise DatasetError(f"{found}; a classifier needs at least 2 classes")
     try:
-        plan.training_classes
+        _ = plan.training_classes  # computing it checks the names
     except ValueError as exc:  # a source class named like another model class
-        raise DatasetError(f"the remap {mapping} cannot keep its source classes apart ({exc}); rename the "
-                           "folders, or train on the merged labels with --set data.keep_source_classes=false") from None
+        raise DatasetError(
+            f"the remap {mapping} cannot keep its source classes apart ({exc}); rename the "
+            "folders, or train on the merged labels with --set data.keep_source_classes=false"
+        ) from None
     return plan

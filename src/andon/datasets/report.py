@@ -98,13 +98,26 @@ class CheckReport:
             "formats": dict(self.formats.most_common()),
             "unreadable": [{"path": rel(u.path), "label": u.label, "reason": u.reason} for u in self.unreadable],
             "exact_duplicates": [
-                {"paths": [rel(p) for p in g.paths], "labels": list(g.labels), "splits": list(g.splits),
-                 "conflicting_labels": g.conflicting, "leak": g.leak} for g in self.exact_duplicates
+                {
+                    "paths": [rel(p) for p in g.paths],
+                    "labels": list(g.labels),
+                    "splits": list(g.splits),
+                    "conflicting_labels": g.conflicting,
+                    "leak": g.leak,
+                }
+                for g in self.exact_duplicates
             ],
             "near_duplicate_distance": self.near_duplicate_distance,
             "near_duplicates": [
-                {"a": rel(d.a), "b": rel(d.b), "distance": d.distance, "labels": list(d.labels),
-                 "splits": list(d.splits), "conflicting_labels": d.conflicting, "leak": d.leak}
+                {
+                    "a": rel(d.a),
+                    "b": rel(d.b),
+                    "distance": d.distance,
+                    "labels": list(d.labels),
+                    "splits": list(d.splits),
+                    "conflicting_labels": d.conflicting,
+                    "leak": d.leak,
+                }
                 for d in self.near_duplicates
             ],
             "problems": list(self.problems),
@@ -160,8 +173,11 @@ class CheckReport:
             widths = [w for w, _ in self.sizes.elements()]
             heights = [h for _, h in self.sizes.elements()]
             common = ", ".join(f"{w}x{h} ({n})" for (w, h), n in self.sizes.most_common(3))
-            table.add_row("sizes", f"{len(self.sizes)} distinct; width {min(widths)}-{max(widths)}, "
-                                   f"height {min(heights)}-{max(heights)}; most common {common}")
+            table.add_row(
+                "sizes",
+                f"{len(self.sizes)} distinct; width {min(widths)}-{max(widths)}, "
+                f"height {min(heights)}-{max(heights)}; most common {common}",
+            )
         if self.modes:
             table.add_row("modes", ", ".join(f"{m} ({n})" for m, n in self.modes.most_common()))
             table.add_row("formats", ", ".join(f"{m} ({n})" for m, n in self.formats.most_common()))
@@ -182,18 +198,28 @@ class CheckReport:
     def _duplicates_table(self):
         from rich.table import Table
 
-        table = Table(title=f"Duplicates ({len(self.exact_duplicates)} identical sets, "
-                            f"{len(self.near_duplicates)} near-duplicate pairs)", title_justify="left")
+        table = Table(
+            title=f"Duplicates ({len(self.exact_duplicates)} identical sets, "
+            f"{len(self.near_duplicates)} near-duplicate pairs)",
+            title_justify="left",
+        )
         for name in ("kind", "files", "labels", "splits", "finding"):
             table.add_column(name)
         rows = [("identical", g.paths, g.labels, g.splits, g.conflicting, g.leak) for g in self.exact_duplicates]
-        rows += [(f"near (d={d.distance})", (d.a, d.b), d.labels, d.splits, d.conflicting, d.leak)
-                 for d in self.near_duplicates]
+        rows += [
+            (f"near (d={d.distance})", (d.a, d.b), d.labels, d.splits, d.conflicting, d.leak)
+            for d in self.near_duplicates
+        ]
         rows.sort(key=lambda r: (not r[4], not r[5]))  # conflicts and leaks first
         for kind, paths, labels, splits, conflicting, leak in rows[:_MAX_ROWS]:
             finding = " + ".join(x for x, on in (("conflicting labels", conflicting), ("split leak", leak)) if on)
-            table.add_row(kind, "\n".join(self.relative(p) for p in paths), ", ".join(labels),
-                          ", ".join(s or "-" for s in splits), finding or "redundant")
+            table.add_row(
+                kind,
+                "\n".join(self.relative(p) for p in paths),
+                ", ".join(labels),
+                ", ".join(s or "-" for s in splits),
+                finding or "redundant",
+            )
         if len(rows) > _MAX_ROWS:
             table.add_row("...", f"{len(rows) - _MAX_ROWS} more (see --json)", "", "", "")
         return table

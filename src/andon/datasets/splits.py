@@ -78,8 +78,9 @@ def compile_group_regex(group_by: str) -> re.Pattern[str]:
         raise ConfigError(f"--group-by {group_by!r} is not a valid regular expression: {exc}") from None
 
 
-def assign_splits(ds: Dataset, *, val: float = 0.15, test: float = 0.15, seed: int = 0,
-                  group_by: str | None = None) -> Dataset:
+def assign_splits(
+    ds: Dataset, *, val: float = 0.15, test: float = 0.15, seed: int = 0, group_by: str | None = None
+) -> Dataset:
     """Give every sample without a split one of train/val/test (see the module docstring for guarantees).
 
     ``group_by``: ``None`` (each image alone), ``"manifest"`` (``Sample.group``; images without one stand
@@ -121,8 +122,10 @@ def _with_groups(ds: Dataset, group_by: str | None) -> list[Sample]:
         out.append(Sample(s.path, s.label, s.split, group))
     if unmatched:
         shown = ", ".join(unmatched[:3]) + (f" and {len(unmatched) - 3} more" if len(unmatched) > 3 else "")
-        raise DatasetError(f"--group-by {group_by!r} matches no group in {len(unmatched)} file name(s): {shown}; "
-                           "every file name must contain the group")
+        raise DatasetError(
+            f"--group-by {group_by!r} matches no group in {len(unmatched)} file name(s): {shown}; "
+            "every file name must contain the group"
+        )
     return out
 
 
@@ -139,15 +142,23 @@ def _given_splits(samples: list[Sample], members: dict[str, list[int]]) -> dict[
         splits = {samples[i].split for i in idx if samples[i].split}
         if len(splits) > 1:
             where = ", ".join(f"{samples[i].path.name} ({samples[i].split})" for i in idx if samples[i].split)
-            raise DatasetError(f"{unit.removeprefix('group:')!r} has images in {' and '.join(sorted(splits))}, "
-                               f"so it would leak between splits: {where[:300]}; give the whole group one split")
+            raise DatasetError(
+                f"{unit.removeprefix('group:')!r} has images in {' and '.join(sorted(splits))}, "
+                f"so it would leak between splits: {where[:300]}; give the whole group one split"
+            )
         if splits:
             given[unit] = splits.pop()
     return given
 
 
-def _ensure_every_split(members: dict[str, list[int]], samples: list[Sample], chosen: dict[str, str],
-                        scores: dict[str, float], val: float, test: float) -> None:
+def _ensure_every_split(
+    members: dict[str, list[int]],
+    samples: list[Sample],
+    chosen: dict[str, str],
+    scores: dict[str, float],
+    val: float,
+    test: float,
+) -> None:
     """In each stratum of >= 3 units, move the hash-assigned unit nearest to an empty split's band into it."""
     bands = {"test": (0.0, test), "val": (test, test + val), "train": (test + val, 1.0)}
     required = [name for name in ("test", "val", "train") if bands[name][1] > bands[name][0]]
@@ -170,4 +181,3 @@ def _ensure_every_split(members: dict[str, list[int]], samples: list[Sample], ch
             counts[chosen[best]] -= 1
             counts[target] += 1
             chosen[best] = target
-

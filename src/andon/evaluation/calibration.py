@@ -92,14 +92,18 @@ def required_samples(target: float) -> int:
     return max(1, math.ceil(1.0 / target - 1.0 - 1e-9))
 
 
-def pass_below_for(defect_scores: np.ndarray, target_escape: float, *, what: str = "defective parts") -> tuple[float, float]:
+def pass_below_for(
+    defect_scores: np.ndarray, target_escape: float, *, what: str = "defective parts"
+) -> tuple[float, float]:
     """``pass_below`` for one band and the escape bound k/(n+1) it guarantees on new parts."""
     _check_rate("target escape rate", target_escape)
     scores = np.sort(np.asarray(defect_scores, dtype=np.float64))
     n = len(scores)
     if n == 0:
-        raise CalibrationError(f"no {what} in the calibration data: the escape rate cannot be measured; "
-                               "calibrate on data with defective parts")
+        raise CalibrationError(
+            f"no {what} in the calibration data: the escape rate cannot be measured; "
+            "calibrate on data with defective parts"
+        )
     k = math.floor(target_escape * (n + 1) + 1e-9)
     if k < 1:
         raise CalibrationError(
@@ -117,8 +121,10 @@ def reject_at_for(good_scores: np.ndarray, max_false_reject: float, *, floor: fl
     scores = np.sort(np.asarray(good_scores, dtype=np.float64))[::-1]  # descending
     n = len(scores)
     if n == 0:
-        raise CalibrationError("no good parts in the calibration data: the false-reject rate cannot be measured; "
-                               "drop --max-false-reject or calibrate on data with good parts")
+        raise CalibrationError(
+            "no good parts in the calibration data: the false-reject rate cannot be measured; "
+            "drop --max-false-reject or calibrate on data with good parts"
+        )
     allowed = math.floor(max_false_reject * (n + 1) + 1e-9) - 1  # good parts that may score >= reject_at
     if allowed < 0:
         raise CalibrationError(
@@ -139,27 +145,46 @@ def reject_at_for(good_scores: np.ndarray, max_false_reject: float, *, floor: fl
     return max(floor, reject_at)
 
 
-def calibrate_band(positive_scores: np.ndarray, good_scores: np.ndarray, *, name: str, target_escape: float,
-                   max_false_reject: float | None) -> BandReport:
+def calibrate_band(
+    positive_scores: np.ndarray,
+    good_scores: np.ndarray,
+    *,
+    name: str,
+    target_escape: float,
+    max_false_reject: float | None,
+) -> BandReport:
     """One band: ``pass_below`` from the positives (defective parts), ``reject_at`` from the good parts."""
     positive_scores = np.asarray(positive_scores, dtype=np.float64)
     good_scores = np.asarray(good_scores, dtype=np.float64)
     what = "defective parts" if name == "defect" else f"parts of class '{name}'"
     pass_below, bound = pass_below_for(positive_scores, target_escape, what=what)
-    reject_at = pass_below if max_false_reject is None else reject_at_for(good_scores, max_false_reject,
-                                                                           floor=pass_below)
+    reject_at = (
+        pass_below if max_false_reject is None else reject_at_for(good_scores, max_false_reject, floor=pass_below)
+    )
     return BandReport(
-        name=name, pass_below=pass_below, reject_at=reject_at, n_defective=len(positive_scores),
-        n_good=len(good_scores), target_escape=target_escape, max_false_reject=max_false_reject,
+        name=name,
+        pass_below=pass_below,
+        reject_at=reject_at,
+        n_defective=len(positive_scores),
+        n_good=len(good_scores),
+        target_escape=target_escape,
+        max_false_reject=max_false_reject,
         escape_rate=float((positive_scores < pass_below).mean()),
         false_reject_rate=float((good_scores >= reject_at).mean()) if len(good_scores) else float("nan"),
         escape_bound=bound,
     )
 
 
-def calibrate(is_defective: np.ndarray, scores: np.ndarray, *, target_escape: float = 0.005,
-              max_false_reject: float | None = None, max_review: float | None = None,
-              per_class: Sequence[ClassScores] = (), source: str = "calibration data") -> CalibrationResult:
+def calibrate(
+    is_defective: np.ndarray,
+    scores: np.ndarray,
+    *,
+    target_escape: float = 0.005,
+    max_false_reject: float | None = None,
+    max_review: float | None = None,
+    per_class: Sequence[ClassScores] = (),
+    source: str = "calibration data",
+) -> CalibrationResult:
     """Thresholds meeting ``target_escape`` (and ``max_false_reject``) with the smallest review band.
 
     ``scores`` is P(defect) per part; see the module docstring for the rule. Raises ``CalibrationError``,
@@ -168,13 +193,22 @@ def calibrate(is_defective: np.ndarray, scores: np.ndarray, *, target_escape: fl
     bad, scores = _check_inputs(is_defective, scores)
     if max_review is not None:
         _check_rate("max review rate", max_review, allow_zero=True, allow_one=True)
-    bands = [calibrate_band(scores[bad], scores[~bad], name="defect", target_escape=target_escape,
-                            max_false_reject=max_false_reject)]
+    bands = [
+        calibrate_band(
+            scores[bad], scores[~bad], name="defect", target_escape=target_escape, max_false_reject=max_false_reject
+        )
+    ]
     for cls in per_class:
         is_class, class_scores = _check_class(cls, bad, len(scores))
-        bands.append(calibrate_band(class_scores[is_class], class_scores[~bad], name=cls.name,
-                                    target_escape=cls.target_escape or target_escape,
-                                    max_false_reject=max_false_reject))
+        bands.append(
+            calibrate_band(
+                class_scores[is_class],
+                class_scores[~bad],
+                name=cls.name,
+                target_escape=cls.target_escape or target_escape,
+                max_false_reject=max_false_reject,
+            )
+        )
     thresholds = Thresholds(
         defect=ThresholdBand(pass_below=bands[0].pass_below, reject_at=bands[0].reject_at),
         per_class={b.name: ThresholdBand(pass_below=b.pass_below, reject_at=b.reject_at) for b in bands[1:]},
@@ -185,10 +219,18 @@ def calibrate(is_defective: np.ndarray, scores: np.ndarray, *, target_escape: fl
     return dataclasses.replace(result, thresholds=thresholds.model_copy(update={"source": result.description}))
 
 
-def calibrate_probs(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], defect_classes: Sequence[str], *,
-                    target_escape: float = 0.005, max_false_reject: float | None = None,
-                    max_review: float | None = None, per_class: Mapping[str, float | None] | Sequence[str] = (),
-                    source: str = "calibration data") -> CalibrationResult:
+def calibrate_probs(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    defect_classes: Sequence[str],
+    *,
+    target_escape: float = 0.005,
+    max_false_reject: float | None = None,
+    max_review: float | None = None,
+    per_class: Mapping[str, float | None] | Sequence[str] = (),
+    source: str = "calibration data",
+) -> CalibrationResult:
     """``calibrate`` from class probabilities: P(defect) is the defect classes' summed probability.
 
     ``per_class`` names defect classes to give their own band, optionally with their own escape target
@@ -204,29 +246,53 @@ def calibrate_probs(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str
     extra = []
     for name, target in targets.items():
         if name not in defect_classes:
-            raise CalibrationError(f"per-class calibration for {name!r}: not one of the defect classes {list(defect_classes)}")
+            raise CalibrationError(
+                f"per-class calibration for {name!r}: not one of the defect classes {list(defect_classes)}"
+            )
         i = classes.index(name)
         extra.append(ClassScores(name, y_true == i, probs[:, i], target))
-    return calibrate(np.isin(y_true, defect_idx), defect_score(probs, defect_idx), target_escape=target_escape,
-                     max_false_reject=max_false_reject, max_review=max_review, per_class=extra, source=source)
+    return calibrate(
+        np.isin(y_true, defect_idx),
+        defect_score(probs, defect_idx),
+        target_escape=target_escape,
+        max_false_reject=max_false_reject,
+        max_review=max_review,
+        per_class=extra,
+        source=source,
+    )
 
 
-def _result(thresholds: Thresholds, bad: np.ndarray, rank: np.ndarray, bands: list[BandReport],
-            source: str) -> CalibrationResult:
+def _result(
+    thresholds: Thresholds, bad: np.ndarray, rank: np.ndarray, bands: list[BandReport], source: str
+) -> CalibrationResult:
     n_bad, n_good = int(bad.sum()), int((~bad).sum())
     escape = float((rank[bad] == 0).mean())
     false_reject = float((rank[~bad] == 2).mean()) if n_good else float("nan")
     review = float((rank == 1).mean())
     main = bands[0]
-    text = (f"calibrated on {source} ({len(bad)} parts, {n_bad} defective): escape <= {main.target_escape:.2%} "
-            f"-> pass_below {main.pass_below:.6g}")
-    text += (f"; false reject <= {main.max_false_reject:.2%} -> reject_at {main.reject_at:.6g}"
-             if main.max_false_reject is not None else "; no false-reject target -> two-way, reject_at = pass_below")
+    text = (
+        f"calibrated on {source} ({len(bad)} parts, {n_bad} defective): escape <= {main.target_escape:.2%} "
+        f"-> pass_below {main.pass_below:.6g}"
+    )
+    text += (
+        f"; false reject <= {main.max_false_reject:.2%} -> reject_at {main.reject_at:.6g}"
+        if main.max_false_reject is not None
+        else "; no false-reject target -> two-way, reject_at = pass_below"
+    )
     for b in bands[1:]:
         text += f"; {b.name}: escape <= {b.target_escape:.2%} -> [{b.pass_below:.6g}, {b.reject_at:.6g})"
     text += f"; measured escape {escape:.2%}, false reject {false_reject:.2%}, review {review:.2%}"
-    return CalibrationResult(thresholds=thresholds, n=len(bad), n_defective=n_bad, n_good=n_good, escape_rate=escape,
-                             false_reject_rate=false_reject, review_rate=review, bands=bands, description=text)
+    return CalibrationResult(
+        thresholds=thresholds,
+        n=len(bad),
+        n_defective=n_bad,
+        n_good=n_good,
+        escape_rate=escape,
+        false_reject_rate=false_reject,
+        review_rate=review,
+        bands=bands,
+        description=text,
+    )
 
 
 def _check_combined(result: CalibrationResult, max_false_reject: float | None, max_review: float | None) -> None:
@@ -251,8 +317,10 @@ def _check_inputs(is_defective: np.ndarray, scores: np.ndarray) -> tuple[np.ndar
     if len(bad) != len(scores):
         raise CalibrationError(f"{len(bad)} labels but {len(scores)} scores; give one score per part")
     if len(scores) and (not np.all(np.isfinite(scores)) or scores.min() < 0.0 or scores.max() > 1.0 + 1e-6):
-        raise CalibrationError("scores must be probabilities in [0, 1]; got values outside "
-                               f"(min {np.nanmin(scores):.4g}, max {np.nanmax(scores):.4g})")
+        raise CalibrationError(
+            "scores must be probabilities in [0, 1]; got values outside "
+            f"(min {np.nanmin(scores):.4g}, max {np.nanmax(scores):.4g})"
+        )
     return bad, np.clip(scores, 0.0, 1.0)
 
 
@@ -273,6 +341,11 @@ def _check_rate(what: str, value: float, *, allow_zero: bool = False, allow_one:
     high_ok = value <= 1.0 if allow_one else value < 1.0
     if not (isinstance(value, (int, float)) and math.isfinite(value) and low_ok and high_ok):
         interval = f"{'[' if allow_zero else '('}0, 1{']' if allow_one else ')'}"
-        raise CalibrationError(f"{what} {value!r} must be in {interval}"
-                               + ("; an escape rate of exactly 0 can never be verified on finite data"
-                                  if value == 0 and not allow_zero else ""))
+        raise CalibrationError(
+            f"{what} {value!r} must be in {interval}"
+            + (
+                "; an escape rate of exactly 0 can never be verified on finite data"
+                if value == 0 and not allow_zero
+                else ""
+            )
+        )

@@ -24,8 +24,13 @@ import numpy as np
 
 from andon.errors import AndonError, ConfigError, DatasetError, RunError
 from andon.evaluation.calibration import CalibrationResult
-from andon.evaluation.metrics import ClassificationReport, DecisionRates, classification_report, decision_rates, \
-    defect_score
+from andon.evaluation.metrics import (
+    ClassificationReport,
+    DecisionRates,
+    classification_report,
+    decision_rates,
+    defect_score,
+)
 from andon.evaluation.tradeoff import OperatingPoint, TradeoffCurve, operating_points, plot_tradeoff, tradeoff_curve
 from andon.fileio import write_atomic
 from andon.inspect.card import ModelCard, Thresholds, default_defect_classes
@@ -103,10 +108,18 @@ class Evaluation:
         return jsonable(out)
 
 
-def evaluate_probs(y_true: np.ndarray, probs: np.ndarray | ModelOutputs, classes: Sequence[str],
-                   defect_classes: Sequence[str], thresholds: Thresholds, *, model: dict[str, str] | None = None,
-                   data: dict[str, object] | None = None, calibration: CalibrationResult | None = None,
-                   anomaly_only: bool = False) -> Evaluation:
+def evaluate_probs(
+    y_true: np.ndarray,
+    probs: np.ndarray | ModelOutputs,
+    classes: Sequence[str],
+    defect_classes: Sequence[str],
+    thresholds: Thresholds,
+    *,
+    model: dict[str, str] | None = None,
+    data: dict[str, object] | None = None,
+    calibration: CalibrationResult | None = None,
+    anomaly_only: bool = False,
+) -> Evaluation:
     """All figures from labels and model outputs (or bare probabilities); with ``calibration``, also the rates its
     thresholds give here."""
     classes, defect_classes = list(classes), list(defect_classes)
@@ -120,21 +133,34 @@ def evaluate_probs(y_true: np.ndarray, probs: np.ndarray | ModelOutputs, classes
     decisions = verdicts.decisions
     band = thresholds.defect
     evaluation = Evaluation(
-        model=model or {}, data=data or {}, classes=classes, defect_classes=defect_classes, thresholds=thresholds,
-        report=report, rates=decision_rates(bad, decisions), decisions=verdicts.counts(),
+        model=model or {},
+        data=data or {},
+        classes=classes,
+        defect_classes=defect_classes,
+        thresholds=thresholds,
+        report=report,
+        rates=decision_rates(bad, decisions),
+        decisions=verdicts.counts(),
         operating_points=operating_points(bad, score),
         curve=tradeoff_curve(bad, score, extra=(band.pass_below, band.reject_at)),
-        y_true=y_true, outputs=outputs, flagged_by=verdicts.flagged_by(),
+        y_true=y_true,
+        outputs=outputs,
+        flagged_by=verdicts.flagged_by(),
     )
     if calibration is not None:
-        calibrated = DecisionPolicy(calibration.thresholds, classes, defect_classes,
-                                    anomaly_only=anomaly_only).decide(outputs).decisions
+        calibrated = (
+            DecisionPolicy(calibration.thresholds, classes, defect_classes, anomaly_only=anomaly_only)
+            .decide(outputs)
+            .decisions
+        )
         evaluation.calibration = calibration
         evaluation.calibrated_rates = decision_rates(bad, calibrated)
         evaluation.calibrated_decisions = _counts(calibrated)
     if len(defect_classes) == len(classes):
-        evaluation.notes.append("every class is a defect class: P(defect) = 1 for every part, so every part is "
-                                "rejected; read the per-class figures, not the plant rates")
+        evaluation.notes.append(
+            "every class is a defect class: P(defect) = 1 for every part, so every part is "
+            "rejected; read the per-class figures, not the plant rates"
+        )
     return evaluation
 
 
@@ -176,14 +202,16 @@ def labels_for(labels: Sequence[str], classes: Sequence[str], *, source: str = "
 # -- probabilities from a model ------------------------------------------------------------------------------
 
 
-def onnx_probs(inspector, paths: Sequence[Path], *, batch_size: int = 32, progress: Progress = True,
-               workers: int | None = None) -> np.ndarray:
+def onnx_probs(
+    inspector, paths: Sequence[Path], *, batch_size: int = 32, progress: Progress = True, workers: int | None = None
+) -> np.ndarray:
     """NxK probabilities for image files (``onnx_outputs``' probabilities)."""
     return onnx_outputs(inspector, paths, batch_size=batch_size, progress=progress, workers=workers).probs
 
 
-def onnx_outputs(inspector, paths: Sequence[Path], *, batch_size: int = 32, progress: Progress = True,
-                 workers: int | None = None) -> ModelOutputs:
+def onnx_outputs(
+    inspector, paths: Sequence[Path], *, batch_size: int = 32, progress: Progress = True, workers: int | None = None
+) -> ModelOutputs:
     """The model's outputs (all but the maps) for image files, through the inspector's preprocessing and one
     call per batch.
 
@@ -193,8 +221,11 @@ def onnx_outputs(inspector, paths: Sequence[Path], *, batch_size: int = 32, prog
     from andon.datasets.progress import progress_bar
 
     k = len(inspector.card.classes)
-    out = {key: np.zeros((len(paths), k) if key == "probabilities" else (len(paths),), dtype=np.float32)
-           for key in inspector.card.output_names if not output_spec(key).is_map}
+    out = {
+        key: np.zeros((len(paths), k) if key == "probabilities" else (len(paths),), dtype=np.float32)
+        for key in inspector.card.output_names
+        if not output_spec(key).is_map
+    }
     failures: list[str] = []
     workers = workers or min(4, os.cpu_count() or 1)
 
@@ -205,10 +236,9 @@ def onnx_outputs(inspector, paths: Sequence[Path], *, batch_size: int = 32, prog
             failures.append(f"{path}: {exc}")
             return None
 
-    with ThreadPoolExecutor(max_workers=workers) as pool, \
-            progress_bar(len(paths), "evaluating", progress) as advance:
+    with ThreadPoolExecutor(max_workers=workers) as pool, progress_bar(len(paths), "evaluating", progress) as advance:
         for start in range(0, len(paths), batch_size):
-            chunk = list(paths[start:start + batch_size])
+            chunk = list(paths[start : start + batch_size])
             tensors = list(pool.map(tensor, chunk))
             ok = [i for i, t in enumerate(tensors) if t is not None]
             if ok:
@@ -217,14 +247,18 @@ def onnx_outputs(inspector, paths: Sequence[Path], *, batch_size: int = 32, prog
                     out[key][[start + i for i in ok]] = values
             advance(len(chunk))
     if failures:
-        raise DatasetError(f"{len(failures)} image(s) cannot be read, so the figures would be wrong: "
-                           + "; ".join(failures[:3]) + ("; ..." if len(failures) > 3 else "")
-                           + "; find them all with 'andon data check'")
+        raise DatasetError(
+            f"{len(failures)} image(s) cannot be read, so the figures would be wrong: "
+            + "; ".join(failures[:3])
+            + ("; ..." if len(failures) > 3 else "")
+            + "; find them all with 'andon data check'"
+        )
     return ModelOutputs(out)
 
 
-def model_outputs(model: Path, paths: Sequence[Path], *, batch_size: int = 32,
-                  progress: Progress = True) -> tuple[ModelOutputs, ModelCard, dict[str, str]]:
+def model_outputs(
+    model: Path, paths: Sequence[Path], *, batch_size: int = 32, progress: Progress = True
+) -> tuple[ModelOutputs, ModelCard, dict[str, str]]:
     """Outputs from an exported ``.onnx`` (torch-free) or a training run folder (needs torch)."""
     model = Path(model)
     if model.is_dir():
@@ -233,8 +267,13 @@ def model_outputs(model: Path, paths: Sequence[Path], *, batch_size: int = 32,
 
     inspector = Inspector.load(model)
     outputs = onnx_outputs(inspector, paths, batch_size=batch_size, progress=progress)
-    info = {"path": str(model), "kind": "onnx", "name": inspector.card.name, "version": inspector.model_version,
-            "hash": inspector.model_hash}
+    info = {
+        "path": str(model),
+        "kind": "onnx",
+        "name": inspector.card.name,
+        "version": inspector.model_version,
+        "hash": inspector.model_hash,
+    }
     return outputs, inspector.card, info
 
 
@@ -247,8 +286,7 @@ def _run_outputs(run_dir: Path, paths: Sequence[Path]) -> tuple[ModelOutputs, Mo
             "pip install 'andon[train]', or export it with 'andon export RUN' and evaluate the .onnx"
         ) from None
     outputs, card = predict_outputs(run_dir, list(paths))
-    info = {"path": str(run_dir), "kind": "run", "name": card.name, "version": card.version,
-            "hash": card.content_hash}
+    info = {"path": str(run_dir), "kind": "run", "name": card.name, "version": card.version, "hash": card.content_hash}
     return outputs, card, info
 
 
@@ -262,14 +300,16 @@ def write_report(evaluation: Evaluation, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     bad, score = evaluation.is_defective, evaluation.scores
-    figures = {"confusion": plots.plot_confusion(evaluation.report.confusion, evaluation.classes,
-                                                 out_dir / "confusion.png")}
+    figures = {
+        "confusion": plots.plot_confusion(evaluation.report.confusion, evaluation.classes, out_dir / "confusion.png")
+    }
     if bad.any() and (~bad).any():
         figures["roc"] = plots.plot_roc({"P(defect)": (bad, score)}, out_dir / "roc.png")
         figures["pr"] = plots.plot_pr({"P(defect)": (bad, score)}, out_dir / "pr.png")
     target = evaluation.calibration.bands[0].target_escape if evaluation.calibration else None
-    figures["tradeoff"] = plot_tradeoff(evaluation.curve, out_dir / "tradeoff.png", band=evaluation.thresholds.defect,
-                                        target_escape=target)
+    figures["tradeoff"] = plot_tradeoff(
+        evaluation.curve, out_dir / "tradeoff.png", band=evaluation.thresholds.defect, target_escape=target
+    )
     write_atomic(out_dir / "evaluation.json", json.dumps(evaluation.as_dict(), indent=2))
     write_atomic(out_dir / "report.html", render_html(evaluation, {k: p.name for k, p in figures.items()}))
     return out_dir / "report.html"
@@ -290,44 +330,85 @@ def render_html(evaluation: Evaluation, figures: dict[str, str]) -> str:
         f"<p class='band'>pass if P(defect) &lt; <b>{band.pass_below:.4g}</b>, reject if P(defect) &ge; "
         f"<b>{band.reject_at:.4g}</b>, review in between{_per_class_html(e.thresholds)} "
         f"<small>({_h(e.thresholds.source)})</small></p>",
-        _table(["escape rate", "false-reject rate", "review rate", "pass", "review", "reject"],
-               [[_pct(rates.escape_rate), _pct(rates.false_reject_rate), _pct(rates.review_rate),
-                 e.decisions["pass"], e.decisions["review"], e.decisions["reject"]]], cls="plant"),
+        _table(
+            ["escape rate", "false-reject rate", "review rate", "pass", "review", "reject"],
+            [
+                [
+                    _pct(rates.escape_rate),
+                    _pct(rates.false_reject_rate),
+                    _pct(rates.review_rate),
+                    e.decisions["pass"],
+                    e.decisions["review"],
+                    e.decisions["reject"],
+                ]
+            ],
+            cls="plant",
+        ),
     ]
     if e.calibration is not None and e.calibrated_rates is not None:
         cal, cr = e.calibration, e.calibrated_rates
-        parts += ["<h2>With calibrated thresholds (checked on this held-out data)</h2>",
-                  f"<p>{_h(cal.description)}</p>",
-                  _table(["", "escape rate", "false-reject rate", "review rate"],
-                         [["calibration data", _pct(cal.escape_rate), _pct(cal.false_reject_rate), _pct(cal.review_rate)],
-                          ["this data", _pct(cr.escape_rate), _pct(cr.false_reject_rate), _pct(cr.review_rate)]])]
-    parts += ["<h2>Trade-off: escapes vs false rejects vs review</h2>",
-              _img(figures, "tradeoff"),
-              "<p>Each row: the band calibrated on this data for an escape target and a false-reject cap "
-              "(— = two-way, no review band).</p>",
-              _table(["target escape", "max false reject", "pass_below", "reject_at", "escape", "false reject",
-                      "review"], [_point_row(p) for p in e.operating_points]),
-              "<h2>Classification</h2>",
-              _table(["accuracy", "macro recall", "macro F1", "defect recall", "ROC AUC", "PR AUC"],
-                     [[_num(r.accuracy), _num(r.macro_recall), _num(r.macro_f1), _num(r.defect_recall),
-                       _num(r.roc_auc), _num(r.pr_auc)]]),
-              _table(["class", "support", "precision", "recall", "F1"],
-                     [[m.name, m.support, _num(m.precision), _num(m.recall), _num(m.f1)] for m in r.per_class]),
-              _table(["true \\ predicted", *r.classes], [[c, *row] for c, row in zip(r.classes, r.confusion)]),
-              _img(figures, "confusion"), _img(figures, "roc"), _img(figures, "pr")]
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;"
-             "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}th{background:#f4f4f4}"
-             "table.plant td{font-size:1.3em;font-weight:bold}.band{font-size:1.15em;background:#fdf2e0;padding:.6em}"
-             ".note{color:#a04000}img{max-width:100%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>andon evaluation</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+        parts += [
+            "<h2>With calibrated thresholds (checked on this held-out data)</h2>",
+            f"<p>{_h(cal.description)}</p>",
+            _table(
+                ["", "escape rate", "false-reject rate", "review rate"],
+                [
+                    ["calibration data", _pct(cal.escape_rate), _pct(cal.false_reject_rate), _pct(cal.review_rate)],
+                    ["this data", _pct(cr.escape_rate), _pct(cr.false_reject_rate), _pct(cr.review_rate)],
+                ],
+            ),
+        ]
+    parts += [
+        "<h2>Trade-off: escapes vs false rejects vs review</h2>",
+        _img(figures, "tradeoff"),
+        "<p>Each row: the band calibrated on this data for an escape target and a false-reject cap "
+        "(— = two-way, no review band).</p>",
+        _table(
+            ["target escape", "max false reject", "pass_below", "reject_at", "escape", "false reject", "review"],
+            [_point_row(p) for p in e.operating_points],
+        ),
+        "<h2>Classification</h2>",
+        _table(
+            ["accuracy", "macro recall", "macro F1", "defect recall", "ROC AUC", "PR AUC"],
+            [
+                [
+                    _num(r.accuracy),
+                    _num(r.macro_recall),
+                    _num(r.macro_f1),
+                    _num(r.defect_recall),
+                    _num(r.roc_auc),
+                    _num(r.pr_auc),
+                ]
+            ],
+        ),
+        _table(
+            ["class", "support", "precision", "recall", "F1"],
+            [[m.name, m.support, _num(m.precision), _num(m.recall), _num(m.f1)] for m in r.per_class],
+        ),
+        _table(["true \\ predicted", *r.classes], [[c, *row] for c, row in zip(r.classes, r.confusion)]),
+        _img(figures, "confusion"),
+        _img(figures, "roc"),
+        _img(figures, "pr"),
+    ]
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;"
+        "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}th{background:#f4f4f4}"
+        "table.plant td{font-size:1.3em;font-weight:bold}.band{font-size:1.15em;background:#fdf2e0;padding:.6em}"
+        ".note{color:#a04000}img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>andon evaluation</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    )
 
 
 def _per_class_html(thresholds: Thresholds) -> str:
     if not thresholds.per_class:
         return ""
-    bands = "; ".join(f"{_h(c)}: review from {b.pass_below:.4g}, reject from {b.reject_at:.4g}"
-                      for c, b in thresholds.per_class.items())
+    bands = "; ".join(
+        f"{_h(c)}: review from {b.pass_below:.4g}, reject from {b.reject_at:.4g}"
+        for c, b in thresholds.per_class.items()
+    )
     return f"; per-class bands (stricter only): {bands}"
 
 
@@ -335,8 +416,15 @@ def _point_row(p: OperatingPoint) -> list[str]:
     cap = "—" if p.max_false_reject is None else _pct(p.max_false_reject)
     if p.error:
         return [_pct(p.target_escape), cap, _Raw(f"<span title='{_h(p.error)}'>n/a</span>"), "", "", "", ""]
-    return [_pct(p.target_escape), cap, f"{p.pass_below:.4g}", f"{p.reject_at:.4g}", _pct(p.escape_rate),
-            _pct(p.false_reject_rate), _pct(p.review_rate)]
+    return [
+        _pct(p.target_escape),
+        cap,
+        f"{p.pass_below:.4g}",
+        f"{p.reject_at:.4g}",
+        _pct(p.escape_rate),
+        _pct(p.false_reject_rate),
+        _pct(p.review_rate),
+    ]
 
 
 class _Raw(str):
@@ -345,8 +433,9 @@ class _Raw(str):
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]], cls: str = "") -> str:
     head = "".join(f"<th>{_h(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, _Raw) else _h(str(c))}</td>"
-                                    for c in row) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{c if isinstance(c, _Raw) else _h(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
     return f"<table class='{cls}'><tr>{head}</tr>{body}</table>"
 
 

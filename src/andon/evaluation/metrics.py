@@ -102,14 +102,21 @@ class ClassificationReport:
 
     def headline(self) -> dict[str, float]:
         """The flat numbers that go into the model card and metrics.csv."""
-        out = {"accuracy": self.accuracy, "macro_recall": self.macro_recall, "macro_f1": self.macro_f1,
-               "defect_recall": self.defect_recall, "roc_auc": self.roc_auc, "pr_auc": self.pr_auc}
+        out = {
+            "accuracy": self.accuracy,
+            "macro_recall": self.macro_recall,
+            "macro_f1": self.macro_f1,
+            "defect_recall": self.defect_recall,
+            "roc_auc": self.roc_auc,
+            "pr_auc": self.pr_auc,
+        }
         out.update(self.extra)
         return {k: float(v) for k, v in out.items()}
 
 
-def classification_report(y_true: np.ndarray, probs: np.ndarray, classes: list[str],
-                          defect_classes: list[str]) -> ClassificationReport:
+def classification_report(
+    y_true: np.ndarray, probs: np.ndarray, classes: list[str], defect_classes: list[str]
+) -> ClassificationReport:
     """Accuracy, per-class precision/recall/F1, confusion matrix, and defect-vs-good ROC/PR AUC."""
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
@@ -123,8 +130,13 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray, classes: list[s
         predicted = int(cm[:, i].sum())
         precision = tp / predicted if predicted else float("nan")
         recall = tp / support if support else float("nan")
-        f1 = (2 * precision * recall / (precision + recall)
-              if support and predicted and (precision + recall) > 0 else 0.0 if support else float("nan"))
+        f1 = (
+            2 * precision * recall / (precision + recall)
+            if support and predicted and (precision + recall) > 0
+            else 0.0
+            if support
+            else float("nan")
+        )
         per_class.append(ClassMetrics(name, support, float(precision), float(recall), float(f1)))
     present = [m for m in per_class if m.support > 0]
     defect_idx = [classes.index(c) for c in defect_classes]

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 _DPI = 110
 
 
-def _figure(width: float, height: float) -> "Figure":
+def _figure(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -30,16 +30,19 @@ def _figure(width: float, height: float) -> "Figure":
     return fig
 
 
-def _save(fig: "Figure", out: str | Path) -> Path:
+def _save(fig: Figure, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")
     return out
 
 
-def plot_training_curves(rows: Sequence[Mapping[str, float | str]], out: str | Path,
-                         metrics: Sequence[str] = ("val_accuracy", "val_macro_recall", "val_macro_f1"),
-                         best_epoch: int | None = None) -> Path:
+def plot_training_curves(
+    rows: Sequence[Mapping[str, float | str]],
+    out: str | Path,
+    metrics: Sequence[str] = ("val_accuracy", "val_macro_recall", "val_macro_f1"),
+    best_epoch: int | None = None,
+) -> Path:
     """Loss (train, val) and validation metrics per epoch, from metrics.csv rows; dashed line: best epoch."""
     epochs = np.array([float(r["epoch"]) for r in rows])
     fig = _figure(10, 3.6)
@@ -62,8 +65,9 @@ def plot_training_curves(rows: Sequence[Mapping[str, float | str]], out: str | P
     return _save(fig, out)
 
 
-def plot_confusion(cm: np.ndarray | Sequence[Sequence[int]], classes: Sequence[str], out: str | Path,
-                   title: str = "confusion matrix") -> Path:
+def plot_confusion(
+    cm: np.ndarray | Sequence[Sequence[int]], classes: Sequence[str], out: str | Path, title: str = "confusion matrix"
+) -> Path:
     """Counts and row-normalised rates (recall on the diagonal); rows are the truth."""
     cm = np.asarray(cm, dtype=np.int64)
     rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -75,16 +79,29 @@ def plot_confusion(cm: np.ndarray | Sequence[Sequence[int]], classes: Sequence[s
         ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=8,
-                        color="white" if rates[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    format(values[i, j], fmt),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black",
+                )
         ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(k), classes, fontsize=8)
         ax.set(xlabel="predicted", ylabel="true", title=f"{title} ({name})")
     return _save(fig, out)
 
 
-def plot_per_class(names: Sequence[str], precision: Sequence[float], recall: Sequence[float], out: str | Path,
-                   support: Sequence[int] | None = None, title: str = "per-class precision and recall") -> Path:
+def plot_per_class(
+    names: Sequence[str],
+    precision: Sequence[float],
+    recall: Sequence[float],
+    out: str | Path,
+    support: Sequence[int] | None = None,
+    title: str = "per-class precision and recall",
+) -> Path:
     """Grouped bars per class; the support (images) under each name."""
     x = np.arange(len(names))
     fig = _figure(max(5.0, 0.9 * len(names) + 2), 3.6)
@@ -99,8 +116,9 @@ def plot_per_class(names: Sequence[str], precision: Sequence[float], recall: Seq
     return _save(fig, out)
 
 
-def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], out: str | Path,
-             title: str = "ROC: defect vs good") -> Path:
+def plot_roc(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]], out: str | Path, title: str = "ROC: defect vs good"
+) -> Path:
     """One ROC curve per entry: name -> (is_positive, score), with its AUC in the legend."""
     fig = _figure(4.6, 4.2)
     ax = fig.subplots()
@@ -108,15 +126,23 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], out: str | Pat
         fpr, tpr, _ = roc_curve(positive, score)
         ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(positive, score):.3f})")
     ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
-    ax.set(xlabel="false-positive rate (good parts flagged)", ylabel="true-positive rate (defects caught)",
-           title=title, xlim=(0, 1), ylim=(0, 1.02))
+    ax.set(
+        xlabel="false-positive rate (good parts flagged)",
+        ylabel="true-positive rate (defects caught)",
+        title=title,
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return _save(fig, out)
 
 
-def plot_pr(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], out: str | Path,
-            title: str = "precision-recall: defect vs good") -> Path:
+def plot_pr(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    out: str | Path,
+    title: str = "precision-recall: defect vs good",
+) -> Path:
     """One precision-recall curve per entry: name -> (is_positive, score), with its average precision."""
     fig = _figure(4.6, 4.2)
     ax = fig.subplots()
@@ -129,8 +155,13 @@ def plot_pr(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], out: str | Path
     return _save(fig, out)
 
 
-def plot_image_grid(images: Sequence[np.ndarray], captions: Sequence[str], out: str | Path,
-                    columns: int = 6, title: str = "worst mistakes") -> Path:
+def plot_image_grid(
+    images: Sequence[np.ndarray],
+    captions: Sequence[str],
+    out: str | Path,
+    columns: int = 6,
+    title: str = "worst mistakes",
+) -> Path:
     """uint8 RGB images in a grid with a caption each (e.g. true / predicted / score)."""
     n = max(1, len(images))
     cols = min(columns, n)

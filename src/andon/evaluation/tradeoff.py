@@ -52,13 +52,19 @@ class TradeoffCurve:
         return float(self.escape[i]), float(self.false_reject[i]), float(self.below[i])
 
     def as_dict(self) -> dict[str, list[float] | int]:
-        return {"thresholds": self.thresholds.tolist(), "escape": self.escape.tolist(),
-                "false_reject": self.false_reject.tolist(), "below": self.below.tolist(),
-                "n_defective": self.n_defective, "n_good": self.n_good}
+        return {
+            "thresholds": self.thresholds.tolist(),
+            "escape": self.escape.tolist(),
+            "false_reject": self.false_reject.tolist(),
+            "below": self.below.tolist(),
+            "n_defective": self.n_defective,
+            "n_good": self.n_good,
+        }
 
 
-def tradeoff_curve(is_defective: np.ndarray, scores: np.ndarray, *, extra: Sequence[float] = (),
-                   max_points: int = 2001) -> TradeoffCurve:
+def tradeoff_curve(
+    is_defective: np.ndarray, scores: np.ndarray, *, extra: Sequence[float] = (), max_points: int = 2001
+) -> TradeoffCurve:
     """Rates at every distinct score (thinned to ``max_points`` by quantile), 0, 1 and the ``extra`` thresholds."""
     bad = np.asarray(is_defective, dtype=bool)
     scores = np.asarray(scores, dtype=np.float64)
@@ -96,9 +102,13 @@ class OperatingPoint:
         return asdict(self)
 
 
-def operating_points(is_defective: np.ndarray, scores: np.ndarray, *,
-                     targets: Sequence[float] = DEFAULT_TARGETS,
-                     caps: Sequence[float | None] = DEFAULT_CAPS) -> list[OperatingPoint]:
+def operating_points(
+    is_defective: np.ndarray,
+    scores: np.ndarray,
+    *,
+    targets: Sequence[float] = DEFAULT_TARGETS,
+    caps: Sequence[float | None] = DEFAULT_CAPS,
+) -> list[OperatingPoint]:
     """Calibrate for every (escape target, false-reject cap) pair; failures are kept, with their reason."""
     from andon.evaluation.calibration import calibrate
 
@@ -111,8 +121,17 @@ def operating_points(is_defective: np.ndarray, scores: np.ndarray, *,
                 points.append(OperatingPoint(target, cap, None, None, None, None, None, error=exc.message))
                 continue
             band = result.thresholds.defect
-            points.append(OperatingPoint(target, cap, band.pass_below, band.reject_at, result.escape_rate,
-                                         result.false_reject_rate, result.review_rate))
+            points.append(
+                OperatingPoint(
+                    target,
+                    cap,
+                    band.pass_below,
+                    band.reject_at,
+                    result.escape_rate,
+                    result.false_reject_rate,
+                    result.review_rate,
+                )
+            )
     return points
 
 
@@ -130,8 +149,14 @@ def _with_smallest_verifiable(targets: Sequence[float], n_defective: int) -> lis
     return targets
 
 
-def plot_tradeoff(curve: TradeoffCurve, path: str | Path, *, band: ThresholdBand | None = None,
-                  target_escape: float | None = None, title: str = "Escape / false-reject / review trade-off") -> Path:
+def plot_tradeoff(
+    curve: TradeoffCurve,
+    path: str | Path,
+    *,
+    band: ThresholdBand | None = None,
+    target_escape: float | None = None,
+    title: str = "Escape / false-reject / review trade-off",
+) -> Path:
     """PNG with two panels: the rates over the threshold (chosen band shaded), and review vs false reject."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -149,18 +174,37 @@ def _sweep_panel(ax, curve: TradeoffCurve, band: ThresholdBand | None, target: f
     t = curve.thresholds
     keep = t <= 1.0
     # each rate at grid point t_i holds for thresholds in (t_{i-1}, t_i]: a step drawn "pre"
-    ax.plot(t[keep], curve.escape[keep], color="#c0392b", lw=2, drawstyle="steps-pre",
-            label="escape rate if pass_below = t")
-    ax.plot(t[keep], curve.false_reject[keep], color="#2471a3", lw=2, drawstyle="steps-pre",
-            label="false-reject rate if reject_at = t")
-    ax.plot(t[keep], curve.below[keep], color="#7f8c8d", lw=1, ls=":", drawstyle="steps-pre",
-            label="parts with P(defect) < t")
+    ax.plot(
+        t[keep], curve.escape[keep], color="#c0392b", lw=2, drawstyle="steps-pre", label="escape rate if pass_below = t"
+    )
+    ax.plot(
+        t[keep],
+        curve.false_reject[keep],
+        color="#2471a3",
+        lw=2,
+        drawstyle="steps-pre",
+        label="false-reject rate if reject_at = t",
+    )
+    ax.plot(
+        t[keep],
+        curve.below[keep],
+        color="#7f8c8d",
+        lw=1,
+        ls=":",
+        drawstyle="steps-pre",
+        label="parts with P(defect) < t",
+    )
     if target is not None:
         ax.axhline(target, color="#c0392b", ls="--", lw=1, label=f"target escape {target:.2%}")
     if band is not None:
         rates = curve.rates(band)
-        ax.axvspan(band.pass_below, max(band.reject_at, band.pass_below + 1e-3), color="#f5b041", alpha=0.35,
-                   label=f"review band: {rates['review_rate']:.1%} of parts")
+        ax.axvspan(
+            band.pass_below,
+            max(band.reject_at, band.pass_below + 1e-3),
+            color="#f5b041",
+            alpha=0.35,
+            label=f"review band: {rates['review_rate']:.1%} of parts",
+        )
         ax.axvline(band.pass_below, color="#c0392b", lw=1)
         ax.axvline(band.reject_at, color="#2471a3", lw=1)
         ax.plot([band.pass_below], [rates["escape_rate"]], "o", color="#c0392b", ms=8)
@@ -184,13 +228,25 @@ def _band_panel(ax, curve: TradeoffCurve, band: ThresholdBand | None) -> None:
         ra = t[t >= pb]
         j = np.searchsorted(curve.thresholds, ra)
         review = curve.below[j] - curve.below[i]
-        ax.plot(review, curve.false_reject[j], color=colour, lw=2,
-                label=f"pass_below {pb:.3g} (escape {curve.escape[i]:.2%})")
+        ax.plot(
+            review,
+            curve.false_reject[j],
+            color=colour,
+            lw=2,
+            label=f"pass_below {pb:.3g} (escape {curve.escape[i]:.2%})",
+        )
     if band is not None:
         rates = curve.rates(band)
-        ax.plot([rates["review_rate"]], [rates["false_reject_rate"]], marker="*", color="#c0392b", ms=16, ls="none",
-                label=f"chosen: escape {rates['escape_rate']:.2%}, false reject {rates['false_reject_rate']:.2%}, "
-                      f"review {rates['review_rate']:.2%}")
+        ax.plot(
+            [rates["review_rate"]],
+            [rates["false_reject_rate"]],
+            marker="*",
+            color="#c0392b",
+            ms=16,
+            ls="none",
+            label=f"chosen: escape {rates['escape_rate']:.2%}, false reject {rates['false_reject_rate']:.2%}, "
+            f"review {rates['review_rate']:.2%}",
+        )
     ax.set_xscale("symlog", linthresh=1e-2)
     ax.set_yscale("symlog", linthresh=1e-3)
     ax.set_xlim(0, 1)

@@ -75,11 +75,9 @@ class ThresholdBand(_Strict):
     reject_at: float = Field(0.5, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "ThresholdBand":
+    def _ordered(self) -> ThresholdBand:
         if self.pass_below > self.reject_at:
-            raise ValueError(
-                f"pass_below ({self.pass_below}) must not exceed reject_at ({self.reject_at})"
-            )
+            raise ValueError(f"pass_below ({self.pass_below}) must not exceed reject_at ({self.reject_at})")
         return self
 
 
@@ -162,7 +160,7 @@ class ModelCard(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _defects_known(self) -> "ModelCard":
+    def _defects_known(self) -> ModelCard:
         unknown = [c for c in self.defect_classes if c not in self.classes]
         if unknown:
             raise ValueError(f"defect classes {unknown} are not among the classes {self.classes}")
@@ -176,8 +174,9 @@ class ModelCard(_Strict):
         if self.thresholds.anomaly is not None and "anomaly_score" not in self.output_names:
             raise ValueError("thresholds.anomaly is set but the model has no anomaly_score output")
         if self.anomaly is not None and self.anomaly.only and self.thresholds.anomaly is not None:
-            raise ValueError("an anomaly-only model decides on thresholds.defect (its P(anomaly)); "
-                             "thresholds.anomaly must be unset")
+            raise ValueError(
+                "an anomaly-only model decides on thresholds.defect (its P(anomaly)); thresholds.anomaly must be unset"
+            )
         return self
 
     @property
@@ -217,20 +216,20 @@ class ModelCard(_Strict):
         return self.model_dump_json(exclude=exclude or None)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelCard":
+    def from_json(cls, text: str) -> ModelCard:
         try:
             return cls.model_validate_json(text)
         except ValidationError as exc:
             raise ModelCardError(f"invalid model card: {_first_error(exc)}") from None
 
-    def with_thresholds(self, thresholds: Thresholds | dict) -> "ModelCard":
+    def with_thresholds(self, thresholds: Thresholds | dict) -> ModelCard:
         """A copy deciding with ``thresholds``; the metrics measured at the old ones (``THRESHOLD_METRICS``)
         are dropped rather than left to describe a decision the card no longer makes, and so are the
         ``threshold_warnings`` about them."""
         kept = {k: v for k, v in self.metrics.items() if not k.endswith(THRESHOLD_METRICS)}
         return self.replace(thresholds=thresholds, metrics=kept, threshold_warnings=[])
 
-    def replace(self, **changes: object) -> "ModelCard":
+    def replace(self, **changes: object) -> ModelCard:
         """A copy with ``changes`` applied and validated again."""
         data = self.model_dump()
         data.update(changes)

@@ -101,7 +101,7 @@ class Verdicts:
 
     @property
     def decisions(self) -> np.ndarray:
-        """"pass" / "review" / "reject" per frame."""
+        """ "pass" / "review" / "reject" per frame."""
         return np.asarray(DECISIONS, dtype="<U6")[self.rank] if len(self.rank) else np.zeros(0, dtype="<U6")
 
     def __len__(self) -> int:
@@ -149,22 +149,32 @@ class Verdicts:
 class DecisionPolicy:
     """The card's thresholds as signals; ``decide(outputs)`` for a batch. Immutable, cheap to build."""
 
-    def __init__(self, thresholds: Thresholds, classes: Sequence[str] | None = None,
-                 defect_classes: Sequence[str] | None = None, *, anomaly_only: bool = False) -> None:
+    def __init__(
+        self,
+        thresholds: Thresholds,
+        classes: Sequence[str] | None = None,
+        defect_classes: Sequence[str] | None = None,
+        *,
+        anomaly_only: bool = False,
+    ) -> None:
         self.thresholds = thresholds
         self.classes = None if classes is None else list(classes)
-        self.defect_indices = None if self.classes is None or defect_classes is None else \
-            [self.classes.index(c) for c in defect_classes]
+        self.defect_indices = (
+            None if self.classes is None or defect_classes is None else [self.classes.index(c) for c in defect_classes]
+        )
         self.anomaly_only = anomaly_only
-        signals = [Signal("anomaly", "anomaly score", thresholds.defect, "anomaly") if anomaly_only
-                   else Signal("defect", "P(defect)", thresholds.defect, "defect")]
+        signals = [
+            Signal("anomaly", "anomaly score", thresholds.defect, "anomaly")
+            if anomaly_only
+            else Signal("defect", "P(defect)", thresholds.defect, "defect")
+        ]
         signals += [Signal(name, f"P({name})", band, "class") for name, band in thresholds.per_class.items()]
         if thresholds.anomaly is not None and not anomaly_only:
             signals.append(Signal("anomaly", "anomaly score", thresholds.anomaly, "anomaly"))
         self.signals: tuple[Signal, ...] = tuple(signals)
 
     @classmethod
-    def from_card(cls, card, thresholds: Thresholds | None = None) -> "DecisionPolicy":  # noqa: ANN001 (ModelCard)
+    def from_card(cls, card, thresholds: Thresholds | None = None) -> DecisionPolicy:  # noqa: ANN001 (ModelCard)
         """The policy of ``card`` (with other ``thresholds``, e.g. calibrated ones, when given)."""
         return cls(thresholds or card.thresholds, card.classes, card.defect_classes, anomaly_only=card.anomaly_only)
 

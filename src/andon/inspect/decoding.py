@@ -23,10 +23,18 @@ SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "BMP", "TIFF"})
 #: default cap on width*height, read from the header: 100 MP (a 5 MP frame is 5,013,504 pixels)
 DEFAULT_MAX_PIXELS = 100_000_000
 
-_REDUCED_COLOR = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-                  8: cv2.IMREAD_REDUCED_COLOR_8}
-_REDUCED_GRAY = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
-                 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+_REDUCED_COLOR = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+_REDUCED_GRAY = {
+    1: cv2.IMREAD_GRAYSCALE,
+    2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
+    4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+    8: cv2.IMREAD_REDUCED_GRAYSCALE_8,
+}
 
 
 @dataclass(frozen=True)
@@ -43,8 +51,9 @@ class ImageHeader:
         return self.width * self.height
 
 
-def probe(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-          allowed_formats: frozenset[str] = SUPPORTED_FORMATS) -> ImageHeader:
+def probe(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, allowed_formats: frozenset[str] = SUPPORTED_FORMATS
+) -> ImageHeader:
     """Read format and size from the header only; refuse what is not an allowed, sane-sized image."""
     if not data:
         raise ImageDecodeError("empty image: the body has 0 bytes; send a JPEG, PNG, BMP or TIFF image")
@@ -52,8 +61,9 @@ def probe(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
-                header = ImageHeader(format=str(im.format), width=int(im.width), height=int(im.height),
-                                     mode=str(im.mode))
+                header = ImageHeader(
+                    format=str(im.format), width=int(im.width), height=int(im.height), mode=str(im.mode)
+                )
     except Image.DecompressionBombError:
         raise ImageTooLargeError(
             f"image too large: its header declares over {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels "
@@ -71,8 +81,7 @@ def probe(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageDecodeError(f"image has no pixels ({header.width}x{header.height})")
     if header.pixels > max_pixels:
         raise ImageTooLargeError(
-            f"image too large: {header.width}x{header.height} = {header.pixels:,} pixels, "
-            f"the limit is {max_pixels:,}"
+            f"image too large: {header.width}x{header.height} = {header.pixels:,} pixels, the limit is {max_pixels:,}"
         )
     _check_complete(data, header.format)
     return header
@@ -101,9 +110,14 @@ def reduction_for(header: ImageHeader, target_hw: tuple[int, int] | None) -> int
     return 1
 
 
-def decode(data: bytes, *, target_hw: tuple[int, int] | None = None, gray: bool = False,
-           max_pixels: int = DEFAULT_MAX_PIXELS,
-           allowed_formats: frozenset[str] = SUPPORTED_FORMATS) -> np.ndarray:
+def decode(
+    data: bytes,
+    *,
+    target_hw: tuple[int, int] | None = None,
+    gray: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    allowed_formats: frozenset[str] = SUPPORTED_FORMATS,
+) -> np.ndarray:
     """Decode image bytes to ``uint8`` pixels: ``HxWx3`` RGB, or ``HxW`` grey when ``gray``.
 
     With ``target_hw`` a large JPEG is decoded at reduced scale (never below the target size).

@@ -16,8 +16,7 @@ from andon.errors import ImageDecodeError
 from andon.inspect.card import PreprocessSpec
 
 
-def to_image_coords(heatmap: np.ndarray, image_hw: tuple[int, int],
-                    spec: PreprocessSpec | None = None) -> np.ndarray:
+def to_image_coords(heatmap: np.ndarray, image_hw: tuple[int, int], spec: PreprocessSpec | None = None) -> np.ndarray:
     """float32 HxW heatmap over the original image; ``spec`` None means the stretch policy."""
     heat = _check_heatmap(heatmap)
     out_h, out_w = int(image_hw[0]), int(image_hw[1])
@@ -30,18 +29,19 @@ def to_image_coords(heatmap: np.ndarray, image_hw: tuple[int, int],
         scale = min(in_w / out_w, in_h / out_h)
         new_w, new_h = max(1, round(out_w * scale)), max(1, round(out_h * scale))
         top, left = (in_h - new_h) // 2, (in_w - new_w) // 2
-        return _upsample(at_input[top:top + new_h, left:left + new_w], out_w, out_h)
+        return _upsample(at_input[top : top + new_h, left : left + new_w], out_w, out_h)
     # center_crop: the input is the central in_h x in_w of the frame resized by `scale`
     scale = max(in_w / out_w, in_h / out_h)
     new_w, new_h = max(in_w, round(out_w * scale)), max(in_h, round(out_h * scale))
     top, left = (new_h - in_h) // 2, (new_w - in_w) // 2
     full = np.zeros((new_h, new_w), dtype=np.float32)
-    full[top:top + in_h, left:left + in_w] = at_input
+    full[top : top + in_h, left : left + in_w] = at_input
     return _upsample(full, out_w, out_h)
 
 
-def overlay(image_rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, *,
-            spec: PreprocessSpec | None = None) -> np.ndarray:
+def overlay(
+    image_rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, *, spec: PreprocessSpec | None = None
+) -> np.ndarray:
     """uint8 RGB image with the heatmap colour-mapped and blended on it (weight ``alpha * evidence``)."""
     image = _as_rgb(image_rgb)
     if not 0.0 <= alpha <= 1.0:
@@ -59,8 +59,14 @@ def colourise(heat: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
 
 
-def heatmap_png(image_rgb: np.ndarray | None, heatmap: np.ndarray, alpha: float = 0.5, *,
-                spec: PreprocessSpec | None = None, size: int = 256) -> bytes:
+def heatmap_png(
+    image_rgb: np.ndarray | None,
+    heatmap: np.ndarray,
+    alpha: float = 0.5,
+    *,
+    spec: PreprocessSpec | None = None,
+    size: int = 256,
+) -> bytes:
     """PNG bytes of ``overlay``; without an image, the colour-mapped heatmap alone, ``size`` pixels on its long side."""
     if image_rgb is None:
         heat = _check_heatmap(heatmap)

@@ -43,8 +43,9 @@ _EXPORT_HINT = "export a training run with 'andon export RUN'"
 class Inspector:
     """A loaded, validated andon model and its decision thresholds."""
 
-    def __init__(self, *, path: Path, card: ModelCard, session: object, preprocessor: Preprocessor,
-                 model_hash: str) -> None:
+    def __init__(
+        self, *, path: Path, card: ModelCard, session: object, preprocessor: Preprocessor, model_hash: str
+    ) -> None:
         self.path = path
         self.card = card
         self.model_hash = model_hash
@@ -60,22 +61,41 @@ class Inspector:
     # -- loading ---------------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: str | Path, *, threads: int | None = None,
-             max_pixels: int = decoding.DEFAULT_MAX_PIXELS,
-             allowed_formats: frozenset[str] = decoding.SUPPORTED_FORMATS, warmup: bool = True) -> "Inspector":
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        threads: int | None = None,
+        max_pixels: int = decoding.DEFAULT_MAX_PIXELS,
+        allowed_formats: frozenset[str] = decoding.SUPPORTED_FORMATS,
+        warmup: bool = True,
+    ) -> Inspector:
         """Validate ``path`` (see the module docstring) and open it for inference."""
         path = Path(path)
         if not path.exists():
             raise ModelFileError(f"model file {path} does not exist")
         if not path.is_file():
             raise ModelFileError(f"model path {path} is not a file (a run folder? {_EXPORT_HINT})")
-        return cls.from_bytes(path.read_bytes(), source=path, threads=threads, max_pixels=max_pixels,
-                              allowed_formats=allowed_formats, warmup=warmup)
+        return cls.from_bytes(
+            path.read_bytes(),
+            source=path,
+            threads=threads,
+            max_pixels=max_pixels,
+            allowed_formats=allowed_formats,
+            warmup=warmup,
+        )
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, source: str | Path = "<bytes>", threads: int | None = None,
-                   max_pixels: int = decoding.DEFAULT_MAX_PIXELS,
-                   allowed_formats: frozenset[str] = decoding.SUPPORTED_FORMATS, warmup: bool = True) -> "Inspector":
+    def from_bytes(
+        cls,
+        data: bytes,
+        *,
+        source: str | Path = "<bytes>",
+        threads: int | None = None,
+        max_pixels: int = decoding.DEFAULT_MAX_PIXELS,
+        allowed_formats: frozenset[str] = decoding.SUPPORTED_FORMATS,
+        warmup: bool = True,
+    ) -> Inspector:
         """Like ``load``, for a model already in memory (an upload, say); ``source`` names it in errors."""
         model = parse_model(data, source)
         refuse_external_data(model, source)
@@ -86,9 +106,13 @@ class Inspector:
             session = create_session(data, threads)
         except Exception as exc:  # onnxruntime raises its own exception types, one per failure kind
             raise ModelFileError(f"onnxruntime cannot load {source}: {_first_line(exc)}") from None
-        inspector = cls(path=Path(str(source)), card=card, session=session, model_hash=model_hash,
-                        preprocessor=Preprocessor(card.preprocess, max_pixels=max_pixels,
-                                                  allowed_formats=allowed_formats))
+        inspector = cls(
+            path=Path(str(source)),
+            card=card,
+            session=session,
+            model_hash=model_hash,
+            preprocessor=Preprocessor(card.preprocess, max_pixels=max_pixels, allowed_formats=allowed_formats),
+        )
         if warmup:
             inspector._warm_up(source)
         return inspector
@@ -104,10 +128,12 @@ class Inspector:
             dims = output_spec(key).dims
             fits = value.ndim == len(dims) and value.shape[0] == 1 and ("K" not in dims or value.shape[1] == k)
             if not fits or not np.all(np.isfinite(value)):
-                raise ModelFileError(f"{source}: output '{names[key]}' gave {value.shape} "
-                                     f"{'' if fits else '(wrong shape) '}with values "
-                                     f"{'finite' if np.all(np.isfinite(value)) else 'not all finite'}; expected "
-                                     f"({', '.join(dims)}) with N=1, K={k}, finite")
+                raise ModelFileError(
+                    f"{source}: output '{names[key]}' gave {value.shape} "
+                    f"{'' if fits else '(wrong shape) '}with values "
+                    f"{'finite' if np.all(np.isfinite(value)) else 'not all finite'}; expected "
+                    f"({', '.join(dims)}) with N=1, K={k}, finite"
+                )
         probs = outputs.probs
         if not np.all(probs >= -1e-4) or abs(float(probs.sum()) - 1.0) > 1e-3:
             raise ModelFileError(
@@ -123,7 +149,7 @@ class Inspector:
     def thresholds(self) -> Thresholds:
         return self.card.thresholds
 
-    def with_thresholds(self, thresholds: Thresholds) -> "Inspector":
+    def with_thresholds(self, thresholds: Thresholds) -> Inspector:
         """A copy deciding with other thresholds; shares the (expensive) onnxruntime session."""
         other = copy.copy(self)
         other.card = self.card.replace(thresholds=thresholds.model_dump())
@@ -146,8 +172,12 @@ class Inspector:
         if tensors.ndim != 4 or tensors.shape[1:] != (3, h, w):
             raise ImageDecodeError(f"tensors of shape {tensors.shape} do not fit the model input (N, 3, {h}, {w})")
         if len(tensors) == 0:
-            return ModelOutputs({k: np.zeros((0, len(self.card.classes)) if k == "probabilities" else (0,),
-                                              dtype=np.float32) for k in self._always})
+            return ModelOutputs(
+                {
+                    k: np.zeros((0, len(self.card.classes)) if k == "probabilities" else (0,), dtype=np.float32)
+                    for k in self._always
+                }
+            )
         return self._run(tensors, maps=maps)
 
     def predict_probs(self, tensors: np.ndarray) -> np.ndarray:
@@ -158,8 +188,9 @@ class Inspector:
         """The verdict on one frame (image bytes, or a uint8/uint16 grey, RGB or RGBA array)."""
         return self.inspect_batch([frame], heatmap=heatmap)[0]  # type: ignore[return-value]
 
-    def inspect_batch(self, frames: Sequence[Frame], *, heatmap: bool = False,
-                      on_error: Literal["raise", "return"] = "raise") -> list[InspectionResult | AndonError]:
+    def inspect_batch(
+        self, frames: Sequence[Frame], *, heatmap: bool = False, on_error: Literal["raise", "return"] = "raise"
+    ) -> list[InspectionResult | AndonError]:
         """Verdicts for many frames with one onnxruntime call.
 
         A frame that cannot be decoded raises its ``ImageDecodeError``; with ``on_error="return"`` the error
@@ -196,10 +227,12 @@ class Inspector:
 
     def _check_heatmap(self, heatmap: bool) -> None:
         if heatmap and not self._maps:
-            raise ModelCardError(f"model {self.path.name} has no heatmap or anomaly map output (card output_names "
-                                 f"{self.card.output_names})")
+            raise ModelCardError(
+                f"model {self.path.name} has no heatmap or anomaly map output (card output_names "
+                f"{self.card.output_names})"
+            )
 
-    def _prepare(self, frame: Frame) -> "_Prepared":
+    def _prepare(self, frame: Frame) -> _Prepared:
         t0 = time.perf_counter()
         pixels = self.preprocessor.decode(frame)
         size = _original_size(frame, pixels, self.card.preprocess.input_size)
@@ -216,8 +249,9 @@ class Inspector:
         arrays = self._session.run(names, {self._input: tensors})  # type: ignore[attr-defined]
         return ModelOutputs.from_run(keys, arrays)
 
-    def _result(self, p: "_Prepared", outputs: ModelOutputs, verdicts: Verdicts, row: int,
-                infer_ms: float) -> InspectionResult:
+    def _result(
+        self, p: _Prepared, outputs: ModelOutputs, verdicts: Verdicts, row: int, infer_ms: float
+    ) -> InspectionResult:
         classes = self.card.classes
         probs = outputs.probs[row]
         timings = {"decode": p.decode_ms, "preprocess": p.preprocess_ms, "infer": infer_ms}
@@ -243,15 +277,23 @@ class Inspector:
 
     def __repr__(self) -> str:
         t = self.card.thresholds.defect
-        return (f"Inspector({self.path.name!r}, classes={self.card.classes}, version={self.model_version!r}, "
-                f"pass_below={t.pass_below}, reject_at={t.reject_at})")
+        return (
+            f"Inspector({self.path.name!r}, classes={self.card.classes}, version={self.model_version!r}, "
+            f"pass_below={t.pass_below}, reject_at={t.reject_at})"
+        )
 
 
 class _Prepared:
     __slots__ = ("tensor", "size", "decode_ms", "preprocess_ms", "quality")
 
-    def __init__(self, tensor: np.ndarray, size: tuple[int, int], decode_ms: float, preprocess_ms: float,
-                 quality: dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        tensor: np.ndarray,
+        size: tuple[int, int],
+        decode_ms: float,
+        preprocess_ms: float,
+        quality: dict[str, float] | None = None,
+    ) -> None:
         self.tensor, self.size, self.decode_ms, self.preprocess_ms = tensor, size, decode_ms, preprocess_ms
         self.quality = quality
 
@@ -289,14 +331,18 @@ def parse_model(data: bytes, source: str | Path) -> onnx.ModelProto:
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{source} is not an ONNX model: it does not parse ({_first_line(exc)})") from None
     if model.ir_version <= 0 or not model.HasField("graph") or len(model.graph.node) == 0 or not model.opset_import:
-        raise ModelFileError(
-            f"{source} is not an ONNX model: {len(data):,} bytes with no graph, IR version or opset"
-        )
+        raise ModelFileError(f"{source} is not an ONNX model: {len(data):,} bytes with no graph, IR version or opset")
     return model
 
 
-_IMAGE_MAGIC = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"BM": "a BMP image",
-                b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image", b"GIF8": "a GIF image"}
+_IMAGE_MAGIC = {
+    b"\xff\xd8\xff": "a JPEG image",
+    b"\x89PNG": "a PNG image",
+    b"BM": "a BMP image",
+    b"II*\x00": "a TIFF image",
+    b"MM\x00*": "a TIFF image",
+    b"GIF8": "a GIF image",
+}
 
 
 def sniff_non_onnx(data: bytes) -> str | None:
@@ -389,12 +435,15 @@ def check_signature(model: onnx.ModelProto, card: ModelCard, source: str | Path)
         raise ModelFileError(f"{source}: wrong input signature: inputs {[i.name for i in inputs]}, expected {want}")
     dims = _dims(inputs[0])
     if inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT or dims is None or len(dims) != 4:
-        raise ModelFileError(f"{source}: wrong input signature: '{card.input_name}' is "
-                             f"{_describe_value(inputs[0])}, expected {want}")
+        raise ModelFileError(
+            f"{source}: wrong input signature: '{card.input_name}' is {_describe_value(inputs[0])}, expected {want}"
+        )
     for axis, expected in ((1, 3), (2, h), (3, w)):
         if isinstance(dims[axis], int) and dims[axis] != expected:
-            raise ModelFileError(f"{source}: wrong input signature: '{card.input_name}' has shape "
-                                 f"{_shape_text(dims)} but the card says (N, 3, {h}, {w})")
+            raise ModelFileError(
+                f"{source}: wrong input signature: '{card.input_name}' has shape "
+                f"{_shape_text(dims)} but the card says (N, 3, {h}, {w})"
+            )
     _check_outputs(graph, card, source)
 
 
@@ -409,9 +458,10 @@ def _check_outputs(graph: onnx.GraphProto, card: ModelCard, source: str | Path) 
             raise ModelFileError(f"{source}: wrong output signature: no {key} output '{name}' among {sorted(outputs)}")
         dims = _dims(outputs[name])
         if dims is None or len(dims) != spec.rank or ("K" in spec.dims and isinstance(dims[1], int) and dims[1] != k):
-            raise ModelFileError(f"{source}: wrong output signature: '{name}' is {_describe_value(outputs[name])}, "
-                                 f"expected {want}" + (f" for the card's {k} classes {card.classes}"
-                                                       if "K" in spec.dims else ""))
+            raise ModelFileError(
+                f"{source}: wrong output signature: '{name}' is {_describe_value(outputs[name])}, "
+                f"expected {want}" + (f" for the card's {k} classes {card.classes}" if "K" in spec.dims else "")
+            )
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str] | None:
@@ -426,8 +476,11 @@ def _shape_text(dims: list[int | str] | None) -> str:
 
 
 def _describe_value(value: onnx.ValueInfoProto) -> str:
-    elem = onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type) if value.type.HasField("tensor_type") \
+    elem = (
+        onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type)
+        if value.type.HasField("tensor_type")
         else "not a tensor"
+    )
     return f"{elem.lower()} {_shape_text(_dims(value))}"
 
 

@@ -50,15 +50,28 @@ class OutputSpec:
 
 
 PROBABILITIES = OutputSpec("probabilities", "probs", ("N", "K"), "softmax over the card's classes")
-HEATMAP = OutputSpec("heatmap", "heatmap", ("N", "h", "w"),
-                     "where the classifier sees defect evidence: the local P(defect), class activation map",
-                     is_map=True, tolerance=1 / 255)
-ANOMALY_SCORE = OutputSpec("anomaly_score", "anomaly_score", ("N",),
-                           "how unlike the good training parts the image is, in [0, 1); 0.5 = the calibrated "
-                           "false-alarm limit")
-ANOMALY_MAP = OutputSpec("anomaly_map", "anomaly_map", ("N", "h", "w"),
-                         "the anomaly score per location (nearest good patch), in [0, 1)", is_map=True,
-                         tolerance=1 / 255)
+HEATMAP = OutputSpec(
+    "heatmap",
+    "heatmap",
+    ("N", "h", "w"),
+    "where the classifier sees defect evidence: the local P(defect), class activation map",
+    is_map=True,
+    tolerance=1 / 255,
+)
+ANOMALY_SCORE = OutputSpec(
+    "anomaly_score",
+    "anomaly_score",
+    ("N",),
+    "how unlike the good training parts the image is, in [0, 1); 0.5 = the calibrated false-alarm limit",
+)
+ANOMALY_MAP = OutputSpec(
+    "anomaly_map",
+    "anomaly_map",
+    ("N", "h", "w"),
+    "the anomaly score per location (nearest good patch), in [0, 1)",
+    is_map=True,
+    tolerance=1 / 255,
+)
 
 #: every output andon knows, in graph order
 OUTPUTS: tuple[OutputSpec, ...] = (PROBABILITIES, HEATMAP, ANOMALY_SCORE, ANOMALY_MAP)
@@ -70,8 +83,9 @@ def output_spec(key: str) -> OutputSpec:
     try:
         return _BY_KEY[key]
     except KeyError:
-        raise ModelCardError(f"unknown model output {key!r}; andon knows {sorted(_BY_KEY)} "
-                             "(a file from a newer andon? upgrade andon)") from None
+        raise ModelCardError(
+            f"unknown model output {key!r}; andon knows {sorted(_BY_KEY)} (a file from a newer andon? upgrade andon)"
+        ) from None
 
 
 def check_output_names(names: Mapping[str, str]) -> None:
@@ -105,7 +119,7 @@ class ModelOutputs:
             raise ValueError("model outputs need 'probabilities'")
 
     @classmethod
-    def from_run(cls, keys: Iterable[str], arrays: Iterable[np.ndarray]) -> "ModelOutputs":
+    def from_run(cls, keys: Iterable[str], arrays: Iterable[np.ndarray]) -> ModelOutputs:
         out = {}
         for key, array in zip(keys, arrays):
             array = np.asarray(array, dtype=np.float32)
@@ -113,7 +127,7 @@ class ModelOutputs:
         return cls(out)
 
     @classmethod
-    def of(cls, probs: np.ndarray, **others: np.ndarray | None) -> "ModelOutputs":
+    def of(cls, probs: np.ndarray, **others: np.ndarray | None) -> ModelOutputs:
         """From arrays already in hand (evaluation of saved predictions, tests)."""
         values = {"probabilities": np.asarray(probs)}
         values.update({k: np.asarray(v) for k, v in others.items() if v is not None})
@@ -122,7 +136,7 @@ class ModelOutputs:
         return cls(values)
 
     @classmethod
-    def from_predictions(cls, pred: Mapping[str, np.ndarray]) -> "ModelOutputs":
+    def from_predictions(cls, pred: Mapping[str, np.ndarray]) -> ModelOutputs:
         """From a training run's saved predictions (``probs``, and ``anomaly_score`` when it has one)."""
         return cls.of(pred["probs"], anomaly_score=pred.get("anomaly_score"))
 
@@ -136,6 +150,6 @@ class ModelOutputs:
     def __len__(self) -> int:
         return len(self.probs)
 
-    def take(self, index: slice | np.ndarray | list[int]) -> "ModelOutputs":
+    def take(self, index: slice | np.ndarray | list[int]) -> ModelOutputs:
         """The outputs of some frames (a slice or indices)."""
         return ModelOutputs({k: v[index] for k, v in self.values.items()})

@@ -26,8 +26,13 @@ _INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": c
 class Preprocessor:
     """Turns frames into model inputs according to a ``PreprocessSpec`` (from the model card)."""
 
-    def __init__(self, spec: PreprocessSpec, *, max_pixels: int = _decode.DEFAULT_MAX_PIXELS,
-                 allowed_formats: frozenset[str] = _decode.SUPPORTED_FORMATS) -> None:
+    def __init__(
+        self,
+        spec: PreprocessSpec,
+        *,
+        max_pixels: int = _decode.DEFAULT_MAX_PIXELS,
+        allowed_formats: frozenset[str] = _decode.SUPPORTED_FORMATS,
+    ) -> None:
         self.spec = spec
         self.max_pixels = max_pixels
         self.allowed_formats = allowed_formats
@@ -53,8 +58,13 @@ class Preprocessor:
             frame = bytes(frame)
         if not isinstance(frame, bytes):
             raise _decode.ImageDecodeError(f"expected image bytes or a numpy array, got {type(frame).__name__}")
-        return _decode.decode(frame, target_hw=self.spec.input_size, gray=self._gray,
-                              max_pixels=self.max_pixels, allowed_formats=self.allowed_formats)
+        return _decode.decode(
+            frame,
+            target_hw=self.spec.input_size,
+            gray=self._gray,
+            max_pixels=self.max_pixels,
+            allowed_formats=self.allowed_formats,
+        )
 
     def resize(self, pixels: np.ndarray) -> np.ndarray:
         """Decoded pixels to a uint8 HxWx3 RGB image at the model's input size, by the spec's resize policy."""
@@ -68,14 +78,21 @@ class Preprocessor:
             new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
             inner = _resize(pixels, new_w, new_h, interp)
             top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
-            image = cv2.copyMakeBorder(inner, top, out_h - new_h - top, left, out_w - new_w - left,
-                                       cv2.BORDER_CONSTANT, value=(self.spec.pad_value,) * 3)
+            image = cv2.copyMakeBorder(
+                inner,
+                top,
+                out_h - new_h - top,
+                left,
+                out_w - new_w - left,
+                cv2.BORDER_CONSTANT,
+                value=(self.spec.pad_value,) * 3,
+            )
         else:  # center_crop
             scale = max(out_w / w, out_h / h)
             new_w, new_h = max(out_w, round(w * scale)), max(out_h, round(h * scale))
             outer = _resize(pixels, new_w, new_h, interp)
             top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
-            image = outer[top:top + out_h, left:left + out_w]
+            image = outer[top : top + out_h, left : left + out_w]
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
         return np.ascontiguousarray(image)

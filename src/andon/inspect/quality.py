@@ -55,7 +55,7 @@ def centre_window(image: np.ndarray, size: int = FOCUS_WINDOW) -> np.ndarray:
     """The central ``size`` x ``size`` region (or the whole image when it is smaller)."""
     h, w = image.shape[:2]
     top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    return image[top:top + size, left:left + size]
+    return image[top : top + size, left : left + size]
 
 
 def focus_measure(pixels: np.ndarray) -> float:
@@ -74,5 +74,8 @@ def frame_quality(decoded: np.ndarray, model_input: np.ndarray) -> FrameQuality:
     """Brightness and contrast of ``model_input`` (uint8 RGB at the model's size), focus of ``decoded``."""
     grey = _grey(model_input)
     mean, std = cv2.meanStdDev(grey)
-    return FrameQuality(brightness=round(float(mean[0, 0]), 3), contrast=round(float(std[0, 0]), 3),
-                        focus=round(focus_measure(decoded), 3))
+    return FrameQuality(
+        brightness=round(float(mean[0, 0]), 3),
+        contrast=round(float(std[0, 0]), 3),
+        focus=round(focus_measure(decoded), 3),
+    )

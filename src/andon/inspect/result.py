@@ -17,7 +17,8 @@ class InspectionResult:
     both at feature resolution (float32 h x w in [0, 1]) and only computed when asked for (``display_map`` is
     the one that shows why the frame was flagged). ``reason`` is the decision's reason code: "pass", the signal
     that decided ("defect", a defect class, "anomaly"), or "unknown defect" (the classifier passed the part and
-    the anomaly score flagged it); ``reasons`` says the same in words. ``image_size`` is the frame's own (height, width), read from the image header
+    the anomaly score flagged it); ``reasons`` says the same in words. ``image_size`` is the frame's own (height,
+    width), read from the image header
     when the decoder used a reduced scale, so it always describes the original frame. ``timings_ms`` holds
     decode, preprocess (resize + normalise), infer and total in milliseconds; for a frame inspected in a batch,
     infer is the batch's single onnxruntime call divided by the number of frames.

@@ -83,5 +83,4 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 
 def create_session(model_bytes: bytes, threads: int | None = None) -> ort.InferenceSession:
     """A CPU inference session for a serialised ONNX model."""
-    return ort.InferenceSession(model_bytes, sess_options=session_options(threads),
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model_bytes, sess_options=session_options(threads), providers=["CPUExecutionProvider"])

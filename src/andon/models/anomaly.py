@@ -40,8 +40,10 @@ def _blocks_of(backbone: nn.Module) -> nn.Sequential:
     """The trunk's sequence of blocks: ``features`` of torchvision-style trunks, else the trunk itself."""
     blocks = getattr(backbone, "features", backbone)
     if not isinstance(blocks, nn.Sequential):
-        raise ConfigError(f"the trunk {type(backbone).__name__} is not a sequence of blocks; "
-                          "pass an andon backbone (create_model(...).backbone)")
+        raise ConfigError(
+            f"the trunk {type(backbone).__name__} is not a sequence of blocks; "
+            "pass an andon backbone (create_model(...).backbone)"
+        )
     return blocks
 
 
@@ -58,9 +60,19 @@ class PatchFeatures(nn.Module):
     finest of them sets the map resolution. ``dim=None`` keeps all concatenated channels.
     """
 
-    def __init__(self, backbone: nn.Module, layers: Sequence[int], *, card_mean: Triple, card_std: Triple,
-                 trunk_mean: Triple, trunk_std: Triple, dim: int | None = 128, seed: int = 0,
-                 shared: bool = False) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        layers: Sequence[int],
+        *,
+        card_mean: Triple,
+        card_std: Triple,
+        trunk_mean: Triple,
+        trunk_std: Triple,
+        dim: int | None = 128,
+        seed: int = 0,
+        shared: bool = False,
+    ) -> None:
         super().__init__()
         #: the trunk is the classifier's own (fine-tuned) trunk: an inspection graph computes it once for both
         #: (``andon.models.graph``), so the detector adds only the nearest-patch search
@@ -170,8 +182,9 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
 class PatchCore(nn.Module):
     """``forward(image) -> (score [N], anomaly_map [N, h, w])``, both in [0, 1); about 0.5 for a typical good part."""
 
-    def __init__(self, extractor: PatchFeatures, bank: torch.Tensor, scale: float = 1.0, *,
-                 blur_sigma: float = 0.0) -> None:
+    def __init__(
+        self, extractor: PatchFeatures, bank: torch.Tensor, scale: float = 1.0, *, blur_sigma: float = 0.0
+    ) -> None:
         super().__init__()
         if bank.ndim != 2 or bank.shape[0] < 1 or bank.shape[1] != extractor.dim:
             raise ConfigError(f"bank of shape {tuple(bank.shape)} must be [B >= 1, {extractor.dim}]")
@@ -231,16 +244,25 @@ def _split_off_references(batches: list[torch.Tensor], seed: int) -> tuple[list[
     """Every image into the bank's share or the reference share (about one in ten, at least one, seeded)."""
     images = torch.cat(batches)
     if len(images) < 2:
-        raise DatasetError(f"{len(images)} good image(s): scale needs reference images that are not in the bank; "
-                           "give reference_batches or at least 2 good images")
+        raise DatasetError(
+            f"{len(images)} good image(s): scale needs reference images that are not in the bank; "
+            "give reference_batches or at least 2 good images"
+        )
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     n_ref = max(1, len(images) // 10)
     return list(images[order[n_ref:]].split(16)), list(images[order[:n_ref]].split(16))
 
 
-def fit_patchcore(extractor: PatchFeatures, good_batches: Iterable[torch.Tensor], *, bank_size: int,
-                  reference_batches: Iterable[torch.Tensor] | None = None, seed: int = 0,
-                  blur_sigma: float = 0.0, progress: Progress | None = None) -> PatchCore:
+def fit_patchcore(
+    extractor: PatchFeatures,
+    good_batches: Iterable[torch.Tensor],
+    *,
+    bank_size: int,
+    reference_batches: Iterable[torch.Tensor] | None = None,
+    seed: int = 0,
+    blur_sigma: float = 0.0,
+    progress: Progress | None = None,
+) -> PatchCore:
     """Fit PatchCore on good images: patch features, a k-center coreset of ``bank_size`` patches, ``scale``.
 
     ``scale`` is the median raw score of ``reference_batches`` (good images not in the bank); without them,
@@ -263,13 +285,21 @@ def fit_patchcore(extractor: PatchFeatures, good_batches: Iterable[torch.Tensor]
     patches = extract_patches(extractor, good)
     with torch.no_grad():
         reference_features = [extractor(batch) for batch in references]
-    return build_patchcore(extractor, patches, reference_features, bank_size=bank_size, seed=seed,
-                           blur_sigma=blur_sigma, progress=say)
+    return build_patchcore(
+        extractor, patches, reference_features, bank_size=bank_size, seed=seed, blur_sigma=blur_sigma, progress=say
+    )
 
 
-def build_patchcore(extractor: PatchFeatures, patches: torch.Tensor, reference_features: list[torch.Tensor], *,
-                    bank_size: int, seed: int = 0, blur_sigma: float = 0.0,
-                    progress: Progress | None = None) -> PatchCore:
+def build_patchcore(
+    extractor: PatchFeatures,
+    patches: torch.Tensor,
+    reference_features: list[torch.Tensor],
+    *,
+    bank_size: int,
+    seed: int = 0,
+    blur_sigma: float = 0.0,
+    progress: Progress | None = None,
+) -> PatchCore:
     """``fit_patchcore`` from features already extracted: good patches ``[M, D]`` and reference feature maps."""
     say = progress or (lambda _message: None)
     if len(patches) == 0:

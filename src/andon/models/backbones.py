@@ -26,9 +26,9 @@ head and first/last stage repeats fixed, as the TF builder does; their weights c
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable
 
 import torch
 from torch import nn
@@ -92,8 +92,15 @@ def _replace_silu(module: nn.Module) -> None:
 
 
 #: EfficientNet-B0's stages (expand ratio, kernel, stride, in, out, layers), which Lite0..Lite4 scale
-_LITE_STAGES = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
-                (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1))
+_LITE_STAGES = (
+    (1, 3, 1, 32, 16, 1),
+    (6, 3, 2, 16, 24, 2),
+    (6, 5, 2, 24, 40, 2),
+    (6, 3, 2, 40, 80, 3),
+    (6, 5, 1, 80, 112, 3),
+    (6, 5, 2, 112, 192, 4),
+    (6, 3, 1, 192, 320, 1),
+)
 
 
 def _efficientnet_lite(width_mult: float, depth_mult: float) -> tuple[nn.Module, int]:
@@ -107,8 +114,9 @@ def _efficientnet_lite(width_mult: float, depth_mult: float) -> tuple[nn.Module,
         for i, stage in enumerate(_LITE_STAGES)
     ]
     setting[0].input_channels = 32  # the stem is fixed at 32 channels whatever the width
-    model = EfficientNet(setting, dropout=0.2, stochastic_depth_prob=0.2, last_channel=1280,
-                         norm_layer=partial(nn.BatchNorm2d, eps=1e-3))
+    model = EfficientNet(
+        setting, dropout=0.2, stochastic_depth_prob=0.2, last_channel=1280, norm_layer=partial(nn.BatchNorm2d, eps=1e-3)
+    )
     _replace_silu(model.features)
     return _features_trunk(model), 1280
 
@@ -130,23 +138,60 @@ def _convnext_tiny() -> tuple[nn.Module, int]:
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
-        BackboneSpec("mobilenet_v3_small", partial(_mobilenet, tvm.mobilenet_v3_small),
-                     "MobileNet_V3_Small_Weights.IMAGENET1K_V1", ("classifier.",)),
-        BackboneSpec("mobilenet_v3_large", partial(_mobilenet, tvm.mobilenet_v3_large),
-                     "MobileNet_V3_Large_Weights.IMAGENET1K_V2", ("classifier.",)),
-        BackboneSpec("mobilenet_v2", partial(_mobilenet, tvm.mobilenet_v2),
-                     "MobileNet_V2_Weights.IMAGENET1K_V2", ("classifier.",)),
+        BackboneSpec(
+            "mobilenet_v3_small",
+            partial(_mobilenet, tvm.mobilenet_v3_small),
+            "MobileNet_V3_Small_Weights.IMAGENET1K_V1",
+            ("classifier.",),
+        ),
+        BackboneSpec(
+            "mobilenet_v3_large",
+            partial(_mobilenet, tvm.mobilenet_v3_large),
+            "MobileNet_V3_Large_Weights.IMAGENET1K_V2",
+            ("classifier.",),
+        ),
+        BackboneSpec(
+            "mobilenet_v2",
+            partial(_mobilenet, tvm.mobilenet_v2),
+            "MobileNet_V2_Weights.IMAGENET1K_V2",
+            ("classifier.",),
+        ),
         BackboneSpec("efficientnet_b0", _efficientnet_b0, "EfficientNet_B0_Weights.IMAGENET1K_V1", ("classifier.",)),
-        BackboneSpec("efficientnet_lite0", partial(_efficientnet_lite, 1.0, 1.0), None, ("classifier.",),
-                     mean=TF_LITE_MEAN, std=TF_LITE_STD),
-        BackboneSpec("efficientnet_lite1", partial(_efficientnet_lite, 1.0, 1.1), None, ("classifier.",),
-                     input_size=(240, 240), mean=TF_LITE_MEAN, std=TF_LITE_STD),
-        BackboneSpec("efficientnet_lite2", partial(_efficientnet_lite, 1.1, 1.2), None, ("classifier.",),
-                     input_size=(260, 260), mean=TF_LITE_MEAN, std=TF_LITE_STD),
+        BackboneSpec(
+            "efficientnet_lite0",
+            partial(_efficientnet_lite, 1.0, 1.0),
+            None,
+            ("classifier.",),
+            mean=TF_LITE_MEAN,
+            std=TF_LITE_STD,
+        ),
+        BackboneSpec(
+            "efficientnet_lite1",
+            partial(_efficientnet_lite, 1.0, 1.1),
+            None,
+            ("classifier.",),
+            input_size=(240, 240),
+            mean=TF_LITE_MEAN,
+            std=TF_LITE_STD,
+        ),
+        BackboneSpec(
+            "efficientnet_lite2",
+            partial(_efficientnet_lite, 1.1, 1.2),
+            None,
+            ("classifier.",),
+            input_size=(260, 260),
+            mean=TF_LITE_MEAN,
+            std=TF_LITE_STD,
+        ),
         BackboneSpec("resnet18", partial(_resnet, tvm.resnet18), "ResNet18_Weights.IMAGENET1K_V1", ("fc.",)),
         BackboneSpec("resnet50", partial(_resnet, tvm.resnet50), "ResNet50_Weights.IMAGENET1K_V2", ("fc.",)),
-        BackboneSpec("convnext_tiny", _convnext_tiny, "ConvNeXt_Tiny_Weights.IMAGENET1K_V1", ("classifier.2.",),
-                     renames={"classifier.0.": "norm."}),
+        BackboneSpec(
+            "convnext_tiny",
+            _convnext_tiny,
+            "ConvNeXt_Tiny_Weights.IMAGENET1K_V1",
+            ("classifier.2.",),
+            renames={"classifier.0.": "norm."},
+        ),
     )
 }
 
@@ -159,7 +204,7 @@ def trunk_keys_from_torchvision(state_dict: dict[str, torch.Tensor], spec: Backb
             continue
         for old, new in spec.renames.items():
             if key.startswith(old):
-                key = new + key[len(old):]
+                key = new + key[len(old) :]
                 break
         out[key] = value
     return out

@@ -75,12 +75,13 @@ def load_checkpoint(path: str | Path, *, with_extra: bool = True) -> Checkpoint:
     )
 
 
-def model_from_checkpoint(ckpt: Checkpoint) -> "Classifier":
+def model_from_checkpoint(ckpt: Checkpoint) -> Classifier:
     """The trained ``Classifier`` of a checkpoint (eval mode); ``RunError`` when its weights do not fit."""
     from andon.models.registry import create_model
 
-    model = create_model(ckpt.model_name, ckpt.num_classes, weights="none", progress=False,
-                         head_groups=ckpt.card.head_groups)
+    model = create_model(
+        ckpt.model_name, ckpt.num_classes, weights="none", progress=False, head_groups=ckpt.card.head_groups
+    )
     expected, given = model.state_dict(), ckpt.state_dict
     problems = {
         "missing": [k for k in expected if k not in given and k not in model.OPTIONAL_STATE],
@@ -88,10 +89,13 @@ def model_from_checkpoint(ckpt: Checkpoint) -> "Classifier":
         "wrong shape": [k for k, v in expected.items() if k in given and tuple(given[k].shape) != tuple(v.shape)],
     }
     if any(problems.values()):
-        parts = [f"{name} {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}" for name, keys in problems.items()
-                 if keys]
+        parts = [
+            f"{name} {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}" for name, keys in problems.items() if keys
+        ]
         trained = f" trained as {model.head_units}" if model.merged else ""
-        raise RunError(f"the checkpoint's weights do not fit {ckpt.model_name} with {ckpt.num_classes} classes"
-                       f"{trained}: " + "; ".join(parts))
+        raise RunError(
+            f"the checkpoint's weights do not fit {ckpt.model_name} with {ckpt.num_classes} classes"
+            f"{trained}: " + "; ".join(parts)
+        )
     model.load_state_dict(given, strict=True)
     return model.eval()

@@ -27,8 +27,16 @@ class Classifier(nn.Module):
     trunk stays in eval mode even under ``train()``), for a warm-up that trains only the new head.
     """
 
-    def __init__(self, model_name: str, backbone: nn.Module, feature_channels: int, num_classes: int,
-                 *, dropout: float = 0.2, head_groups: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        backbone: nn.Module,
+        feature_channels: int,
+        num_classes: int,
+        *,
+        dropout: float = 0.2,
+        head_groups: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ConfigError(f"num_classes must be at least 2, got {num_classes}")
@@ -36,8 +44,9 @@ class Classifier(nn.Module):
             raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
         groups = list(range(num_classes)) if head_groups is None else [int(g) for g in head_groups]
         if sorted(set(groups)) != list(range(num_classes)) or groups != sorted(groups):
-            raise ConfigError(f"head_groups {groups} must name every class 0..{num_classes - 1}, in order, "
-                              "at least once")
+            raise ConfigError(
+                f"head_groups {groups} must name every class 0..{num_classes - 1}, in order, at least once"
+            )
         self.model_name = model_name
         self.feature_channels = feature_channels
         self.num_classes = num_classes
@@ -129,7 +138,7 @@ class Classifier(nn.Module):
     def backbone_frozen(self) -> bool:
         return self._frozen
 
-    def train(self, mode: bool = True) -> "Classifier":
+    def train(self, mode: bool = True) -> Classifier:
         super().train(mode)
         if self._frozen:
             self.backbone.eval()
@@ -143,5 +152,7 @@ class Classifier(nn.Module):
 
     def extra_repr(self) -> str:
         merged = f", head_units={self.head_units}" if self.merged else ""
-        return f"model_name={self.model_name!r}, feature_channels={self.feature_channels}, " \
-               f"num_classes={self.num_classes}{merged}"
+        return (
+            f"model_name={self.model_name!r}, feature_channels={self.feature_channels}, "
+            f"num_classes={self.num_classes}{merged}"
+        )

@@ -39,8 +39,7 @@ import numpy as np
 import onnx
 import torch
 
-from andon import __version__
-from andon import fileio
+from andon import __version__, fileio
 from andon.errors import AndonError, ConfigError, ExportError
 from andon.inspect.card import ModelCard
 from andon.inspect.onnxfile import embed_card
@@ -96,9 +95,17 @@ class ExportReport:
     stages: dict[str, float] = field(default_factory=dict)
 
 
-def export_model(model: Classifier | None, card: ModelCard, out_path: str | Path, verify_inputs: np.ndarray, *,
-                 anomaly: torch.nn.Module | None = None, opset: int = 17, exporter: Exporter = "torchscript",
-                 progress: Progress | None = None) -> ExportReport:
+def export_model(
+    model: Classifier | None,
+    card: ModelCard,
+    out_path: str | Path,
+    verify_inputs: np.ndarray,
+    *,
+    anomaly: torch.nn.Module | None = None,
+    opset: int = 17,
+    exporter: Exporter = "torchscript",
+    progress: Progress | None = None,
+) -> ExportReport:
     """Export ``model`` (and/or the ``anomaly`` detector) with ``card`` to ``out_path`` (fp32), verified on
     ``verify_inputs`` (N x 3 x H x W)."""
     t0 = time.perf_counter()
@@ -106,9 +113,17 @@ def export_model(model: Classifier | None, card: ModelCard, out_path: str | Path
     built = build(model, card, verify_inputs, anomaly=anomaly, opset=opset, exporter=exporter, progress=progress)
     _say(progress, f"writing {out_path}")
     write_atomic(out_path, built.data)
-    return ExportReport(path=out_path, card=built.card, opset=built.opset, exporter=exporter,
-                        size_bytes=len(built.data), seconds=time.perf_counter() - t0, parity=built.parity,
-                        heatmap_size=built.heatmap_size, stages=built.stages)
+    return ExportReport(
+        path=out_path,
+        card=built.card,
+        opset=built.opset,
+        exporter=exporter,
+        size_bytes=len(built.data),
+        seconds=time.perf_counter() - t0,
+        parity=built.parity,
+        heatmap_size=built.heatmap_size,
+        stages=built.stages,
+    )
 
 
 @dataclass
@@ -124,9 +139,16 @@ class Built:
     stages: dict[str, float]
 
 
-def build(model: Classifier | None, card: ModelCard, verify_inputs: np.ndarray, *,
-          anomaly: torch.nn.Module | None = None, opset: int = 17, exporter: Exporter = "torchscript",
-          progress: Progress | None = None) -> Built:
+def build(
+    model: Classifier | None,
+    card: ModelCard,
+    verify_inputs: np.ndarray,
+    *,
+    anomaly: torch.nn.Module | None = None,
+    opset: int = 17,
+    exporter: Exporter = "torchscript",
+    progress: Progress | None = None,
+) -> Built:
     """Trace, optimise, card and verify; nothing is written."""
     stages: dict[str, float] = {}
     verify_inputs = _check_inputs(model, card, verify_inputs, anomaly)
@@ -143,17 +165,32 @@ def build(model: Classifier | None, card: ModelCard, verify_inputs: np.ndarray, 
     _say(progress, f"verifying parity with torch on {len(verify_inputs)} images")
     parity, heat_hw = verify(graph_module, data, verify_inputs)
     stages["verify"] = time.perf_counter() - t
-    return Built(graph=graph, data=data, card=card, opset=graph.opset_import[0].version, parity=parity,
-                 heatmap_size=heat_hw, stages=stages)
+    return Built(
+        graph=graph,
+        data=data,
+        card=card,
+        opset=graph.opset_import[0].version,
+        parity=parity,
+        heatmap_size=heat_hw,
+        stages=stages,
+    )
 
 
-def export_card(card: ModelCard, model: Classifier | None, output_keys: tuple[str, ...] = ("probabilities", "heatmap"),
-                *, quantization: str = "fp32") -> ModelCard:
+def export_card(
+    card: ModelCard,
+    model: Classifier | None,
+    output_keys: tuple[str, ...] = ("probabilities", "heatmap"),
+    *,
+    quantization: str = "fp32",
+) -> ModelCard:
     """The card as exported: the graph's names, the backbone, this andon version and the export time."""
     return card.replace(
-        backbone=card.backbone if model is None else model.model_name, input_name=INPUT_NAME,
-        output_names=exported_names(output_keys), quantization=quantization,
-        andon_version=__version__, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        backbone=card.backbone if model is None else model.model_name,
+        input_name=INPUT_NAME,
+        output_names=exported_names(output_keys),
+        quantization=quantization,
+        andon_version=__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         content_hash="",
     )
 
@@ -166,8 +203,9 @@ def with_card(graph: onnx.ModelProto, card: ModelCard) -> tuple[bytes, ModelCard
     return model.SerializeToString(), written
 
 
-def to_onnx(graph_module: InspectionGraph, input_hw: tuple[int, int], *, opset: int = 17,
-            exporter: Exporter = "torchscript") -> onnx.ModelProto:
+def to_onnx(
+    graph_module: InspectionGraph, input_hw: tuple[int, int], *, opset: int = 17, exporter: Exporter = "torchscript"
+) -> onnx.ModelProto:
     """Trace ``graph_module`` to a self-contained ONNX graph with a dynamic batch dimension."""
     example = torch.zeros(2, 3, *input_hw)  # batch 2: a traced batch of 1 can get specialised away
     names = list(exported_names(graph_module.output_keys).values())
@@ -179,19 +217,36 @@ def to_onnx(graph_module: InspectionGraph, input_hw: tuple[int, int], *, opset: 
             import io
 
             buffer = io.BytesIO()
-            torch.onnx.export(graph_module, (example,), buffer, dynamo=False, opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=names,
-                              dynamic_axes={n: {0: "batch"} for n in (INPUT_NAME, *names)},
-                              do_constant_folding=True)
+            torch.onnx.export(
+                graph_module,
+                (example,),
+                buffer,
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=names,
+                dynamic_axes={n: {0: "batch"} for n in (INPUT_NAME, *names)},
+                do_constant_folding=True,
+            )
             model = onnx.load_model_from_string(buffer.getvalue())
         elif exporter == "dynamo":
             if opset < 18:
-                raise ConfigError(f"the dynamo exporter writes opset 18 or newer, not {opset}; "
-                                  "use exporter 'torchscript' for opset 17")
+                raise ConfigError(
+                    f"the dynamo exporter writes opset 18 or newer, not {opset}; "
+                    "use exporter 'torchscript' for opset 17"
+                )
             batch = torch.export.Dim("batch", min=1, max=4096)
-            program = torch.onnx.export(graph_module, (example,), dynamo=True, opset_version=opset,
-                                        input_names=[INPUT_NAME], output_names=names,
-                                        dynamic_shapes={"image": {0: batch}}, external_data=False, verbose=False)
+            program = torch.onnx.export(
+                graph_module,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=names,
+                dynamic_shapes={"image": {0: batch}},
+                external_data=False,
+                verbose=False,
+            )
             model = program.model_proto
         else:
             raise ConfigError(f"exporter {exporter!r} is not one of 'torchscript', 'dynamo'")
@@ -208,8 +263,9 @@ def _finish(model: onnx.ModelProto) -> onnx.ModelProto:
     model.doc_string = f"andon inspection model: image -> {outputs}; the model card is in metadata 'andon.card'"
     for tensor in model.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            raise ExportError(f"the exporter stored tensor {tensor.name} outside the graph; the file must be "
-                              "self-contained")
+            raise ExportError(
+                f"the exporter stored tensor {tensor.name} outside the graph; the file must be self-contained"
+            )
     batch = model.graph.input[0].type.tensor_type.shape.dim[0]
     if not batch.dim_param:
         raise ExportError("the exported graph has a fixed batch size; it must be dynamic")
@@ -220,8 +276,9 @@ def _finish(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def verify(graph_module: InspectionGraph, data: bytes, inputs: np.ndarray, *,
-           batch: int = 16) -> tuple[Parity, tuple[int, int]]:
+def verify(
+    graph_module: InspectionGraph, data: bytes, inputs: np.ndarray, *, batch: int = 16
+) -> tuple[Parity, tuple[int, int]]:
     """Load ``data`` as the service will, and compare every output with torch's; ``ExportError`` if one differs
     by more than its tolerance (``OutputSpec.tolerance``). Returns the parity and the map size (h, w)."""
     from andon.inspect.session import create_session
@@ -235,23 +292,28 @@ def verify(graph_module: InspectionGraph, data: bytes, inputs: np.ndarray, *,
     starts = [0] + list(range(0, len(inputs), batch))
     map_hw = (0, 0)
     for start, size in zip(starts, sizes):
-        x = np.ascontiguousarray(inputs[start:start + size])
+        x = np.ascontiguousarray(inputs[start : start + size])
         with torch.no_grad():
             expected = [t.double().numpy() for t in graph_module(torch.from_numpy(x))]
         got = session.run(names, {INPUT_NAME: x})
         for key, o, t in zip(keys, got, expected):
             if o.shape != t.shape:
-                raise ExportError(f"onnxruntime gave shape {o.shape} for output {key} on a batch of {size}; torch "
-                                  f"gave {t.shape}")
+                raise ExportError(
+                    f"onnxruntime gave shape {o.shape} for output {key} on a batch of {size}; torch gave {t.shape}"
+                )
             diffs[key] = max(diffs[key], float(np.abs(o.astype(np.float64) - t).max()) if o.size else 0.0)
             if key == "heatmap" or (output_spec(key).is_map and "heatmap" not in keys):
                 map_hw = (int(o.shape[1]), int(o.shape[2]))
     parity = Parity(diffs, len(inputs), tuple(sorted(set(sizes))))
     failed = {k: v for k, v in diffs.items() if v > output_spec(k).tolerance}
     if failed:
-        detail = ", ".join(f"{k} by up to {v:.3g} (tolerance {output_spec(k).tolerance:.2g})" for k, v in failed.items())
-        raise ExportError(f"parity check failed: onnxruntime and torch differ in {detail} on {len(inputs)} images; "
-                          "the file was not written")
+        detail = ", ".join(
+            f"{k} by up to {v:.3g} (tolerance {output_spec(k).tolerance:.2g})" for k, v in failed.items()
+        )
+        raise ExportError(
+            f"parity check failed: onnxruntime and torch differ in {detail} on {len(inputs)} images; "
+            "the file was not written"
+        )
     return parity, map_hw
 
 
@@ -259,7 +321,6 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write the model file atomically (``andon.fileio``), creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fileio.write_atomic(path, data)
-
 
 
 def _check_out_path(out_path: str | Path) -> Path:
@@ -271,21 +332,28 @@ def _check_out_path(out_path: str | Path) -> Path:
     return out_path
 
 
-def _check_inputs(model: Classifier | None, card: ModelCard, inputs: np.ndarray,
-                  anomaly: torch.nn.Module | None = None) -> np.ndarray:
+def _check_inputs(
+    model: Classifier | None, card: ModelCard, inputs: np.ndarray, anomaly: torch.nn.Module | None = None
+) -> np.ndarray:
     if (card.anomaly is None) != (anomaly is None):
-        raise ExportError("the card describes an anomaly detector but none was given" if anomaly is None else
-                          "an anomaly detector was given but the card does not describe one (card.anomaly)")
+        raise ExportError(
+            "the card describes an anomaly detector but none was given"
+            if anomaly is None
+            else "an anomaly detector was given but the card does not describe one (card.anomaly)"
+        )
     if model is None:
         if not card.anomaly_only:
             raise ExportError("only an anomaly-only model (card.anomaly.only) is exported without a classifier")
         return _check_shape(card, inputs)
     if len(card.classes) != model.num_classes:
-        raise ExportError(f"the card lists {len(card.classes)} classes {card.classes} but the model has "
-                          f"{model.num_classes} outputs")
+        raise ExportError(
+            f"the card lists {len(card.classes)} classes {card.classes} but the model has {model.num_classes} outputs"
+        )
     if card.head_groups != model.head_groups.tolist():
-        raise ExportError(f"the card's training classes {card.training_classes} do not match the model's head of "
-                          f"{model.head_units} units")
+        raise ExportError(
+            f"the card's training classes {card.training_classes} do not match the model's head of "
+            f"{model.head_units} units"
+        )
     return _check_shape(card, inputs)
 
 
@@ -304,9 +372,19 @@ def _say(progress: Progress | None, message: str) -> None:
         progress(message)
 
 
-def export_run(run_dir: str | Path, out_path: str | Path, *, int8: bool = False, max_accuracy_drop: float = 1.0,
-               calibration_images: int = 128, verify_images: int = 64, eval_images: int | None = None,
-               opset: int = 17, exporter: Exporter = "torchscript", progress: Progress | None = None) -> ExportReport:
+def export_run(
+    run_dir: str | Path,
+    out_path: str | Path,
+    *,
+    int8: bool = False,
+    max_accuracy_drop: float = 1.0,
+    calibration_images: int = 128,
+    verify_images: int = 64,
+    eval_images: int | None = None,
+    opset: int = 17,
+    exporter: Exporter = "torchscript",
+    progress: Progress | None = None,
+) -> ExportReport:
     """Export a training run's ``best.pt`` to ``out_path``; see the module docstring for the checks."""
     from andon.inspect.preprocess import Preprocessor
     from andon.models.rundata import load_run, load_tensors, pick
@@ -320,22 +398,44 @@ def export_run(run_dir: str | Path, out_path: str | Path, *, int8: bool = False,
     split, samples = run.split("val", "train")
     _say(progress, f"preprocessing {min(len(samples), verify_images)} {split} images for the parity check")
     verify_x, _ = load_tensors(pick(samples, verify_images), preprocessor, classes)
-    built = build(run.model, run.card, verify_x, anomaly=run.anomaly, opset=opset, exporter=exporter,
-                  progress=progress)
+    built = build(run.model, run.card, verify_x, anomaly=run.anomaly, opset=opset, exporter=exporter, progress=progress)
     data, card, int8_report = built.data, built.card, None
     if int8:
-        data, card, int8_report = _int8(run, built, preprocessor, max_accuracy_drop=max_accuracy_drop,
-                                        calibration_images=calibration_images, eval_images=eval_images,
-                                        progress=progress)
+        data, card, int8_report = _int8(
+            run,
+            built,
+            preprocessor,
+            max_accuracy_drop=max_accuracy_drop,
+            calibration_images=calibration_images,
+            eval_images=eval_images,
+            progress=progress,
+        )
     _say(progress, f"writing {out_path}")
     write_atomic(out_path, data)
-    return ExportReport(path=out_path, card=card, opset=built.opset, exporter=exporter, size_bytes=len(data),
-                        seconds=time.perf_counter() - t0, parity=built.parity, heatmap_size=built.heatmap_size,
-                        int8=int8_report, stages=built.stages)
+    return ExportReport(
+        path=out_path,
+        card=card,
+        opset=built.opset,
+        exporter=exporter,
+        size_bytes=len(data),
+        seconds=time.perf_counter() - t0,
+        parity=built.parity,
+        heatmap_size=built.heatmap_size,
+        int8=int8_report,
+        stages=built.stages,
+    )
 
 
-def _int8(run, built: Built, preprocessor, *, max_accuracy_drop: float, calibration_images: int,
-          eval_images: int | None, progress: Progress | None) -> tuple[bytes, ModelCard, Int8Report]:
+def _int8(
+    run,
+    built: Built,
+    preprocessor,
+    *,
+    max_accuracy_drop: float,
+    calibration_images: int,
+    eval_images: int | None,
+    progress: Progress | None,
+) -> tuple[bytes, ModelCard, Int8Report]:
     """Quantize, measure against fp32, and refuse past the accuracy bound; returns the int8 file bytes."""
     from andon.inspect.session import create_session
     from andon.models.quantize import compare, quantize_int8
@@ -349,9 +449,18 @@ def _int8(run, built: Built, preprocessor, *, max_accuracy_drop: float, calibrat
     _say(progress, f"comparing fp32 and int8 on {len(eval_x)} {eval_split} images")
     t = time.perf_counter()
     graph8 = quantized.SerializeToString()
-    report = compare(create_session(built.data), create_session(graph8), eval_x, eval_y, built.card,
-                     input_name=INPUT_NAME, probs_name=PROBS_NAME, fp32_bytes=len(built.data),
-                     int8_bytes=len(graph8), calibration_images=len(calib_x))
+    report = compare(
+        create_session(built.data),
+        create_session(graph8),
+        eval_x,
+        eval_y,
+        built.card,
+        input_name=INPUT_NAME,
+        probs_name=PROBS_NAME,
+        fp32_bytes=len(built.data),
+        int8_bytes=len(graph8),
+        calibration_images=len(calib_x),
+    )
     built.stages["compare"] = time.perf_counter() - t
     if report.accuracy_drop_pp > max_accuracy_drop:
         raise ExportError(
@@ -361,16 +470,21 @@ def _int8(run, built: Built, preprocessor, *, max_accuracy_drop: float, calibrat
         )
     card = built.card.replace(
         quantization=f"int8 (onnxruntime static QDQ, per-channel int8 weights, uint8 activations, "
-                     f"{len(calib_x)} calibration images)",
-        metrics={**built.card.metrics, f"fp32_{eval_split}_accuracy": report.fp32_accuracy,
-                 f"int8_{eval_split}_accuracy": report.int8_accuracy})
+        f"{len(calib_x)} calibration images)",
+        metrics={
+            **built.card.metrics,
+            f"fp32_{eval_split}_accuracy": report.fp32_accuracy,
+            f"int8_{eval_split}_accuracy": report.int8_accuracy,
+        },
+    )
     data, card = with_card(quantized, card)
     _check_loads(data, "the int8 file")
     return data, card, report
 
 
-def _int8_images(run, preprocessor, calibration_images: int, eval_images: int | None,
-                 progress: Progress | None) -> tuple[np.ndarray, str, np.ndarray, np.ndarray]:
+def _int8_images(
+    run, preprocessor, calibration_images: int, eval_images: int | None, progress: Progress | None
+) -> tuple[np.ndarray, str, np.ndarray, np.ndarray]:
     """Calibration tensors from train (else val), and labelled tensors to judge on from val (else test, train)."""
     from andon.models.rundata import load_tensors, pick
 

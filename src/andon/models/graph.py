@@ -37,8 +37,9 @@ from torch import nn
 from andon.models.classifier import Classifier
 
 
-def trunk_with_taps(backbone: nn.Module, layers: tuple[int, ...],
-                    image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def trunk_with_taps(
+    backbone: nn.Module, layers: tuple[int, ...], image: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The trunk's feature map (as ``backbone(image)``) and the outputs of its blocks ``layers`` on the way."""
     blocks = getattr(backbone, "features", backbone)
     x, taps = image, []
@@ -63,8 +64,11 @@ class InspectionGraph(nn.Module):
         self.model = model
         self.anomaly = anomaly
         #: the outputs of ``forward``, in order (keys of ``andon.inspect.outputs``)
-        self.output_keys: tuple[str, ...] = (("probabilities",) + (("heatmap",) if model is not None else ())
-                                             + (("anomaly_score", "anomaly_map") if anomaly is not None else ()))
+        self.output_keys: tuple[str, ...] = (
+            ("probabilities",)
+            + (("heatmap",) if model is not None else ())
+            + (("anomaly_score", "anomaly_map") if anomaly is not None else ())
+        )
         if model is None:
             return
         k = model.num_classes

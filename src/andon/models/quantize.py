@@ -59,7 +59,7 @@ class _Calibration:
     """onnxruntime ``CalibrationDataReader`` over preprocessed images, in batches."""
 
     def __init__(self, images: np.ndarray, input_name: str, batch: int) -> None:
-        self._batches = iter([{input_name: images[i:i + batch]} for i in range(0, len(images), batch)])
+        self._batches = iter([{input_name: images[i : i + batch]} for i in range(0, len(images), batch)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
@@ -75,11 +75,16 @@ def tail_nodes(model: onnx.ModelProto) -> list[str]:
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    heads = [n for n in model.graph.node if n.op_type == "Conv"
-             and any(c.op_type == "Softmax" for o in n.output for c in consumers.get(o, []))]
+    heads = [
+        n
+        for n in model.graph.node
+        if n.op_type == "Conv" and any(c.op_type == "Softmax" for o in n.output for c in consumers.get(o, []))
+    ]
     if len(heads) != 1:
-        raise ExportError(f"cannot find the classifier head in the graph ({len(heads)} candidate convolutions); "
-                          "int8 export needs a graph written by andon export")
+        raise ExportError(
+            f"cannot find the classifier head in the graph ({len(heads)} candidate convolutions); "
+            "int8 export needs a graph written by andon export"
+        )
     tail: list[str] = []
     seen: set[int] = set()
     frontier = [heads[0].input[0]]
@@ -92,8 +97,9 @@ def tail_nodes(model: onnx.ModelProto) -> list[str]:
     return [name for name in tail if name]
 
 
-def quantize_int8(fp32: onnx.ModelProto, calibration: np.ndarray, *, input_name: str = "image",
-                  batch: int = 8) -> onnx.ModelProto:
+def quantize_int8(
+    fp32: onnx.ModelProto, calibration: np.ndarray, *, input_name: str = "image", batch: int = 8
+) -> onnx.ModelProto:
     """The int8 (QDQ, per-channel) version of ``fp32``, calibrated on ``calibration`` (N x 3 x H x W).
 
     Every setting that decides the numbers is spelled out rather than left to onnxruntime's defaults. Weights
@@ -116,9 +122,15 @@ def quantize_int8(fp32: onnx.ModelProto, calibration: np.ndarray, *, input_name:
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         prepared = onnx.load(str(pre))
         quantize_static(
-            str(pre), str(dst), _Calibration(calibration, input_name, batch),
-            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+            str(pre),
+            str(dst),
+            _Calibration(calibration, input_name, batch),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=tail_nodes(prepared),
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
         )
@@ -135,9 +147,22 @@ def _prune_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def compare(fp32_session: object, int8_session: object, images: np.ndarray, labels: np.ndarray, card: ModelCard, *,
-            input_name: str, probs_name: str, fp32_bytes: int, int8_bytes: int, calibration_images: int,
-            batch: int = 16, timing_batch: int = 8, repeats: int = 10) -> Int8Report:
+def compare(
+    fp32_session: object,
+    int8_session: object,
+    images: np.ndarray,
+    labels: np.ndarray,
+    card: ModelCard,
+    *,
+    input_name: str,
+    probs_name: str,
+    fp32_bytes: int,
+    int8_bytes: int,
+    calibration_images: int,
+    batch: int = 16,
+    timing_batch: int = 8,
+    repeats: int = 10,
+) -> Int8Report:
     """Accuracy and decisions of both sessions on ``images``, and their speed on one batch of ``timing_batch``."""
     from andon.inspect.decision import DecisionPolicy
 
@@ -153,23 +178,33 @@ def compare(fp32_session: object, int8_session: object, images: np.ndarray, labe
     ms32 = _time_per_image(fp32_session, sample, input_name, probs_name, repeats)
     ms8 = _time_per_image(int8_session, sample, input_name, probs_name, repeats)
     return Int8Report(
-        n_eval=len(images), fp32_accuracy=acc32, int8_accuracy=acc8, accuracy_drop_pp=(acc32 - acc8) * 100.0,
-        agreement=float((p32.argmax(1) == p8.argmax(1)).mean()), decision_agreement=float((d32 == d8).mean()),
+        n_eval=len(images),
+        fp32_accuracy=acc32,
+        int8_accuracy=acc8,
+        accuracy_drop_pp=(acc32 - acc8) * 100.0,
+        agreement=float((p32.argmax(1) == p8.argmax(1)).mean()),
+        decision_agreement=float((d32 == d8).mean()),
         max_prob_diff=float(np.abs(p32 - p8).max()),
         max_anomaly_diff=float("nan") if a32 is None else float(np.abs(a32 - a8).max()),
-        fp32_ms_per_image=ms32, int8_ms_per_image=ms8, fp32_bytes=fp32_bytes, int8_bytes=int8_bytes,
+        fp32_ms_per_image=ms32,
+        int8_ms_per_image=ms8,
+        fp32_bytes=fp32_bytes,
+        int8_bytes=int8_bytes,
         calibration_images=calibration_images,
     )
 
 
-def _predict(session: object, images: np.ndarray, input_name: str, output_names: dict[str, str],
-             batch: int):  # -> ModelOutputs
+def _predict(
+    session: object, images: np.ndarray, input_name: str, output_names: dict[str, str], batch: int
+):  # -> ModelOutputs
     """Every output the decision reads (not the maps), in batches."""
     from andon.inspect.outputs import ModelOutputs, output_spec
 
     keys = [k for k in output_names if not output_spec(k).is_map]
-    runs = [session.run([output_names[k] for k in keys], {input_name: images[i:i + batch]})  # type: ignore[attr-defined]
-            for i in range(0, len(images), batch)]
+    runs = [
+        session.run([output_names[k] for k in keys], {input_name: images[i : i + batch]})  # type: ignore[attr-defined]
+        for i in range(0, len(images), batch)
+    ]
     return ModelOutputs({k: np.concatenate([r[j] for r in runs]).astype(np.float64) for j, k in enumerate(keys)})
 
 

@@ -13,8 +13,14 @@ from andon.models.weights import LITE0_FILE, LITE0_PACKAGE, Triple, load_weights
 
 #: feature channels of each trunk, so that model_info needs no network built
 _FEATURE_CHANNELS = {
-    "mobilenet_v3_small": 576, "mobilenet_v3_large": 960, "mobilenet_v2": 1280, "efficientnet_b0": 1280,
-    "efficientnet_lite0": 1280, "resnet18": 512, "resnet50": 2048, "convnext_tiny": 768,
+    "mobilenet_v3_small": 576,
+    "mobilenet_v3_large": 960,
+    "mobilenet_v2": 1280,
+    "efficientnet_b0": 1280,
+    "efficientnet_lite0": 1280,
+    "resnet18": 512,
+    "resnet50": 2048,
+    "convnext_tiny": 768,
 }
 
 
@@ -49,13 +55,27 @@ def _spec(name: str) -> BackboneSpec:
 def model_info(name: str) -> ModelInfo:
     spec = _spec(name)
     source = f"torchvision {spec.tv_weights}" if spec.tv_weights else f"{LITE0_PACKAGE} ({LITE0_FILE})"
-    return ModelInfo(name=name, feature_channels=_FEATURE_CHANNELS[name], input_size=spec.input_size,
-                     mean=spec.mean, std=spec.std, imagenet_weights=source)
+    return ModelInfo(
+        name=name,
+        feature_channels=_FEATURE_CHANNELS[name],
+        input_size=spec.input_size,
+        mean=spec.mean,
+        std=spec.std,
+        imagenet_weights=source,
+    )
 
 
-def create_model(name: str, num_classes: int, weights: str | Path = "imagenet", *, dropout: float = 0.2,
-                 mean: Triple | None = None, std: Triple | None = None, progress: bool = True,
-                 head_groups: Sequence[int] | None = None) -> Classifier:
+def create_model(
+    name: str,
+    num_classes: int,
+    weights: str | Path = "imagenet",
+    *,
+    dropout: float = 0.2,
+    mean: Triple | None = None,
+    std: Triple | None = None,
+    progress: bool = True,
+    head_groups: Sequence[int] | None = None,
+) -> Classifier:
     """Build backbone ``name`` with a new linear head of ``num_classes`` and load ``weights`` onto its trunk.
 
     The normalisation that goes with the weights is in ``model.weights_info`` (``mean``/``std`` override it,

@@ -2,7 +2,8 @@
 
 A run folder holds ``best.pt`` (an andon checkpoint: the classifier, and the fitted anomaly detector in its
 ``extra`` when the card describes one) and ``splits.csv`` (the manifest of the images the run used, with their
-split). An anomaly-only run has no classifier (``Run.model`` is None). Images are read through ``Preprocessor(card.preprocess)``, the one preprocessing
+split). An anomaly-only run has no classifier (``Run.model`` is None). Images are read through
+``Preprocessor(card.preprocess)``, the one preprocessing
 path, so export checks the file on exactly the tensors the service will feed it.
 """
 
@@ -59,16 +60,20 @@ def load_run(run_dir: str | Path) -> Run:
 
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
-        raise RunError(f"run folder {run_dir} does not exist" if not run_dir.exists()
-                       else f"{run_dir} is not a run folder (it is a file); give the folder 'andon train' wrote")
+        raise RunError(
+            f"run folder {run_dir} does not exist"
+            if not run_dir.exists()
+            else f"{run_dir} is not a run folder (it is a file); give the folder 'andon train' wrote"
+        )
     ckpt = load_checkpoint(run_dir / CHECKPOINT_NAME)
     model = None if ckpt.card.anomaly_only else model_from_checkpoint(ckpt)
     anomaly = None
     if ckpt.card.anomaly is not None:
         from andon.models.anomaly_build import detector_from_checkpoint
 
-        anomaly = detector_from_checkpoint(ckpt.card.anomaly, ckpt.card.preprocess, ckpt.extra,
-                                           backbone=ckpt.model_name)
+        anomaly = detector_from_checkpoint(
+            ckpt.card.anomaly, ckpt.card.preprocess, ckpt.extra, backbone=ckpt.model_name
+        )
     splits = run_dir / SPLITS_NAME
     if not splits.is_file():
         raise RunError(f"run folder {run_dir} has no {SPLITS_NAME}; export needs the run's validation images")
@@ -78,8 +83,9 @@ def load_run(run_dir: str | Path) -> Run:
         raise RunError(f"{splits}: {exc}") from None
     unknown = sorted({s.label for s in data.samples} - set(ckpt.card.classes))
     if unknown:
-        raise RunError(f"{splits} has labels {unknown} that the model does not know; its classes are "
-                       f"{ckpt.card.classes}")
+        raise RunError(
+            f"{splits} has labels {unknown} that the model does not know; its classes are {ckpt.card.classes}"
+        )
     return Run(path=run_dir, checkpoint=ckpt, model=model, data=data, anomaly=anomaly)
 
 
@@ -99,8 +105,14 @@ def pick(samples: Sequence[Sample], n: int | None) -> list[Sample]:
     return picked
 
 
-def load_tensors(samples: Sequence[Sample], preprocessor: Preprocessor, classes: list[str], *,
-                 on_image: Callable[[], None] | None = None, workers: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def load_tensors(
+    samples: Sequence[Sample],
+    preprocessor: Preprocessor,
+    classes: list[str],
+    *,
+    on_image: Callable[[], None] | None = None,
+    workers: int = 4,
+) -> tuple[np.ndarray, np.ndarray]:
     """Preprocessed N x 3 x H x W float32 tensors and class indices; a bad image is a ``RunError`` naming it."""
     index = {c: i for i, c in enumerate(classes)}
 

@@ -69,7 +69,8 @@ class KnownFile:
 KNOWN_FILES: dict[str, KnownFile] = {
     # ../shared/weights/mobilenet_v2-imagenet.pth: Google's MobileNetV2 1.0/224 mapped onto torchvision names
     "8f89a9fe37d2382227a124f109932aa3beaf4fcd9fd7a5054dc4460e1f8d37e4": KnownFile(
-        "mobilenet_v2 ImageNet (Google MobileNetV2 1.0/224, inputs scaled to [-1, 1])", (0.5,) * 3, (0.5,) * 3),
+        "mobilenet_v2 ImageNet (Google MobileNetV2 1.0/224, inputs scaled to [-1, 1])", (0.5,) * 3, (0.5,) * 3
+    ),
 }
 
 
@@ -82,8 +83,14 @@ class WeightsInfo:
     std: Triple
 
 
-def load_weights(model: nn.Module, weights: str | Path, *, mean: Triple | None = None, std: Triple | None = None,
-                 progress: bool = True) -> WeightsInfo:
+def load_weights(
+    model: nn.Module,
+    weights: str | Path,
+    *,
+    mean: Triple | None = None,
+    std: Triple | None = None,
+    progress: bool = True,
+) -> WeightsInfo:
     """Load ``weights`` onto ``model.backbone`` (strict); ``mean``/``std`` override the normalisation."""
     spec = BACKBONES[model.model_name]
     if isinstance(weights, str) and weights == "none":
@@ -104,8 +111,9 @@ def _load_imagenet(trunk: nn.Module, spec: BackboneSpec, *, progress: bool) -> W
         package = LITE_PACKAGES[spec.name]
         path = lite_package_file(spec.name)
         state = _read_state_dict(path)
-        _load_trunk(trunk, map_in_order(state, trunk, source=str(path), network=spec.name), source=str(path),
-                    backbone=spec.name)
+        _load_trunk(
+            trunk, map_in_order(state, trunk, source=str(path), network=spec.name), source=str(path), backbone=spec.name
+        )
         return WeightsInfo(f"imagenet ({package.module}: {package.file})", spec.mean, spec.std)
     from torchvision.models import get_weight
 
@@ -118,8 +126,9 @@ def _load_imagenet(trunk: nn.Module, spec: BackboneSpec, *, progress: bool) -> W
             hint="connect once to let torch hub cache them, or pass weights='none' or a local .pth file",
         ) from None
     transforms = enum.transforms()
-    _load_trunk(trunk, trunk_keys_from_torchvision(state, spec), source=f"torchvision {spec.tv_weights}",
-                backbone=spec.name)
+    _load_trunk(
+        trunk, trunk_keys_from_torchvision(state, spec), source=f"torchvision {spec.tv_weights}", backbone=spec.name
+    )
     return WeightsInfo(f"imagenet (torchvision {spec.tv_weights})", tuple(transforms.mean), tuple(transforms.std))
 
 
@@ -145,8 +154,9 @@ def lite_package_file(backbone: str) -> Path:
     return path
 
 
-def map_in_order(state: dict[str, torch.Tensor], trunk: nn.Module, *, source: str,
-                 network: str = "efficientnet_lite0") -> dict[str, torch.Tensor]:
+def map_in_order(
+    state: dict[str, torch.Tensor], trunk: nn.Module, *, source: str, network: str = "efficientnet_lite0"
+) -> dict[str, torch.Tensor]:
     """Rename a state dict whose entries come in the trunk's order (a Lite package file) to the trunk's keys.
 
     The package's final ``_fc`` classifier is dropped. Every remaining entry must pair with the trunk's
@@ -155,13 +165,16 @@ def map_in_order(state: dict[str, torch.Tensor], trunk: nn.Module, *, source: st
     theirs = [(k, v) for k, v in state.items() if not k.startswith("_fc.")]
     ours = list(trunk.state_dict().items())
     if len(theirs) != len(ours):
-        raise WeightsError(f"{source} has {len(theirs)} trunk tensors, the network has {len(ours)}; "
-                           f"it is not an {network} state dict")
+        raise WeightsError(
+            f"{source} has {len(theirs)} trunk tensors, the network has {len(ours)}; it is not an {network} state dict"
+        )
     mapped: dict[str, torch.Tensor] = {}
     for (their_key, value), (our_key, ref) in zip(theirs, ours):
         if tuple(value.shape) != tuple(ref.shape):
-            raise WeightsError(f"{source}: {their_key} {tuple(value.shape)} does not fit {our_key} "
-                               f"{tuple(ref.shape)}; it is not an {network} state dict")
+            raise WeightsError(
+                f"{source}: {their_key} {tuple(value.shape)} does not fit {our_key} "
+                f"{tuple(ref.shape)}; it is not an {network} state dict"
+            )
         mapped[our_key] = value
     return mapped
 
@@ -174,7 +187,7 @@ def _load_file(trunk: nn.Module, spec: BackboneSpec, path: Path) -> WeightsInfo:
     if spec.name in LITE_PACKAGES and "_conv_stem.weight" in state:
         trunk_state = map_in_order(state, trunk, source=str(path), network=spec.name)
     elif any(k.startswith("backbone.") for k in state):  # an andon Classifier
-        trunk_state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        trunk_state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     else:
         trunk_state = trunk_keys_from_torchvision(state, spec)
     _load_trunk(trunk, trunk_state, source=str(path), backbone=spec.name)
@@ -188,8 +201,10 @@ def _read_state_dict(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(f"weights file {path} cannot be read as a torch state dict "
-                           f"({type(exc).__name__}); save it with torch.save(model.state_dict(), path)") from None
+        raise WeightsError(
+            f"weights file {path} cannot be read as a torch state dict "
+            f"({type(exc).__name__}); save it with torch.save(model.state_dict(), path)"
+        ) from None
     if not isinstance(state, dict):
         raise WeightsError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
     return state
@@ -204,8 +219,11 @@ def _unwrap(state: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
             if isinstance(state.get(key), dict):
                 state = state[key]
                 break
-    tensors = {k[len("module."):] if k.startswith("module.") else k: v
-               for k, v in state.items() if isinstance(v, torch.Tensor)}
+    tensors = {
+        k[len("module.") :] if k.startswith("module.") else k: v
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor)
+    }
     if not tensors:
         raise WeightsError(f"weights file {path} contains no tensors")
     return tensors
@@ -215,8 +233,11 @@ def _load_trunk(trunk: nn.Module, state: dict[str, torch.Tensor], *, source: str
     expected = trunk.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
     problems = []
     if missing:
         problems.append(f"missing {len(missing)} keys ({_few(missing)})")
@@ -225,8 +246,10 @@ def _load_trunk(trunk: nn.Module, state: dict[str, torch.Tensor], *, source: str
     if wrong:
         problems.append(f"{len(wrong)} shape mismatches ({_few(wrong)})")
     if problems:
-        raise WeightsError(f"weights {source} do not fit the {backbone} trunk: " + "; ".join(problems),
-                           hint="the file must be a state dict of the same backbone")
+        raise WeightsError(
+            f"weights {source} do not fit the {backbone} trunk: " + "; ".join(problems),
+            hint="the file must be a state dict of the same backbone",
+        )
     trunk.load_state_dict(state, strict=True)
 
 

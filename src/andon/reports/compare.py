@@ -32,8 +32,10 @@ def resolve_model(ref: str) -> Path:
     if ref != "active":
         path = Path(ref)
         if not path.exists():
-            raise ConfigError(f"--compare {ref!r}: no such file or run folder; give an .onnx file, a run folder "
-                              "or 'active' (the service's active model)")
+            raise ConfigError(
+                f"--compare {ref!r}: no such file or run folder; give an .onnx file, a run folder "
+                "or 'active' (the service's active model)"
+            )
         return path
     from andon.service.registry import ModelRegistry
     from andon.service.settings import Settings
@@ -46,17 +48,25 @@ def resolve_model(ref: str) -> Path:
     return registry.get(active).path
 
 
-def evaluate_on(model: Path, samples, data: Path, split_name: str | None, defect_option: str | None,
-                batch: int, progress: bool):
+def evaluate_on(
+    model: Path, samples, data: Path, split_name: str | None, defect_option: str | None, batch: int, progress: bool
+):
     """The Evaluation of ``model`` on ``samples`` with the model's own card."""
     from andon.evaluation.evaluate import defect_classes_for, evaluate_probs, labels_for, model_outputs, thresholds_for
 
     outputs, card, info = model_outputs(model, [s.path for s in samples], batch_size=batch, progress=progress)
     defects = defect_classes_for(card.classes, card.defect_classes, defect_option)
     y = labels_for([s.label for s in samples], card.classes, source=str(data))
-    return evaluate_probs(y, outputs, card.classes, defects, thresholds_for(card.thresholds, defects), model=info,
-                          data={"path": str(data), "split": split_name, "n": len(samples)},
-                          anomaly_only=card.anomaly_only)
+    return evaluate_probs(
+        y,
+        outputs,
+        card.classes,
+        defects,
+        thresholds_for(card.thresholds, defects),
+        model=info,
+        data={"path": str(data), "split": split_name, "n": len(samples)},
+        anomaly_only=card.anomaly_only,
+    )
 
 
 def comparison(a, b) -> list[dict]:
@@ -80,15 +90,25 @@ def print_comparison(a, b, console) -> None:
     def name(e) -> str:
         return f"{e.model.get('name', '?')} v{e.model.get('version', '?')}"
 
-    table = Table(title=f"Side by side on {escape(str(a.data.get('path')))} split {a.data.get('split') or 'all'} "
-                        f"({a.report.n} images)", title_justify="left")
+    table = Table(
+        title=f"Side by side on {escape(str(a.data.get('path')))} split {a.data.get('split') or 'all'} "
+        f"({a.report.n} images)",
+        title_justify="left",
+    )
     for col in ("", f"candidate {escape(name(a))}", f"compared {escape(name(b))}", "difference"):
         table.add_column(col, justify="right")
     for row in comparison(a, b):
         rate = row["figure"].endswith("rate")
-        fmt = (lambda v: "n/a" if _missing(v) else f"{v:.2%}") if rate else \
-              (lambda v: "n/a" if _missing(v) else f"{v:.4f}")
-        diff = "n/a" if row["difference"] is None else (f"{row['difference']:+.2%}" if rate else f"{row['difference']:+.4f}")
+        fmt = (
+            (lambda v: "n/a" if _missing(v) else f"{v:.2%}")
+            if rate
+            else (lambda v: "n/a" if _missing(v) else f"{v:.4f}")
+        )
+        diff = (
+            "n/a"
+            if row["difference"] is None
+            else (f"{row['difference']:+.2%}" if rate else f"{row['difference']:+.4f}")
+        )
         if row["candidate_better"] is not None:
             diff = f"[{'green' if row['candidate_better'] else 'red'}]{diff}[/]"
         table.add_row(row["figure"], fmt(row["candidate"]), fmt(row["other"]), diff)

@@ -25,8 +25,9 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrom
 
 
 def _env() -> Environment:
-    env = Environment(loader=FileSystemLoader(str(Path(__file__).parent / "templates")),
-                      autoescape=select_autoescape(["html"]))
+    env = Environment(
+        loader=FileSystemLoader(str(Path(__file__).parent / "templates")), autoescape=select_autoescape(["html"])
+    )
     env.filters["local"] = lambda v, fmt="%Y-%m-%d %H:%M": "" if v is None else v.astimezone().strftime(fmt)
     env.filters["pct"] = lambda v, d=1: "–" if v is None else f"{100 * v:.{d}f}%"
     env.globals["interval"] = interval
@@ -59,14 +60,23 @@ def write_pdf(html_path: Path, pdf_path: Path, *, timeout: float = 120.0) -> Pat
     """Print ``html_path`` to ``pdf_path`` with headless Chromium (no network: the page is self-contained)."""
     browser = find_chromium()
     if browser is None:
-        raise ConfigError("no Chromium to print the PDF with (apt-get install chromium); the HTML report prints "
-                          "from any browser")
+        raise ConfigError(
+            "no Chromium to print the PDF with (apt-get install chromium); the HTML report prints from any browser"
+        )
     pdf_path = Path(pdf_path)
     fd, tmp = tempfile.mkstemp(prefix=f".{pdf_path.name}.", suffix=".tmp", dir=pdf_path.parent or ".")
     os.close(fd)
     with tempfile.TemporaryDirectory(prefix="andon-chromium-") as profile:
-        cmd = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-pdf-header-footer",
-               f"--user-data-dir={profile}", f"--print-to-pdf={tmp}", Path(html_path).resolve().as_uri()]
+        cmd = [
+            browser,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-pdf-header-footer",
+            f"--user-data-dir={profile}",
+            f"--print-to-pdf={tmp}",
+            Path(html_path).resolve().as_uri(),
+        ]
         try:
             done = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
@@ -79,7 +89,6 @@ def write_pdf(html_path: Path, pdf_path: Path, *, timeout: float = 120.0) -> Pat
     os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, pdf_path)
     return pdf_path
-
 
 
 def _umask() -> int:

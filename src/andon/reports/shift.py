@@ -25,7 +25,6 @@ from andon.service.review.tables import CANT_TELL, CONFIRM_DEFECT, FALSE_ALARM
 from andon.service.tables import Inspection
 
 
-
 @dataclass
 class CameraRow:
     line_id: str
@@ -103,10 +102,18 @@ class ShiftReport:
         return self.confirmed / judged if judged else None
 
 
-def build(session: Session, start: dt.datetime, end: dt.datetime, *, line_id: str | None = None,
-          title: str = "Shift report", now: dt.datetime | None = None) -> ShiftReport:
-    report = ShiftReport(title=title, start=start, end=end, line_id=line_id,
-                         generated_at=now or dt.datetime.now(dt.timezone.utc))
+def build(
+    session: Session,
+    start: dt.datetime,
+    end: dt.datetime,
+    *,
+    line_id: str | None = None,
+    title: str = "Shift report",
+    now: dt.datetime | None = None,
+) -> ShiftReport:
+    report = ShiftReport(
+        title=title, start=start, end=end, line_id=line_id, generated_at=now or dt.datetime.now(dt.timezone.utc)
+    )
     fr = records.frames(session, start, end, line_id=line_id, max_rows=2_000_000)
     _production(report, fr)
     report.models = _models(session, start, end, line_id)
@@ -128,16 +135,25 @@ def _production(report: ShiftReport, fr: records.Frames) -> None:
     table: dict[tuple[str, str], Counter] = defaultdict(Counter)
     for line, camera, decision in zip(fr.line, fr.camera, fr.decision):
         table[(line, camera)][decision] += 1
-    report.cameras = [CameraRow(line, camera, sum(c.values()), c["pass"], c["review"], c["reject"])
-                      for (line, camera), c in sorted(table.items())]
+    report.cameras = [
+        CameraRow(line, camera, sum(c.values()), c["pass"], c["review"], c["reject"])
+        for (line, camera), c in sorted(table.items())
+    ]
     report.top_model = Counter(lab for lab, d in zip(fr.label, fr.decision) if d == "reject").most_common(5)
 
 
 def _models(session: Session, start: dt.datetime, end: dt.datetime, line_id: str | None) -> list[ModelUse]:
-    query = (select(Inspection.model_version, Inspection.model_hash, func.count(), func.min(Inspection.created_at),
-                    func.max(Inspection.created_at))
-             .where(Inspection.created_at >= start, Inspection.created_at < end)
-             .group_by(Inspection.model_version, Inspection.model_hash))
+    query = (
+        select(
+            Inspection.model_version,
+            Inspection.model_hash,
+            func.count(),
+            func.min(Inspection.created_at),
+            func.max(Inspection.created_at),
+        )
+        .where(Inspection.created_at >= start, Inspection.created_at < end)
+        .group_by(Inspection.model_version, Inspection.model_hash)
+    )
     if line_id:
         query = query.where(Inspection.line_id == line_id)
     rows = session.execute(query).all()
@@ -157,8 +173,10 @@ def _review(report: ShiftReport, verdicts: list[records.VerdictRecord], fr: reco
     audits = [v for v in verdicts if v.decision == "pass"]
     report.reviewed = len(flagged)
     report.confirmed = sum(v.verdict == CONFIRM_DEFECT for v in flagged)
-    report.relabelled = sum(v.verdict == CONFIRM_DEFECT and v.label != v.model_label
-                            and v.model_label.lower() not in GOOD_CLASS_NAMES for v in flagged)
+    report.relabelled = sum(
+        v.verdict == CONFIRM_DEFECT and v.label != v.model_label and v.model_label.lower() not in GOOD_CLASS_NAMES
+        for v in flagged
+    )
     report.false_alarms = sum(v.verdict == FALSE_ALARM for v in flagged)
     report.cant_tell = sum(v.verdict == CANT_TELL for v in flagged)
     report.false_alarm_rejects = sum(v.verdict == FALSE_ALARM and v.decision == "reject" for v in flagged)
@@ -166,8 +184,11 @@ def _review(report: ShiftReport, verdicts: list[records.VerdictRecord], fr: reco
     report.reviewers = dict(Counter(v.reviewer for v in verdicts).most_common())
     report.top_confirmed = Counter(v.label for v in verdicts if v.verdict == CONFIRM_DEFECT).most_common(5)
     report.audited_passes = len(audits)
-    report.escapes = [Escape(v.inspection_id, v.created_at, v.line_id, v.camera_id, v.part_id, v.label, v.reviewer,
-                             v.comment) for v in audits if v.verdict == CONFIRM_DEFECT]
+    report.escapes = [
+        Escape(v.inspection_id, v.created_at, v.line_id, v.camera_id, v.part_id, v.label, v.reviewer, v.comment)
+        for v in audits
+        if v.verdict == CONFIRM_DEFECT
+    ]
 
 
 def _rates(report: ShiftReport, fr: records.Frames) -> None:
@@ -178,7 +199,8 @@ def _rates(report: ShiftReport, fr: records.Frames) -> None:
             report.out_of_control.append(
                 f"{series.name} rate {100 * series.chart.p[i]:.1f}% in the hour from "
                 f"{series.starts[i].astimezone():%H:%M} (limits {100 * series.chart.lcl[i]:.1f}%-"
-                f"{100 * series.chart.ucl[i]:.1f}%, {int(series.chart.n[i])} frames)")
+                f"{100 * series.chart.ucl[i]:.1f}%, {int(series.chart.n[i])} frames)"
+            )
 
 
 def interval(successes: int, n: int) -> tuple[float, float]:

@@ -79,13 +79,16 @@ def resolve(spec: str, definitions: list[ShiftDef], now: dt.datetime | None = No
         else:
             found = [s for s in candidates if s.end <= now]
         if not found:
-            raise ConfigError(f"no shift is {spec} at {now:%Y-%m-%d %H:%M}; shifts are "
-                              f"{', '.join(d.name for d in definitions)}")
+            raise ConfigError(
+                f"no shift is {spec} at {now:%Y-%m-%d %H:%M}; shifts are {', '.join(d.name for d in definitions)}"
+            )
         return max(found, key=lambda s: s.start)
     day_text, _, name = spec.partition("/")
     if name not in by_name:
-        raise ConfigError(f"--shift {spec!r}: give DATE/NAME with NAME one of {', '.join(by_name)} "
-                          "(e.g. 2026-11-25/A), or 'last' or 'current'")
+        raise ConfigError(
+            f"--shift {spec!r}: give DATE/NAME with NAME one of {', '.join(by_name)} "
+            "(e.g. 2026-11-25/A), or 'last' or 'current'"
+        )
     try:
         day = dt.date.fromisoformat(day_text)
     except ValueError:

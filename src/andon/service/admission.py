@@ -22,8 +22,9 @@ T = TypeVar("T")
 
 
 class Admission:
-    def __init__(self, workers: int, queue_size: int, *, retry_after: int = 1,
-                 on_depth: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self, workers: int, queue_size: int, *, retry_after: int = 1, on_depth: Callable[[int], None] | None = None
+    ) -> None:
         self.workers = workers
         self.capacity = workers + queue_size
         self.retry_after = retry_after
@@ -54,8 +55,10 @@ class Admission:
     def acquire(self, n: int = 1) -> int:
         """Admit ``n`` frames or raise ``OverloadedError``; returns the weight to ``release``."""
         if not self.try_acquire(n):
-            raise OverloadedError(f"inference queue full ({self.capacity} frames admitted); retry in "
-                                  f"{self.retry_after} s", retry_after=self.retry_after)
+            raise OverloadedError(
+                f"inference queue full ({self.capacity} frames admitted); retry in {self.retry_after} s",
+                retry_after=self.retry_after,
+            )
         return min(n, self.capacity)
 
     def release(self, n: int) -> None:

@@ -47,18 +47,35 @@ def build_context(settings: Settings) -> ServiceContext:
     metrics = Metrics()
     registry = ModelRegistry(settings.registry_dir)
     runtime = ModelRuntime(registry, settings)
-    runtime.on_swap.append(lambda m: metrics.set_active_model(
-        m.active.model_version if m.active else None, m.active.model_hash if m.active else None))
+    runtime.on_swap.append(
+        lambda m: metrics.set_active_model(
+            m.active.model_version if m.active else None, m.active.model_hash if m.active else None
+        )
+    )
     runtime.on_swap.append(lambda m: memory.trim())
-    admission = Admission(settings.inference_threads, settings.queue_size, retry_after=settings.retry_after_s,
-                          on_depth=metrics.queue_depth.set)
+    admission = Admission(
+        settings.inference_threads,
+        settings.queue_size,
+        retry_after=settings.retry_after_s,
+        on_depth=metrics.queue_depth.set,
+    )
     metrics.queue_capacity.set(admission.capacity)
     store = LocalDiskStore(settings.images_dir)
     keydir = KeyDirectory(sessions)
     pipeline = Pipeline(settings, runtime, admission, store, sessions, metrics, keydir)
-    return ServiceContext(settings=settings, engine=engine, sessions=sessions, store=store, registry=registry,
-                          runtime=runtime, admission=admission, metrics=metrics, keys=keydir, pipeline=pipeline,
-                          authenticators=[api_key_authenticator])
+    return ServiceContext(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        store=store,
+        registry=registry,
+        runtime=runtime,
+        admission=admission,
+        metrics=metrics,
+        keys=keydir,
+        pipeline=pipeline,
+        authenticators=[api_key_authenticator],
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -85,8 +102,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (inspections.router, parts.router, models.router, keys.router, health.router):
         app.include_router(router)
     install_review_station(app)
-    app.add_middleware(BodyLimit, limit_for=_limits(settings),
-                       on_reject=lambda: ctx.metrics.rejections.labels(reason="body_too_large").inc())
+    app.add_middleware(
+        BodyLimit,
+        limit_for=_limits(settings),
+        on_reject=lambda: ctx.metrics.rejections.labels(reason="body_too_large").inc(),
+    )
     app.add_middleware(RequestMetrics, metrics=ctx.metrics)
     return app
 
@@ -105,8 +125,11 @@ def start(ctx: ServiceContext) -> None:
     ctx.metrics.set_active_model(*_active(ctx))
     memory.trim()
     if ctx.runtime.snapshot().active is None:
-        log.warning("no active model: %s", ctx.runtime.last_error or "the registry is empty; "
-                    "'andon models add FILE' then 'andon models promote VERSION'")
+        log.warning(
+            "no active model: %s",
+            ctx.runtime.last_error
+            or "the registry is empty; 'andon models add FILE' then 'andon models promote VERSION'",
+        )
 
 
 def _active(ctx: ServiceContext) -> tuple[str | None, str | None]:
@@ -121,6 +144,7 @@ def _limits(settings: Settings):
         if path == "/v1/inspections/batch":
             return settings.max_batch_bytes
         return settings.max_body_bytes
+
     return limit_for
 
 
@@ -144,8 +168,13 @@ async def _retention_loop(ctx: ServiceContext) -> None:
     while True:
         await asyncio.sleep(s.retention_interval_s)
         try:
-            await run_in_threadpool(prune, ctx.sessions, ctx.store, pass_days=s.retention_pass_days,
-                                    reviewed_days=s.retention_reviewed_days,
-                                    orphan_grace_s=s.orphan_grace_s)
+            await run_in_threadpool(
+                prune,
+                ctx.sessions,
+                ctx.store,
+                pass_days=s.retention_pass_days,
+                reviewed_days=s.retention_reviewed_days,
+                orphan_grace_s=s.orphan_grace_s,
+            )
         except Exception:  # noqa: BLE001
             log.exception("retention run failed")

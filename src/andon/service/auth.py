@@ -79,8 +79,9 @@ def hash_secret(salt: str, secret: str) -> str:
     return hmac.new(salt.encode(), secret.encode(), hashlib.sha256).hexdigest()
 
 
-def create_key(session: Session, *, role: str, camera_id: str | None = None, name: str | None = None
-               ) -> tuple[ApiKey, str]:
+def create_key(
+    session: Session, *, role: str, camera_id: str | None = None, name: str | None = None
+) -> tuple[ApiKey, str]:
     """A new key (committed by the caller). Returns (row, plaintext key)."""
     if role not in ROLES:
         raise ConfigError(f"role {role!r} is not one of {', '.join(ROLES)}")
@@ -91,8 +92,15 @@ def create_key(session: Session, *, role: str, camera_id: str | None = None, nam
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     salt = secrets.token_hex(16)
-    row = ApiKey(id=key_id, name=name or (f"{role}:{camera_id}" if camera_id else role), role=role,
-                 camera_id=camera_id, salt=salt, secret_hash=hash_secret(salt, secret), created_at=utcnow())
+    row = ApiKey(
+        id=key_id,
+        name=name or (f"{role}:{camera_id}" if camera_id else role),
+        role=role,
+        camera_id=camera_id,
+        salt=salt,
+        secret_hash=hash_secret(salt, secret),
+        created_at=utcnow(),
+    )
     session.add(row)
     return row, f"{_PREFIX}{key_id}_{secret}"
 
@@ -117,7 +125,7 @@ def verify_key(session: Session, presented: str) -> ApiKey | None:
     """The active key row for a presented key string, or None."""
     if not presented.startswith(_PREFIX):
         return None
-    key_id, _, secret = presented[len(_PREFIX):].partition("_")
+    key_id, _, secret = presented[len(_PREFIX) :].partition("_")
     if not key_id or not secret or len(presented) > 200:
         return None
     row = session.get(ApiKey, key_id)

@@ -25,13 +25,18 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ConfigError(f"database_url {url!r} is not a SQLAlchemy URL (sqlite:///path or "
-                          "postgresql+psycopg://user:pass@host/db)") from None
+        raise ConfigError(
+            f"database_url {url!r} is not a SQLAlchemy URL (sqlite:///path or postgresql+psycopg://user:pass@host/db)"
+        ) from None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30},
-                               pool_size=pool_size, max_overflow=pool_size)
+        engine = create_engine(
+            parsed,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=pool_size,
+            max_overflow=pool_size,
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":

@@ -110,16 +110,22 @@ def require(permission: Permission) -> Callable[[Principal], Principal]:
         if principal.may(permission):
             return principal
         if principal.anonymous:
-            raise AuthenticationError(f"{permission} routes always need an engineer API key, even when no keys "
-                                      "are configured; create one with 'andon keys create --role engineer'")
+            raise AuthenticationError(
+                f"{permission} routes always need an engineer API key, even when no keys "
+                "are configured; create one with 'andon keys create --role engineer'"
+            )
         raise PermissionDeniedError(f"a {principal.role} key may not {_VERB[permission]}")
 
     check.__name__ = f"require_{permission}"
     return check
 
 
-_VERB = {"inspect": "post frames", "read": "read inspections", "review": "review inspections",
-         "manage": "manage models, keys or retention"}
+_VERB = {
+    "inspect": "post frames",
+    "read": "read inspections",
+    "review": "review inspections",
+    "manage": "manage models, keys or retention",
+}
 
 CanInspect = Annotated[Principal, Depends(require("inspect"))]
 CanRead = Annotated[Principal, Depends(require("read"))]

@@ -16,23 +16,37 @@ class Metrics:
         disable_created_metrics()  # the *_created series double the output and nobody graphs them
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("andon_http_requests", "HTTP requests by route template, method and status",
-                                ["route", "method", "status"], registry=r)
-        self.request_seconds = Histogram("andon_http_request_seconds", "HTTP request latency by route",
-                                         ["route"], buckets=_STAGE_BUCKETS, registry=r)
+        self.requests = Counter(
+            "andon_http_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "andon_http_request_seconds", "HTTP request latency by route", ["route"], buckets=_STAGE_BUCKETS, registry=r
+        )
         self.rejections = Counter("andon_rejections", "Requests refused, by error code", ["reason"], registry=r)
-        self.decisions = Counter("andon_decisions", "Frame decisions by line and camera",
-                                 ["line_id", "camera_id", "decision"], registry=r)
-        self.stage_seconds = Histogram("andon_stage_seconds", "Time per frame in each stage "
-                                       "(queue, decode, preprocess, infer, storage)", ["stage"],
-                                       buckets=_STAGE_BUCKETS, registry=r)
-        self.queue_depth = Gauge("andon_queue_depth", "Frames admitted and waiting for or in inference",
-                                 registry=r)
+        self.decisions = Counter(
+            "andon_decisions", "Frame decisions by line and camera", ["line_id", "camera_id", "decision"], registry=r
+        )
+        self.stage_seconds = Histogram(
+            "andon_stage_seconds",
+            "Time per frame in each stage (queue, decode, preprocess, infer, storage)",
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge("andon_queue_depth", "Frames admitted and waiting for or in inference", registry=r)
         self.queue_capacity = Gauge("andon_queue_capacity", "Frames admitted at most before 503", registry=r)
-        self.active_model = Gauge("andon_active_model_info", "1 for the model version now active",
-                                  ["version", "hash"], registry=r)
-        self.shadow = Counter("andon_shadow_comparisons", "Shadow model verdicts compared with the active "
-                              "model", ["shadow_version", "outcome"], registry=r)
+        self.active_model = Gauge(
+            "andon_active_model_info", "1 for the model version now active", ["version", "hash"], registry=r
+        )
+        self.shadow = Counter(
+            "andon_shadow_comparisons",
+            "Shadow model verdicts compared with the active model",
+            ["shadow_version", "outcome"],
+            registry=r,
+        )
         self.model_swaps = Counter("andon_model_swaps", "Active model changes", registry=r)
 
     def set_active_model(self, version: str | None, digest: str | None) -> None:

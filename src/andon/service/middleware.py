@@ -20,8 +20,9 @@ from andon.service.metrics import Metrics
 class BodyLimit:
     """413 for bodies over ``limit_for(path)`` bytes: at once from Content-Length, or mid-stream."""
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int],
-                 on_reject: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, limit_for: Callable[[str], int], on_reject: Callable[[], None] | None = None
+    ) -> None:
         self.app = app
         self.limit_for = limit_for
         self.on_reject = on_reject or (lambda: None)
@@ -80,9 +81,17 @@ def _message(limit: int, declared: int | None) -> str:
 
 async def _send_413(send: Send, limit: int, declared: int | None) -> None:
     body = json.dumps({"error": BodyTooLargeError.code, "message": _message(limit, declared)}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

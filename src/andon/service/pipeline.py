@@ -81,8 +81,16 @@ class Outcome:
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, runtime: ModelRuntime, admission: Admission, store: ImageStore,
-                 sessions: Callable[[], Session], metrics: Metrics, keys: KeyDirectory) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        runtime: ModelRuntime,
+        admission: Admission,
+        store: ImageStore,
+        sessions: Callable[[], Session],
+        metrics: Metrics,
+        keys: KeyDirectory,
+    ) -> None:
         self.settings = settings
         self.runtime = runtime
         self.admission = admission
@@ -95,15 +103,17 @@ class Pipeline:
     # ---- checks ----------------------------------------------------------------------------------------
     def check_camera(self, principal: Principal, camera_id: str) -> None:
         if principal.role == "camera" and principal.camera_id != camera_id:
-            raise PermissionDeniedError(f"this key belongs to camera {principal.camera_id!r}; it may not post "
-                                        f"frames for camera {camera_id!r}")
+            raise PermissionDeniedError(
+                f"this key belongs to camera {principal.camera_id!r}; it may not post frames for camera {camera_id!r}"
+            )
         known = set(self.settings.cameras) | set(self.keys.camera_ids)
         if known and camera_id not in known:
             raise UnknownCameraError(f"unknown camera {camera_id!r}; known cameras: {', '.join(sorted(known))}")
 
     # ---- the path --------------------------------------------------------------------------------------
-    async def process(self, frames: list[IncomingFrame], principal: Principal, *, heatmap: bool = False,
-                      started: float | None = None) -> Outcome:
+    async def process(
+        self, frames: list[IncomingFrame], principal: Principal, *, heatmap: bool = False, started: float | None = None
+    ) -> Outcome:
         """Inspect and store ``frames`` (already admitted by the caller); all or nothing."""
         started = time.perf_counter() if started is None else started
         for frame in frames:
@@ -117,8 +127,9 @@ class Pipeline:
                 return self._outcome(stored, [True] * len(frames), heatmap, [])
             models = self.runtime.snapshot()
             if models.active is None:
-                raise NoModelError(self.runtime.last_error or "no active model: add one with 'andon models add' "
-                                   "and promote it")
+                raise NoModelError(
+                    self.runtime.last_error or "no active model: add one with 'andon models add' and promote it"
+                )
             done = await self._infer(models.active, todo)
             rows = await run_in_threadpool(self._persist, done, started)
             if rows is None:
@@ -126,8 +137,7 @@ class Pipeline:
             fresh = iter(rows)
             replayed = [row is not None for row in stored]
             merged = [row if row is not None else next(fresh) for row in stored]
-            after = [self._shadow_job(models.shadow, d, row) for d, row in zip(done, rows)
-                     if models.shadow is not None]
+            after = [self._shadow_job(models.shadow, d, row) for d, row in zip(done, rows) if models.shadow is not None]
             heat = {row.id: d.result.display_map for d, row in zip(done, rows)}
             return self._outcome(merged, replayed, heatmap, after, heat)
         raise StorageError("could not store the frame after 3 attempts (concurrent retries); retry")
@@ -140,8 +150,9 @@ class Pipeline:
         if not wanted:
             return [None] * len(frames)
         with self.sessions() as session:
-            rows = session.scalars(select(Inspection).where(
-                tuple_(Inspection.camera_id, Inspection.idempotency_key).in_(wanted))).all()
+            rows = session.scalars(
+                select(Inspection).where(tuple_(Inspection.camera_id, Inspection.idempotency_key).in_(wanted))
+            ).all()
         found = {(r.camera_id, r.idempotency_key): r for r in rows}
         out: list[Inspection | None] = []
         for f in frames:
@@ -149,7 +160,8 @@ class Pipeline:
             if row is not None and row.body_sha256 != f.sha256:
                 raise IdempotencyConflictError(
                     f"Idempotency-Key {f.idempotency_key!r} of camera {f.meta.camera_id!r} was used for a "
-                    f"different frame (inspection {row.id}); use a new key for a new frame")
+                    f"different frame (inspection {row.id}); use a new key for a new frame"
+                )
             out.append(row)
         return out
 
@@ -162,8 +174,9 @@ class Pipeline:
             for i, f in enumerate(frames):
                 f.sha256  # noqa: B018 - hash in this worker thread, not on the event loop
                 try:
-                    headers.append(probe(f.data, max_pixels=settings.max_pixels,
-                                         allowed_formats=settings.allowed_formats))
+                    headers.append(
+                        probe(f.data, max_pixels=settings.max_pixels, allowed_formats=settings.allowed_formats)
+                    )
                 except ImageDecodeError as exc:
                     raise _frame_error(exc, i, len(frames)) from None
             try:
@@ -235,8 +248,14 @@ class Pipeline:
             except Exception:  # noqa: BLE001 - best effort; retention sweeps orphans
                 log.warning("could not remove %s after a failed write", key)
 
-    def _outcome(self, rows: list[Inspection], replayed: list[bool], heatmap: bool, after: list[Callable],
-                 heat: dict[str, np.ndarray | None] | None = None) -> Outcome:
+    def _outcome(
+        self,
+        rows: list[Inspection],
+        replayed: list[bool],
+        heatmap: bool,
+        after: list[Callable],
+        heat: dict[str, np.ndarray | None] | None = None,
+    ) -> Outcome:
         items = []
         for row in rows:
             grid = None
@@ -279,12 +298,20 @@ class Pipeline:
     def _store_shadow(self, row: Inspection, result: InspectionResult) -> None:
         try:
             with self.sessions() as session:
-                session.add(ShadowResult(inspection_id=row.id, created_at=utcnow(),
-                                         model_version=result.model_version, model_hash=result.model_hash,
-                                         label=result.label, decision=result.decision,
-                                         defect_score=result.defect_score, active_decision=row.decision,
-                                         agree_decision=result.decision == row.decision,
-                                         agree_label=result.label == row.label))
+                session.add(
+                    ShadowResult(
+                        inspection_id=row.id,
+                        created_at=utcnow(),
+                        model_version=result.model_version,
+                        model_hash=result.model_hash,
+                        label=result.label,
+                        decision=result.decision,
+                        defect_score=result.defect_score,
+                        active_decision=row.decision,
+                        agree_decision=result.decision == row.decision,
+                        agree_label=result.label == row.label,
+                    )
+                )
                 session.commit()
         except SQLAlchemyError as exc:
             log.warning("could not store the shadow result for %s: %s", row.id, exc)
@@ -293,16 +320,34 @@ class Pipeline:
 def _row(d: _Done, inspection_id: str, now: dt.datetime) -> Inspection:
     r, meta = d.result, d.frame.meta
     return Inspection(
-        id=inspection_id, created_at=now, captured_at=meta.captured_at, line_id=meta.line_id,
-        camera_id=meta.camera_id, part_id=meta.part_id, serial=meta.serial, label=r.label, decision=r.decision,
-        defect_score=float(r.defect_score), scores={k: float(v) for k, v in r.scores.items()},
-        reasons=list(r.reasons), model_version=r.model_version, model_hash=r.model_hash,
-        image_format=d.header.format, image_width=int(r.image_size[1]), image_height=int(r.image_size[0]),
-        image_bytes=len(d.frame.data), body_sha256=d.frame.sha256, image_key=None, heatmap_key=None,
+        id=inspection_id,
+        created_at=now,
+        captured_at=meta.captured_at,
+        line_id=meta.line_id,
+        camera_id=meta.camera_id,
+        part_id=meta.part_id,
+        serial=meta.serial,
+        label=r.label,
+        decision=r.decision,
+        defect_score=float(r.defect_score),
+        scores={k: float(v) for k, v in r.scores.items()},
+        reasons=list(r.reasons),
+        model_version=r.model_version,
+        model_hash=r.model_hash,
+        image_format=d.header.format,
+        image_width=int(r.image_size[1]),
+        image_height=int(r.image_size[0]),
+        image_bytes=len(d.frame.data),
+        body_sha256=d.frame.sha256,
+        image_key=None,
+        heatmap_key=None,
         review_status=REVIEW_NOT_REQUIRED if r.decision == "pass" else REVIEW_UNREVIEWED,
-        idempotency_key=d.frame.idempotency_key, timings_ms={}, reason=r.reason or None,
+        idempotency_key=d.frame.idempotency_key,
+        timings_ms={},
+        reason=r.reason or None,
         anomaly_score=None if r.anomaly_score is None else float(r.anomaly_score),
-        **{k: (r.quality or {}).get(k) for k in ("brightness", "contrast", "focus")})
+        **{k: (r.quality or {}).get(k) for k in ("brightness", "contrast", "focus")},
+    )
 
 
 def _check_unique_keys(frames: list[IncomingFrame]) -> None:
@@ -311,8 +356,9 @@ def _check_unique_keys(frames: list[IncomingFrame]) -> None:
         if f.idempotency_key:
             key = (f.meta.camera_id, f.idempotency_key)
             if key in seen:
-                raise IdempotencyConflictError(f"Idempotency-Key {f.idempotency_key!r} appears twice in the batch "
-                                               f"for camera {f.meta.camera_id!r}")
+                raise IdempotencyConflictError(
+                    f"Idempotency-Key {f.idempotency_key!r} appears twice in the batch for camera {f.meta.camera_id!r}"
+                )
             seen.add(key)
 
 

@@ -44,8 +44,16 @@ class RegistryState:
     history: list[dict] = field(default_factory=list)
 
     def to_json(self) -> str:
-        return json.dumps({"active": self.active, "previous": self.previous, "shadow": self.shadow,
-                           "generation": self.generation, "history": self.history[-_HISTORY_KEEP:]}, indent=2)
+        return json.dumps(
+            {
+                "active": self.active,
+                "previous": self.previous,
+                "shadow": self.shadow,
+                "generation": self.generation,
+                "history": self.history[-_HISTORY_KEEP:],
+            },
+            indent=2,
+        )
 
 
 @dataclass(frozen=True)
@@ -60,8 +68,15 @@ class ModelEntry:
     path: Path
 
     def to_dict(self) -> dict:
-        return {"version": self.version, "name": self.name, "content_hash": self.content_hash, "file_sha256": self.file_sha256,
-                "size_bytes": self.size_bytes, "added_at": self.added_at, "source": self.source}
+        return {
+            "version": self.version,
+            "name": self.name,
+            "content_hash": self.content_hash,
+            "file_sha256": self.file_sha256,
+            "size_bytes": self.size_bytes,
+            "added_at": self.added_at,
+            "source": self.source,
+        }
 
 
 class ModelRegistry:
@@ -80,8 +95,13 @@ class ModelRegistry:
             return RegistryState()
         except (OSError, ValueError) as exc:
             raise RegistryError(f"registry state {self.state_path} is unreadable: {exc}") from None
-        return RegistryState(active=raw.get("active"), previous=raw.get("previous"), shadow=raw.get("shadow"),
-                             generation=int(raw.get("generation", 0)), history=list(raw.get("history", [])))
+        return RegistryState(
+            active=raw.get("active"),
+            previous=raw.get("previous"),
+            shadow=raw.get("shadow"),
+            generation=int(raw.get("generation", 0)),
+            history=list(raw.get("history", [])),
+        )
 
     def signature(self) -> tuple[int, int, int] | None:
         """Changes whenever state.json is replaced: cheap enough to poll every second."""
@@ -106,16 +126,24 @@ class ModelRegistry:
     def _entry(self, version: str) -> ModelEntry:
         folder = self.versions_dir / version
         info = json.loads((folder / "info.json").read_text())
-        return ModelEntry(version=version, name=info["name"], content_hash=info["content_hash"],
-                          file_sha256=info["file_sha256"], size_bytes=info["size_bytes"], added_at=info["added_at"], source=info.get("source", ""),
-                          path=folder / "model.onnx")
+        return ModelEntry(
+            version=version,
+            name=info["name"],
+            content_hash=info["content_hash"],
+            file_sha256=info["file_sha256"],
+            size_bytes=info["size_bytes"],
+            added_at=info["added_at"],
+            source=info.get("source", ""),
+            path=folder / "model.onnx",
+        )
 
     def find_hash(self, digest: str) -> ModelEntry | None:
         return next((e for e in self.entries() if e.content_hash == digest), None)
 
     # ---- changing ------------------------------------------------------------------------------------
-    def add(self, data: bytes, *, source: str = "upload", validate: Callable[[Path], None] | None = None
-            ) -> tuple[ModelEntry, bool]:
+    def add(
+        self, data: bytes, *, source: str = "upload", validate: Callable[[Path], None] | None = None
+    ) -> tuple[ModelEntry, bool]:
         """Register an exported model (the card's version names it). Returns (entry, created).
 
         Adding the same file again is a no-op; a different file under an existing version is refused. Two
@@ -127,17 +155,21 @@ class ModelRegistry:
         file_sha = hashlib.sha256(data).hexdigest()
         version = card.version
         if not _VERSION.match(version):
-            raise RegistryError(f"model version {version!r} (from the card of {source}) cannot name a registry "
-                                "entry; use letters, digits and . _ + - (at most 64), e.g. re-export with "
-                                "--version 2026.11.1")
+            raise RegistryError(
+                f"model version {version!r} (from the card of {source}) cannot name a registry "
+                "entry; use letters, digits and . _ + - (at most 64), e.g. re-export with "
+                "--version 2026.11.1"
+            )
         with self._locked():
             if (self.versions_dir / version / "info.json").exists():
                 existing = self._entry(version)
                 if existing.file_sha256 == file_sha:
                     return existing, False
-                raise RegistryError(f"version {version} is already registered with a different file "
-                                    f"(sha256 {existing.file_sha256[:12]}, this file {file_sha[:12]}); "
-                                    "export the new model with a new version")
+                raise RegistryError(
+                    f"version {version} is already registered with a different file "
+                    f"(sha256 {existing.file_sha256[:12]}, this file {file_sha[:12]}); "
+                    "export the new model with a new version"
+                )
             staging = self.root / f".staging-{version}"
             shutil.rmtree(staging, ignore_errors=True)
             make_dirs_durably(staging)
@@ -148,8 +180,15 @@ class ModelRegistry:
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-            info = {"name": card.name, "version": version, "content_hash": digest, "file_sha256": file_sha,
-                    "size_bytes": len(data), "added_at": _now(), "source": source}
+            info = {
+                "name": card.name,
+                "version": version,
+                "content_hash": digest,
+                "file_sha256": file_sha,
+                "size_bytes": len(data),
+                "added_at": _now(),
+                "source": source,
+            }
             write_durably(staging / "info.json", json.dumps(info, indent=2).encode())
             make_dirs_durably(self.versions_dir)
             staging.rename(self.versions_dir / version)
@@ -174,17 +213,22 @@ class ModelRegistry:
             s.previous, s.active = s.active, version
             if s.shadow == version:
                 s.shadow = None
+
         return self._update(change, action="promote", version=version)
 
     def rollback(self) -> RegistryState:
         """Swap active and previous."""
+
         def change(s: RegistryState) -> None:
             if s.previous is None:
-                raise RegistryError(f"nothing to roll back to: active is {s.active or 'none'} and there is no "
-                                    "previous version; promote a version instead")
+                raise RegistryError(
+                    f"nothing to roll back to: active is {s.active or 'none'} and there is no "
+                    "previous version; promote a version instead"
+                )
             s.active, s.previous = s.previous, s.active
             if s.shadow == s.active:
                 s.shadow = None
+
         return self._update(change, action="rollback", version=None)
 
     def set_shadow(self, version: str | None) -> RegistryState:
@@ -196,23 +240,25 @@ class ModelRegistry:
             if version is not None and version == s.active:
                 raise RegistryError(f"version {version} is the active model; a shadow must be another version")
             s.shadow = version
+
         return self._update(change, action="shadow", version=version)
 
-    def _update(self, change: Callable[[RegistryState], None], *, action: str, version: str | None
-                ) -> RegistryState:
+    def _update(self, change: Callable[[RegistryState], None], *, action: str, version: str | None) -> RegistryState:
         with self._locked():
             return self._write_change(change, action=action, version=version)
 
-    def _write_change(self, change: Callable[[RegistryState], None], *, action: str, version: str | None
-                      ) -> RegistryState:
+    def _write_change(
+        self, change: Callable[[RegistryState], None], *, action: str, version: str | None
+    ) -> RegistryState:
         """Apply ``change`` to the state and write it; the caller holds the lock."""
         state = self.state()
         before = (state.active, state.previous, state.shadow)
         change(state)
         if (state.active, state.previous, state.shadow) != before or action == "add":
             state.generation += 1
-            state.history.append({"at": _now(), "action": action, "version": version,
-                                  "active": state.active, "shadow": state.shadow})
+            state.history.append(
+                {"at": _now(), "action": action, "version": version, "active": state.active, "shadow": state.shadow}
+            )
             make_dirs_durably(self.root)
             write_durably(self.state_path, state.to_json().encode())
         return state
@@ -238,8 +284,10 @@ def _inspect_model_bytes(data: bytes, source: str):
     card = read_card(model, source=source)
     digest = content_hash(model)
     if card.content_hash and card.content_hash != digest:
-        raise ModelFileError(f"model {source} was modified after export: its graph hash {digest[:12]} does not "
-                             f"match the card's {card.content_hash[:12]}")
+        raise ModelFileError(
+            f"model {source} was modified after export: its graph hash {digest[:12]} does not "
+            f"match the card's {card.content_hash[:12]}"
+        )
     return card, digest
 
 

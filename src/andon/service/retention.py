@@ -36,9 +36,15 @@ class PruneReport:
     orphan_bytes: int = 0
 
 
-def prune(sessions: Callable[[], Session], store: ImageStore, *, pass_days: float | None,
-          reviewed_days: float | None, orphan_grace_s: float | None = 3600.0,
-          now: dt.datetime | None = None) -> PruneReport:
+def prune(
+    sessions: Callable[[], Session],
+    store: ImageStore,
+    *,
+    pass_days: float | None,
+    reviewed_days: float | None,
+    orphan_grace_s: float | None = 3600.0,
+    now: dt.datetime | None = None,
+) -> PruneReport:
     """Delete the images the policy lets go, then the orphans older than ``orphan_grace_s`` (None: no sweep);
     returns how many and how many bytes (posted sizes for pruned frames, file sizes for orphans)."""
     now = now or utcnow()
@@ -48,8 +54,9 @@ def prune(sessions: Callable[[], Session], store: ImageStore, *, pass_days: floa
     return report
 
 
-def sweep_orphans(sessions: Callable[[], Session], store: ImageStore, *, cutoff: dt.datetime,
-                  report: PruneReport) -> PruneReport:
+def sweep_orphans(
+    sessions: Callable[[], Session], store: ImageStore, *, cutoff: dt.datetime, report: PruneReport
+) -> PruneReport:
     """Delete stored files written before ``cutoff`` that no record names as its image or heatmap."""
     report.orphans_removed += store.remove_partial_writes(cutoff)
     batch: list[tuple[str, int]] = []
@@ -61,13 +68,16 @@ def sweep_orphans(sessions: Callable[[], Session], store: ImageStore, *, cutoff:
     if batch:
         _remove_unnamed(sessions, store, batch, report)
     if report.orphans_removed:
-        log.warning("retention: removed %d stored files that no record names (left by a crash or a failed write)",
-                    report.orphans_removed)
+        log.warning(
+            "retention: removed %d stored files that no record names (left by a crash or a failed write)",
+            report.orphans_removed,
+        )
     return report
 
 
-def _remove_unnamed(sessions: Callable[[], Session], store: ImageStore, batch: list[tuple[str, int]],
-                    report: PruneReport) -> None:
+def _remove_unnamed(
+    sessions: Callable[[], Session], store: ImageStore, batch: list[tuple[str, int]], report: PruneReport
+) -> None:
     keys = [key for key, _size in batch]
     with sessions() as session:
         named = set(session.scalars(select(Inspection.image_key).where(Inspection.image_key.in_(keys))))
@@ -79,22 +89,42 @@ def _remove_unnamed(sessions: Callable[[], Session], store: ImageStore, batch: l
             report.orphan_bytes += size
 
 
-def _prune_policy(sessions: Callable[[], Session], store: ImageStore, *, pass_days: float | None,
-                  reviewed_days: float | None, now: dt.datetime) -> PruneReport:
+def _prune_policy(
+    sessions: Callable[[], Session],
+    store: ImageStore,
+    *,
+    pass_days: float | None,
+    reviewed_days: float | None,
+    now: dt.datetime,
+) -> PruneReport:
     rules = []
     if pass_days is not None:
-        rules.append(and_(Inspection.review_status == REVIEW_NOT_REQUIRED,
-                          Inspection.created_at < now - dt.timedelta(days=pass_days)))
+        rules.append(
+            and_(
+                Inspection.review_status == REVIEW_NOT_REQUIRED,
+                Inspection.created_at < now - dt.timedelta(days=pass_days),
+            )
+        )
     if reviewed_days is not None:
-        rules.append(and_(Inspection.review_status == REVIEW_REVIEWED,
-                          Inspection.created_at < now - dt.timedelta(days=reviewed_days)))
+        rules.append(
+            and_(
+                Inspection.review_status == REVIEW_REVIEWED,
+                Inspection.created_at < now - dt.timedelta(days=reviewed_days),
+            )
+        )
     report = PruneReport()
     if not rules:
         return report
     while True:
         with sessions() as session:
-            rows = list(session.scalars(select(Inspection).where(Inspection.image_key.is_not(None), or_(*rules))
-                                        .order_by(Inspection.id).limit(_CHUNK)))
+            rows = list(
+                session.scalars(
+                    select(Inspection)
+                    .where(Inspection.image_key.is_not(None), or_(*rules))
+                    .order_by(Inspection.id)
+                    .limit(_CHUNK)
+                )
+            )
             if not rows:
                 return report
             for row in rows:

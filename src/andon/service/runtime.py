@@ -48,14 +48,23 @@ class ModelRuntime:
 
     def load(self, entry: ModelEntry) -> Inspector:
         """Load, validate and warm up a registry entry (raises ``AndonError`` when it is unusable)."""
-        return Inspector.load(entry.path, threads=self.settings.intra_op_threads,
-                              max_pixels=self.settings.max_pixels,
-                              allowed_formats=self.settings.allowed_formats, warmup=True)
+        return Inspector.load(
+            entry.path,
+            threads=self.settings.intra_op_threads,
+            max_pixels=self.settings.max_pixels,
+            allowed_formats=self.settings.allowed_formats,
+            warmup=True,
+        )
 
     def validate_file(self, path) -> None:
         """Registry ``validate`` hook: a file that does not load and warm up is never registered."""
-        Inspector.load(path, threads=1, max_pixels=self.settings.max_pixels,
-                       allowed_formats=self.settings.allowed_formats, warmup=True)
+        Inspector.load(
+            path,
+            threads=1,
+            max_pixels=self.settings.max_pixels,
+            allowed_formats=self.settings.allowed_formats,
+            warmup=True,
+        )
 
     def sync(self, *, force: bool = False) -> bool:
         """Bring the loaded models to the registry state; True when something changed."""
@@ -135,14 +144,23 @@ class ModelRuntime:
             self.registry.promote(entry.version)
             log.info("model %s (%s) registered and promoted", entry.version, model_file)
         elif state.active != entry.version:
-            log.warning("registry's active model is %s; %s (version %s) was %s but not promoted: "
-                        "'andon models promote %s' makes it active", state.active, model_file, entry.version,
-                        "registered" if created else "already registered", entry.version)
+            log.warning(
+                "registry's active model is %s; %s (version %s) was %s but not promoted: "
+                "'andon models promote %s' makes it active",
+                state.active,
+                model_file,
+                entry.version,
+                "registered" if created else "already registered",
+                entry.version,
+            )
 
 
 def _same(inspector: Inspector | None, entry: ModelEntry) -> bool:
-    return (inspector is not None and inspector.model_version == entry.version
-            and inspector.model_hash == entry.content_hash)
+    return (
+        inspector is not None
+        and inspector.model_version == entry.version
+        and inspector.model_hash == entry.content_hash
+    )
 
 
 def _name(inspector: Inspector | None) -> str:

@@ -47,10 +47,12 @@ class InspectionOut(BaseModel):
     decision: DecisionName
     defect_score: float
     scores: dict[str, float]
-    reason: str | None = Field(description="the decision's reason code: 'pass', the signal that decided ('defect', "
-                               "a defect class with its own band, 'anomaly') or 'unknown defect' (the classifier "
-                               "passed the part, the good-only anomaly score flagged it); null for records from "
-                               "before the reason was stored")
+    reason: str | None = Field(
+        description="the decision's reason code: 'pass', the signal that decided ('defect', "
+        "a defect class with its own band, 'anomaly') or 'unknown defect' (the classifier "
+        "passed the part, the good-only anomaly score flagged it); null for records from "
+        "before the reason was stored"
+    )
     anomaly_score: float | None = Field(description="the good-only anomaly score (models with an anomaly detector)")
     reasons: list[str]
     model_version: str
@@ -61,19 +63,37 @@ class InspectionOut(BaseModel):
     heatmap_available: bool
     review_status: str
     timings_ms: dict[str, float]
-    heatmap: list[list[float]] | None = Field(None, description="only with ?heatmap=true",
-                                              exclude_if=lambda v: v is None)
+    heatmap: list[list[float]] | None = Field(
+        None, description="only with ?heatmap=true", exclude_if=lambda v: v is None
+    )
 
     @classmethod
-    def from_row(cls, row: Inspection, heatmap: list[list[float]] | None = None) -> "InspectionOut":
-        return cls(id=row.id, created_at=row.created_at, captured_at=row.captured_at, line_id=row.line_id,
-                   camera_id=row.camera_id, part_id=row.part_id, serial=row.serial, label=row.label,
-                   decision=row.decision, defect_score=row.defect_score, scores=row.scores, reason=row.reason,
-                   anomaly_score=row.anomaly_score, reasons=row.reasons,
-                   model_version=row.model_version, model_hash=row.model_hash,
-                   image_size=(row.image_height, row.image_width), image_format=row.image_format,
-                   image_stored=row.image_key is not None, heatmap_available=row.heatmap_key is not None,
-                   review_status=row.review_status, timings_ms=row.timings_ms, heatmap=heatmap)
+    def from_row(cls, row: Inspection, heatmap: list[list[float]] | None = None) -> InspectionOut:
+        return cls(
+            id=row.id,
+            created_at=row.created_at,
+            captured_at=row.captured_at,
+            line_id=row.line_id,
+            camera_id=row.camera_id,
+            part_id=row.part_id,
+            serial=row.serial,
+            label=row.label,
+            decision=row.decision,
+            defect_score=row.defect_score,
+            scores=row.scores,
+            reason=row.reason,
+            anomaly_score=row.anomaly_score,
+            reasons=row.reasons,
+            model_version=row.model_version,
+            model_hash=row.model_hash,
+            image_size=(row.image_height, row.image_width),
+            image_format=row.image_format,
+            image_stored=row.image_key is not None,
+            heatmap_available=row.heatmap_key is not None,
+            review_status=row.review_status,
+            timings_ms=row.timings_ms,
+            heatmap=heatmap,
+        )
 
 
 class InspectionPage(BaseModel):

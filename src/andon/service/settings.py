@@ -30,10 +30,16 @@ class Settings(BaseSettings):
 
     # where things live
     data_dir: Path = Field(Path("andon-data"), description="registry, images and the SQLite database live here")
-    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/andon.db. "
-                                     "PostgreSQL: postgresql+psycopg://user:pass@host/db")
-    model: Path | None = Field(None, description="an .onnx file added to the registry and promoted on start "
-                               "when the registry has no active model (or this file is not the active one)")
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL; default sqlite:///<data_dir>/andon.db. "
+        "PostgreSQL: postgresql+psycopg://user:pass@host/db",
+    )
+    model: Path | None = Field(
+        None,
+        description="an .onnx file added to the registry and promoted on start "
+        "when the registry has no active model (or this file is not the active one)",
+    )
 
     # network
     host: str = "127.0.0.1"
@@ -42,10 +48,12 @@ class Settings(BaseSettings):
 
     # inference and admission control
     inference_threads: int = Field(0, ge=0, le=64, description="concurrent inferences; 0 = usable cores (max 4)")
-    intra_op_threads: int = Field(0, ge=0, le=64, description="onnxruntime threads per inference; 0 = "
-                                  "cores / inference_threads")
-    queue_size: int = Field(16, ge=0, le=4096, description="frames waiting for a free inference slot before "
-                            "new ones get 503 + Retry-After")
+    intra_op_threads: int = Field(
+        0, ge=0, le=64, description="onnxruntime threads per inference; 0 = cores / inference_threads"
+    )
+    queue_size: int = Field(
+        16, ge=0, le=4096, description="frames waiting for a free inference slot before new ones get 503 + Retry-After"
+    )
     retry_after_s: int = Field(1, ge=1, le=3600)
 
     # input limits
@@ -55,34 +63,52 @@ class Settings(BaseSettings):
     max_batch_frames: int = Field(16, ge=1, le=256)
     max_batch_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="body cap of /v1/inspections/batch")
     max_model_bytes: int = Field(1024 * 1024 * 1024, ge=1024, description="body cap of model uploads")
-    cameras: list[str] = Field(default_factory=list, description="known camera ids; empty = any (unless camera "
-                               "keys exist, whose camera ids are then the known ones)")
+    cameras: list[str] = Field(
+        default_factory=list,
+        description="known camera ids; empty = any (unless camera "
+        "keys exist, whose camera ids are then the known ones)",
+    )
 
     # storage and retention
-    pass_sample_rate: float = Field(0.01, ge=0.0, le=1.0, description="fraction of passed frames whose image "
-                                    "is kept (every non-pass image is kept)")
+    pass_sample_rate: float = Field(
+        0.01, ge=0.0, le=1.0, description="fraction of passed frames whose image is kept (every non-pass image is kept)"
+    )
     min_free_disk_mb: int = Field(512, ge=0, description="readiness fails below this much free disk")
-    retention_pass_days: float | None = Field(30.0, gt=0, description="drop images of passed frames older than "
-                                              "this; None keeps them")
-    retention_reviewed_days: float | None = Field(180.0, gt=0, description="drop images of reviewed frames older "
-                                                  "than this; unreviewed flagged frames are never pruned")
+    retention_pass_days: float | None = Field(
+        30.0, gt=0, description="drop images of passed frames older than this; None keeps them"
+    )
+    retention_reviewed_days: float | None = Field(
+        180.0,
+        gt=0,
+        description="drop images of reviewed frames older than this; unreviewed flagged frames are never pruned",
+    )
     retention_interval_s: float = Field(3600.0, ge=1.0)
-    orphan_grace_s: float | None = Field(3600.0, ge=60.0, description="retention also deletes stored images no "
-                                         "record names (a crash between image and record) once older than "
-                                         "this; None: never")
+    orphan_grace_s: float | None = Field(
+        3600.0,
+        ge=60.0,
+        description="retention also deletes stored images no "
+        "record names (a crash between image and record) once older than "
+        "this; None: never",
+    )
     registry_poll_s: float = Field(1.0, ge=0.05, description="how often workers look for a promoted model")
 
     # decisions
-    part_policy: PartPolicy = Field("worst", description="worst: the worst frame decision is the part's; "
-                                    "majority: the most common decision, ties go to the worse")
-    shadow_max_load: float = Field(0.5, ge=0.0, le=1.0, description="skip shadow scoring when the inference "
-                                   "queue is fuller than this fraction")
+    part_policy: PartPolicy = Field(
+        "worst",
+        description="worst: the worst frame decision is the part's; "
+        "majority: the most common decision, ties go to the worse",
+    )
+    shadow_max_load: float = Field(
+        0.5, ge=0.0, le=1.0, description="skip shadow scoring when the inference queue is fuller than this fraction"
+    )
 
     # review station (pages for operators and engineers)
     session_hours: float = Field(12.0, gt=0, le=24 * 30, description="a login lasts this long (a shift and some)")
     cookie_secure: Literal["auto", "always", "never"] = Field(
-        "auto", description="Secure flag of the session cookie; auto: when the request came over HTTPS (use "
-        "always behind a TLS-terminating proxy)")
+        "auto",
+        description="Secure flag of the session cookie; auto: when the request came over HTTPS (use "
+        "always behind a TLS-terminating proxy)",
+    )
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -100,7 +126,7 @@ class Settings(BaseSettings):
         return names
 
     @model_validator(mode="after")
-    def _threads(self) -> "Settings":
+    def _threads(self) -> Settings:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         if self.inference_threads == 0:
             object.__setattr__(self, "inference_threads", max(1, min(4, cores)))
@@ -121,18 +147,21 @@ class Settings(BaseSettings):
         return self.data_dir / "models"
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if settings_cls.model_config.get("yaml_file"):
             sources.append(YamlConfigSettingsSource(settings_cls))
         return tuple(sources)
 
     @classmethod
-    def load(cls, config_file: Path | str | None = None, **overrides: Any) -> "Settings":
+    def load(cls, config_file: Path | str | None = None, **overrides: Any) -> Settings:
         """Settings from defaults, then ``config_file`` (YAML/JSON), then ANDON_* env, then ``overrides``.
 
         ``overrides`` whose value is None are ignored (unset CLI flags).
@@ -149,10 +178,9 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err.get("loc", ())) or "settings"
-            raise ConfigError(f"bad setting {where}: {err.get('msg', 'invalid')} "
-                              f"(got {err.get('input')!r})") from None
+            raise ConfigError(f"bad setting {where}: {err.get('msg', 'invalid')} (got {err.get('input')!r})") from None
 
     @classmethod
-    def from_environment(cls) -> "Settings":
+    def from_environment(cls) -> Settings:
         """For uvicorn worker processes: the config file named by ANDON_CONFIG, plus the environment."""
         return cls.load(os.environ.get(CONFIG_ENV) or None)

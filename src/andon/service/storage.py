@@ -128,7 +128,6 @@ class LocalDiskStore:
             return None
 
 
-
 def write_durably(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that after return it is complete on disk (folder entry too), or was never there."""
     _write_atomic(path, data, durable=True)

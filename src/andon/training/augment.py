@@ -64,8 +64,7 @@ def build_augmenter(cfg: AugmentSection) -> Augmenter:
             brightness_by_max=True,
             p=cfg.brightness_contrast.p,
         ),
-        A.GaussianBlur(blur_limit=(3, cfg.blur.max_kernel), sigma_limit=(0.1, 0.3 * cfg.blur.max_kernel),
-                       p=cfg.blur.p),
+        A.GaussianBlur(blur_limit=(3, cfg.blur.max_kernel), sigma_limit=(0.1, 0.3 * cfg.blur.max_kernel), p=cfg.blur.p),
         A.GaussNoise(std_range=(0.0, cfg.noise.std), per_channel=False, p=cfg.noise.p),
     ]
     return Augmenter([t for t in candidates if t.p > 0])

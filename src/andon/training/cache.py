@@ -47,8 +47,7 @@ class ImageCache:
     @property
     def array(self) -> np.ndarray:
         if self._array is None:
-            self._array = np.memmap(self.folder / _DATA, dtype=np.uint8, mode="r",
-                                    shape=(self.count, *self.hw, 3))
+            self._array = np.memmap(self.folder / _DATA, dtype=np.uint8, mode="r", shape=(self.count, *self.hw, 3))
         return self._array
 
     def image(self, index: int) -> np.ndarray:
@@ -81,8 +80,15 @@ def open_cache(folder: Path, key: str) -> ImageCache | None:
     return cache
 
 
-def build_cache(paths: Sequence[Path], spec: PreprocessSpec, folder: Path, *, key: str, workers: int = 0,
-                advance: Callable[[int], None] | None = None) -> ImageCache:
+def build_cache(
+    paths: Sequence[Path],
+    spec: PreprocessSpec,
+    folder: Path,
+    *,
+    key: str,
+    workers: int = 0,
+    advance: Callable[[int], None] | None = None,
+) -> ImageCache:
     """Fill (or reuse) the cache of ``paths`` in ``folder``; ``advance(n)`` reports progress."""
     cached = open_cache(folder, key)
     if cached is not None:
@@ -117,7 +123,7 @@ def build_cache(paths: Sequence[Path], spec: PreprocessSpec, folder: Path, *, ke
 
 
 def _chunks(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _report(done: int | AndonError, advance: Callable[[int], None] | None) -> None:

@@ -73,8 +73,9 @@ def load_split_dataset(cfg: DataSection) -> tuple[Dataset, ClassPlan]:
         plan = class_plan(dataset.classes, cfg.remap, keep_sources=cfg.keep_source_classes)
     except DatasetError as exc:
         raise DatasetError(f"{cfg.path}: {exc}") from None
-    return assign_splits(dataset, val=cfg.val_fraction, test=cfg.test_fraction, seed=cfg.split_seed,
-                         group_by=cfg.group_by), plan
+    return assign_splits(
+        dataset, val=cfg.val_fraction, test=cfg.test_fraction, seed=cfg.split_seed, group_by=cfg.group_by
+    ), plan
 
 
 def check_training_classes(dataset: Dataset, plan: ClassPlan) -> None:
@@ -86,12 +87,25 @@ def check_training_classes(dataset: Dataset, plan: ClassPlan) -> None:
 
 def preprocess_spec(cfg: ModelSection, mean: Sequence[float], std: Sequence[float]) -> PreprocessSpec:
     """The spec that goes into the model card; ``mean``/``std`` are the weights' (or the recipe's override)."""
-    return PreprocessSpec(input_size=cfg.input_size, color_mode=cfg.color_mode, resize=cfg.resize,
-                          interpolation=cfg.interpolation, mean=tuple(mean), std=tuple(std))
+    return PreprocessSpec(
+        input_size=cfg.input_size,
+        color_mode=cfg.color_mode,
+        resize=cfg.resize,
+        interpolation=cfg.interpolation,
+        mean=tuple(mean),
+        std=tuple(std),
+    )
 
 
-def prepare_run_data(dataset: Dataset, plan: ClassPlan, spec: PreprocessSpec, run_dir: Path, *, workers: int,
-                     progress: Progress | None = None) -> RunData:
+def prepare_run_data(
+    dataset: Dataset,
+    plan: ClassPlan,
+    spec: PreprocessSpec,
+    run_dir: Path,
+    *,
+    workers: int,
+    progress: Progress | None = None,
+) -> RunData:
     """Write ``RUN/splits.csv`` (with the model's class names) and fill (or reuse) the image cache of every split."""
     write_manifest(dataset.remap(plan.table), run_dir / "splits.csv")
     labels = np.array([plan.training_index(s.label) for s in dataset.samples], dtype=np.int64)
@@ -99,22 +113,24 @@ def prepare_run_data(dataset: Dataset, plan: ClassPlan, spec: PreprocessSpec, ru
     splits = np.array([s.split for s in dataset.samples])
     indices = {name: np.flatnonzero(splits == name) for name in SPLIT_NAMES}
     if len(indices["train"]) == 0 or len(indices["val"]) == 0:
-        raise DatasetError(f"the split of {dataset.root} left {len(indices['train'])} training and "
-                           f"{len(indices['val'])} validation images; add images or change data.val_fraction")
+        raise DatasetError(
+            f"the split of {dataset.root} left {len(indices['train'])} training and "
+            f"{len(indices['val'])} validation images; add images or change data.val_fraction"
+        )
     paths = [s.path for s in dataset.samples]
     key = cache_key(paths, spec, dataset.fingerprint())
     cache = fill_cache(paths, spec, run_dir / "cache", key=key, workers=workers, progress=progress)
     return RunData(dataset, plan, spec, cache, labels, targets, indices)
 
 
-def fill_cache(paths: Sequence[Path], spec: PreprocessSpec, folder: Path, *, key: str, workers: int,
-               progress: Progress | None) -> ImageCache:
+def fill_cache(
+    paths: Sequence[Path], spec: PreprocessSpec, folder: Path, *, key: str, workers: int, progress: Progress | None
+) -> ImageCache:
     if progress is None:
         return build_cache(paths, spec, folder, key=key, workers=workers)
     task = progress.add_task("cache images", total=len(paths), status=f"{spec.input_size[0]}x{spec.input_size[1]}")
     try:
-        return build_cache(paths, spec, folder, key=key, workers=workers,
-                           advance=lambda n: progress.advance(task, n))
+        return build_cache(paths, spec, folder, key=key, workers=workers, advance=lambda n: progress.advance(task, n))
     finally:
         progress.stop_task(task)
 
@@ -122,8 +138,14 @@ def fill_cache(paths: Sequence[Path], spec: PreprocessSpec, folder: Path, *, key
 class CachedImages(torch.utils.data.Dataset):
     """(tensor, label) pairs from the cache; items are indices, or (index, augmentation seed) pairs."""
 
-    def __init__(self, cache: ImageCache, indices: np.ndarray, labels: np.ndarray, preprocessor: Preprocessor,
-                 augmenter: Augmenter | None = None) -> None:
+    def __init__(
+        self,
+        cache: ImageCache,
+        indices: np.ndarray,
+        labels: np.ndarray,
+        preprocessor: Preprocessor,
+        augmenter: Augmenter | None = None,
+    ) -> None:
         self.cache = cache
         self.indices = np.asarray(indices, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -171,15 +193,21 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter(zip(order.tolist(), seeds.tolist()))
 
 
-def train_loader(dataset: CachedImages, sampler: EpochSampler, *, batch_size: int, workers: int,
-                 device: torch.device, seed: int) -> torch.utils.data.DataLoader:
+def train_loader(
+    dataset: CachedImages, sampler: EpochSampler, *, batch_size: int, workers: int, device: torch.device, seed: int
+) -> torch.utils.data.DataLoader:
     # drop_last keeps BatchNorm away from a batch of one; keep it off when one batch is all there is
     drop_last = len(dataset) > batch_size
     if workers > 0:
         single_threaded_opencv()  # before the loader forks its workers
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
-        persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=drop_last,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers > 0 else None,
         # the loader draws its workers' base seed from this generator, not from the global one that
         # dropout uses, so starting workers does not shift the model's random stream
@@ -187,19 +215,30 @@ def train_loader(dataset: CachedImages, sampler: EpochSampler, *, batch_size: in
     )
 
 
-def eval_loader(dataset: CachedImages, *, batch_size: int, workers: int, device: torch.device,
-                persistent: bool = True) -> torch.utils.data.DataLoader:
+def eval_loader(
+    dataset: CachedImages, *, batch_size: int, workers: int, device: torch.device, persistent: bool = True
+) -> torch.utils.data.DataLoader:
     if workers > 0:
         single_threaded_opencv()  # before the loader forks its workers
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-        persistent_workers=persistent and workers > 0, pin_memory=device.type == "cuda",
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        persistent_workers=persistent and workers > 0,
+        pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(0),
     )
 
 
-def build_eval_dataset(paths: Sequence[Path | str], spec: PreprocessSpec, cache_dir: Path,
-                       labels: Sequence[int] | None = None, *, workers: int = 0) -> CachedImages:
+def build_eval_dataset(
+    paths: Sequence[Path | str],
+    spec: PreprocessSpec,
+    cache_dir: Path,
+    labels: Sequence[int] | None = None,
+    *,
+    workers: int = 0,
+) -> CachedImages:
     """Images through the training pipeline without augmentation, cached in ``cache_dir``.
 
     ``dataset[i][0]`` is the tensor training and evaluation feed the network; it equals
@@ -215,7 +254,13 @@ def build_eval_dataset(paths: Sequence[Path | str], spec: PreprocessSpec, cache_
 def split_datasets(data: RunData, augmenter: Augmenter | None) -> dict[str, CachedImages]:
     """Training images labelled with training classes (augmented); val and test with the model's classes."""
     pre = Preprocessor(data.spec)
-    return {name: CachedImages(data.cache, data.indices[name], data.labels if name == "train" else data.targets,
-                               pre, augmenter if name == "train" else None)
-            for name in SPLIT_NAMES}
-
+    return {
+        name: CachedImages(
+            data.cache,
+            data.indices[name],
+            data.labels if name == "train" else data.targets,
+            pre,
+            augmenter if name == "train" else None,
+        )
+        for name in SPLIT_NAMES
+    }

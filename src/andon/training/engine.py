@@ -13,10 +13,19 @@ from andon.models.classifier import Classifier
 from andon.training.progress import set_status, track
 
 
-def train_one_epoch(model: Classifier, loader: torch.utils.data.DataLoader, criterion: nn.Module,
-                    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                    device: torch.device, epoch: int, progress: Progress | None = None, *,
-                    autocast_dtype: torch.dtype | None = None, frozen_bn: bool = False) -> dict[str, float]:
+def train_one_epoch(
+    model: Classifier,
+    loader: torch.utils.data.DataLoader,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    epoch: int,
+    progress: Progress | None = None,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    frozen_bn: bool = False,
+) -> dict[str, float]:
     """Train for one pass over ``loader``, stepping the scheduler every batch.
 
     With ``autocast_dtype`` (torch.bfloat16) the forward pass runs under autocast; the weights, the
@@ -63,8 +72,13 @@ def train_one_epoch(model: Classifier, loader: torch.utils.data.DataLoader, crit
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
-             progress: Progress | None = None, description: str = "evaluate") -> tuple[np.ndarray, np.ndarray]:
+def evaluate(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    progress: Progress | None = None,
+    description: str = "evaluate",
+) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities for every image of ``loader``, in loader order: (y_true, probs)."""
     model.eval()
     labels_out: list[np.ndarray] = []

@@ -34,16 +34,33 @@ from andon.models.anomaly_build import CHECKPOINT_KEY as ANOMALY_KEY
 from andon.models.anomaly_build import checkpoint_state
 from andon.training.anomaly import FittedAnomaly, check_anomaly, fit_anomaly, split_scores, with_anomaly
 from andon.training.augment import build_augmenter
-from andon.training.data import (EpochSampler, RunData, check_training_classes, eval_loader, load_split_dataset,
-                                 prepare_run_data, preprocess_spec, split_datasets, train_loader)
+from andon.training.data import (
+    EpochSampler,
+    RunData,
+    check_training_classes,
+    eval_loader,
+    load_split_dataset,
+    prepare_run_data,
+    preprocess_spec,
+    split_datasets,
+    train_loader,
+)
 from andon.training.engine import cross_entropy, evaluate, train_one_epoch
-from andon.training.optim import (build_criterion, build_optimizer, build_scheduler, class_counts,
-                                  sample_weights)
+from andon.training.optim import build_criterion, build_optimizer, build_scheduler, class_counts, sample_weights
 from andon.training.progress import make_progress, summary_table
 from andon.training.recipe import DecisionSection, Recipe
 from andon.training.report import decision_table, write_report
-from andon.training.rundir import (HEADLINE, RunDir, create_run, load_predictions, named, plan_run,
-                                   read_metrics, save_predictions, write_metrics)
+from andon.training.rundir import (
+    HEADLINE,
+    RunDir,
+    create_run,
+    load_predictions,
+    named,
+    plan_run,
+    read_metrics,
+    save_predictions,
+    write_metrics,
+)
 from andon.training.seeding import configure_torch, rng_state, seed_everything, set_rng_state
 from andon.training.stopping import StopState, record_epoch, resolve_monitor, stop_due
 from andon.training.targets import shortfall, weak_reasons, weak_sentence
@@ -83,8 +100,9 @@ class Session:
 EpochCallback = Callable[[int, dict[str, Any]], None]
 
 
-def fit(recipe: Recipe, *, resume: bool = False, console: Console | None = None,
-        callbacks: Sequence[EpochCallback] = ()) -> RunResult:
+def fit(
+    recipe: Recipe, *, resume: bool = False, console: Console | None = None, callbacks: Sequence[EpochCallback] = ()
+) -> RunResult:
     """Train the recipe's model; with ``resume``, continue the named run from its ``last.pt``.
 
     ``callbacks`` are called after each epoch's checkpoint with (epoch, metrics row).
@@ -100,15 +118,19 @@ def fit(recipe: Recipe, *, resume: bool = False, console: Console | None = None,
     run = plan_run(recipe, resume=resume)
     device, dataset, plan, model = prepare(recipe)
     create_run(run, recipe)  # only now: bad data, model names or weights leave no folder behind
-    console.print(f"run {run.path}  (after an interruption: andon train {resume_flags(recipe)})",
-                  markup=False, highlight=False)
+    console.print(
+        f"run {run.path}  (after an interruption: andon train {resume_flags(recipe)})", markup=False, highlight=False
+    )
     with make_progress(console) as progress:
         session = setup_session(recipe, run, device, dataset, plan, model, progress)
         state, rows = _restore(session) if resume else (StopState(), [])
         _epochs(session, state, rows, progress, console, callbacks)
         result = _finish(session, state, progress)
-    console.print(summary_table(f"run {run.name}: best epoch {result.best_epoch}", result.metrics,
-                                [*HEADLINE, *THRESHOLD_METRICS]))
+    console.print(
+        summary_table(
+            f"run {run.name}: best epoch {result.best_epoch}", result.metrics, [*HEADLINE, *THRESHOLD_METRICS]
+        )
+    )
     for note in result.notes:
         console.print(f"[yellow]{escape(note)}[/yellow]", highlight=False)
     if result.warnings:
@@ -121,8 +143,11 @@ def resume_flags(recipe: Recipe) -> str:
     """The command-line flags that continue this run."""
     from andon.training.recipe import default_dict
 
-    runs_dir = "" if str(recipe.output.runs_dir) == default_dict()["output"]["runs_dir"] else \
-        f" --runs-dir {recipe.output.runs_dir}"
+    runs_dir = (
+        ""
+        if str(recipe.output.runs_dir) == default_dict()["output"]["runs_dir"]
+        else f" --runs-dir {recipe.output.runs_dir}"
+    )
     return f"--name {recipe.output.name}{runs_dir} --resume"
 
 
@@ -145,8 +170,14 @@ def prepare(recipe: Recipe) -> tuple[torch.device, Dataset, ClassPlan, Classifie
     check_training_classes(dataset, plan)
     default_defect_classes(plan.classes, recipe.data.defect_classes)  # unknown names fail here, not at the end
     check_anomaly(recipe, plan.classes)  # so does an anomaly trunk or weights file that cannot be loaded
-    model = create_model(recipe.model.name, len(plan.classes), recipe.model.weights, head_groups=plan.head_groups,
-                         mean=recipe.model.mean, std=recipe.model.std).to(device)
+    model = create_model(
+        recipe.model.name,
+        len(plan.classes),
+        recipe.model.weights,
+        head_groups=plan.head_groups,
+        mean=recipe.model.mean,
+        std=recipe.model.std,
+    ).to(device)
     if autocast_dtype(cfg.precision, device) is not None:
         model = model.to(memory_format=torch.channels_last)  # what oneDNN's bf16 convolutions want
     return device, dataset, plan, model
@@ -179,8 +210,15 @@ def _cpu_has_bf16() -> bool:
         return False
 
 
-def setup_session(recipe: Recipe, run: RunDir, device: torch.device, dataset: Dataset, plan: ClassPlan,
-                  model: Classifier, progress: Progress | None = None) -> Session:
+def setup_session(
+    recipe: Recipe,
+    run: RunDir,
+    device: torch.device,
+    dataset: Dataset,
+    plan: ClassPlan,
+    model: Classifier,
+    progress: Progress | None = None,
+) -> Session:
     """Cache, loaders, optimizer, scheduler, loss: everything an epoch needs (also used by bench/pipeline.py)."""
     cfg = recipe.train
     info = model.weights_info
@@ -193,11 +231,15 @@ def setup_session(recipe: Recipe, run: RunDir, device: torch.device, dataset: Da
     weights = sample_weights(data.labels[data.indices["train"]], counts) if cfg.balance == "sampler" else None
     sampler = EpochSampler(len(data.indices["train"]), cfg.seed, weights)
     datasets = split_datasets(data, build_augmenter(recipe.augment))
-    loaders = {"train": train_loader(datasets["train"], sampler, batch_size=cfg.batch_size, workers=cfg.workers,
-                                     device=device, seed=cfg.seed),
-               "val": eval_loader(datasets["val"], batch_size=2 * cfg.batch_size, workers=cfg.workers, device=device),
-               "test": eval_loader(datasets["test"], batch_size=2 * cfg.batch_size, workers=cfg.workers,
-                                   device=device, persistent=False)}
+    loaders = {
+        "train": train_loader(
+            datasets["train"], sampler, batch_size=cfg.batch_size, workers=cfg.workers, device=device, seed=cfg.seed
+        ),
+        "val": eval_loader(datasets["val"], batch_size=2 * cfg.batch_size, workers=cfg.workers, device=device),
+        "test": eval_loader(
+            datasets["test"], batch_size=2 * cfg.batch_size, workers=cfg.workers, device=device, persistent=False
+        ),
+    }
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, len(loaders["train"]))
     criterion = build_criterion(cfg, counts, device)
@@ -205,8 +247,15 @@ def setup_session(recipe: Recipe, run: RunDir, device: torch.device, dataset: Da
     return Session(recipe, run, device, data, model, card, optimizer, scheduler, criterion, sampler, loaders, monitor)
 
 
-def make_card(recipe: Recipe, run_name: str, data: RunData, spec: PreprocessSpec, *, weights: str,
-              metrics: dict[str, float] | None = None) -> ModelCard:
+def make_card(
+    recipe: Recipe,
+    run_name: str,
+    data: RunData,
+    spec: PreprocessSpec,
+    *,
+    weights: str,
+    metrics: dict[str, float] | None = None,
+) -> ModelCard:
     return ModelCard(
         name=run_name,
         version=f"{run_name}-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}",
@@ -221,8 +270,14 @@ def make_card(recipe: Recipe, run_name: str, data: RunData, spec: PreprocessSpec
     )
 
 
-def _epochs(s: Session, state: StopState, rows: list[dict[str, Any]], progress: Progress, console: Console,
-            callbacks: Sequence[EpochCallback]) -> None:
+def _epochs(
+    s: Session,
+    state: StopState,
+    rows: list[dict[str, Any]],
+    progress: Progress,
+    console: Console,
+    callbacks: Sequence[EpochCallback],
+) -> None:
     cfg = s.recipe.train
     while state.epoch < cfg.epochs and not state.stopped:
         epoch = state.epoch + 1
@@ -245,12 +300,25 @@ def _run_epoch(s: Session, epoch: int, progress: Progress) -> tuple[dict[str, An
         s.model.unfreeze_backbone()
     s.sampler.set_epoch(epoch)
     start = time.perf_counter()
-    train = train_one_epoch(s.model, s.loaders["train"], s.criterion, s.optimizer, s.scheduler, s.device,
-                            epoch, progress, **step_options(s.recipe, s.device))
+    train = train_one_epoch(
+        s.model,
+        s.loaders["train"],
+        s.criterion,
+        s.optimizer,
+        s.scheduler,
+        s.device,
+        epoch,
+        progress,
+        **step_options(s.recipe, s.device),
+    )
     report, val_loss, monitored = _validate(s, epoch, progress)
-    row: dict[str, Any] = {"epoch": epoch, "phase": "head" if frozen else "full",
-                           "train_loss": train["train_loss"], "train_accuracy": train["train_accuracy"],
-                           "val_loss": val_loss}
+    row: dict[str, Any] = {
+        "epoch": epoch,
+        "phase": "head" if frozen else "full",
+        "train_loss": train["train_loss"],
+        "train_accuracy": train["train_accuracy"],
+        "val_loss": val_loss,
+    }
     row.update({f"val_{k}": report[k] for k in HEADLINE})
     row.update({"val_monitor": monitored, "lr": train["lr"], "seconds": round(time.perf_counter() - start, 3)})
     return row, report
@@ -274,16 +342,24 @@ def _epoch_line(row: dict[str, Any], epochs: int, state: StopState, monitor: str
     mark = " *" if state.best_epoch == row["epoch"] else ""
     stop = "  (early stop)" if state.stopped else ""
     chosen_on = "" if monitor == "macro_recall" else f"  {monitor.replace('_', ' ')} {row['val_monitor']:.4g}"
-    return (f"epoch {row['epoch']}/{epochs} [{row['phase']}]  train loss {row['train_loss']:.4f} "
-            f"acc {row['train_accuracy']:.1%}  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.1%} "
-            f"macro recall {row['val_macro_recall']:.1%}{chosen_on}  lr {row['lr']:.2e}  "
-            f"{row['seconds']:.1f}s{mark}{stop}")
+    return (
+        f"epoch {row['epoch']}/{epochs} [{row['phase']}]  train loss {row['train_loss']:.4f} "
+        f"acc {row['train_accuracy']:.1%}  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.1%} "
+        f"macro recall {row['val_macro_recall']:.1%}{chosen_on}  lr {row['lr']:.2e}  "
+        f"{row['seconds']:.1f}s{mark}{stop}"
+    )
 
 
 def _checkpoint(s: Session, epoch: int, card: ModelCard, extra: dict[str, Any] | None = None) -> Checkpoint:
     state_dict = {k: v.detach().cpu() for k, v in s.model.state_dict().items()}
-    return Checkpoint(model_name=s.recipe.model.name, num_classes=len(s.card.classes), state_dict=state_dict,
-                      card=card, epoch=epoch, extra=extra or {})
+    return Checkpoint(
+        model_name=s.recipe.model.name,
+        num_classes=len(s.card.classes),
+        state_dict=state_dict,
+        card=card,
+        epoch=epoch,
+        extra=extra or {},
+    )
 
 
 def _save_best(s: Session, epoch: int, report: dict[str, float]) -> None:
@@ -292,16 +368,23 @@ def _save_best(s: Session, epoch: int, report: dict[str, float]) -> None:
 
 
 def _save_last(s: Session, state: StopState) -> None:
-    extra = {"optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
-             "rng": rng_state(), "stop": asdict(state), "recipe": s.recipe.to_dict()}
+    extra = {
+        "optimizer": s.optimizer.state_dict(),
+        "scheduler": s.scheduler.state_dict(),
+        "rng": rng_state(),
+        "stop": asdict(state),
+        "recipe": s.recipe.to_dict(),
+    }
     save_checkpoint(s.run.last, _checkpoint(s, state.epoch, s.card, extra))
 
 
 def _restore(s: Session) -> tuple[StopState, list[dict[str, Any]]]:
     ckpt = load_checkpoint(s.run.last)
     if ckpt.card.data_fingerprint != s.card.data_fingerprint:
-        raise DatasetError(f"the data under {s.recipe.data.path} changed since run '{s.run.name}' started "
-                           "(its fingerprint differs); start a new run instead of resuming")
+        raise DatasetError(
+            f"the data under {s.recipe.data.path} changed since run '{s.run.name}' started "
+            "(its fingerprint differs); start a new run instead of resuming"
+        )
     s.model.load_state_dict(ckpt.state_dict)
     s.optimizer.load_state_dict(ckpt.extra["optimizer"])
     # the schedule's shape comes from the recipe, not the checkpoint: resuming with more epochs stretches
@@ -344,8 +427,9 @@ def _finish(s: Session, state: StopState, progress: Progress) -> RunResult:
     metrics = {f"{split}_{k}": v for split, h in headlines.items() for k, v in h.items()}
     card = make_card(s.recipe, s.run.name, s.data, s.card.preprocess, weights=s.card.weights, metrics=metrics)
     notes: list[str] = []
-    card = calibrate_card(card, s.recipe.decision, s.run, progress, notes=notes,
-                          val_fraction=s.recipe.data.val_fraction)
+    card = calibrate_card(
+        card, s.recipe.decision, s.run, progress, notes=notes, val_fraction=s.recipe.data.val_fraction
+    )
     if fitted is not None:
         card = with_anomaly(card, fitted)
     for split, pred in preds.items():  # the plant's rates at the thresholds just set
@@ -353,19 +437,20 @@ def _finish(s: Session, state: StopState, progress: Progress) -> RunResult:
         headlines[split].update(rates)
         card = card.replace(metrics={**card.metrics, **{f"{split}_{k}": v for k, v in rates.items()}})
     cfg = s.recipe.decision  # judged on the card's own validation rates, so export can judge it the same way
-    card = card.replace(threshold_warnings=weak_reasons(card.metrics, max_reject_good=cfg.max_reject_good,
-                                                        max_review=cfg.max_review))
+    card = card.replace(
+        threshold_warnings=weak_reasons(card.metrics, max_reject_good=cfg.max_reject_good, max_review=cfg.max_review)
+    )
     extra = {} if fitted is None else {ANOMALY_KEY: checkpoint_state(fitted.detector)}
-    save_checkpoint(s.run.best, Checkpoint(best.model_name, best.num_classes, best.state_dict, card, best.epoch,
-                                           extra))
+    save_checkpoint(s.run.best, Checkpoint(best.model_name, best.num_classes, best.state_dict, card, best.epoch, extra))
     sources = {split: [s.data.dataset.samples[i].label for i in s.data.indices[split]] for split in reports}
     write_report(s.run, s.recipe, card, reports, best_epoch=state.best_epoch, sources=sources, notes=notes)
     _close_workers(s.loaders)
     return RunResult(s.run.path, state.best_epoch, state.epoch, headlines, notes, list(card.threshold_warnings))
 
 
-def _fit_anomaly(s: Session, preds: dict[str, dict[str, np.ndarray]], headlines: dict[str, dict[str, float]],
-                 progress: Progress) -> FittedAnomaly | None:
+def _fit_anomaly(
+    s: Session, preds: dict[str, dict[str, np.ndarray]], headlines: dict[str, dict[str, float]], progress: Progress
+) -> FittedAnomaly | None:
     """The good-only detector on the train split's good images (``recipe.anomaly``); its scores join each split's
     predictions (and their files) and its ROC AUC the headline figures. None when disabled or without a good class."""
     if not s.recipe.anomaly.enabled:
@@ -373,12 +458,23 @@ def _fit_anomaly(s: Session, preds: dict[str, dict[str, np.ndarray]], headlines:
     if not s.card.good_classes:
         progress.console.print("anomaly detector: skipped, no class is a good part (it learns from good parts only)")
         return None
-    fitted = fit_anomaly(s.recipe, s.data, s.card, classifier=s.model, say=lambda m: progress.console.print(m, markup=False,
-                                                                                         highlight=False))
+    fitted = fit_anomaly(
+        s.recipe,
+        s.data,
+        s.card,
+        classifier=s.model,
+        say=lambda m: progress.console.print(m, markup=False, highlight=False),
+    )
     for split, pred in preds.items():
         pred["anomaly_score"] = split_scores(fitted.detector, s.data, split)
-        save_predictions(s.run.predictions(split), s.data.paths(split), pred["y_true"], pred["probs"],
-                         s.card.classes, anomaly_score=pred["anomaly_score"])
+        save_predictions(
+            s.run.predictions(split),
+            s.data.paths(split),
+            pred["y_true"],
+            pred["probs"],
+            s.card.classes,
+            anomaly_score=pred["anomaly_score"],
+        )
         bad = np.isin(pred["y_true"], s.card.defect_indices)
         headlines[split]["anomaly_roc_auc"] = roc_auc(bad, pred["anomaly_score"])
     return fitted
@@ -391,8 +487,15 @@ def threshold_rates(card: ModelCard, pred: dict[str, np.ndarray]) -> dict[str, f
     return {key: getattr(rates, key) for key in THRESHOLD_METRICS if math.isfinite(getattr(rates, key))}
 
 
-def calibrate_card(card: ModelCard, cfg: DecisionSection, run: RunDir, progress: Progress | None, *,
-                   notes: list[str] | None = None, val_fraction: float | None = None) -> ModelCard:
+def calibrate_card(
+    card: ModelCard,
+    cfg: DecisionSection,
+    run: RunDir,
+    progress: Progress | None,
+    *,
+    notes: list[str] | None = None,
+    val_fraction: float | None = None,
+) -> ModelCard:
     """Thresholds calibrated on the best model's validation predictions, or the card unchanged (with why).
 
     The band meets ``target_escape`` and ``max_false_reject``; when the validation data cannot verify them the
@@ -407,15 +510,23 @@ def calibrate_card(card: ModelCard, cfg: DecisionSection, run: RunDir, progress:
     if cfg.target_escape is None:
         return card
     if not card.good_classes:
-        return card.replace(thresholds=card.thresholds.model_copy(
-            update={"source": "default: every class is a defect class, every part is rejected"}))
+        return card.replace(
+            thresholds=card.thresholds.model_copy(
+                update={"source": "default: every class is a defect class, every part is rejected"}
+            )
+        )
     path = run.predictions("val")
     if not path.is_file():
         return card
     val = load_predictions(path)
     bad, scores = np.isin(val["y_true"], card.defect_indices), defect_score(val["probs"], card.defect_indices)
-    targets = {"target_escape": cfg.target_escape, "max_false_reject": cfg.max_false_reject,
-               "max_review": cfg.max_review, "where": "the validation split", "val_fraction": val_fraction}
+    targets = {
+        "target_escape": cfg.target_escape,
+        "max_false_reject": cfg.max_false_reject,
+        "max_review": cfg.max_review,
+        "where": "the validation split",
+        "val_fraction": val_fraction,
+    }
 
     def note(paragraph: str) -> None:
         if progress is not None:
@@ -424,19 +535,31 @@ def calibrate_card(card: ModelCard, cfg: DecisionSection, run: RunDir, progress:
             notes.append(paragraph)
 
     try:
-        result = calibrate_probs(val["y_true"], val["probs"], card.classes, card.defect_classes, target_escape=cfg.target_escape,
-                                 max_false_reject=cfg.max_false_reject, source=f"validation split of {run.name}")
+        result = calibrate_probs(
+            val["y_true"],
+            val["probs"],
+            card.classes,
+            card.defect_classes,
+            target_escape=cfg.target_escape,
+            max_false_reject=cfg.max_false_reject,
+            source=f"validation split of {run.name}",
+        )
     except CalibrationError as exc:
         why = shortfall(bad, scores, error=exc.message, **targets)
-        note("Thresholds left at 0.5 / 0.5 (P(defect) >= 0.5 rejects, no review band): "
-             + (why.paragraph if why is not None else str(exc)))
+        note(
+            "Thresholds left at 0.5 / 0.5 (P(defect) >= 0.5 rejects, no review band): "
+            + (why.paragraph if why is not None else str(exc))
+        )
         return card.replace(thresholds=card.thresholds.model_copy(update={"source": f"default ({exc})"}))
     if progress is not None:
         progress.console.print(f"thresholds: {result.description}", markup=False, highlight=False)
     why = shortfall(bad, scores, review_rate=result.review_rate, **targets)
     if why is not None:
-        note(f"Thresholds kept at [{result.thresholds.defect.pass_below:.6g}, {result.thresholds.defect.reject_at:.6g}), "
-             f"but the model counts as weak: {why.paragraph}")
+        note(
+            f"Thresholds kept at [{result.thresholds.defect.pass_below:.6g}, "
+            f"{result.thresholds.defect.reject_at:.6g}), "
+            f"but the model counts as weak: {why.paragraph}"
+        )
     return card.replace(thresholds=result.thresholds)
 
 
@@ -447,4 +570,3 @@ def _close_workers(loaders: dict[str, torch.utils.data.DataLoader]) -> None:
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()
         loader._iterator = None
-

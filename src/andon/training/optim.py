@@ -42,8 +42,10 @@ class WarmupCosine:
 def build_optimizer(model: nn.Module, cfg: TrainSection) -> torch.optim.AdamW:
     """Groups: backbone / head, each split into decayed weights and undecayed biases and norm scales."""
     groups = []
-    for name, params, lr in (("backbone", model.backbone_parameters(), cfg.lr),
-                             ("head", model.head_parameters(), cfg.head_lr or cfg.lr)):
+    for name, params, lr in (
+        ("backbone", model.backbone_parameters(), cfg.lr),
+        ("head", model.head_parameters(), cfg.head_lr or cfg.lr),
+    ):
         params = list(params)
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
@@ -53,13 +55,15 @@ def build_optimizer(model: nn.Module, cfg: TrainSection) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainSection,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainSection, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     total = cfg.epochs * steps_per_epoch
     warmup = max(1, round(cfg.warmup_epochs * steps_per_epoch)) if cfg.warmup_epochs > 0 else 0
     backbone_start = min(cfg.freeze_epochs, cfg.epochs) * steps_per_epoch
-    factors = [WarmupCosine(backbone_start if g["name"] == "backbone" else 0, warmup, total)
-               for g in optimizer.param_groups]
+    factors = [
+        WarmupCosine(backbone_start if g["name"] == "backbone" else 0, warmup, total) for g in optimizer.param_groups
+    ]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 
@@ -68,9 +72,11 @@ def class_counts(labels: np.ndarray, classes: list[str], *, hint: str = "") -> n
     counts = np.bincount(labels, minlength=len(classes))
     empty = [c for c, n in zip(classes, counts) if n == 0]
     if empty:
-        raise DatasetError(f"class{'es' if len(empty) > 1 else ''} {', '.join(empty)} "
-                           f"{'have' if len(empty) > 1 else 'has'} no training images after the split; add images "
-                           f"or lower val/test fractions{hint}")
+        raise DatasetError(
+            f"class{'es' if len(empty) > 1 else ''} {', '.join(empty)} "
+            f"{'have' if len(empty) > 1 else 'has'} no training images after the split; add images "
+            f"or lower val/test fractions{hint}"
+        )
     return counts
 
 

@@ -29,22 +29,25 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best.pt") -> tuple[Cl
 
 
 @torch.inference_mode()
-def predict_paths(run_dir: str | Path, paths: Sequence[str | Path], *, batch_size: int = 32,
-                  checkpoint: str = "best.pt") -> tuple[np.ndarray, ModelCard]:
+def predict_paths(
+    run_dir: str | Path, paths: Sequence[str | Path], *, batch_size: int = 32, checkpoint: str = "best.pt"
+) -> tuple[np.ndarray, ModelCard]:
     """Probabilities (N x classes, float32, in ``paths`` order) of the run's best model (or ``checkpoint``),
     and its card."""
     model, card = load_run_model(run_dir, checkpoint)
     pre = Preprocessor(card.preprocess)
     out = np.zeros((len(paths), len(card.classes)), dtype=np.float32)
     for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
+        chunk = paths[start : start + batch_size]
         batch = np.stack([_tensor(pre, Path(p)) for p in chunk])
-        out[start:start + len(chunk)] = torch.softmax(model(torch.from_numpy(batch)), dim=1).numpy()
+        out[start : start + len(chunk)] = torch.softmax(model(torch.from_numpy(batch)), dim=1).numpy()
     return out, card
 
 
 @torch.inference_mode()
-def predict_outputs(run_dir: str | Path, paths: Sequence[str | Path], *, batch_size: int = 32) -> tuple[ModelOutputs, ModelCard]:
+def predict_outputs(
+    run_dir: str | Path, paths: Sequence[str | Path], *, batch_size: int = 32
+) -> tuple[ModelOutputs, ModelCard]:
     """The outputs the decision reads (``andon.inspect.outputs``: probabilities, and the anomaly score when the run
     has a detector) of the run's inspection graph for ``paths``, and its card; what its .onnx would give."""
     from andon.models.rundata import load_run
@@ -54,15 +57,17 @@ def predict_outputs(run_dir: str | Path, paths: Sequence[str | Path], *, batch_s
     pre = Preprocessor(card.preprocess)
     chunks = []
     for start in range(0, len(paths), batch_size):
-        batch = np.stack([_tensor(pre, Path(p)) for p in paths[start:start + batch_size]])
+        batch = np.stack([_tensor(pre, Path(p)) for p in paths[start : start + batch_size]])
         chunks.append([t.numpy() for t in graph(torch.from_numpy(batch))])
     keys = [k for k in graph.output_keys if not output_spec(k).is_map]
     columns = {k: graph.output_keys.index(k) for k in keys}
     if not chunks:
-        return ModelOutputs({k: np.zeros((0, len(card.classes)) if k == "probabilities" else (0,), np.float32)
-                             for k in keys}), card
-    return ModelOutputs({k: np.concatenate([c[j] for c in chunks]).astype(np.float32)
-                         for k, j in columns.items()}), card
+        return ModelOutputs(
+            {k: np.zeros((0, len(card.classes)) if k == "probabilities" else (0,), np.float32) for k in keys}
+        ), card
+    return ModelOutputs(
+        {k: np.concatenate([c[j] for c in chunks]).astype(np.float32) for k, j in columns.items()}
+    ), card
 
 
 def _tensor(pre: Preprocessor, path: Path) -> np.ndarray:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any, Literal
 
 import yaml
@@ -44,10 +44,12 @@ class DataSection(_Section):
     split_seed: int
 
     @model_validator(mode="after")
-    def _fractions(self) -> "DataSection":
+    def _fractions(self) -> DataSection:
         if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError(f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} "
-                             "leaves nothing to train on; keep it below 1")
+            raise ValueError(
+                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} "
+                "leaves nothing to train on; keep it below 1"
+            )
         return self
 
 
@@ -74,7 +76,7 @@ class ModelSection(_Section):
         return v
 
     @model_validator(mode="after")
-    def _mean_std_together(self) -> "ModelSection":
+    def _mean_std_together(self) -> ModelSection:
         if (self.mean is None) != (self.std is None):
             raise ValueError("give both mean and std, or neither (then the weights' own normalisation is used)")
         if self.std is not None and min(self.std) <= 0:
@@ -156,12 +158,17 @@ class DecisionSection(_Section):
     max_reject_good: float | None = Field(ge=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _cap_within_limit(self) -> "DecisionSection":
-        if (self.max_false_reject is not None and self.max_reject_good is not None
-                and self.max_false_reject > self.max_reject_good):
-            raise ValueError(f"max_false_reject {self.max_false_reject:g} is above max_reject_good "
-                             f"{self.max_reject_good:g}, so every calibrated model would count as weak; raise "
-                             "max_reject_good too (or set it to null)")
+    def _cap_within_limit(self) -> DecisionSection:
+        if (
+            self.max_false_reject is not None
+            and self.max_reject_good is not None
+            and self.max_false_reject > self.max_reject_good
+        ):
+            raise ValueError(
+                f"max_false_reject {self.max_false_reject:g} is above max_reject_good "
+                f"{self.max_reject_good:g}, so every calibrated model would count as weak; raise "
+                "max_reject_good too (or set it to null)"
+            )
         return self
 
 
@@ -179,7 +186,7 @@ class AnomalySection(_Section):
     false_alarm: float = Field(gt=0.0, lt=0.5)
 
     @model_validator(mode="after")
-    def _only_needs_enabled(self) -> "AnomalySection":
+    def _only_needs_enabled(self) -> AnomalySection:
         if self.only and not self.enabled:
             raise ValueError("anomaly.only makes a model from the anomaly detector alone; it needs anomaly.enabled")
         return self
@@ -207,11 +214,13 @@ class Recipe(_Section):
     output: OutputSection
 
     @model_validator(mode="after")
-    def _rot90_square(self) -> "Recipe":
+    def _rot90_square(self) -> Recipe:
         h, w = self.model.input_size
         if self.augment.rot90 > 0 and h != w:
-            raise ValueError(f"augment.rot90 turns a {h}x{w} input into {w}x{h}; set augment.rot90=0 "
-                             "for non-square inputs (flips still apply)")
+            raise ValueError(
+                f"augment.rot90 turns a {h}x{w} input into {w}x{h}; set augment.rot90=0 "
+                "for non-square inputs (flips still apply)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,7 +230,7 @@ class Recipe(_Section):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def with_overrides(self, overrides: list[str]) -> "Recipe":
+    def with_overrides(self, overrides: list[str]) -> Recipe:
         """A copy with ``section.key=value`` overrides applied and validated."""
         merged = self.to_dict()
         for item in overrides:
@@ -235,8 +244,9 @@ def default_dict() -> dict[str, Any]:
     return _parse_yaml(text, "the built-in default recipe")
 
 
-def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None,
-                values: Mapping[str, Any] | None = None) -> Recipe:
+def load_recipe(
+    path: str | Path | None = None, overrides: list[str] | None = None, values: Mapping[str, Any] | None = None
+) -> Recipe:
     """Defaults, then the recipe file at ``path`` (if any), then ``values`` ({"section.key": typed value},
     what command-line flags give), then ``overrides`` ("section.key=value" strings, parsed as YAML)."""
     merged = default_dict()
@@ -275,8 +285,10 @@ def _parse_yaml(text: str, what: str) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{what} must be a mapping of sections (data, model, augment, train, decision, output), "
-                          f"got a {type(data).__name__}")
+        raise ConfigError(
+            f"{what} must be a mapping of sections (data, model, augment, train, decision, output), "
+            f"got a {type(data).__name__}"
+        )
     return data
 
 

@@ -33,9 +33,16 @@ class Figure:
     caption: str = ""
 
 
-def write_report(run: RunDir, recipe: Recipe, card: ModelCard, reports: dict[str, ClassificationReport],
-                 *, best_epoch: int, sources: dict[str, list[str]] | None = None,
-                 notes: list[str] | None = None) -> Path:
+def write_report(
+    run: RunDir,
+    recipe: Recipe,
+    card: ModelCard,
+    reports: dict[str, ClassificationReport],
+    *,
+    best_epoch: int,
+    sources: dict[str, list[str]] | None = None,
+    notes: list[str] | None = None,
+) -> Path:
     """Draw the plots into ``RUN/plots/`` and write report.html and report.md; returns the HTML path.
 
     ``sources`` holds each split's folder labels in prediction order (they differ from the model's classes
@@ -60,42 +67,82 @@ def write_report(run: RunDir, recipe: Recipe, card: ModelCard, reports: dict[str
     return out
 
 
-def draw_figures(run: RunDir, card: ModelCard, reports: dict[str, ClassificationReport],
-                 preds: dict[str, dict[str, np.ndarray]], best_epoch: int, *,
-                 monitor: str = "macro_recall") -> list[Figure]:
+def draw_figures(
+    run: RunDir,
+    card: ModelCard,
+    reports: dict[str, ClassificationReport],
+    preds: dict[str, dict[str, np.ndarray]],
+    best_epoch: int,
+    *,
+    monitor: str = "macro_recall",
+) -> list[Figure]:
     plot_dir = run.path / "plots"
     main = "test" if "test" in reports else "val"
-    curves = {split: (np.isin(p["y_true"], card.defect_indices), defect_score(p["probs"], card.defect_indices))
-              for split, p in preds.items()}
+    curves = {
+        split: (np.isin(p["y_true"], card.defect_indices), defect_score(p["probs"], card.defect_indices))
+        for split, p in preds.items()
+    }
     rep = reports[main]
     curve_metrics = ["val_accuracy", "val_macro_recall", "val_macro_f1"]
     if monitor != "val_loss" and f"val_{monitor}" not in curve_metrics:  # the figure that chose the epoch
         curve_metrics.append(f"val_{monitor}")
     figures = [
-        Figure("Training curves", _rel(run, plots.plot_training_curves(
-            read_metrics(run.metrics), plot_dir / "curves.png", best_epoch=best_epoch, metrics=curve_metrics)),
-            f"loss and validation metrics per epoch; dashed: best epoch ({best_epoch}), chosen on val {monitor}"),
-        Figure(f"Confusion matrix ({main})", _rel(run, plots.plot_confusion(
-            rep.confusion, rep.classes, plot_dir / "confusion.png", title=f"{main}"))),
-        Figure(f"Per-class precision and recall ({main})", _rel(run, plots.plot_per_class(
-            [m.name for m in rep.per_class], [m.precision for m in rep.per_class], [m.recall for m in rep.per_class],
-            plot_dir / "per_class.png", support=[m.support for m in rep.per_class]))),
+        Figure(
+            "Training curves",
+            _rel(
+                run,
+                plots.plot_training_curves(
+                    read_metrics(run.metrics), plot_dir / "curves.png", best_epoch=best_epoch, metrics=curve_metrics
+                ),
+            ),
+            f"loss and validation metrics per epoch; dashed: best epoch ({best_epoch}), chosen on val {monitor}",
+        ),
+        Figure(
+            f"Confusion matrix ({main})",
+            _rel(run, plots.plot_confusion(rep.confusion, rep.classes, plot_dir / "confusion.png", title=f"{main}")),
+        ),
+        Figure(
+            f"Per-class precision and recall ({main})",
+            _rel(
+                run,
+                plots.plot_per_class(
+                    [m.name for m in rep.per_class],
+                    [m.precision for m in rep.per_class],
+                    [m.recall for m in rep.per_class],
+                    plot_dir / "per_class.png",
+                    support=[m.support for m in rep.per_class],
+                ),
+            ),
+        ),
     ]
     if len(card.good_classes) > 0:
         figures += [
-            Figure("ROC: defect vs good", _rel(run, plots.plot_roc(curves, plot_dir / "roc.png")),
-                   "score = P(defect) = sum of the defect classes' probabilities"),
+            Figure(
+                "ROC: defect vs good",
+                _rel(run, plots.plot_roc(curves, plot_dir / "roc.png")),
+                "score = P(defect) = sum of the defect classes' probabilities",
+            ),
             Figure("Precision-recall: defect vs good", _rel(run, plots.plot_pr(curves, plot_dir / "pr.png"))),
         ]
     images, captions = worst_mistakes(preds[main], card)
-    figures.append(Figure(f"Worst mistakes ({main})", _rel(run, plots.plot_image_grid(
-        images, captions, plot_dir / "mistakes.png", title=f"most confident mistakes on {main}")),
-        "wrong predictions with the highest confidence, as the model saw them: true -> predicted (probability)"))
+    figures.append(
+        Figure(
+            f"Worst mistakes ({main})",
+            _rel(
+                run,
+                plots.plot_image_grid(
+                    images, captions, plot_dir / "mistakes.png", title=f"most confident mistakes on {main}"
+                ),
+            ),
+            "wrong predictions with the highest confidence, as the model saw them: true -> predicted (probability)",
+        )
+    )
     return figures
 
 
-def worst_mistakes(pred: dict[str, np.ndarray], card: ModelCard,
-                   limit: int = MISTAKES_SHOWN) -> tuple[list[np.ndarray], list[str]]:
+def worst_mistakes(
+    pred: dict[str, np.ndarray], card: ModelCard, limit: int = MISTAKES_SHOWN
+) -> tuple[list[np.ndarray], list[str]]:
     """The most confident wrong predictions: model-input images and 'true -> predicted (p)' captions."""
     probs, y_true = pred["probs"], pred["y_true"]
     if len(probs) == 0:
@@ -111,8 +158,9 @@ def worst_mistakes(pred: dict[str, np.ndarray], card: ModelCard,
             images.append(pre.load(path.read_bytes()))
         except OSError:
             continue  # a file removed since training: leave it out of the picture, not the report
-        captions.append(f"{path.name[:22]}\n{card.classes[y_true[i]]} -> {card.classes[y_pred[i]]} "
-                        f"({probs[i, y_pred[i]]:.2f})")
+        captions.append(
+            f"{path.name[:22]}\n{card.classes[y_true[i]]} -> {card.classes[y_pred[i]]} ({probs[i, y_pred[i]]:.2f})"
+        )
     return images, captions
 
 
@@ -127,9 +175,11 @@ class DecisionTable:
         r = self.rates
         escapes = round(r.escape_rate * r.n_defective) if r.n_defective else 0
         rejects = round(r.false_reject_rate * r.n_good) if r.n_good else 0
-        return (f"escape rate {_pct(r.escape_rate)} ({escapes} of {r.n_defective} defective parts passed), "
-                f"false rejects {_pct(r.false_reject_rate)} ({rejects} of {r.n_good} good parts rejected), "
-                f"sent to review {_pct(r.review_rate)} of {r.n} parts")
+        return (
+            f"escape rate {_pct(r.escape_rate)} ({escapes} of {r.n_defective} defective parts passed), "
+            f"false rejects {_pct(r.false_reject_rate)} ({rejects} of {r.n_good} good parts rejected), "
+            f"sent to review {_pct(r.review_rate)} of {r.n} parts"
+        )
 
 
 def decision_table(card: ModelCard, pred: dict[str, np.ndarray], sources: list[str] | None = None) -> DecisionTable:
@@ -161,8 +211,9 @@ class ThresholdSection:
     points: list[tuple[str, ...]]
 
 
-def threshold_section(run: RunDir, recipe: Recipe, card: ModelCard, preds: dict[str, dict[str, np.ndarray]],
-                      notes: list[str]) -> ThresholdSection:
+def threshold_section(
+    run: RunDir, recipe: Recipe, card: ModelCard, preds: dict[str, dict[str, np.ndarray]], notes: list[str]
+) -> ThresholdSection:
     """The report's section on the decision: the escape / false-reject / review trade-off on the validation
     split (where training calibrates), the chosen band marked, with the operating points other targets give."""
     from andon.evaluation.tradeoff import operating_points, plot_tradeoff, tradeoff_curve
@@ -178,21 +229,41 @@ def threshold_section(run: RunDir, recipe: Recipe, card: ModelCard, preds: dict[
     band = card.thresholds.defect
     target = recipe.decision.target_escape
     curve = tradeoff_curve(bad, scores, extra=[band.pass_below, band.reject_at])
-    path = plot_tradeoff(curve, run.path / "plots" / "tradeoff.png", band=band, target_escape=target,
-                         title=f"Escape / false-reject / review trade-off ({split})")
+    path = plot_tradeoff(
+        curve,
+        run.path / "plots" / "tradeoff.png",
+        band=band,
+        target_escape=target,
+        title=f"Escape / false-reject / review trade-off ({split})",
+    )
     rates = curve.rates(band)
-    figure = Figure(f"Trade-off: escape, false reject, review ({split})", _rel(run, path),
-                    f"the chosen band [{band.pass_below:.4g}, {band.reject_at:.4g}) is shaded: on {split} it passes "
-                    f"{_pct(rates['escape_rate'])} of the defective parts, rejects {_pct(rates['false_reject_rate'])} "
-                    f"of the good ones and sends {_pct(rates['review_rate'])} of all parts to review; right: "
-                    "raising reject_at trades false rejects for review")
+    figure = Figure(
+        f"Trade-off: escape, false reject, review ({split})",
+        _rel(run, path),
+        f"the chosen band [{band.pass_below:.4g}, {band.reject_at:.4g}) is shaded: on {split} it passes "
+        f"{_pct(rates['escape_rate'])} of the defective parts, rejects {_pct(rates['false_reject_rate'])} "
+        f"of the good ones and sends {_pct(rates['review_rate'])} of all parts to review; right: "
+        "raising reject_at trades false rejects for review",
+    )
     cell = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     rows = []
     for p in operating_points(bad, scores):
-        targets = (f"{p.target_escape:.2%}", "none (two-way)" if p.max_false_reject is None else f"{p.max_false_reject:.2%}")
-        rows.append((*targets, p.error, "", "", "", "") if p.error else
-                    (*targets, cell(p.pass_below), cell(p.reject_at), _pct(p.escape_rate), _pct(p.false_reject_rate),
-                     _pct(p.review_rate)))
+        targets = (
+            f"{p.target_escape:.2%}",
+            "none (two-way)" if p.max_false_reject is None else f"{p.max_false_reject:.2%}",
+        )
+        rows.append(
+            (*targets, p.error, "", "", "", "")
+            if p.error
+            else (
+                *targets,
+                cell(p.pass_below),
+                cell(p.reject_at),
+                _pct(p.escape_rate),
+                _pct(p.false_reject_rate),
+                _pct(p.review_rate),
+            )
+        )
     return ThresholdSection(split, warning, notes, figure, rows)
 
 
@@ -207,8 +278,12 @@ def _threshold_markdown(t: ThresholdSection) -> list[str]:
     if t.figure is not None:
         lines += [f"![{t.figure.title}]({t.figure.path})", "", t.figure.caption, ""]
     if t.points:
-        lines += [f"Operating points on {t.split} (each calibrated with the rule training uses):", "",
-                  "| " + " | ".join(_POINT_COLUMNS) + " |", "|---" * len(_POINT_COLUMNS) + "|"]
+        lines += [
+            f"Operating points on {t.split} (each calibrated with the rule training uses):",
+            "",
+            "| " + " | ".join(_POINT_COLUMNS) + " |",
+            "|---" * len(_POINT_COLUMNS) + "|",
+        ]
         lines += ["| " + " | ".join(row) + " |" for row in t.points] + [""]
     return lines
 
@@ -220,11 +295,15 @@ def _threshold_html(t: ThresholdSection) -> list[str]:
         parts.append(f"<p class=warn><strong>{e(t.warning)}</strong></p>")
     parts += [f"<p class=note>{e(note)}</p>" for note in t.notes]
     if t.figure is not None:
-        parts.append(f"<figure><img src='{e(t.figure.path)}' alt='{e(t.figure.title)}'>"
-                     f"<figcaption>{e(t.figure.caption)}</figcaption></figure>")
+        parts.append(
+            f"<figure><img src='{e(t.figure.path)}' alt='{e(t.figure.title)}'>"
+            f"<figcaption>{e(t.figure.caption)}</figcaption></figure>"
+        )
     if t.points:
-        parts.append(f"<p>Operating points on {e(t.split or '')} (each calibrated with the rule training uses):</p>"
-                     "<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in _POINT_COLUMNS) + "</tr>")
+        parts.append(
+            f"<p>Operating points on {e(t.split or '')} (each calibrated with the rule training uses):</p>"
+            "<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in _POINT_COLUMNS) + "</tr>"
+        )
         for row in t.points:
             if row[3] == "":  # targets this data cannot meet: the reason across the row
                 parts.append(f"<tr><td>{e(row[0])}</td><td>{e(row[1])}</td><td colspan=5>{e(row[2])}</td></tr>")
@@ -242,25 +321,41 @@ def _rel(run: RunDir, path: Path) -> str:
     return path.relative_to(run.path).as_posix()
 
 
-def _summary_rows(run: RunDir, recipe: Recipe, card: ModelCard, best_epoch: int,
-                  monitor: str) -> list[tuple[str, str]]:
+def _summary_rows(run: RunDir, recipe: Recipe, card: ModelCard, best_epoch: int, monitor: str) -> list[tuple[str, str]]:
     rows = read_metrics(run.metrics)
     p = card.preprocess
-    trained_as = [("trained as", describe_trained_as(card.trained_as) + " (one head unit each; the model adds up "
-                   "their probabilities)")] if card.trained_as else []
+    trained_as = (
+        [
+            (
+                "trained as",
+                describe_trained_as(card.trained_as) + " (one head unit each; the model adds up their probabilities)",
+            )
+        ]
+        if card.trained_as
+        else []
+    )
     return [
         ("data", f"{recipe.data.path}"),
         ("classes", ", ".join(card.classes)),
         *trained_as,
         ("defect classes", ", ".join(card.defect_classes)),
         ("model", f"{card.backbone}, weights {card.weights}"),
-        ("input", f"{p.input_size[0]}x{p.input_size[1]} {p.color_mode}, resize {p.resize}, "
-                  f"mean {list(p.mean)}, std {list(p.std)}"),
-        ("epochs", f"{len(rows)} run of {recipe.train.epochs}; best epoch {best_epoch} by val {monitor} "
-                   f"(the latest epoch within {recipe.train.min_delta:g} of the best value)"),
+        (
+            "input",
+            f"{p.input_size[0]}x{p.input_size[1]} {p.color_mode}, resize {p.resize}, "
+            f"mean {list(p.mean)}, std {list(p.std)}",
+        ),
+        (
+            "epochs",
+            f"{len(rows)} run of {recipe.train.epochs}; best epoch {best_epoch} by val {monitor} "
+            f"(the latest epoch within {recipe.train.min_delta:g} of the best value)",
+        ),
         ("training time", f"{sum(float(r['seconds']) for r in rows):.0f} s"),
-        ("thresholds", f"P(defect) below {card.thresholds.defect.pass_below:.4g} passes, at or above "
-                       f"{card.thresholds.defect.reject_at:.4g} rejects ({card.thresholds.source})"),
+        (
+            "thresholds",
+            f"P(defect) below {card.thresholds.defect.pass_below:.4g} passes, at or above "
+            f"{card.thresholds.defect.reject_at:.4g} rejects ({card.thresholds.source})",
+        ),
         ("data fingerprint", card.data_fingerprint[:16]),
         ("model version", card.version),
     ]
@@ -274,16 +369,28 @@ def _markdown(name: str, sections: dict, figures: list[Figure], recipe: Recipe) 
     lines = [f"# Training report: {name}", ""]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sections["summary"]] + [""]
     lines += ["## Best model", "", "| split | " + " | ".join(HEADLINE) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
-    lines += [f"| {split} | " + " | ".join(_fmt(h[k]) for k in HEADLINE) + " |"
-              for split, h in sections["headline"].items()] + [""]
+    lines += [
+        f"| {split} | " + " | ".join(_fmt(h[k]) for k in HEADLINE) + " |" for split, h in sections["headline"].items()
+    ] + [""]
     rep: ClassificationReport = sections["per_class"]
-    lines += [f"## Per class ({sections['main']})", "", "| class | support | precision | recall | F1 |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {m.name} | {m.support} | {_fmt(m.precision)} | {_fmt(m.recall)} | {_fmt(m.f1)} |"
-              for m in rep.per_class] + [""]
+    lines += [
+        f"## Per class ({sections['main']})",
+        "",
+        "| class | support | precision | recall | F1 |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {m.name} | {m.support} | {_fmt(m.precision)} | {_fmt(m.recall)} | {_fmt(m.f1)} |" for m in rep.per_class
+    ] + [""]
     table: DecisionTable = sections["decisions"]
-    lines += [f"## Decisions at the card's thresholds ({sections['main']})", "", table.sentence() + ".", "",
-              "| folder class | class | images | pass | review | reject |", "|---|---|---|---|---|---|"]
+    lines += [
+        f"## Decisions at the card's thresholds ({sections['main']})",
+        "",
+        table.sentence() + ".",
+        "",
+        "| folder class | class | images | pass | review | reject |",
+        "|---|---|---|---|---|---|",
+    ]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.rows] + [""]
     lines += _threshold_markdown(sections["thresholds"])
     for fig in figures:
@@ -296,33 +403,52 @@ _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
 th{background:#f2f2f2}td.n{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%}
 figure{margin:1.5em 0}figcaption{color:#555;font-size:.9em}pre{background:#f6f6f6;padding:1em;overflow:auto}
-p.warn{color:#a93226;border-left:4px solid #a93226;padding-left:.6em}p.note{border-left:4px solid #d4ac0d;padding-left:.6em}"""
+p.warn{color:#a93226;border-left:4px solid #a93226;padding-left:.6em}
+p.note{border-left:4px solid #d4ac0d;padding-left:.6em}"""
 
 
 def _html(name: str, sections: dict, figures: list[Figure], recipe: Recipe) -> str:
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>andon run {e(name)}</title>",
-             f"<style>{_CSS}</style></head><body><h1>Training report: {e(name)}</h1><table>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>andon run {e(name)}</title>",
+        f"<style>{_CSS}</style></head><body><h1>Training report: {e(name)}</h1><table>",
+    ]
     parts += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in sections["summary"]]
-    parts.append("</table><h2>Best model</h2><table><tr><th>split</th>"
-                 + "".join(f"<th>{e(k)}</th>" for k in HEADLINE) + "</tr>")
-    parts += [f"<tr><td>{e(split)}</td>" + "".join(f"<td class=n>{_fmt(h[k])}</td>" for k in HEADLINE) + "</tr>"
-              for split, h in sections["headline"].items()]
+    parts.append(
+        "</table><h2>Best model</h2><table><tr><th>split</th>" + "".join(f"<th>{e(k)}</th>" for k in HEADLINE) + "</tr>"
+    )
+    parts += [
+        f"<tr><td>{e(split)}</td>" + "".join(f"<td class=n>{_fmt(h[k])}</td>" for k in HEADLINE) + "</tr>"
+        for split, h in sections["headline"].items()
+    ]
     rep: ClassificationReport = sections["per_class"]
-    parts.append(f"</table><h2>Per class ({e(sections['main'])})</h2><table><tr><th>class</th><th>support</th>"
-                 "<th>precision</th><th>recall</th><th>F1</th></tr>")
-    parts += [f"<tr><td>{e(m.name)}</td><td class=n>{m.support}</td><td class=n>{_fmt(m.precision)}</td>"
-              f"<td class=n>{_fmt(m.recall)}</td><td class=n>{_fmt(m.f1)}</td></tr>" for m in rep.per_class]
+    parts.append(
+        f"</table><h2>Per class ({e(sections['main'])})</h2><table><tr><th>class</th><th>support</th>"
+        "<th>precision</th><th>recall</th><th>F1</th></tr>"
+    )
+    parts += [
+        f"<tr><td>{e(m.name)}</td><td class=n>{m.support}</td><td class=n>{_fmt(m.precision)}</td>"
+        f"<td class=n>{_fmt(m.recall)}</td><td class=n>{_fmt(m.f1)}</td></tr>"
+        for m in rep.per_class
+    ]
     table: DecisionTable = sections["decisions"]
-    parts.append(f"</table><h2>Decisions at the card's thresholds ({e(sections['main'])})</h2>"
-                 f"<p>{e(table.sentence())}.</p><table><tr><th>folder class</th><th>class</th><th>images</th>"
-                 "<th>pass</th><th>review</th><th>reject</th></tr>")
-    parts += ["<tr>" + "".join(f"<td>{e(str(v))}</td>" if i < 2 else f"<td class=n>{v}</td>"
-                               for i, v in enumerate(row)) + "</tr>" for row in table.rows]
+    parts.append(
+        f"</table><h2>Decisions at the card's thresholds ({e(sections['main'])})</h2>"
+        f"<p>{e(table.sentence())}.</p><table><tr><th>folder class</th><th>class</th><th>images</th>"
+        "<th>pass</th><th>review</th><th>reject</th></tr>"
+    )
+    parts += [
+        "<tr>"
+        + "".join(f"<td>{e(str(v))}</td>" if i < 2 else f"<td class=n>{v}</td>" for i, v in enumerate(row))
+        + "</tr>"
+        for row in table.rows
+    ]
     parts.append("</table>")
     parts += _threshold_html(sections["thresholds"])
     for fig in figures:
-        parts.append(f"<figure><h2>{e(fig.title)}</h2><img src='{e(fig.path)}' alt='{e(fig.title)}'>"
-                     f"<figcaption>{e(fig.caption)}</figcaption></figure>")
+        parts.append(
+            f"<figure><h2>{e(fig.title)}</h2><img src='{e(fig.path)}' alt='{e(fig.title)}'>"
+            f"<figcaption>{e(fig.caption)}</figcaption></figure>"
+        )
     parts.append(f"<h2>Recipe</h2><pre>{e(recipe.to_yaml())}</pre></body></html>\n")
     return "".join(parts)

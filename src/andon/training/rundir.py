@@ -1,12 +1,12 @@
 """The run folder ``runs/<name>/``: its name, the resolved recipe, metrics.csv and the predictions.
 
-    recipe.yaml            the resolved recipe (every key), what ``--resume`` continues
-    splits.csv             the manifest with every image's split (read by export and ``andon evaluate``)
-    metrics.csv            one row per epoch
-    last.pt / best.pt      checkpoints (andon.models.checkpoint format)
-    predictions_{val,test}.npz   paths, y_true, probs and classes of the best model
-    report.html / report.md + plots/*.png
-    cache/                 the decoded, resized images of this run
+recipe.yaml            the resolved recipe (every key), what ``--resume`` continues
+splits.csv             the manifest with every image's split (read by export and ``andon evaluate``)
+metrics.csv            one row per epoch
+last.pt / best.pt      checkpoints (andon.models.checkpoint format)
+predictions_{val,test}.npz   paths, y_true, probs and classes of the best model
+report.html / report.md + plots/*.png
+cache/                 the decoded, resized images of this run
 """
 
 from __future__ import annotations
@@ -25,15 +25,36 @@ from andon.fileio import write_atomic
 from andon.training.recipe import Recipe, recipe_from_dict
 
 #: recipe keys that may change when a run is resumed; anything else would make it a different run
-RESUMABLE_KEYS = frozenset({"data.path", "train.epochs", "train.patience", "train.min_epochs", "train.workers",
-                            "train.device", "train.threads", "train.precision", "decision.target_escape",
-                            "decision.max_false_reject", "output.runs_dir"})
+RESUMABLE_KEYS = frozenset(
+    {
+        "data.path",
+        "train.epochs",
+        "train.patience",
+        "train.min_epochs",
+        "train.workers",
+        "train.device",
+        "train.threads",
+        "train.precision",
+        "decision.target_escape",
+        "decision.max_false_reject",
+        "output.runs_dir",
+    }
+)
 
 #: the headline metrics (``ClassificationReport.headline()`` keys) of metrics.csv, the report and the summary
 HEADLINE = ("accuracy", "macro_recall", "macro_f1", "defect_recall", "roc_auc", "pr_auc")
 #: val_monitor: the value the best epoch is chosen on (train.monitor, ``auto`` resolved)
-METRIC_COLUMNS = ("epoch", "phase", "train_loss", "train_accuracy", "val_loss", *(f"val_{k}" for k in HEADLINE),
-                  "val_monitor", "lr", "seconds")
+METRIC_COLUMNS = (
+    "epoch",
+    "phase",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    *(f"val_{k}" for k in HEADLINE),
+    "val_monitor",
+    "lr",
+    "seconds",
+)
 
 
 @dataclass(frozen=True)
@@ -85,8 +106,9 @@ def plan_run(recipe: Recipe, *, resume: bool) -> RunDir:
     recipe that differs from the saved one only in ``RESUMABLE_KEYS``.
     """
     if resume and recipe.output.name is None:
-        raise ConfigError("--resume needs the name of the run to continue: --name NAME "
-                          f"(runs live in {recipe.output.runs_dir})")
+        raise ConfigError(
+            f"--resume needs the name of the run to continue: --name NAME (runs live in {recipe.output.runs_dir})"
+        )
     name = recipe.output.name or default_run_name(recipe)
     run = RunDir(Path(recipe.output.runs_dir) / name, name)
     if resume:
@@ -113,8 +135,10 @@ def read_recipe(path: Path) -> Recipe:
 def check_resumable(saved: Recipe, given: Recipe) -> None:
     changed = sorted(k for k in _diff(saved.to_dict(), given.to_dict()) if k not in RESUMABLE_KEYS)
     if changed:
-        raise ConfigError(f"cannot resume with a different recipe: {', '.join(changed)} changed; only "
-                          f"{', '.join(sorted(RESUMABLE_KEYS))} may change when resuming")
+        raise ConfigError(
+            f"cannot resume with a different recipe: {', '.join(changed)} changed; only "
+            f"{', '.join(sorted(RESUMABLE_KEYS))} may change when resuming"
+        )
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -155,12 +179,25 @@ def _cell(value: float | int | str) -> str:
     return str(value)
 
 
-def save_predictions(path: Path, paths: list[str], y_true: np.ndarray, probs: np.ndarray, classes: list[str], *,
-                     anomaly_score: np.ndarray | None = None) -> None:
+def save_predictions(
+    path: Path,
+    paths: list[str],
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    *,
+    anomaly_score: np.ndarray | None = None,
+) -> None:
     buffer = io.BytesIO()
     extra = {} if anomaly_score is None else {"anomaly_score": np.asarray(anomaly_score, dtype=np.float32)}
-    np.savez_compressed(buffer, paths=np.array(paths, dtype=np.str_), y_true=y_true.astype(np.int64),
-                        probs=probs.astype(np.float32), classes=np.array(classes, dtype=np.str_), **extra)
+    np.savez_compressed(
+        buffer,
+        paths=np.array(paths, dtype=np.str_),
+        y_true=y_true.astype(np.int64),
+        probs=probs.astype(np.float32),
+        classes=np.array(classes, dtype=np.str_),
+        **extra,
+    )
     atomic_write(path, buffer.getvalue())
 
 

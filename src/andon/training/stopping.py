@@ -29,10 +29,10 @@ from andon.training.recipe import TrainSection
 class StopState:
     """Early stopping and best-epoch bookkeeping; saved in last.pt."""
 
-    epoch: int = 0                 # epochs completed
+    epoch: int = 0  # epochs completed
     best_value: float = -math.inf  # highest monitored value so far, sign-adjusted so that higher is better
     best_epoch: int = 0
-    bad_epochs: int = 0            # counted epochs since the last best one
+    bad_epochs: int = 0  # counted epochs since the last best one
     stopped: bool = False
 
 

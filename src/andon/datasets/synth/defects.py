@@ -65,8 +65,12 @@ def scratch(rng: np.random.Generator, canvas: Canvas) -> np.ndarray:
     t = np.linspace(0.0, 1.0, 32)
     direction, normal = np.array([math.cos(phi), math.sin(phi)]), np.array([-math.sin(phi), math.cos(phi)])
     bend = length * rng.uniform(-0.1, 0.1) * (1 - (2 * t - 1) ** 2)
-    points = (np.array([cx, cy]) + np.outer(t - 0.5, direction) * length + np.outer(bend, normal)
-              + rng.normal(0, s * 0.0015, (len(t), 2)))
+    points = (
+        np.array([cx, cy])
+        + np.outer(t - 0.5, direction) * length
+        + np.outer(bend, normal)
+        + rng.normal(0, s * 0.0015, (len(t), 2))
+    )
     fade = np.sin(np.pi * (t[:-1] + t[1:]) / 2) ** 0.6 * rng.uniform(0.6, 1.0, len(t) - 1)
     strokes = [(points, fade)]
     if rng.random() < 0.3:  # a second, parallel stroke of the same tool
@@ -139,8 +143,15 @@ def _polyline(points: np.ndarray, values: np.ndarray, thickness: int, shape: tup
     layer = np.zeros(shape, dtype=np.float32)
     pts = np.round(points * 16).astype(np.int32)
     for i in range(len(pts) - 1):
-        cv2.line(layer, (int(pts[i, 0]), int(pts[i, 1])), (int(pts[i + 1, 0]), int(pts[i + 1, 1])), float(values[i]),
-                 thickness, cv2.LINE_AA, 4)
+        cv2.line(
+            layer,
+            (int(pts[i, 0]), int(pts[i, 1])),
+            (int(pts[i + 1, 0]), int(pts[i + 1, 1])),
+            float(values[i]),
+            thickness,
+            cv2.LINE_AA,
+            4,
+        )
     return layer
 
 
@@ -154,8 +165,14 @@ def spot(rng: np.random.Generator, canvas: Canvas) -> np.ndarray:
     centres = np.array([cx, cy]) + rng.normal(0, spread, (n, 2)) * (np.arange(n)[:, None] > 0)
     radii = np.maximum(s * rng.uniform(0.022, 0.045, n), 1.5)  # below 1.5 px a pit is noise
     reach = radii.max() * 2.5
-    found = _roi(canvas, centres[:, 0].min() - reach, centres[:, 1].min() - reach,
-                 centres[:, 0].max() + reach, centres[:, 1].max() + reach, 1)
+    found = _roi(
+        canvas,
+        centres[:, 0].min() - reach,
+        centres[:, 1].min() - reach,
+        centres[:, 0].max() + reach,
+        centres[:, 1].max() + reach,
+        1,
+    )
     if found is None:
         return np.zeros(canvas.shape, np.uint8)
     box, (ox, oy) = found
@@ -171,7 +188,7 @@ def spot(rng: np.random.Generator, canvas: Canvas) -> np.ndarray:
         rho2 = a * a + b * b
         np.maximum(dark, np.exp(-rho2 * 1.4) * rng.uniform(0.7, 1.0), out=dark)
         side = np.clip((dx * math.cos(light) + dy * math.sin(light)) / r, 0, None)
-        np.maximum(rim, np.exp(-(np.sqrt(rho2) - 1.1) ** 2 * 8) * side, out=rim)
+        np.maximum(rim, np.exp(-((np.sqrt(rho2) - 1.1) ** 2) * 8) * side, out=rim)
     contrast = rng.uniform(45, 85) * canvas.busy
     canvas.grey[box] += contrast * (-dark + rng.uniform(0.0, 0.5) * rim)
     return _mask_from(np.maximum(dark, rim * 0.5), canvas, box, 0.25, grow=0)

@@ -118,8 +118,14 @@ def plan(config: SynthConfig) -> list[Job]:
     return [Job(index=int(i), label=pairs[k][0], surface=pairs[k][1]) for i, k in enumerate(order)]
 
 
-def generate(out: Path | str, config: SynthConfig | None = None, *, progress: Progress = False,
-             overwrite: bool = False, **overrides) -> Dataset:
+def generate(
+    out: Path | str,
+    config: SynthConfig | None = None,
+    *,
+    progress: Progress = False,
+    overwrite: bool = False,
+    **overrides,
+) -> Dataset:
     """Generate the data set into ``out`` and return it (loaded like any class folder).
 
     ``overrides`` are ``SynthConfig`` fields (``generate(out, count=60, size=64)``). An existing non-empty

@@ -9,14 +9,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-
 #: the finest texture detail is 1/GRAIN_SIDE of the shorter side: one pixel at this size, and the same
 #: relative size in larger frames (a 2048-pixel frame gets ~10-pixel grain, not pixel noise)
 GRAIN_SIDE = 192
 
 
-def upsample(rng: np.random.Generator, gh: int, gw: int, h: int, w: int,
-             interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
+def upsample(
+    rng: np.random.Generator, gh: int, gw: int, h: int, w: int, interpolation: int = cv2.INTER_CUBIC
+) -> np.ndarray:
     """A ``gh x gw`` grid of unit normal values, interpolated to ``h x w``."""
     grid = rng.standard_normal((max(2, gh), max(2, gw)), dtype=np.float32)
     if (gh, gw) == (h, w):

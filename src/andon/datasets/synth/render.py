@@ -41,8 +41,9 @@ def parse_size(size) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def render_sample(rng: np.random.Generator, surface: str, defect: str | None,
-                  size=(128, 128)) -> tuple[np.ndarray, np.ndarray]:
+def render_sample(
+    rng: np.random.Generator, surface: str, defect: str | None, size=(128, 128)
+) -> tuple[np.ndarray, np.ndarray]:
     """Render one image: ``(uint8 HxWx3 RGB, uint8 HxW mask)``; the mask is 255 on the defect, all 0 for ok.
 
     ``defect=None`` gives a good part. ``size`` is ``H`` or ``(H, W)``. Generators in the same state give

@@ -70,8 +70,9 @@ def _pores(rng: np.random.Generator, texture: np.ndarray, s: int) -> None:
     h, w = texture.shape
     for _ in range(rng.poisson(6)):
         r = max(1, int(round(s * rng.uniform(0.003, 0.008))))
-        cv2.circle(texture, (int(rng.uniform(0, w)), int(rng.uniform(0, h))), r,
-                   float(-rng.uniform(8, 20)), -1, cv2.LINE_AA)
+        cv2.circle(
+            texture, (int(rng.uniform(0, w)), int(rng.uniform(0, h))), r, float(-rng.uniform(8, 20)), -1, cv2.LINE_AA
+        )
 
 
 def woven(rng: np.random.Generator, h: int, w: int) -> Surface:

@@ -29,8 +29,7 @@ _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=128 * 1024 * 1024,
-                            dklen=32)
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=128 * 1024 * 1024, dklen=32)
     b64 = base64.b64encode
     return f"scrypt${n}${r}${p}${b64(salt).decode()}${b64(digest).decode()}"
 
@@ -42,8 +41,15 @@ def verify_password(password: str, stored: str) -> bool:
         if scheme != "scrypt":
             return False
         expected = base64.b64decode(digest)
-        actual = hashlib.scrypt(password.encode("utf-8"), salt=base64.b64decode(salt), n=int(n), r=int(r),
-                                p=int(p), maxmem=128 * 1024 * 1024, dklen=len(expected))
+        actual = hashlib.scrypt(
+            password.encode("utf-8"),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            maxmem=128 * 1024 * 1024,
+            dklen=len(expected),
+        )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(actual, expected)
@@ -69,8 +75,10 @@ def check_password_rules(password: str) -> None:
 def create_user(session: Session, username: str, role: str, password: str) -> User:
     """A new user (committed by the caller)."""
     if not _USERNAME.match(username or ""):
-        raise ConfigError(f"username {username!r} is not allowed: 1 to 64 letters, digits and . _ @ -, "
-                          "starting with a letter or digit")
+        raise ConfigError(
+            f"username {username!r} is not allowed: 1 to 64 letters, digits and . _ @ -, "
+            "starting with a letter or digit"
+        )
     if role not in USER_ROLES:
         raise ConfigError(f"role {role!r} is not one of {', '.join(USER_ROLES)} (cameras use API keys)")
     check_password_rules(password)

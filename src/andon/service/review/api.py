@@ -32,11 +32,18 @@ router = APIRouter(tags=["review"])
 class VerdictIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     verdict: Literal["confirm_defect", "false_alarm", "cant_tell"]
-    label: str | None = Field(None, max_length=128, description="confirm_defect: the defect type, if not the "
-                              "model's (re-label); false_alarm: the good class (default); cant_tell: none")
+    label: str | None = Field(
+        None,
+        max_length=128,
+        description="confirm_defect: the defect type, if not the "
+        "model's (re-label); false_alarm: the good class (default); cant_tell: none",
+    )
     comment: str | None = Field(None, max_length=2000)
-    supersedes: int | None = Field(None, description="the id of the verdict this one replaces (null for the "
-                                   "frame's first); a mismatch means someone judged it meanwhile: 409")
+    supersedes: int | None = Field(
+        None,
+        description="the id of the verdict this one replaces (null for the "
+        "frame's first); a mismatch means someone judged it meanwhile: 409",
+    )
 
 
 class VerdictOut(BaseModel):
@@ -54,11 +61,21 @@ class VerdictOut(BaseModel):
     superseded_by: int | None
 
     @classmethod
-    def from_row(cls, row: ReviewVerdict) -> "VerdictOut":
-        return cls(id=row.id, inspection_id=row.inspection_id, verdict=row.verdict, label=row.label,
-                   comment=row.comment, reviewer=row.reviewer, created_at=row.created_at,
-                   model_label=row.model_label, model_decision=row.model_decision, model_score=row.model_score,
-                   superseded_at=row.superseded_at, superseded_by=row.superseded_by)
+    def from_row(cls, row: ReviewVerdict) -> VerdictOut:
+        return cls(
+            id=row.id,
+            inspection_id=row.inspection_id,
+            verdict=row.verdict,
+            label=row.label,
+            comment=row.comment,
+            reviewer=row.reviewer,
+            created_at=row.created_at,
+            model_label=row.model_label,
+            model_decision=row.model_decision,
+            model_score=row.model_score,
+            superseded_at=row.superseded_at,
+            superseded_by=row.superseded_by,
+        )
 
 
 class VerdictRecorded(VerdictOut):
@@ -70,8 +87,10 @@ class VerdictRecorded(VerdictOut):
 class QueueOut(BaseModel):
     items: list[InspectionOut]
     next_cursor: str | None
-    count: int = Field(description="frames in this queue with these filters (with a line or camera filter: at "
-                       "most 1,001 per decision, read as '1,000+')")
+    count: int = Field(
+        description="frames in this queue with these filters (with a line or camera filter: at "
+        "most 1,001 per decision, read as '1,000+')"
+    )
     waiting: int
     escalated: int
 
@@ -81,13 +100,18 @@ def reviewer_of(principal: Principal) -> tuple[str, int | None]:
     if isinstance(principal, UserPrincipal):
         return principal.name, principal.user_id
     if principal.anonymous:
-        raise AuthenticationError("a verdict must name who gave it: log in to the review page, or use an "
-                                  "operator or engineer API key")
+        raise AuthenticationError(
+            "a verdict must name who gave it: log in to the review page, or use an operator or engineer API key"
+        )
     return f"key:{principal.name}", None
 
 
-@router.post("/v1/inspections/{inspection_id}/verdicts", status_code=201, response_model=VerdictRecorded,
-             summary="Give (or change) the verdict on a flagged frame")
+@router.post(
+    "/v1/inspections/{inspection_id}/verdicts",
+    status_code=201,
+    response_model=VerdictRecorded,
+    summary="Give (or change) the verdict on a flagged frame",
+)
 async def post_verdict(inspection_id: str, body: VerdictIn, ctx: ContextDep, principal: CanReview) -> Any:
     reviewer, user_id = reviewer_of(principal)
     cards = card_lookup(ctx)
@@ -96,21 +120,36 @@ async def post_verdict(inspection_id: str, body: VerdictIn, ctx: ContextDep, pri
         with ctx.sessions() as session:
             target = session.get(Inspection, inspection_id)
             before = target.review_status if target is not None else None
-            row = record_verdict(session, inspection_id, verdict=body.verdict, label=body.label,
-                                 comment=body.comment, reviewer=reviewer, user_id=user_id,
-                                 supersedes=body.supersedes, info_for=cards.classes)
+            row = record_verdict(
+                session,
+                inspection_id,
+                verdict=body.verdict,
+                label=body.label,
+                comment=body.comment,
+                reviewer=reviewer,
+                user_id=user_id,
+                supersedes=body.supersedes,
+                info_for=cards.classes,
+            )
             target = session.get(Inspection, inspection_id)
             cache = ctx.extras.get("review_counts")
-            counts = (cache.changed(session, target.decision, before, target.review_status) if cache is not None
-                      else q.waiting_counts(session))
-            return VerdictRecorded(**VerdictOut.from_row(row).model_dump(), review_status=target.review_status,
-                                   **counts)
+            counts = (
+                cache.changed(session, target.decision, before, target.review_status)
+                if cache is not None
+                else q.waiting_counts(session)
+            )
+            return VerdictRecorded(
+                **VerdictOut.from_row(row).model_dump(), review_status=target.review_status, **counts
+            )
 
     return await run_in_threadpool(work)
 
 
-@router.get("/v1/inspections/{inspection_id}/verdicts", response_model=list[VerdictOut],
-            summary="Every verdict on a frame, oldest first (the audit trail)")
+@router.get(
+    "/v1/inspections/{inspection_id}/verdicts",
+    response_model=list[VerdictOut],
+    summary="Every verdict on a frame, oldest first (the audit trail)",
+)
 def get_verdicts(inspection_id: str, session: SessionDep, _: CanRead) -> Any:
     if session.get(Inspection, inspection_id) is None:
         raise NotFoundError(f"no inspection with id {inspection_id!r}")
@@ -119,7 +158,9 @@ def get_verdicts(inspection_id: str, session: SessionDep, _: CanRead) -> Any:
 
 @router.get("/v1/review/queue", response_model=QueueOut, summary="The review queue, newest first (keyset pages)")
 def get_queue(
-    session: SessionDep, ctx: ContextDep, _: CanRead,
+    session: SessionDep,
+    ctx: ContextDep,
+    _: CanRead,
     status: Annotated[Literal["waiting", "escalated", "reviewed", "audit"], Query()] = "waiting",
     decision: Annotated[Literal["all", "reject", "review"], Query()] = "all",
     line_id: Annotated[str | None, Query(max_length=64)] = None,
@@ -129,18 +170,24 @@ def get_queue(
     limit: Annotated[int, Query(ge=1, le=500)] = q.PAGE_SIZE,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Any:
-    f = q.QueueFilter(status=status, decision=decision, line_id=line_id, camera_id=camera_id,
-                      since=_aware(since), until=_aware(until))
+    f = q.QueueFilter(
+        status=status, decision=decision, line_id=line_id, camera_id=camera_id, since=_aware(since), until=_aware(until)
+    )
     result = q.page(session, f, cursor=q.Cursor.decode(cursor) if cursor else None, limit=limit, full=True)
     total, counts = q.totals(session, f, ctx.extras.get("review_counts"))
-    return QueueOut(items=[InspectionOut.from_row(r) for r in result.items], next_cursor=result.next_cursor,
-                    count=total, **counts)
+    return QueueOut(
+        items=[InspectionOut.from_row(r) for r in result.items], next_cursor=result.next_cursor, count=total, **counts
+    )
 
 
-@router.get("/v1/review/dashboard", summary="The line dashboard's numbers (engineers): decisions, rates, "
-            "which signal flagged the flagged frames, operator agreement, drift, alerts")
+@router.get(
+    "/v1/review/dashboard",
+    summary="The line dashboard's numbers (engineers): decisions, rates, "
+    "which signal flagged the flagged frames, operator agreement, drift, alerts",
+)
 async def get_dashboard(
-    ctx: ContextDep, principal: CanRead,
+    ctx: ContextDep,
+    principal: CanRead,
     line_id: Annotated[str | None, Query(max_length=64)] = None,
     camera_id: Annotated[str | None, Query(max_length=64)] = None,
     window: Annotated[Literal["24h", "7d", "30d"], Query()] = "24h",
@@ -150,8 +197,9 @@ async def get_dashboard(
 
     if principal.role not in (None, "engineer"):
         raise PermissionDeniedError(f"the line dashboard is for engineers; a {principal.role} may not read it")
-    board = await run_in_threadpool(cached_board, ctx, dash.DashboardQuery(line_id=line_id, camera_id=camera_id,
-                                                                           window=window))
+    board = await run_in_threadpool(
+        cached_board, ctx, dash.DashboardQuery(line_id=line_id, camera_id=camera_id, window=window)
+    )
     return board.summary()
 
 

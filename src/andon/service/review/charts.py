@@ -99,16 +99,24 @@ def rate_charts_png(rates: list, subgroup: str, width: float = 10, height: float
             c = series.chart
             ok = c.n > 0
             xe = _times(list(starts) + ([starts[-1] + (starts[1] - starts[0])] if len(starts) > 1 else []))
-            ucl, lcl = np.r_[c.ucl, c.ucl[-1:]][:len(xe)], np.r_[c.lcl, c.lcl[-1:]][:len(xe)]
+            ucl, lcl = np.r_[c.ucl, c.ucl[-1:]][: len(xe)], np.r_[c.lcl, c.lcl[-1:]][: len(xe)]
             ax.step(xe, 100 * ucl, where="post", color=RED, linewidth=1, linestyle="--", label="3σ limits")
             ax.step(xe, 100 * lcl, where="post", color=RED, linewidth=1, linestyle="--")
             ax.axhline(100 * c.centre, color=INK, linewidth=1, label=f"centre {100 * c.centre:.2f}%")
             mid = _times([s + (starts[1] - starts[0]) / 2 for s in starts] if len(starts) > 1 else starts)
             ax.plot(mid[ok], 100 * c.p[ok], color=BLUE, marker="o", markersize=4, linewidth=1.5, label=series.name)
             if c.out.any():
-                ax.plot(mid[c.out], 100 * c.p[c.out], linestyle="none", marker="o", markersize=10,
-                        markerfacecolor="none", markeredgecolor=RED, markeredgewidth=2,
-                        label=f"{c.out_of_control} outside limits")
+                ax.plot(
+                    mid[c.out],
+                    100 * c.p[c.out],
+                    linestyle="none",
+                    marker="o",
+                    markersize=10,
+                    markerfacecolor="none",
+                    markeredgecolor=RED,
+                    markeredgewidth=2,
+                    label=f"{c.out_of_control} outside limits",
+                )
             ax.set_ylabel("% of frames", color=INK)
             ax.set_ylim(bottom=0)
             _style(ax, f"{series.name.capitalize()} rate (p-chart)")
@@ -128,10 +136,12 @@ def agreement_png(board: Dashboard) -> bytes:
             _empty(ax, "no verdicts in this window")
             return _png(fig)
         y = np.arange(len(rows))[::-1]
-        parts = [("confirmed", [r.confirmed - r.relabelled for r in rows], GREEN),
-                 ("confirmed, other defect type", [r.relabelled for r in rows], "#7cb342"),
-                 ("false alarm", [r.false_alarm for r in rows], AMBER),
-                 ("can't tell", [r.cant_tell for r in rows], GREY)]
+        parts = [
+            ("confirmed", [r.confirmed - r.relabelled for r in rows], GREEN),
+            ("confirmed, other defect type", [r.relabelled for r in rows], "#7cb342"),
+            ("false alarm", [r.false_alarm for r in rows], AMBER),
+            ("can't tell", [r.cant_tell for r in rows], GREY),
+        ]
         left = np.zeros(len(rows))
         for name, values, colour in parts:
             ax.barh(y, values, left=left, color=colour, label=name, height=0.6)
@@ -157,13 +167,26 @@ def drift_png(board: Dashboard) -> bytes:
             _empty(ax, d.note if d is not None else "no frames in this window")
             return _png(fig)
         colour = {"stable": GREEN, "moderate": AMBER, "major": RED}[d.level]
-        _style(ax, f"Defect score distribution, model {d.model_version}: PSI {d.psi:.3f} ({d.level}), "
-                   f"KS {d.ks:.3f}")
+        _style(ax, f"Defect score distribution, model {d.model_version}: PSI {d.psi:.3f} ({d.level}), KS {d.ks:.3f}")
         bins = np.linspace(0, 1, 41)
-        ax.hist(d.reference, bins=bins, density=True, histtype="stepfilled", color=GREY, alpha=0.5,
-                label=f"reference: first {d.reference.size} frames")
-        ax.hist(d.current, bins=bins, density=True, histtype="step", color=colour, linewidth=2,
-                label=f"this window: {d.current.size} frames")
+        ax.hist(
+            d.reference,
+            bins=bins,
+            density=True,
+            histtype="stepfilled",
+            color=GREY,
+            alpha=0.5,
+            label=f"reference: first {d.reference.size} frames",
+        )
+        ax.hist(
+            d.current,
+            bins=bins,
+            density=True,
+            histtype="step",
+            color=colour,
+            linewidth=2,
+            label=f"this window: {d.current.size} frames",
+        )
         ax.set_yscale("log")
         ax.set_xlabel("P(defect)", color=INK)
         ax.set_ylabel("density (log)", color=INK)
@@ -201,8 +224,16 @@ def quality_png(board: Dashboard) -> bytes:
                 ok = np.isfinite(s.medians)
                 ax.plot(x[ok], s.medians[ok], color=BLUE, marker="o", markersize=3, linewidth=1.2)
                 if s.out.any():
-                    ax.plot(x[s.out], s.medians[s.out], linestyle="none", marker="o", markersize=9,
-                            markerfacecolor="none", markeredgecolor=RED, markeredgewidth=2)
+                    ax.plot(
+                        x[s.out],
+                        s.medians[s.out],
+                        linestyle="none",
+                        marker="o",
+                        markersize=9,
+                        markerfacecolor="none",
+                        markeredgecolor=RED,
+                        markeredgewidth=2,
+                    )
                 _dates(ax, s.starts, maxticks=4)
                 ax.tick_params(labelsize=8)
         return _png(fig)

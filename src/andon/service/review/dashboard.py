@@ -44,8 +44,12 @@ class DashboardQuery:
             raise ConfigError(f"subgroup {self.subgroup!r} is not one of {', '.join(SUBGROUPS)}")
 
     def params(self) -> dict[str, str]:
-        return {"line": self.line_id or "", "camera": self.camera_id or "", "window": self.window,
-                "subgroup": self.subgroup}
+        return {
+            "line": self.line_id or "",
+            "camera": self.camera_id or "",
+            "window": self.window,
+            "subgroup": self.subgroup,
+        }
 
 
 @dataclass
@@ -121,8 +125,11 @@ def flagged_by(fr: records.Frames) -> list[SignalShare]:
         counts[signal] += 1
         if signal in (reasons.PER_CLASS, reasons.ANOMALY) and reason != "anomaly":
             detail[signal][reason] += 1
-    return [SignalShare(s, counts[s], counts[s] / total if total else None, dict(sorted(detail[s].items())))
-            for s in reasons.SIGNALS if counts[s] or s == reasons.CLASSIFIER]
+    return [
+        SignalShare(s, counts[s], counts[s] / total if total else None, dict(sorted(detail[s].items())))
+        for s in reasons.SIGNALS
+        if counts[s] or s == reasons.CLASSIFIER
+    ]
 
 
 @dataclass
@@ -152,21 +159,41 @@ class Dashboard:
         operator agreement, drift and the alerts; the charts' series stay on the page."""
         total = self.frames
         return {
-            "since": self.since.isoformat(), "until": self.until.isoformat(),
-            "line_id": self.query.line_id, "camera_id": self.query.camera_id, "window": self.query.window,
-            "frames": total, "truncated": self.truncated, "model_versions": self.model_versions,
+            "since": self.since.isoformat(),
+            "until": self.until.isoformat(),
+            "line_id": self.query.line_id,
+            "camera_id": self.query.camera_id,
+            "window": self.query.window,
+            "frames": total,
+            "truncated": self.truncated,
+            "model_versions": self.model_versions,
             "decisions": {d: int(self.decisions.get(d, 0)) for d in ("pass", "review", "reject")},
             "reject_rate": self.decisions.get("reject", 0) / total if total else None,
             "review_rate": self.decisions.get("review", 0) / total if total else None,
             "flagged": self.flagged,
-            "flagged_by": {s.signal: {"frames": s.frames, "share": s.share, "detail": s.detail}
-                           for s in self.flagged_by},
-            "agreement": [{"model_label": a.model_label, "confirmed": a.confirmed, "relabelled": a.relabelled,
-                           "false_alarm": a.false_alarm, "cant_tell": a.cant_tell, "agreement": a.agreement}
-                          for a in self.agreement],
-            "drift": None if self.drift is None else {"model_version": self.drift.model_version, "psi": self.drift.psi,
-                                                      "ks": self.drift.ks, "level": self.drift.level,
-                                                      "note": self.drift.note},
+            "flagged_by": {
+                s.signal: {"frames": s.frames, "share": s.share, "detail": s.detail} for s in self.flagged_by
+            },
+            "agreement": [
+                {
+                    "model_label": a.model_label,
+                    "confirmed": a.confirmed,
+                    "relabelled": a.relabelled,
+                    "false_alarm": a.false_alarm,
+                    "cant_tell": a.cant_tell,
+                    "agreement": a.agreement,
+                }
+                for a in self.agreement
+            ],
+            "drift": None
+            if self.drift is None
+            else {
+                "model_version": self.drift.model_version,
+                "psi": self.drift.psi,
+                "ks": self.drift.ks,
+                "level": self.drift.level,
+                "note": self.drift.note,
+            },
             "alerts": list(self.alerts),
         }
 
@@ -217,8 +244,9 @@ def agreement_by_class(verdicts: list[records.VerdictRecord]) -> list[ClassAgree
     return sorted(table.values(), key=lambda r: -(r.judged + r.cant_tell))
 
 
-def agreement_series(verdicts: list[records.VerdictRecord], edges: np.ndarray
-                     ) -> tuple[list[dt.datetime], np.ndarray, np.ndarray]:
+def agreement_series(
+    verdicts: list[records.VerdictRecord], edges: np.ndarray
+) -> tuple[list[dt.datetime], np.ndarray, np.ndarray]:
     confirmed = np.zeros(len(edges) - 1)
     judged = np.zeros(len(edges) - 1)
     for v in verdicts:
@@ -235,28 +263,37 @@ def drift(session: Session, fr: records.Frames, q: DashboardQuery) -> Drift | No
     if len(fr) == 0:
         return None
     version = str(fr.model_version[-1])
-    reference, ref_end = records.reference_scores(session, version, line_id=q.line_id, camera_id=q.camera_id,
-                                                  frames_=REFERENCE_FRAMES)
+    reference, ref_end = records.reference_scores(
+        session, version, line_id=q.line_id, camera_id=q.camera_id, frames_=REFERENCE_FRAMES
+    )
     mask = fr.model_version == version
     if ref_end is not None:
         mask &= fr.t > ref_end.timestamp()
     current = fr.score[mask]
     if reference.size < MIN_DRIFT_FRAMES or current.size < MIN_DRIFT_FRAMES:
-        return Drift(version, reference, current, None, None, "unknown",
-                     f"needs {MIN_DRIFT_FRAMES} frames in the reference (the first {REFERENCE_FRAMES} frames of "
-                     f"model {version}) and after it; has {reference.size} and {current.size}")
+        return Drift(
+            version,
+            reference,
+            current,
+            None,
+            None,
+            "unknown",
+            f"needs {MIN_DRIFT_FRAMES} frames in the reference (the first {REFERENCE_FRAMES} frames of "
+            f"model {version}) and after it; has {reference.size} and {current.size}",
+        )
     value = stats.psi(current, reference)
-    return Drift(version, reference, current, value, stats.ks_statistic(current, reference),
-                 stats.drift_level(value))
+    return Drift(version, reference, current, value, stats.ks_statistic(current, reference), stats.drift_level(value))
 
 
-def quality_series(session: Session, fr: records.Frames, edges: np.ndarray, q: DashboardQuery,
-                   since: dt.datetime) -> list[QualitySeries]:
+def quality_series(
+    session: Session, fr: records.Frames, edges: np.ndarray, q: DashboardQuery, since: dt.datetime
+) -> list[QualitySeries]:
     """Per camera and signal: subgroup medians, and the camera's usual values from the week before the window
     (or the window itself when there is no earlier data)."""
     cameras = [c for c, _ in Counter(fr.camera.tolist()).most_common(MAX_QUALITY_CAMERAS)]
-    base = records.frames(session, since - dt.timedelta(days=7), since, line_id=q.line_id, camera_id=q.camera_id,
-                          max_rows=100_000)
+    base = records.frames(
+        session, since - dt.timedelta(days=7), since, line_id=q.line_id, camera_id=q.camera_id, max_rows=100_000
+    )
     idx = np.clip(np.searchsorted(edges, fr.t, side="right") - 1, 0, len(edges) - 2)
     out = []
     for camera in sorted(cameras):
@@ -287,11 +324,21 @@ def build(session: Session, q: DashboardQuery, now: dt.datetime | None = None) -
     fr = records.frames(session, since, until, line_id=q.line_id, camera_id=q.camera_id)
     edges = subgroup_edges(since, until, q.subgroup)
     verdicts = records.current_verdicts(session, since, until, line_id=q.line_id, camera_id=q.camera_id)
-    board = Dashboard(query=q, since=since, until=until, frames=len(fr), truncated=fr.truncated,
-                      decisions=dict(Counter(fr.decision.tolist())), rates=rate_series(fr, edges),
-                      agreement=agreement_by_class(verdicts), agreement_over_time=agreement_series(verdicts, edges),
-                      drift=drift(session, fr, q), quality=quality_series(session, fr, edges, q, since),
-                      model_versions=sorted(set(fr.model_version.tolist())), flagged_by=flagged_by(fr))
+    board = Dashboard(
+        query=q,
+        since=since,
+        until=until,
+        frames=len(fr),
+        truncated=fr.truncated,
+        decisions=dict(Counter(fr.decision.tolist())),
+        rates=rate_series(fr, edges),
+        agreement=agreement_by_class(verdicts),
+        agreement_over_time=agreement_series(verdicts, edges),
+        drift=drift(session, fr, q),
+        quality=quality_series(session, fr, edges, q, since),
+        model_versions=sorted(set(fr.model_version.tolist())),
+        flagged_by=flagged_by(fr),
+    )
     board.alerts = alerts(board)
     return board
 
@@ -303,16 +350,22 @@ def alerts(board: Dashboard) -> list[str]:
         flagged = np.flatnonzero(series.chart.out)
         for i in flagged[::-1][:3]:
             direction = "above" if series.chart.p[i] > series.chart.ucl[i] else "below"
-            out.append(f"{series.name} rate {100 * series.chart.p[i]:.1f}% at {series.starts[i].astimezone():%a %H:%M}"
-                       f" is {direction} its control limit ({100 * series.chart.lcl[i]:.1f}%-"
-                       f"{100 * series.chart.ucl[i]:.1f}%)")
+            out.append(
+                f"{series.name} rate {100 * series.chart.p[i]:.1f}% at {series.starts[i].astimezone():%a %H:%M}"
+                f" is {direction} its control limit ({100 * series.chart.lcl[i]:.1f}%-"
+                f"{100 * series.chart.ucl[i]:.1f}%)"
+            )
     if board.drift is not None and board.drift.level in ("moderate", "major"):
-        out.append(f"score distribution of model {board.drift.model_version}: {board.drift.level} shift "
-                   f"(PSI {board.drift.psi:.2f})")
+        out.append(
+            f"score distribution of model {board.drift.model_version}: {board.drift.level} shift "
+            f"(PSI {board.drift.psi:.2f})"
+        )
     for s in board.quality:
         flagged = np.flatnonzero(s.out)
         if flagged.size and s.usual is not None:
             i = flagged[-1]
-            out.append(f"{s.camera_id} {s.signal} {s.medians[i]:.1f} at {s.starts[i].astimezone():%a %H:%M} is "
-                       f"outside its usual {s.usual.band()[0]:.1f}-{s.usual.band()[1]:.1f}")
+            out.append(
+                f"{s.camera_id} {s.signal} {s.medians[i]:.1f} at {s.starts[i].astimezone():%a %H:%M} is "
+                f"outside its usual {s.usual.band()[0]:.1f}-{s.usual.band()[1]:.1f}"
+            )
     return out

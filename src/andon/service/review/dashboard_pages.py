@@ -26,8 +26,12 @@ _lock = threading.Lock()
 
 def _query(request: Request) -> dash.DashboardQuery:
     p = request.query_params
-    return dash.DashboardQuery(line_id=p.get("line") or None, camera_id=p.get("camera") or None,
-                               window=p.get("window") or "24h", subgroup=p.get("subgroup") or "hour")
+    return dash.DashboardQuery(
+        line_id=p.get("line") or None,
+        camera_id=p.get("camera") or None,
+        window=p.get("window") or "24h",
+        subgroup=p.get("subgroup") or "hour",
+    )
 
 
 def cached_board(ctx, q: dash.DashboardQuery) -> dash.Dashboard:
@@ -51,8 +55,13 @@ async def dashboard(request: Request) -> Response:
     if user is None:
         return _to_login(request)
     if user.role != "engineer":
-        return error_page(request, 403, "Engineers only", "The line dashboard is for engineers. Your account is "
-                          f"an {user.role} account.", user)
+        return error_page(
+            request,
+            403,
+            "Engineers only",
+            f"The line dashboard is for engineers. Your account is an {user.role} account.",
+            user,
+        )
     try:
         q = _query(request)
     except ConfigError as exc:
@@ -60,9 +69,20 @@ async def dashboard(request: Request) -> Response:
     ctx = request.app.state.ctx
     board = await run_in_threadpool(cached_board, ctx, q)
     lines, cameras = _filters_menu(ctx)
-    return render(request, "dashboard.html", {"user": user, "board": board, "q": q, "lines": lines,
-                                              "cameras": cameras, "windows": list(dash.WINDOWS),
-                                              "subgroups": list(dash.SUBGROUPS), "charts": list(CHARTS)})
+    return render(
+        request,
+        "dashboard.html",
+        {
+            "user": user,
+            "board": board,
+            "q": q,
+            "lines": lines,
+            "cameras": cameras,
+            "windows": list(dash.WINDOWS),
+            "subgroups": list(dash.SUBGROUPS),
+            "charts": list(CHARTS),
+        },
+    )
 
 
 @router.get("/dashboard/chart/{name}.png")

@@ -42,9 +42,29 @@ from andon.service.review.tables import CANT_TELL, ReviewVerdict
 from andon.service.storage import ImageStore
 from andon.service.tables import Inspection
 
-PROVENANCE_COLUMNS = ("path", "label", "split", "group", "inspection_id", "verdict", "verdict_id", "reviewer",
-                      "reviewed_at", "comment", "model_label", "model_decision", "defect_score", "model_version",
-                      "model_hash", "line_id", "camera_id", "part_id", "serial", "inspected_at", "image_sha256")
+PROVENANCE_COLUMNS = (
+    "path",
+    "label",
+    "split",
+    "group",
+    "inspection_id",
+    "verdict",
+    "verdict_id",
+    "reviewer",
+    "reviewed_at",
+    "comment",
+    "model_label",
+    "model_decision",
+    "defect_score",
+    "model_version",
+    "model_hash",
+    "line_id",
+    "camera_id",
+    "part_id",
+    "serial",
+    "inspected_at",
+    "image_sha256",
+)
 
 
 @dataclass
@@ -58,16 +78,30 @@ class ExportReport:
     merged_original: int = 0
 
     def as_dict(self) -> dict:
-        return {"exported": self.exported, "labels": self.labels, "splits": self.splits,
-                "skipped": {"cant_tell": self.skipped_cant_tell, "image_not_stored": self.skipped_no_image},
-                "merged_original_samples": self.merged_original}
+        return {
+            "exported": self.exported,
+            "labels": self.labels,
+            "splits": self.splits,
+            "skipped": {"cant_tell": self.skipped_cant_tell, "image_not_stored": self.skipped_no_image},
+            "merged_original_samples": self.merged_original,
+        }
 
 
-def reviewed_rows(session: Session, since: dt.datetime | None, until: dt.datetime | None, *,
-                  line_id: str | None = None, camera_id: str | None = None) -> list[tuple[ReviewVerdict, Inspection]]:
+def reviewed_rows(
+    session: Session,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    *,
+    line_id: str | None = None,
+    camera_id: str | None = None,
+) -> list[tuple[ReviewVerdict, Inspection]]:
     """Current verdicts given in [since, until), with their inspections, oldest first."""
-    query = (select(ReviewVerdict, Inspection).join(Inspection, Inspection.id == ReviewVerdict.inspection_id)
-             .where(ReviewVerdict.superseded_at.is_(None)).order_by(ReviewVerdict.created_at, ReviewVerdict.id))
+    query = (
+        select(ReviewVerdict, Inspection)
+        .join(Inspection, Inspection.id == ReviewVerdict.inspection_id)
+        .where(ReviewVerdict.superseded_at.is_(None))
+        .order_by(ReviewVerdict.created_at, ReviewVerdict.id)
+    )
     if since is not None:
         query = query.where(ReviewVerdict.created_at >= since)
     if until is not None:
@@ -79,10 +113,21 @@ def reviewed_rows(session: Session, since: dt.datetime | None, until: dt.datetim
     return [(v, i) for v, i in session.execute(query).all()]
 
 
-def export_reviewed(session: Session, store: ImageStore, out: Path, *, since: dt.datetime | None = None,
-                    until: dt.datetime | None = None, line_id: str | None = None, camera_id: str | None = None,
-                    merge_with: Path | None = None, val: float = 0.15, test: float = 0.15, seed: int = 0,
-                    progress=None) -> ExportReport:
+def export_reviewed(
+    session: Session,
+    store: ImageStore,
+    out: Path,
+    *,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    line_id: str | None = None,
+    camera_id: str | None = None,
+    merge_with: Path | None = None,
+    val: float = 0.15,
+    test: float = 0.15,
+    seed: int = 0,
+    progress=None,
+) -> ExportReport:
     """Write the reviewed frames (and, with ``merge_with``, the combined data set) to ``out``."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -96,8 +141,9 @@ def export_reviewed(session: Session, store: ImageStore, out: Path, *, since: dt
         samples, prov = _copy_frames(rows, store, staging, report, progress)
         if not samples:
             raise DatasetError(_nothing_message(rows, report, since, until))
-        reviewed = assign_splits(Dataset(samples=tuple(samples), root=staging), val=val, test=test, seed=seed,
-                                 group_by="manifest")
+        reviewed = assign_splits(
+            Dataset(samples=tuple(samples), root=staging), val=val, test=test, seed=seed, group_by="manifest"
+        )
         write_manifest(reviewed, staging / "reviewed.csv")
         split_of = {s.path: s.split for s in reviewed.samples}
         for p in prov:
@@ -138,26 +184,50 @@ def _copy_frames(rows, store: ImageStore, staging: Path, report: ExportReport, p
         (staging / rel).write_bytes(data)
         group = f"part:{row.part_id}" if row.part_id else f"frame:{row.id}"
         samples.append(Sample(path=staging / rel, label=verdict.label, group=group))
-        prov.append({"path": rel.as_posix(), "label": verdict.label, "split": "", "group": group,
-                     "inspection_id": row.id, "verdict": verdict.verdict, "verdict_id": verdict.id,
-                     "reviewer": verdict.reviewer, "reviewed_at": verdict.created_at.isoformat(),
-                     "comment": verdict.comment or "", "model_label": verdict.model_label,
-                     "model_decision": verdict.model_decision, "defect_score": f"{verdict.model_score:.6f}",
-                     "model_version": row.model_version, "model_hash": row.model_hash, "line_id": row.line_id,
-                     "camera_id": row.camera_id, "part_id": row.part_id or "", "serial": row.serial or "",
-                     "inspected_at": row.created_at.isoformat(), "image_sha256": row.body_sha256})
+        prov.append(
+            {
+                "path": rel.as_posix(),
+                "label": verdict.label,
+                "split": "",
+                "group": group,
+                "inspection_id": row.id,
+                "verdict": verdict.verdict,
+                "verdict_id": verdict.id,
+                "reviewer": verdict.reviewer,
+                "reviewed_at": verdict.created_at.isoformat(),
+                "comment": verdict.comment or "",
+                "model_label": verdict.model_label,
+                "model_decision": verdict.model_decision,
+                "defect_score": f"{verdict.model_score:.6f}",
+                "model_version": row.model_version,
+                "model_hash": row.model_hash,
+                "line_id": row.line_id,
+                "camera_id": row.camera_id,
+                "part_id": row.part_id or "",
+                "serial": row.serial or "",
+                "inspected_at": row.created_at.isoformat(),
+                "image_sha256": row.body_sha256,
+            }
+        )
         report.exported += 1
         report.labels[verdict.label] = report.labels.get(verdict.label, 0) + 1
     return samples, prov
 
 
 def _nothing_message(rows, report: ExportReport, since, until) -> str:
-    span = f"between {since:%Y-%m-%d %H:%M} and {until:%Y-%m-%d %H:%M}" if since and until else \
-        f"since {since:%Y-%m-%d %H:%M}" if since else "at any time"
+    span = (
+        f"between {since:%Y-%m-%d %H:%M} and {until:%Y-%m-%d %H:%M}"
+        if since and until
+        else f"since {since:%Y-%m-%d %H:%M}"
+        if since
+        else "at any time"
+    )
     if not rows:
         return f"no frame was reviewed {span}; nothing to export"
-    return (f"none of the {len(rows)} frames reviewed {span} can be exported: {report.skipped_cant_tell} can't "
-            f"tell, {report.skipped_no_image} with no stored image")
+    return (
+        f"none of the {len(rows)} frames reviewed {span} can be exported: {report.skipped_cant_tell} can't "
+        f"tell, {report.skipped_no_image} with no stored image"
+    )
 
 
 def _write_combined(original: Dataset, reviewed: Dataset, path: Path) -> None:
@@ -177,12 +247,18 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def _write_summary(path: Path, report: ExportReport, since, until, line_id, camera_id, merge_with) -> None:
-    summary = {"andon_version": __version__,
-               "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-               "query": {"since": since.isoformat() if since else None, "until": until.isoformat() if until else None,
-                         "line_id": line_id, "camera_id": camera_id,
-                         "merge_with": str(merge_with) if merge_with else None},
-               **report.as_dict()}
+    summary = {
+        "andon_version": __version__,
+        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "query": {
+            "since": since.isoformat() if since else None,
+            "until": until.isoformat() if until else None,
+            "line_id": line_id,
+            "camera_id": camera_id,
+            "merge_with": str(merge_with) if merge_with else None,
+        },
+        **report.as_dict(),
+    }
     path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
 

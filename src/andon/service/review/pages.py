@@ -24,8 +24,15 @@ from andon.service.review.accounts import authenticate
 from andon.service.review.cards import card_lookup
 from andon.service.review.images import browser_frame, heat_layer_png
 from andon.service.review.reasons import stored_map_name
-from andon.service.review.sessions import (COOKIE, CSRF_FIELD, LOGIN_CSRF_COOKIE, UserPrincipal, cookie_secure,
-                                           csrf_ok, end_session, start_session)
+from andon.service.review.sessions import (
+    COOKIE,
+    CSRF_FIELD,
+    LOGIN_CSRF_COOKIE,
+    cookie_secure,
+    csrf_ok,
+    end_session,
+    start_session,
+)
 from andon.service.review.tables import VERDICTS
 from andon.service.review.verdicts import history, record_verdict
 from andon.service.review.web import error_page, page_user, render
@@ -38,6 +45,7 @@ _LOGIN_COOKIE_AGE = 3600
 
 
 # ---- login ---------------------------------------------------------------------------------------------
+
 
 def _safe_next(target: str | None) -> str:
     """Only local paths: never an open redirect to another site."""
@@ -110,8 +118,9 @@ async def logout(request: Request) -> Response:
     form = await request.form(max_files=0, max_fields=4)
     if user is not None:
         if not csrf_ok(user.csrf_token, str(form.get(CSRF_FIELD, ""))):
-            return error_page(request, 403, "Not logged out", "The page was out of date; reload it and try again.",
-                              user)
+            return error_page(
+                request, 403, "Not logged out", "The page was out of date; reload it and try again.", user
+            )
         ctx = request.app.state.ctx
         with ctx.sessions() as session:
             end_session(session, request.cookies.get(COOKIE, ""))
@@ -128,11 +137,16 @@ def _to_login(request: Request) -> Response:
 
 # ---- the review page -----------------------------------------------------------------------------------
 
+
 def queue_filter(request: Request) -> q.QueueFilter:
     p = request.query_params
-    return q.QueueFilter(status=p.get("status") or "waiting", decision=p.get("decision") or "all",
-                         line_id=p.get("line") or None, camera_id=p.get("camera") or None,
-                         window=p.get("window") or "all")
+    return q.QueueFilter(
+        status=p.get("status") or "waiting",
+        decision=p.get("decision") or "all",
+        line_id=p.get("line") or None,
+        camera_id=p.get("camera") or None,
+        window=p.get("window") or "all",
+    )
 
 
 def _filters_menu(ctx) -> tuple[list[str], list[str]]:
@@ -166,10 +180,25 @@ def review_page(request: Request, item: str | None = None, cursor: str | None = 
         part = part_context(session, ctx, current, f) if current is not None else None
     if item and current is None:
         return error_page(request, 404, "Not found", f"There is no inspection {item}.", user)
-    return render(request, "review.html", {
-        "user": user, "filter": f, "page": result, "counts": counts, "part": part, "total": total, "cap": q.COUNT_CAP,
-        "lines": lines, "cameras": cameras, "cursor": cursor, "statuses": list(q.STATUSES),
-        "windows": list(q.WINDOWS), "current_id": current.id if current is not None else None})
+    return render(
+        request,
+        "review.html",
+        {
+            "user": user,
+            "filter": f,
+            "page": result,
+            "counts": counts,
+            "part": part,
+            "total": total,
+            "cap": q.COUNT_CAP,
+            "lines": lines,
+            "cameras": cameras,
+            "cursor": cursor,
+            "statuses": list(q.STATUSES),
+            "windows": list(q.WINDOWS),
+            "current_id": current.id if current is not None else None,
+        },
+    )
 
 
 @router.get("/review/queue", response_class=HTMLResponse)
@@ -186,8 +215,20 @@ def queue_fragment(request: Request, cursor: str | None = None, current: str | N
     with ctx.sessions() as session:
         result = q.page(session, f, cursor=at)
         total, counts = q.totals(session, f, ctx.extras.get("review_counts"))
-    return render(request, "_queue.html", {"user": user, "filter": f, "page": result, "counts": counts,
-                                           "total": total, "cap": q.COUNT_CAP, "cursor": cursor, "current_id": current})
+    return render(
+        request,
+        "_queue.html",
+        {
+            "user": user,
+            "filter": f,
+            "page": result,
+            "counts": counts,
+            "total": total,
+            "cap": q.COUNT_CAP,
+            "cursor": cursor,
+            "current_id": current,
+        },
+    )
 
 
 @router.get("/review/counts")
@@ -226,24 +267,39 @@ def _fragment_login() -> Response:
 def part_context(session, ctx, row: Inspection, f: q.QueueFilter) -> dict[str, Any]:
     """What the part view shows, and which part comes next in this queue."""
     # queue rows load only the listed columns: the part on screen needs all of them
-    row = session.scalars(select(Inspection).where(Inspection.id == row.id)
-                          .execution_options(populate_existing=True)).one()
+    row = session.scalars(
+        select(Inspection).where(Inspection.id == row.id).execution_options(populate_existing=True)
+    ).one()
     info = card_lookup(ctx).classes(row)
     verdicts = history(session, row.id)
     current = next((v for v in reversed(verdicts) if v.superseded_at is None), None)
     siblings: list[Inspection] = []
     if row.part_id:
-        siblings = list(session.scalars(select(Inspection).where(Inspection.part_id == row.part_id,
-                                                                 Inspection.id != row.id)
-                                        .order_by(Inspection.camera_id, Inspection.id).limit(MAX_SIBLINGS)))
+        siblings = list(
+            session.scalars(
+                select(Inspection)
+                .where(Inspection.part_id == row.part_id, Inspection.id != row.id)
+                .order_by(Inspection.camera_id, Inspection.id)
+                .limit(MAX_SIBLINGS)
+            )
+        )
     nxt = q.next_after(session, f, row)
     scores = sorted(row.scores.items(), key=lambda kv: -kv[1])
     card = card_lookup(ctx).card(row.model_hash)
     map_name = stored_map_name(row.reason, row.anomaly_score, card.output_names if card is not None else None)
-    return {"row": row, "info": info, "verdicts": verdicts, "current": current, "siblings": siblings,
-            "next_id": nxt.id if nxt is not None else None, "scores": scores[:8], "map_name": map_name,
-            "default_defect": info.default_defect(row), "params": f.params(),
-            "reviewable": row.image_key is not None or row.decision != "pass"}
+    return {
+        "row": row,
+        "info": info,
+        "verdicts": verdicts,
+        "current": current,
+        "siblings": siblings,
+        "next_id": nxt.id if nxt is not None else None,
+        "scores": scores[:8],
+        "map_name": map_name,
+        "default_defect": info.default_defect(row),
+        "params": f.params(),
+        "reviewable": row.image_key is not None or row.decision != "pass",
+    }
 
 
 @router.post("/review/part/{inspection_id}/verdict")
@@ -266,10 +322,17 @@ async def verdict_form(request: Request, inspection_id: str) -> Response:
             label = str(form.get("label", "")) or None if verdict == "confirm_defect" else None
             target = session.get(Inspection, inspection_id)
             before = target.review_status if target is not None else None
-            record_verdict(session, inspection_id, verdict=verdict, label=label,
-                           comment=str(form.get("comment", "")) or None, reviewer=user.name, user_id=user.user_id,
-                           supersedes=int(supersedes) if supersedes.isdigit() else None,
-                           info_for=card_lookup(ctx).classes)
+            record_verdict(
+                session,
+                inspection_id,
+                verdict=verdict,
+                label=label,
+                comment=str(form.get("comment", "")) or None,
+                reviewer=user.name,
+                user_id=user.user_id,
+                supersedes=int(supersedes) if supersedes.isdigit() else None,
+                info_for=card_lookup(ctx).classes,
+            )
             row = session.get(Inspection, inspection_id)
             nxt = q.next_after(session, f, row)
             ctx.extras["review_counts"].changed(session, row.decision, before, row.review_status)
@@ -281,6 +344,7 @@ async def verdict_form(request: Request, inspection_id: str) -> Response:
 
 
 # ---- pictures ------------------------------------------------------------------------------------------
+
 
 def _image_row(request: Request, inspection_id: str) -> tuple[Any, Inspection] | Response:
     if page_user(request) is None:

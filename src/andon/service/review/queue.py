@@ -23,14 +23,29 @@ from sqlalchemy.orm import Session, load_only
 
 from andon.errors import ConfigError
 from andon.service.review.tables import AUDIT_CONDITION
-from andon.service.tables import (REVIEW_ESCALATED, REVIEW_NOT_REQUIRED, REVIEW_REVIEWED, REVIEW_UNREVIEWED,
-                                  Inspection, utcnow)
+from andon.service.tables import (
+    REVIEW_ESCALATED,
+    REVIEW_NOT_REQUIRED,
+    REVIEW_REVIEWED,
+    REVIEW_UNREVIEWED,
+    Inspection,
+    utcnow,
+)
 
-STATUSES: dict[str, str] = {"waiting": REVIEW_UNREVIEWED, "escalated": REVIEW_ESCALATED,
-                            "reviewed": REVIEW_REVIEWED, "audit": REVIEW_NOT_REQUIRED}
+STATUSES: dict[str, str] = {
+    "waiting": REVIEW_UNREVIEWED,
+    "escalated": REVIEW_ESCALATED,
+    "reviewed": REVIEW_REVIEWED,
+    "audit": REVIEW_NOT_REQUIRED,
+}
 FLAGGED: tuple[str, ...] = ("reject", "review")
-WINDOWS: dict[str, dt.timedelta | None] = {"1h": dt.timedelta(hours=1), "8h": dt.timedelta(hours=8),
-                                           "24h": dt.timedelta(hours=24), "7d": dt.timedelta(days=7), "all": None}
+WINDOWS: dict[str, dt.timedelta | None] = {
+    "1h": dt.timedelta(hours=1),
+    "8h": dt.timedelta(hours=8),
+    "24h": dt.timedelta(hours=24),
+    "7d": dt.timedelta(days=7),
+    "all": None,
+}
 PAGE_SIZE = 50
 
 
@@ -68,12 +83,17 @@ class QueueFilter:
 
     def params(self) -> dict[str, str]:
         """The filter as query parameters (for links), leaving out defaults."""
-        out = {"status": self.status, "decision": self.decision, "line": self.line_id or "",
-               "camera": self.camera_id or "", "window": self.window}
+        out = {
+            "status": self.status,
+            "decision": self.decision,
+            "line": self.line_id or "",
+            "camera": self.camera_id or "",
+            "window": self.window,
+        }
         defaults = {"status": "waiting", "decision": "all", "line": "", "camera": "", "window": "all"}
         return {k: v for k, v in out.items() if v != defaults[k]}
 
-    def with_(self, **changes: object) -> "QueueFilter":
+    def with_(self, **changes: object) -> QueueFilter:
         return replace(self, **changes)
 
 
@@ -86,7 +106,7 @@ class Cursor:
         return f"{int(self.created_at.timestamp() * 1_000_000)}.{self.id}"
 
     @classmethod
-    def decode(cls, text: str) -> "Cursor":
+    def decode(cls, text: str) -> Cursor:
         try:
             micros, _, ident = text.partition(".")
             if len(ident) != 26 or not ident.isalnum():
@@ -97,7 +117,7 @@ class Cursor:
         return cls(at, ident)
 
     @classmethod
-    def of(cls, row: Inspection) -> "Cursor":
+    def of(cls, row: Inspection) -> Cursor:
         return cls(row.created_at, row.id)
 
 
@@ -108,9 +128,20 @@ class QueuePage:
 
 
 #: what a queue row shows; the other columns (scores, timings) load only for the part on screen
-LIST_COLUMNS = (Inspection.id, Inspection.created_at, Inspection.line_id, Inspection.camera_id,
-                Inspection.part_id, Inspection.label, Inspection.decision, Inspection.defect_score,
-                Inspection.review_status, Inspection.image_key, Inspection.reason, Inspection.anomaly_score)
+LIST_COLUMNS = (
+    Inspection.id,
+    Inspection.created_at,
+    Inspection.line_id,
+    Inspection.camera_id,
+    Inspection.part_id,
+    Inspection.label,
+    Inspection.decision,
+    Inspection.defect_score,
+    Inspection.review_status,
+    Inspection.image_key,
+    Inspection.reason,
+    Inspection.anomaly_score,
+)
 
 
 def _conditions(f: QueueFilter, decision: str, now: dt.datetime | None) -> list:
@@ -136,17 +167,28 @@ def _base(f: QueueFilter, decision: str, now: dt.datetime | None, *, full: bool 
 
 def _older_than(query, cursor: Cursor):
     # a plain range on the indexed column, plus the tie-break on id for rows of the same instant
-    return query.where(Inspection.created_at <= cursor.created_at,
-                       not_(and_(Inspection.created_at == cursor.created_at, Inspection.id >= cursor.id)))
+    return query.where(
+        Inspection.created_at <= cursor.created_at,
+        not_(and_(Inspection.created_at == cursor.created_at, Inspection.id >= cursor.id)),
+    )
 
 
 def _newer_than(query, cursor: Cursor):
-    return query.where(Inspection.created_at >= cursor.created_at,
-                       not_(and_(Inspection.created_at == cursor.created_at, Inspection.id <= cursor.id)))
+    return query.where(
+        Inspection.created_at >= cursor.created_at,
+        not_(and_(Inspection.created_at == cursor.created_at, Inspection.id <= cursor.id)),
+    )
 
 
-def page(session: Session, f: QueueFilter, *, cursor: Cursor | None = None, limit: int = PAGE_SIZE,
-         now: dt.datetime | None = None, full: bool = False) -> QueuePage:
+def page(
+    session: Session,
+    f: QueueFilter,
+    *,
+    cursor: Cursor | None = None,
+    limit: int = PAGE_SIZE,
+    now: dt.datetime | None = None,
+    full: bool = False,
+) -> QueuePage:
     """Up to ``limit`` frames of the queue, newest first, older than ``cursor``; ``full`` loads every column
     (the JSON API), otherwise only what a queue row shows."""
     runs = []
@@ -156,14 +198,15 @@ def page(session: Session, f: QueueFilter, *, cursor: Cursor | None = None, limi
             query = _older_than(query, cursor)
         query = query.order_by(Inspection.created_at.desc(), Inspection.id.desc()).limit(limit + 1)
         runs.append(list(session.scalars(query)))
-    merged = list(heapq.merge(*runs, key=lambda r: (r.created_at, r.id), reverse=True))[:limit + 1]
+    merged = list(heapq.merge(*runs, key=lambda r: (r.created_at, r.id), reverse=True))[: limit + 1]
     more = len(merged) > limit
     items = merged[:limit]
     return QueuePage(items, Cursor.of(items[-1]).encode() if more and items else None)
 
 
-def neighbour(session: Session, f: QueueFilter, row: Inspection, *, older: bool = True,
-              exclude: frozenset[str] = frozenset()) -> Inspection | None:
+def neighbour(
+    session: Session, f: QueueFilter, row: Inspection, *, older: bool = True, exclude: frozenset[str] = frozenset()
+) -> Inspection | None:
     """The next frame to show after ``row``: the next older one in the queue (or newer with ``older=False``)."""
     best: Inspection | None = None
     at = Cursor.of(row)
@@ -218,9 +261,9 @@ def waiting_counts(session: Session) -> dict[str, int]:
     """Frames waiting per queue (all lines): the numbers the header always shows."""
     rows = session.execute(
         select(Inspection.review_status, func.count())
-        .where(Inspection.decision.in_(FLAGGED),
-               Inspection.review_status.in_((REVIEW_UNREVIEWED, REVIEW_ESCALATED)))
-        .group_by(Inspection.review_status)).all()
+        .where(Inspection.decision.in_(FLAGGED), Inspection.review_status.in_((REVIEW_UNREVIEWED, REVIEW_ESCALATED)))
+        .group_by(Inspection.review_status)
+    ).all()
     found = dict(rows)
     return {"waiting": int(found.get(REVIEW_UNREVIEWED, 0)), "escalated": int(found.get(REVIEW_ESCALATED, 0))}
 
@@ -275,8 +318,14 @@ class CountCache:
 def totals(session: Session, f: QueueFilter, cache: CountCache | None = None) -> tuple[int, dict[str, int]]:
     """(frames in this view, the header's waiting counts), counting the unfiltered queues only once."""
     counts = cache.get(session) if cache is not None else waiting_counts(session)
-    plain = (f.decision == "all" and not f.line_id and not f.camera_id and f.since is None and f.until is None
-             and f.window == "all")
+    plain = (
+        f.decision == "all"
+        and not f.line_id
+        and not f.camera_id
+        and f.since is None
+        and f.until is None
+        and f.window == "all"
+    )
     if plain and f.status in counts:
         return counts[f.status], counts
     return count(session, f), counts

@@ -21,8 +21,12 @@ from andon.inspect.decision import UNKNOWN_DEFECT
 CLASSIFIER, PER_CLASS, ANOMALY, NOT_RECORDED = "classifier", "per_class", "anomaly", "not_recorded"
 #: the dashboard's rows, in order
 SIGNALS: tuple[str, ...] = (CLASSIFIER, PER_CLASS, ANOMALY, NOT_RECORDED)
-SIGNAL_TITLES = {CLASSIFIER: "classifier (P(defect))", PER_CLASS: "per-class band", ANOMALY: "anomaly score",
-                 NOT_RECORDED: "not recorded (older records)"}
+SIGNAL_TITLES = {
+    CLASSIFIER: "classifier (P(defect))",
+    PER_CLASS: "per-class band",
+    ANOMALY: "anomaly score",
+    NOT_RECORDED: "not recorded (older records)",
+}
 
 
 def signal_of(reason: str | None) -> str | None:
@@ -52,8 +56,12 @@ def badge(reason: str | None, decision: str) -> Badge:
     if not reason:
         return Badge(decision, "reason-decision", "recorded before the reason was stored")
     if reason == UNKNOWN_DEFECT:
-        return Badge(UNKNOWN_DEFECT, "reason-unknown", "the classifier passed it; the anomaly score flagged it: "
-                     "unlike the good parts and unlike any defect the classifier knows")
+        return Badge(
+            UNKNOWN_DEFECT,
+            "reason-unknown",
+            "the classifier passed it; the anomaly score flagged it: "
+            "unlike the good parts and unlike any defect the classifier knows",
+        )
     if reason == "anomaly":
         return Badge("anomaly", "reason-anomaly", "the good-only anomaly score decided")
     if reason == "defect":
@@ -63,8 +71,9 @@ def badge(reason: str | None, decision: str) -> Badge:
     return Badge(reason, "reason-class", f"the per-class band of {reason} decided")
 
 
-def stored_map_name(reason: str | None, anomaly_score: float | None,
-                    output_names: Mapping[str, str] | None = None) -> str:
+def stored_map_name(
+    reason: str | None, anomaly_score: float | None, output_names: Mapping[str, str] | None = None
+) -> str:
     """What the stored map of a frame is (as ``InspectionResult.display_map`` chose it): "anomaly map" for a
     frame the anomaly score flagged or a model without a class heatmap, else "heatmap". ``output_names`` is
     the model card's, when the model is still known."""

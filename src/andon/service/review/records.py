@@ -19,9 +19,20 @@ from andon.service.tables import Inspection
 
 MAX_ROWS = 300_000
 
-_FRAME_COLUMNS = (Inspection.created_at, Inspection.line_id, Inspection.camera_id, Inspection.decision,
-                  Inspection.label, Inspection.defect_score, Inspection.model_version, Inspection.part_id,
-                  Inspection.brightness, Inspection.contrast, Inspection.focus, Inspection.reason)
+_FRAME_COLUMNS = (
+    Inspection.created_at,
+    Inspection.line_id,
+    Inspection.camera_id,
+    Inspection.decision,
+    Inspection.label,
+    Inspection.defect_score,
+    Inspection.model_version,
+    Inspection.part_id,
+    Inspection.brightness,
+    Inspection.contrast,
+    Inspection.focus,
+    Inspection.reason,
+)
 
 
 @dataclass
@@ -46,7 +57,7 @@ class Frames:
     def __len__(self) -> int:
         return int(self.t.size)
 
-    def where(self, mask: np.ndarray) -> "Frames":
+    def where(self, mask: np.ndarray) -> Frames:
         return Frames(**{k: (v[mask] if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()})
 
 
@@ -58,10 +69,18 @@ def _filtered(query, line_id: str | None, camera_id: str | None):
     return query
 
 
-def frames(session: Session, since: dt.datetime, until: dt.datetime, *, line_id: str | None = None,
-           camera_id: str | None = None, max_rows: int = MAX_ROWS) -> Frames:
-    query = _filtered(select(*_FRAME_COLUMNS).where(Inspection.created_at >= since, Inspection.created_at < until),
-                      line_id, camera_id)
+def frames(
+    session: Session,
+    since: dt.datetime,
+    until: dt.datetime,
+    *,
+    line_id: str | None = None,
+    camera_id: str | None = None,
+    max_rows: int = MAX_ROWS,
+) -> Frames:
+    query = _filtered(
+        select(*_FRAME_COLUMNS).where(Inspection.created_at >= since, Inspection.created_at < until), line_id, camera_id
+    )
     rows = session.execute(query.order_by(Inspection.created_at.desc()).limit(max_rows + 1)).all()
     truncated = len(rows) > max_rows
     rows = rows[:max_rows][::-1]
@@ -70,12 +89,21 @@ def frames(session: Session, since: dt.datetime, until: dt.datetime, *, line_id:
     def floats(values) -> np.ndarray:
         return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
-    return Frames(t=np.array([r.timestamp() for r in cols[0]], dtype=np.float64),
-                  line=np.array(cols[1], dtype=object), camera=np.array(cols[2], dtype=object),
-                  decision=np.array(cols[3], dtype=object), label=np.array(cols[4], dtype=object),
-                  score=floats(cols[5]), model_version=np.array(cols[6], dtype=object),
-                  part_id=np.array(cols[7], dtype=object), brightness=floats(cols[8]), contrast=floats(cols[9]),
-                  focus=floats(cols[10]), reason=np.array(cols[11], dtype=object), truncated=truncated)
+    return Frames(
+        t=np.array([r.timestamp() for r in cols[0]], dtype=np.float64),
+        line=np.array(cols[1], dtype=object),
+        camera=np.array(cols[2], dtype=object),
+        decision=np.array(cols[3], dtype=object),
+        label=np.array(cols[4], dtype=object),
+        score=floats(cols[5]),
+        model_version=np.array(cols[6], dtype=object),
+        part_id=np.array(cols[7], dtype=object),
+        brightness=floats(cols[8]),
+        contrast=floats(cols[9]),
+        focus=floats(cols[10]),
+        reason=np.array(cols[11], dtype=object),
+        truncated=truncated,
+    )
 
 
 @dataclass(frozen=True)
@@ -94,26 +122,55 @@ class VerdictRecord:
     comment: str | None
 
 
-def current_verdicts(session: Session, since: dt.datetime, until: dt.datetime, *, line_id: str | None = None,
-                     camera_id: str | None = None, by: str = "inspected") -> list[VerdictRecord]:
+def current_verdicts(
+    session: Session,
+    since: dt.datetime,
+    until: dt.datetime,
+    *,
+    line_id: str | None = None,
+    camera_id: str | None = None,
+    by: str = "inspected",
+) -> list[VerdictRecord]:
     """The current verdict of every judged frame in the range: frames inspected in it (``by="inspected"``)
     or verdicts given in it (``by="reviewed"``)."""
     column = Inspection.created_at if by == "inspected" else ReviewVerdict.created_at
-    query = (select(ReviewVerdict.inspection_id, Inspection.created_at, Inspection.line_id, Inspection.camera_id,
-                    Inspection.part_id, Inspection.decision, ReviewVerdict.model_label, ReviewVerdict.verdict,
-                    ReviewVerdict.label, ReviewVerdict.reviewer, ReviewVerdict.created_at, ReviewVerdict.comment)
-             .join(Inspection, Inspection.id == ReviewVerdict.inspection_id)
-             .where(ReviewVerdict.superseded_at.is_(None), column >= since, column < until))
+    query = (
+        select(
+            ReviewVerdict.inspection_id,
+            Inspection.created_at,
+            Inspection.line_id,
+            Inspection.camera_id,
+            Inspection.part_id,
+            Inspection.decision,
+            ReviewVerdict.model_label,
+            ReviewVerdict.verdict,
+            ReviewVerdict.label,
+            ReviewVerdict.reviewer,
+            ReviewVerdict.created_at,
+            ReviewVerdict.comment,
+        )
+        .join(Inspection, Inspection.id == ReviewVerdict.inspection_id)
+        .where(ReviewVerdict.superseded_at.is_(None), column >= since, column < until)
+    )
     query = _filtered(query, line_id, camera_id).order_by(ReviewVerdict.created_at)
     return [VerdictRecord(*row) for row in session.execute(query).all()]
 
 
-def reference_scores(session: Session, model_version: str, *, line_id: str | None = None,
-                     camera_id: str | None = None, frames_: int = 1000) -> tuple[np.ndarray, dt.datetime | None]:
+def reference_scores(
+    session: Session,
+    model_version: str,
+    *,
+    line_id: str | None = None,
+    camera_id: str | None = None,
+    frames_: int = 1000,
+) -> tuple[np.ndarray, dt.datetime | None]:
     """Defect scores of the first ``frames_`` frames this model version judged (with the same filters),
     and when that reference window ended: the drift baseline (see ``stats``)."""
-    query = _filtered(select(Inspection.defect_score, Inspection.created_at)
-                      .where(Inspection.model_version == model_version), line_id, camera_id)
+    query = _filtered(
+        select(Inspection.defect_score, Inspection.created_at).where(Inspection.model_version == model_version),
+        line_id,
+        camera_id,
+    )
     rows = session.execute(query.order_by(Inspection.created_at).limit(frames_)).all()
     if not rows:
         return np.zeros(0), None

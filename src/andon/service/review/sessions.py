@@ -57,8 +57,16 @@ def start_session(session: Session, user: User, hours: float) -> str:
     token = secrets.token_urlsafe(32)
     now = utcnow()
     session.execute(delete(WebSession).where(WebSession.expires_at < now - SESSION_RECORDS_KEPT))
-    session.add(WebSession(token_hash=token_hash(token), user_id=user.id, csrf_token=secrets.token_urlsafe(32),
-                           created_at=now, expires_at=now + dt.timedelta(hours=hours), last_seen_at=now))
+    session.add(
+        WebSession(
+            token_hash=token_hash(token),
+            user_id=user.id,
+            csrf_token=secrets.token_urlsafe(32),
+            created_at=now,
+            expires_at=now + dt.timedelta(hours=hours),
+            last_seen_at=now,
+        )
+    )
     user.last_login_at = now
     return token
 
@@ -70,16 +78,20 @@ def end_session(session: Session, token: str) -> None:
 
 
 def end_user_sessions(session: Session, user_id: int) -> None:
-    session.execute(update(WebSession).where(WebSession.user_id == user_id, WebSession.ended_at.is_(None))
-                    .values(ended_at=utcnow()))
+    session.execute(
+        update(WebSession).where(WebSession.user_id == user_id, WebSession.ended_at.is_(None)).values(ended_at=utcnow())
+    )
 
 
 def principal_for(session: Session, token: str | None) -> UserPrincipal | None:
     """The logged-in user of a cookie token, or None when absent, unknown, ended, expired or disabled."""
     if not token or len(token) > 100:
         return None
-    found = session.execute(select(WebSession, User).join(User, User.id == WebSession.user_id)
-                            .where(WebSession.token_hash == token_hash(token))).first()
+    found = session.execute(
+        select(WebSession, User)
+        .join(User, User.id == WebSession.user_id)
+        .where(WebSession.token_hash == token_hash(token))
+    ).first()
     if found is None:
         return None
     row, user = found
@@ -89,8 +101,9 @@ def principal_for(session: Session, token: str | None) -> UserPrincipal | None:
     if now - row.last_seen_at > _TOUCH_EVERY:  # one small write a minute, not one per request
         row.last_seen_at = now
         session.commit()
-    return UserPrincipal(role=user.role, name=user.username, user_id=user.id, csrf_token=row.csrf_token,
-                         session_hash=row.token_hash)
+    return UserPrincipal(
+        role=user.role, name=user.username, user_id=user.id, csrf_token=row.csrf_token, session_hash=row.token_hash
+    )
 
 
 def csrf_ok(expected: str, presented: str | None) -> bool:
@@ -111,10 +124,14 @@ def session_authenticator(request: object, session: Session) -> Principal | None
     principal = principal_for(session, token)
     if principal is None:
         return None
-    if request.method not in SAFE_METHODS and not csrf_ok(principal.csrf_token,  # type: ignore[attr-defined]
-                                                          request.headers.get(CSRF_HEADER)):  # type: ignore[attr-defined]
-        raise PermissionDeniedError("missing or wrong CSRF token: a change made with a login session needs the "
-                                    "session's token in the X-CSRF-Token header")
+    if request.method not in SAFE_METHODS and not csrf_ok(
+        principal.csrf_token,  # type: ignore[attr-defined]
+        request.headers.get(CSRF_HEADER),
+    ):  # type: ignore[attr-defined]
+        raise PermissionDeniedError(
+            "missing or wrong CSRF token: a change made with a login session needs the "
+            "session's token in the X-CSRF-Token header"
+        )
     return principal
 
 

@@ -17,8 +17,14 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from andon.service.review.tables import CANT_TELL, CONFIRM_DEFECT, FALSE_ALARM, ReviewVerdict
-from andon.service.tables import (REVIEW_ESCALATED, REVIEW_NOT_REQUIRED, REVIEW_REVIEWED, REVIEW_UNREVIEWED,
-                                  Inspection, new_id)
+from andon.service.tables import (
+    REVIEW_ESCALATED,
+    REVIEW_NOT_REQUIRED,
+    REVIEW_REVIEWED,
+    REVIEW_UNREVIEWED,
+    Inspection,
+    new_id,
+)
 
 DEFECTS = ("scratch", "dent", "stain")
 CLASSES = ("ok", *DEFECTS)
@@ -46,8 +52,9 @@ class LineHistory:
     model_version: str = "1"
     model_hash: str = "0" * 64
     seed: int = 0
-    events: list[Event] = field(default_factory=lambda: [Event("L1-cam2", 0.70, 0.80, "lamp"),
-                                                         Event("L2-cam1", 0.85, 1.00, "focus")])
+    events: list[Event] = field(
+        default_factory=lambda: [Event("L1-cam2", 0.70, 0.80, "lamp"), Event("L2-cam1", 0.85, 1.00, "focus")]
+    )
 
     def cameras(self) -> list[tuple[str, str]]:
         return [(line, f"{line}-cam{i + 1}") for line in self.lines for i in range(self.cameras_per_line)]
@@ -111,16 +118,38 @@ def _frame(rng, h: LineHistory, line: str, camera: str, active: set[str], at: dt
         label = str(rng.choice(DEFECTS))
     share = rng.dirichlet(np.ones(len(DEFECTS)))
     scores = {"ok": 1.0 - score, **{d: float(score * s) for d, s in zip(DEFECTS, share)}}
-    return {"id": new_id(), "created_at": at, "captured_at": None, "line_id": line, "camera_id": camera,
-            "part_id": f"{line}-P{i // 2:07d}", "serial": None, "label": label, "decision": decision,
-            "defect_score": float(score), "scores": scores, "reasons": [], "model_version": h.model_version,
-            "model_hash": h.model_hash, "image_format": "JPEG", "image_width": 2448, "image_height": 2048,
-            "image_bytes": 600_000, "body_sha256": "0" * 64, "image_key": None, "heatmap_key": None,
-            "image_pruned_at": None,
-            "review_status": REVIEW_NOT_REQUIRED if decision == "pass" else REVIEW_UNREVIEWED,
-            "idempotency_key": None, "timings_ms": {}, "reason": "pass" if decision == "pass" else "defect",
-            "anomaly_score": None, "brightness": round(float(brightness), 2),
-            "contrast": round(float(contrast), 2), "focus": round(float(focus), 2)}
+    return {
+        "id": new_id(),
+        "created_at": at,
+        "captured_at": None,
+        "line_id": line,
+        "camera_id": camera,
+        "part_id": f"{line}-P{i // 2:07d}",
+        "serial": None,
+        "label": label,
+        "decision": decision,
+        "defect_score": float(score),
+        "scores": scores,
+        "reasons": [],
+        "model_version": h.model_version,
+        "model_hash": h.model_hash,
+        "image_format": "JPEG",
+        "image_width": 2448,
+        "image_height": 2048,
+        "image_bytes": 600_000,
+        "body_sha256": "0" * 64,
+        "image_key": None,
+        "heatmap_key": None,
+        "image_pruned_at": None,
+        "review_status": REVIEW_NOT_REQUIRED if decision == "pass" else REVIEW_UNREVIEWED,
+        "idempotency_key": None,
+        "timings_ms": {},
+        "reason": "pass" if decision == "pass" else "defect",
+        "anomaly_score": None,
+        "brightness": round(float(brightness), 2),
+        "contrast": round(float(contrast), 2),
+        "focus": round(float(focus), 2),
+    }
 
 
 def _verdict(rng, row: dict) -> dict:
@@ -133,7 +162,17 @@ def _verdict(rng, row: dict) -> dict:
         label = row["label"] if row["label"] in DEFECTS and rng.random() < 0.9 else str(rng.choice(DEFECTS))
     else:
         verdict, label = FALSE_ALARM, "ok"
-    return {"inspection_id": row["id"], "verdict": verdict, "label": label, "comment": None, "user_id": None,
-            "reviewer": "sim-operator", "created_at": row["created_at"] + dt.timedelta(minutes=float(rng.uniform(1, 30))),
-            "model_label": row["label"], "model_decision": row["decision"], "model_score": row["defect_score"],
-            "superseded_at": None, "superseded_by": None}
+    return {
+        "inspection_id": row["id"],
+        "verdict": verdict,
+        "label": label,
+        "comment": None,
+        "user_id": None,
+        "reviewer": "sim-operator",
+        "created_at": row["created_at"] + dt.timedelta(minutes=float(rng.uniform(1, 30))),
+        "model_label": row["label"],
+        "model_decision": row["decision"],
+        "model_score": row["defect_score"],
+        "superseded_at": None,
+        "superseded_by": None,
+    }

@@ -47,8 +47,9 @@ class PChart:
         return int(self.out.sum())
 
 
-def p_chart(x: list[int] | np.ndarray, n: list[int] | np.ndarray, *, sigmas: float = 3.0,
-            centre: float | None = None) -> PChart:
+def p_chart(
+    x: list[int] | np.ndarray, n: list[int] | np.ndarray, *, sigmas: float = 3.0, centre: float | None = None
+) -> PChart:
     """p-chart of counts ``x`` in subgroups of size ``n`` (subgroups with n = 0 get NaN and are not flagged).
 
     ``centre`` fixes the centre line (a standard from a reference period); by default it is estimated from

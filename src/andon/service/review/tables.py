@@ -84,5 +84,11 @@ AUDIT_CONDITION = "image_key IS NOT NULL"
 # On the service's table, declared here: a partial index over frames with a stored image. For the audit
 # queue (passes whose image was sampled) it is a range of a few thousand entries instead of a walk over
 # every passed frame; SQLite's planner prefers it to the queue index because it is smaller.
-Index("ix_inspections_audit", Inspection.decision, Inspection.review_status, Inspection.created_at,
-      sqlite_where=text(AUDIT_CONDITION), postgresql_where=text(AUDIT_CONDITION))
+Index(
+    "ix_inspections_audit",
+    Inspection.decision,
+    Inspection.review_status,
+    Inspection.created_at,
+    sqlite_where=text(AUDIT_CONDITION),
+    postgresql_where=text(AUDIT_CONDITION),
+)

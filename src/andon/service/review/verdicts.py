@@ -40,7 +40,7 @@ class ClassInfo:
     good_label: str
 
     @classmethod
-    def from_scores(cls, scores: dict[str, float], card=None) -> "ClassInfo":
+    def from_scores(cls, scores: dict[str, float], card=None) -> ClassInfo:
         classes = tuple(card.classes) if card is not None else tuple(scores)
         if card is not None:
             defects, goods = tuple(card.defect_classes), tuple(card.good_classes)
@@ -62,8 +62,9 @@ def resolve_label(verdict: str, label: str | None, row: Inspection, info: ClassI
         if not label:
             return info.default_defect(row)
         if label not in info.defect_classes:
-            raise ConfigError(f"defect type {label!r} is not one of the model's defect classes "
-                              f"{', '.join(info.defect_classes)}")
+            raise ConfigError(
+                f"defect type {label!r} is not one of the model's defect classes {', '.join(info.defect_classes)}"
+            )
         return label
     if verdict == FALSE_ALARM:
         if label and label != info.good_label:
@@ -75,20 +76,36 @@ def resolve_label(verdict: str, label: str | None, row: Inspection, info: ClassI
 
 
 def current_verdict(session: Session, inspection_id: str) -> ReviewVerdict | None:
-    return session.scalars(select(ReviewVerdict).where(ReviewVerdict.inspection_id == inspection_id,
-                                                       ReviewVerdict.superseded_at.is_(None))
-                           .order_by(ReviewVerdict.id.desc()).limit(1)).first()
+    return session.scalars(
+        select(ReviewVerdict)
+        .where(ReviewVerdict.inspection_id == inspection_id, ReviewVerdict.superseded_at.is_(None))
+        .order_by(ReviewVerdict.id.desc())
+        .limit(1)
+    ).first()
 
 
 def history(session: Session, inspection_id: str) -> list[ReviewVerdict]:
     """Every verdict on the frame, oldest first."""
-    return list(session.scalars(select(ReviewVerdict).where(ReviewVerdict.inspection_id == inspection_id)
-                                .order_by(ReviewVerdict.id)))
+    return list(
+        session.scalars(
+            select(ReviewVerdict).where(ReviewVerdict.inspection_id == inspection_id).order_by(ReviewVerdict.id)
+        )
+    )
 
 
-def record_verdict(session: Session, inspection_id: str, *, verdict: str, reviewer: str, info_for,
-                   label: str | None = None, comment: str | None = None, user_id: int | None = None,
-                   supersedes: int | None = None, check_supersedes: bool = True) -> ReviewVerdict:
+def record_verdict(
+    session: Session,
+    inspection_id: str,
+    *,
+    verdict: str,
+    reviewer: str,
+    info_for,
+    label: str | None = None,
+    comment: str | None = None,
+    user_id: int | None = None,
+    supersedes: int | None = None,
+    check_supersedes: bool = True,
+) -> ReviewVerdict:
     """Append a verdict and set the frame's review status; commits. ``info_for(row)`` gives its ClassInfo."""
     if verdict not in VERDICTS:
         raise ConfigError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
@@ -105,9 +122,18 @@ def record_verdict(session: Session, inspection_id: str, *, verdict: str, review
     previous = current_verdict(session, inspection_id)
     if check_supersedes and (previous.id if previous else None) != supersedes:
         raise VerdictConflictError(_conflict_message(previous, supersedes))
-    new = ReviewVerdict(inspection_id=inspection_id, verdict=verdict, label=label, comment=comment,
-                        user_id=user_id, reviewer=reviewer, created_at=now, model_label=row.label,
-                        model_decision=row.decision, model_score=float(row.defect_score))
+    new = ReviewVerdict(
+        inspection_id=inspection_id,
+        verdict=verdict,
+        label=label,
+        comment=comment,
+        user_id=user_id,
+        reviewer=reviewer,
+        created_at=now,
+        model_label=row.label,
+        model_decision=row.decision,
+        model_score=float(row.defect_score),
+    )
     session.add(new)
     session.flush()
     if previous is not None:
@@ -121,5 +147,7 @@ def record_verdict(session: Session, inspection_id: str, *, verdict: str, review
 def _conflict_message(previous: ReviewVerdict | None, supersedes: int | None) -> str:
     if previous is None:
         return f"verdict {supersedes} is not this frame's current verdict (it has none); reload the part"
-    return (f"this frame was judged meanwhile: {previous.verdict.replace('_', ' ')} by {previous.reviewer} at "
-            f"{previous.created_at:%H:%M:%S} UTC (verdict {previous.id}); reload the part to change it")
+    return (
+        f"this frame was judged meanwhile: {previous.verdict.replace('_', ' ')} by {previous.reviewer} at "
+        f"{previous.created_at:%H:%M:%S} UTC (verdict {previous.id}); reload the part to change it"
+    )

@@ -25,10 +25,17 @@ HERE = Path(__file__).parent
 STATIC_URL = "/review/static"
 
 #: pages allow only their own scripts, styles and images: no inline script, nothing from elsewhere
-CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-       "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
-PAGE_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
-                "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY", "Cache-Control": "no-store"}
+CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+)
+PAGE_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
 
 
 def _local(value: dt.datetime | None, fmt: str = "%H:%M:%S") -> str:
@@ -69,8 +76,9 @@ def render(request: Request, name: str, context: dict, status_code: int = 200) -
     return response
 
 
-def error_page(request: Request, status: int, title: str, message: str, user: UserPrincipal | None = None
-               ) -> HTMLResponse:
+def error_page(
+    request: Request, status: int, title: str, message: str, user: UserPrincipal | None = None
+) -> HTMLResponse:
     return render(request, "error.html", {"title": title, "message": message, "user": user}, status_code=status)
 
 

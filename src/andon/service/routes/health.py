@@ -23,15 +23,22 @@ async def livez() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Model loaded and warm, storage writable, disk above the low-water mark",
-            responses={503: {"description": "not ready; 'reasons' says why"}})
+@router.get(
+    "/readyz",
+    summary="Model loaded and warm, storage writable, disk above the low-water mark",
+    responses={503: {"description": "not ready; 'reasons' says why"}},
+)
 async def readyz(ctx: ContextDep) -> Any:
     reasons = await run_in_threadpool(readiness_problems, ctx)
     models = ctx.runtime.snapshot()
-    body = {"status": "ready" if not reasons else "not ready", "reasons": reasons,
-            "model_version": models.active.model_version if models.active else None,
-            "shadow_version": models.shadow.model_version if models.shadow else None,
-            "queue_depth": ctx.admission.depth, "queue_capacity": ctx.admission.capacity}
+    body = {
+        "status": "ready" if not reasons else "not ready",
+        "reasons": reasons,
+        "model_version": models.active.model_version if models.active else None,
+        "shadow_version": models.shadow.model_version if models.shadow else None,
+        "queue_depth": ctx.admission.depth,
+        "queue_capacity": ctx.admission.capacity,
+    }
     if reasons:
         return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
     return body
@@ -52,8 +59,10 @@ def readiness_problems(ctx) -> list[str]:
     free = ctx.store.free_bytes()
     low = ctx.settings.min_free_disk_mb * 1024 * 1024
     if free is not None and free < low:
-        reasons.append(f"disk nearly full: {free // (1024 * 1024)} MB free, the low-water mark is "
-                       f"{ctx.settings.min_free_disk_mb} MB")
+        reasons.append(
+            f"disk nearly full: {free // (1024 * 1024)} MB free, the low-water mark is "
+            f"{ctx.settings.min_free_disk_mb} MB"
+        )
     return reasons
 
 
@@ -62,12 +71,25 @@ def metrics(ctx: ContextDep) -> Response:
     return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-@router.post("/v1/admin/retention", response_model=RetentionOut, tags=["admin"],
-             summary="Run the retention policy now (it also runs periodically)")
+@router.post(
+    "/v1/admin/retention",
+    response_model=RetentionOut,
+    tags=["admin"],
+    summary="Run the retention policy now (it also runs periodically)",
+)
 async def run_retention(ctx: ContextDep, _: CanManage) -> Any:
     s = ctx.settings
-    report = await run_in_threadpool(prune, ctx.sessions, ctx.store, pass_days=s.retention_pass_days,
-                                     reviewed_days=s.retention_reviewed_days,
-                                     orphan_grace_s=s.orphan_grace_s)
-    return RetentionOut(images_pruned=report.images_pruned, bytes_freed=report.bytes_freed,
-                        orphans_removed=report.orphans_removed, orphan_bytes=report.orphan_bytes)
+    report = await run_in_threadpool(
+        prune,
+        ctx.sessions,
+        ctx.store,
+        pass_days=s.retention_pass_days,
+        reviewed_days=s.retention_reviewed_days,
+        orphan_grace_s=s.orphan_grace_s,
+    )
+    return RetentionOut(
+        images_pruned=report.images_pruned,
+        bytes_freed=report.bytes_freed,
+        orphans_removed=report.orphans_removed,
+        orphan_bytes=report.orphan_bytes,
+    )

@@ -30,31 +30,69 @@ _META_FIELDS = ("camera_id", "line_id", "part_id", "serial", "captured_at")
 _MEDIA = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff"}
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
-_SINGLE_BODY = {"requestBody": {"required": True, "description": "the frame: the raw image as the body (metadata "
-                "as query parameters), or multipart with a file field 'frame' plus the metadata fields",
-                "content": {"image/jpeg": _BINARY, "image/png": _BINARY, "image/bmp": _BINARY,
-                            "image/tiff": _BINARY, "application/octet-stream": _BINARY,
-                            "multipart/form-data": {"schema": {
-                                "type": "object", "required": ["frame", "camera_id", "line_id"],
-                                "properties": {"frame": {"type": "string", "format": "binary"},
-                                               **{k: {"type": "string"} for k in _META_FIELDS}}}}}}}
-_BATCH_BODY = {"requestBody": {"required": True, "description": "multipart: repeated file field 'frame'; shared "
-               "metadata fields; optional 'meta', a JSON list with one object per frame (camera_id, line_id, "
-               "part_id, serial, captured_at, idempotency_key) overriding the shared fields",
-               "content": {"multipart/form-data": {"schema": {
-                   "type": "object", "required": ["frame"],
-                   "properties": {"frame": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                                  "meta": {"type": "string"}, **{k: {"type": "string"} for k in _META_FIELDS}}}}}}}
+_SINGLE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "the frame: the raw image as the body (metadata "
+        "as query parameters), or multipart with a file field 'frame' plus the metadata fields",
+        "content": {
+            "image/jpeg": _BINARY,
+            "image/png": _BINARY,
+            "image/bmp": _BINARY,
+            "image/tiff": _BINARY,
+            "application/octet-stream": _BINARY,
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["frame", "camera_id", "line_id"],
+                    "properties": {
+                        "frame": {"type": "string", "format": "binary"},
+                        **{k: {"type": "string"} for k in _META_FIELDS},
+                    },
+                }
+            },
+        },
+    }
+}
+_BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "multipart: repeated file field 'frame'; shared "
+        "metadata fields; optional 'meta', a JSON list with one object per frame (camera_id, line_id, "
+        "part_id, serial, captured_at, idempotency_key) overriding the shared fields",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["frame"],
+                    "properties": {
+                        "frame": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "meta": {"type": "string"},
+                        **{k: {"type": "string"} for k in _META_FIELDS},
+                    },
+                }
+            }
+        },
+    }
+}
 
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255,
-                                              description="a camera retrying the same frame with the same key "
-                                              "gets the same answer and no duplicate record")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="a camera retrying the same frame with the same key gets the same answer and no duplicate record",
+    ),
+]
 
 
-@router.post("", status_code=201, response_model=InspectionOut,
-             openapi_extra=_SINGLE_BODY, summary="Inspect one frame")
+@router.post("", status_code=201, response_model=InspectionOut, openapi_extra=_SINGLE_BODY, summary="Inspect one frame")
 async def create_inspection(
-    request: Request, response: Response, ctx: ContextDep, principal: CanInspect, background: BackgroundTasks,
+    request: Request,
+    response: Response,
+    ctx: ContextDep,
+    principal: CanInspect,
+    background: BackgroundTasks,
     idempotency_key: IdempotencyKey = None,
     camera_id: Annotated[str | None, Query(max_length=64)] = None,
     line_id: Annotated[str | None, Query(max_length=64)] = None,
@@ -64,8 +102,13 @@ async def create_inspection(
     heatmap: Annotated[bool, Query(description="include the heatmap grid in the answer")] = False,
 ) -> Any:
     started = time.perf_counter()
-    query = {"camera_id": camera_id, "line_id": line_id, "part_id": part_id, "serial": serial,
-             "captured_at": captured_at}
+    query = {
+        "camera_id": camera_id,
+        "line_id": line_id,
+        "part_id": part_id,
+        "serial": serial,
+        "captured_at": captured_at,
+    }
     weight = ctx.admission.acquire(1)
     try:
         data, fields = await _read_single(request)
@@ -82,10 +125,18 @@ async def create_inspection(
     return item
 
 
-@router.post("/batch", status_code=201, response_model=BatchOut,
-             openapi_extra=_BATCH_BODY, summary="Inspect several frames (a line PC); all or nothing")
+@router.post(
+    "/batch",
+    status_code=201,
+    response_model=BatchOut,
+    openapi_extra=_BATCH_BODY,
+    summary="Inspect several frames (a line PC); all or nothing",
+)
 async def create_batch(
-    request: Request, ctx: ContextDep, principal: CanInspect, background: BackgroundTasks,
+    request: Request,
+    ctx: ContextDep,
+    principal: CanInspect,
+    background: BackgroundTasks,
     idempotency_key: IdempotencyKey = None,
     heatmap: Annotated[bool, Query()] = False,
 ) -> Any:
@@ -105,13 +156,13 @@ async def create_batch(
 
 @router.get("", response_model=InspectionPage, summary="List inspections, newest first")
 def list_inspections(
-    session: SessionDep, _: CanRead,
+    session: SessionDep,
+    _: CanRead,
     line_id: Annotated[str | None, Query(max_length=64)] = None,
     camera_id: Annotated[str | None, Query(max_length=64)] = None,
     part_id: Annotated[str | None, Query(max_length=128)] = None,
     decision: Annotated[list[DecisionName] | None, Query(description="repeatable")] = None,
-    review_status: Annotated[list[str] | None, Query(description=f"repeatable: {', '.join(REVIEW_STATUSES)}")
-                             ] = None,
+    review_status: Annotated[list[str] | None, Query(description=f"repeatable: {', '.join(REVIEW_STATUSES)}")] = None,
     model_version: Annotated[str | None, Query(max_length=128)] = None,
     since: Annotated[dt.datetime | None, Query(description="created at or after (ISO 8601)")] = None,
     until: Annotated[dt.datetime | None, Query(description="created before (ISO 8601)")] = None,
@@ -119,8 +170,12 @@ def list_inspections(
     cursor: Annotated[str | None, Query(max_length=26, pattern=r"^[0-9A-Z]{26}$")] = None,
 ) -> Any:
     query = select(Inspection).order_by(Inspection.id.desc()).limit(limit + 1)
-    for column, value in ((Inspection.line_id, line_id), (Inspection.camera_id, camera_id),
-                          (Inspection.part_id, part_id), (Inspection.model_version, model_version)):
+    for column, value in (
+        (Inspection.line_id, line_id),
+        (Inspection.camera_id, camera_id),
+        (Inspection.part_id, part_id),
+        (Inspection.model_version, model_version),
+    ):
         if value is not None:
             query = query.where(column == value)
     if decision:
@@ -136,13 +191,15 @@ def list_inspections(
     rows = list(session.scalars(query))
     more = len(rows) > limit
     rows = rows[:limit]
-    return InspectionPage(items=[InspectionOut.from_row(r) for r in rows],
-                          next_cursor=rows[-1].id if more and rows else None)
+    return InspectionPage(
+        items=[InspectionOut.from_row(r) for r in rows], next_cursor=rows[-1].id if more and rows else None
+    )
 
 
 @router.get("/{inspection_id}", response_model=InspectionOut)
-def get_inspection(inspection_id: str, session: SessionDep, ctx: ContextDep, _: CanRead,
-                   heatmap: Annotated[bool, Query()] = False) -> Any:
+def get_inspection(
+    inspection_id: str, session: SessionDep, ctx: ContextDep, _: CanRead, heatmap: Annotated[bool, Query()] = False
+) -> Any:
     row = _get(session, inspection_id)
     grid = None
     if heatmap and row.heatmap_key:
@@ -151,24 +208,40 @@ def get_inspection(inspection_id: str, session: SessionDep, ctx: ContextDep, _: 
     return InspectionOut.from_row(row, grid)
 
 
-@router.get("/{inspection_id}/image", response_class=Response,
-            responses={200: {"content": {m: {} for m in _MEDIA.values()}, "description": "the frame as posted"}})
+@router.get(
+    "/{inspection_id}/image",
+    response_class=Response,
+    responses={200: {"content": {m: {} for m in _MEDIA.values()}, "description": "the frame as posted"}},
+)
 def get_image(inspection_id: str, session: SessionDep, ctx: ContextDep, _: CanRead) -> Response:
     row = _get(session, inspection_id)
     if row.image_key is None:
-        raise NotFoundError(f"inspection {inspection_id} has no stored image ("
-                            f"{'pruned by retention' if row.image_pruned_at else 'passes are only sampled'})")
+        raise NotFoundError(
+            f"inspection {inspection_id} has no stored image ("
+            f"{'pruned by retention' if row.image_pruned_at else 'passes are only sampled'})"
+        )
     data = ctx.store.get(row.image_key)
-    return Response(data, media_type=_MEDIA.get(row.image_format, "application/octet-stream"),
-                    headers={"Cache-Control": "private, max-age=86400, immutable"})
+    return Response(
+        data,
+        media_type=_MEDIA.get(row.image_format, "application/octet-stream"),
+        headers={"Cache-Control": "private, max-age=86400, immutable"},
+    )
 
 
-@router.get("/{inspection_id}/heatmap", response_class=Response,
-            responses={200: {"content": {"image/png": {}}, "description": "heatmap over the frame (PNG)"}})
-def get_heatmap(inspection_id: str, session: SessionDep, ctx: ContextDep, _: CanRead,
-                overlay: Annotated[bool, Query(description="blend over the frame; false: heatmap alone")] = True,
-                max_side: Annotated[int, Query(ge=64, le=4096)] = 1024,
-                alpha: Annotated[float, Query(ge=0.0, le=1.0)] = 0.5) -> Response:
+@router.get(
+    "/{inspection_id}/heatmap",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "heatmap over the frame (PNG)"}},
+)
+def get_heatmap(
+    inspection_id: str,
+    session: SessionDep,
+    ctx: ContextDep,
+    _: CanRead,
+    overlay: Annotated[bool, Query(description="blend over the frame; false: heatmap alone")] = True,
+    max_side: Annotated[int, Query(ge=64, le=4096)] = 1024,
+    alpha: Annotated[float, Query(ge=0.0, le=1.0)] = 0.5,
+) -> Response:
     row = _get(session, inspection_id)
     if row.heatmap_key is None:
         raise NotFoundError(f"inspection {inspection_id} has no stored heatmap")
@@ -177,13 +250,16 @@ def get_heatmap(inspection_id: str, session: SessionDep, ctx: ContextDep, _: Can
         raise NotFoundError(f"the heatmap of inspection {inspection_id} is no longer stored")
     image = None
     if overlay and row.image_key is not None:
-        image = _fit(decode(ctx.store.get(row.image_key), target_hw=(max_side, max_side),
-                            max_pixels=ctx.settings.max_pixels), max_side)
+        image = _fit(
+            decode(ctx.store.get(row.image_key), target_hw=(max_side, max_side), max_pixels=ctx.settings.max_pixels),
+            max_side,
+        )
     png = heatmap_png(image, heat, alpha, spec=_spec_for(ctx, row.model_hash), size=max_side)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
 # ---- helpers -------------------------------------------------------------------------------------------
+
 
 def _get(session, inspection_id: str) -> Inspection:
     row = session.get(Inspection, inspection_id)
@@ -220,6 +296,7 @@ def _spec_for(ctx, model_hash: str):
             import onnx
 
             from andon.inspect.onnxfile import read_card
+
             spec = read_card(onnx.load(str(entry.path), load_external_data=False)).preprocess
         cache[model_hash] = spec
     return cache[model_hash]
@@ -246,14 +323,18 @@ async def _read_single(request: Request) -> tuple[bytes, dict[str, str]]:
         try:
             files = _files(form)
             if len(files) != 1:
-                raise InvalidRequestError(f"multipart body needs exactly one file field 'frame', got {len(files)}; "
-                                          "several frames go to /v1/inspections/batch")
+                raise InvalidRequestError(
+                    f"multipart body needs exactly one file field 'frame', got {len(files)}; "
+                    "several frames go to /v1/inspections/batch"
+                )
             return await files[0].read(), _fields(form, _META_FIELDS)
         finally:
             await form.close()
     if media and not (media.startswith("image/") or media == "application/octet-stream"):
-        raise UnsupportedMediaTypeError(f"content type {media} is not accepted; send the image as the body "
-                                        "(image/jpeg, image/png, ...) or as multipart/form-data")
+        raise UnsupportedMediaTypeError(
+            f"content type {media} is not accepted; send the image as the body "
+            "(image/jpeg, image/png, ...) or as multipart/form-data"
+        )
     return await request.body(), {}
 
 

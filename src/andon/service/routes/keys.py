@@ -14,8 +14,15 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 
 def key_out(row) -> KeyOut:
-    return KeyOut(id=row.id, name=row.name, role=row.role, camera_id=row.camera_id, created_at=row.created_at,
-                  last_used_at=row.last_used_at, revoked_at=row.revoked_at)
+    return KeyOut(
+        id=row.id,
+        name=row.name,
+        role=row.role,
+        camera_id=row.camera_id,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        revoked_at=row.revoked_at,
+    )
 
 
 @router.post("", status_code=201, response_model=KeyCreated, summary="Create a key (the secret is shown once)")

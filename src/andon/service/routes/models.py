@@ -14,20 +14,37 @@ from andon.service.tables import ShadowResult
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
-_ONNX_BODY = {"requestBody": {"required": True, "description": "the exported .onnx file as the body",
-                              "content": {"application/octet-stream": {"schema": {"type": "string",
-                                                                                  "format": "binary"}}}}}
+_ONNX_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "the exported .onnx file as the body",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
 def registry_view(ctx) -> RegistryOut:
     state = ctx.registry.state()
     models = ctx.runtime.snapshot()
-    versions = [ModelVersionOut(**e.to_dict(), active=e.version == state.active,
-                                previous=e.version == state.previous, shadow=e.version == state.shadow)
-                for e in ctx.registry.entries()]
-    return RegistryOut(active=state.active, previous=state.previous, shadow=state.shadow, generation=state.generation,
-                       loaded_active=_loaded(models.active), loaded_shadow=_loaded(models.shadow),
-                       load_error=ctx.runtime.last_error, versions=versions)
+    versions = [
+        ModelVersionOut(
+            **e.to_dict(),
+            active=e.version == state.active,
+            previous=e.version == state.previous,
+            shadow=e.version == state.shadow,
+        )
+        for e in ctx.registry.entries()
+    ]
+    return RegistryOut(
+        active=state.active,
+        previous=state.previous,
+        shadow=state.shadow,
+        generation=state.generation,
+        loaded_active=_loaded(models.active),
+        loaded_shadow=_loaded(models.shadow),
+        load_error=ctx.runtime.last_error,
+        versions=versions,
+    )
 
 
 def _loaded(inspector) -> LoadedModel | None:
@@ -39,21 +56,34 @@ def list_models(ctx: ContextDep, _: CanManage) -> Any:
     return registry_view(ctx)
 
 
-@router.post("", status_code=201, response_model=ModelVersionOut, openapi_extra=_ONNX_BODY,
-             summary="Add an exported model to the registry (validated and warmed up first)")
+@router.post(
+    "",
+    status_code=201,
+    response_model=ModelVersionOut,
+    openapi_extra=_ONNX_BODY,
+    summary="Add an exported model to the registry (validated and warmed up first)",
+)
 async def add_model(request: Request, response: Response, ctx: ContextDep, _: CanManage) -> Any:
     data = await request.body()
-    entry, created = await run_in_threadpool(ctx.registry.add, data, source="upload",
-                                             validate=ctx.runtime.validate_file)
+    entry, created = await run_in_threadpool(
+        ctx.registry.add, data, source="upload", validate=ctx.runtime.validate_file
+    )
     if not created:
         response.status_code = 200
     state = ctx.registry.state()
-    return ModelVersionOut(**entry.to_dict(), active=entry.version == state.active,
-                           previous=entry.version == state.previous, shadow=entry.version == state.shadow)
+    return ModelVersionOut(
+        **entry.to_dict(),
+        active=entry.version == state.active,
+        previous=entry.version == state.previous,
+        shadow=entry.version == state.shadow,
+    )
 
 
-@router.post("/{version}/promote", response_model=RegistryOut,
-             summary="Make a version active: load, validate, warm up, then switch atomically")
+@router.post(
+    "/{version}/promote",
+    response_model=RegistryOut,
+    summary="Make a version active: load, validate, warm up, then switch atomically",
+)
 async def promote(version: str, ctx: ContextDep, _: CanManage) -> Any:
     await run_in_threadpool(ctx.runtime.promote, version)
     ctx.metrics.model_swaps.inc()
@@ -79,8 +109,11 @@ async def clear_shadow(ctx: ContextDep, _: CanManage) -> Any:
     return registry_view(ctx)
 
 
-@router.get("/shadow", response_model=ShadowStats,
-            summary="How often the shadow model agrees with the active one (the evidence for promoting)")
+@router.get(
+    "/shadow",
+    response_model=ShadowStats,
+    summary="How often the shadow model agrees with the active one (the evidence for promoting)",
+)
 def shadow_stats(ctx: ContextDep, session: SessionDep, _: CanManage, version: str | None = None) -> Any:
     state = ctx.registry.state()
     version = version or state.shadow
@@ -89,18 +122,29 @@ def shadow_stats(ctx: ContextDep, session: SessionDep, _: CanManage, version: st
     if version is not None:
         entry = ctx.registry.get(version)
         rows = session.execute(
-            select(ShadowResult.active_decision, ShadowResult.decision, func.count(),
-                   func.sum(case((ShadowResult.agree_label, 1), else_=0)))
+            select(
+                ShadowResult.active_decision,
+                ShadowResult.decision,
+                func.count(),
+                func.sum(case((ShadowResult.agree_label, 1), else_=0)),
+            )
             .where(ShadowResult.model_version == entry.version, ShadowResult.model_hash == entry.content_hash)
-            .group_by(ShadowResult.active_decision, ShadowResult.decision)).all()
+            .group_by(ShadowResult.active_decision, ShadowResult.decision)
+        ).all()
         for active_decision, shadow_decision, count, labels in rows:
             confusion.setdefault(active_decision, {})[shadow_decision] = int(count)
             compared += int(count)
             agree_label += int(labels or 0)
             if active_decision == shadow_decision:
                 agree += int(count)
-    return ShadowStats(shadow=version, active=state.active, compared=compared, agree_decision=agree,
-                       disagree_decision=compared - agree, agree_label=agree_label,
-                       decision_agreement=(agree / compared) if compared else None, confusion=confusion,
-                       skipped_for_load=ctx.pipeline.shadow_skipped)
-
+    return ShadowStats(
+        shadow=version,
+        active=state.active,
+        compared=compared,
+        agree_decision=agree,
+        disagree_decision=compared - agree,
+        agree_label=agree_label,
+        decision_agreement=(agree / compared) if compared else None,
+        confusion=confusion,
+        skipped_for_load=ctx.pipeline.shadow_skipped,
+    )

@@ -33,17 +33,26 @@ def combine(decisions: list[str], policy: str) -> str:
     return max(counts, key=lambda d: (counts[d], DECISION_RANK[d]))
 
 
-@router.get("/{part_id}", response_model=PartOut,
-            summary="The combined verdict of every frame of a part")
-def get_part(part_id: Annotated[str, Path(max_length=128)], session: SessionDep, ctx: ContextDep,
-             _: CanRead) -> Any:
-    rows = list(session.scalars(select(Inspection).where(Inspection.part_id == part_id)
-                                .order_by(Inspection.id).limit(MAX_FRAMES)))
+@router.get("/{part_id}", response_model=PartOut, summary="The combined verdict of every frame of a part")
+def get_part(part_id: Annotated[str, Path(max_length=128)], session: SessionDep, ctx: ContextDep, _: CanRead) -> Any:
+    rows = list(
+        session.scalars(
+            select(Inspection).where(Inspection.part_id == part_id).order_by(Inspection.id).limit(MAX_FRAMES)
+        )
+    )
     if not rows:
         raise NotFoundError(f"no frames for part {part_id!r}")
     policy = ctx.settings.part_policy
     decisions = [r.decision for r in rows]
-    return PartOut(part_id=part_id, decision=combine(decisions, policy), policy=policy, frames=len(rows),
-                   decisions=dict(Counter(decisions)), cameras=sorted({r.camera_id for r in rows}),
-                   lines=sorted({r.line_id for r in rows}), first_at=rows[0].created_at, last_at=rows[-1].created_at,
-                   inspections=[InspectionOut.from_row(r) for r in rows])
+    return PartOut(
+        part_id=part_id,
+        decision=combine(decisions, policy),
+        policy=policy,
+        frames=len(rows),
+        decisions=dict(Counter(decisions)),
+        cameras=sorted({r.camera_id for r in rows}),
+        lines=sorted({r.line_id for r in rows}),
+        first_at=rows[0].created_at,
+        last_at=rows[-1].created_at,
+        inspections=[InspectionOut.from_row(r) for r in rows],
+    )

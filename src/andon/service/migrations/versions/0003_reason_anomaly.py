@@ -17,20 +17,19 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-
-revision = '0003'
-down_revision = '0002'
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('inspections', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('reason', sa.String(length=128), nullable=True))
-        batch_op.add_column(sa.Column('anomaly_score', sa.Float(), nullable=True))
+    with op.batch_alter_table("inspections", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("reason", sa.String(length=128), nullable=True))
+        batch_op.add_column(sa.Column("anomaly_score", sa.Float(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('inspections', schema=None) as batch_op:
-        batch_op.drop_column('anomaly_score')
-        batch_op.drop_column('reason')
+    with op.batch_alter_table("inspections", schema=None) as batch_op:
+        batch_op.drop_column("anomaly_score")
+        batch_op.drop_column("reason")
