@@ -14,9 +14,10 @@ from service_support import (
     REVIEW,
     client_for,
     count_rows,
+    db_url,  # noqa: F401  (a fixture: the tests below run on SQLite and PostgreSQL)
     jpeg,
     png,
-    post_frame,  # noqa: F401
+    post_frame,
     settings_for,
     stored_files,
 )

@@ -169,7 +169,6 @@ def prepare(recipe: Recipe) -> tuple[torch.device, Dataset, ClassPlan, Classifie
     dataset, plan = load_split_dataset(recipe.data)
     check_training_classes(dataset, plan)
     default_defect_classes(plan.classes, recipe.data.defect_classes)  # unknown names fail here, not at the end
-    check_anomaly(recipe, plan.classes)  # so does an anomaly trunk or weights file that cannot be loaded
     model = create_model(
         recipe.model.name,
         len(plan.classes),
@@ -178,6 +177,7 @@ def prepare(recipe: Recipe) -> tuple[torch.device, Dataset, ClassPlan, Classifie
         mean=recipe.model.mean,
         std=recipe.model.std,
     ).to(device)
+    check_anomaly(recipe, plan.classes)  # so does an anomaly trunk or weights file that cannot be loaded
     if autocast_dtype(cfg.precision, device) is not None:
         model = model.to(memory_format=torch.channels_last)  # what oneDNN's bf16 convolutions want
     return device, dataset, plan, model
