@@ -1,4 +1,4 @@
-"""Fused decision (classifier + good-only anomaly score) on magnetic tile ok/defect, grouped split (bench.accuracy mt2g).
+"""Fused decision (classifier + good-only anomaly score), magnetic tile ok/defect, grouped split (mt2g).
 
     python -m bench.fusion                                 # every part: fused, cost, unseen
     python -m bench.fusion --parts fused,cost              # one training, every anomaly variant, ONNX cost
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.accuracy import MERGED, REPO, SHARED, TASKS, machine, task_recipe
+from bench.accuracy import REPO, SHARED, TASKS, machine, task_recipe
 
 DATA = SHARED / "data" / "magnetic-tile"
 TYPES = ("blowhole", "break", "crack", "fray", "uneven")
@@ -315,7 +314,8 @@ def part_fused(args, report: Report, say=print) -> dict:
 
     recipe = main_recipe(args)
     run_dir, seconds = ensure_trained(recipe, say)
-    report.run, report.train_seconds = str(run_dir.relative_to(REPO) if run_dir.is_relative_to(REPO) else run_dir), seconds
+    report.run = str(run_dir.relative_to(REPO) if run_dir.is_relative_to(REPO) else run_dir)
+    report.train_seconds = seconds
     run = load_run(run_dir)
     card = plain_card(run.card)
     data = run_data(recipe, run_dir, card)
@@ -470,7 +470,8 @@ def part_unseen(args, report: Report, say=print) -> None:
         verdicts = DecisionPolicy.from_card(vcard).decide(ModelOutputs.of(test["probs"], anomaly_score=scores["test"]))
         is_type = test["type"] == held_out
         other = (test["type"] != "ok") & ~is_type
-        info = json.loads((run_dir / "fusion-train.json").read_text()) if (run_dir / "fusion-train.json").is_file() else {}
+        timing = run_dir / "fusion-train.json"
+        info = json.loads(timing.read_text()) if timing.is_file() else {}
         row = UnseenRow(held_out=held_out, epochs=args.unseen_epochs, epochs_run=int(info.get("epochs_run", -1)),
                         best_epoch=int(info.get("best_epoch", -1)), train_seconds=seconds, variant=variant,
                         n_type_test=int(is_type.sum()), caught_classifier=alone.caught_by_type[held_out][0],
@@ -544,7 +545,8 @@ def render(report: Report) -> str:
     if report.cost:
         lines += ["", "Cost: onnxruntime CPU, batch 1, fp32, the two files of the same run timed interleaved "
                   "in one process (median ms per frame); what the anomaly fit adds to `andon train`: the fit (features "
-                  "of the train good images, coreset, val calibration) and the scores of the val and test images. Goal: ratio <= 1.5.", "",
+                  "of the train good images, coreset, val calibration) and the scores of the val and test images. "
+                  "Goal: ratio <= 1.5.", "",
                   "| head | trunk | without head ms | with head ms | **ratio** | file MB without / with "
                   "| anomaly fit s | + scoring val and test s |",
                   "|---|---|---|---|---|---|---|---|"]
