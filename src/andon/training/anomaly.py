@@ -31,7 +31,7 @@ Say = Callable[[str], None]
 
 #: blocks of each trunk whose features are read when the recipe does not say (chosen in bench/anomaly.py)
 DEFAULT_LAYERS: dict[str, list[int]] = {
-    "mobilenet_v2": [6, 13],
+    "mobilenet_v2": [13, 16],  # stride 16: 14x14 patches at 224 (bench.fusion)
     "efficientnet_lite0": [3, 4],
     "efficientnet_lite1": [3, 4],
     "efficientnet_lite2": [3, 4],
