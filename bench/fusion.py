@@ -67,16 +67,19 @@ def _v(name: str, trunk: str | None, layers: tuple[int, ...], bank: int = 2000, 
     return Variant(name, trunk, layers, bank, **kw)
 
 
-VARIANTS = {v.name: v for v in [
-    _v("imagenet-6+13-b2000", None, (6, 13)),  # the recipe default when bench.fusion was written
-    _v("imagenet-13+16-b2000", None, (13, 16)),
-    _v("classifier-6+13-b2000", "classifier", (6, 13)),
-    _v("classifier-13+16-b2000", "classifier", (13, 16)),
-    _v("classifier-6+13-b500", "classifier", (6, 13), 500),
-    _v("classifier-13+16-b500", "classifier", (13, 16), 500),
-    _v("classifier-13+16-b2000-fa3", "classifier", (13, 16), false_alarm=0.03),
-    _v("classifier-6+13-b8000", "classifier", (6, 13), 8000),
-]}
+VARIANTS = {
+    v.name: v
+    for v in [
+        _v("imagenet-6+13-b2000", None, (6, 13)),  # the recipe default when bench.fusion was written
+        _v("imagenet-13+16-b2000", None, (13, 16)),
+        _v("classifier-6+13-b2000", "classifier", (6, 13)),
+        _v("classifier-13+16-b2000", "classifier", (13, 16)),
+        _v("classifier-6+13-b500", "classifier", (6, 13), 500),
+        _v("classifier-13+16-b500", "classifier", (13, 16), 500),
+        _v("classifier-13+16-b2000-fa3", "classifier", (13, 16), false_alarm=0.03),
+        _v("classifier-6+13-b8000", "classifier", (6, 13), 8000),
+    ]
+}
 #: the variants part fused runs unless told (the b8000 coreset takes minutes on 2 cores)
 SWEEP = [n for n in VARIANTS if not n.endswith("b8000") and not n.endswith("fa3")]
 #: the detector andon train fitted in the measured run (recipe default then: trunk null, layers 6+13, bank 2000)
@@ -189,8 +192,11 @@ def ensure_trained(recipe, say=print) -> tuple[Path, float]:
     started = time.perf_counter()
     result = fit(recipe, resume=resume)
     seconds = time.perf_counter() - started
-    timing.write_text(json.dumps({"seconds": seconds, "epochs_run": result.epochs_run,
-                                  "best_epoch": result.best_epoch, "resumed": resume}))
+    timing.write_text(
+        json.dumps(
+            {"seconds": seconds, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "resumed": resume}
+        )
+    )
     return result.run_dir, seconds
 
 
@@ -233,14 +239,20 @@ def plain_card(card):
     """The card without its anomaly detector: the classifier alone (probabilities + heatmap)."""
     from andon.inspect.outputs import exported_names
 
-    return card.replace(anomaly=None, thresholds=card.thresholds.model_copy(update={"anomaly": None}).model_dump(),
-                        output_names=exported_names(("probabilities", "heatmap")))
+    return card.replace(
+        anomaly=None,
+        thresholds=card.thresholds.model_copy(update={"anomaly": None}).model_dump(),
+        output_names=exported_names(("probabilities", "heatmap")),
+    )
 
 
 def band_text(card) -> str:
     b = card.thresholds.defect
-    rule = f"P(defect) >= {b.pass_below:.4g} rejects" if b.pass_below == b.reject_at else \
-        f"review P(defect) in [{b.pass_below:.4g}, {b.reject_at:.4g})"
+    rule = (
+        f"P(defect) >= {b.pass_below:.4g} rejects"
+        if b.pass_below == b.reject_at
+        else f"review P(defect) in [{b.pass_below:.4g}, {b.reject_at:.4g})"
+    )
     return f"{rule} ({card.thresholds.source})"
 
 
@@ -254,19 +266,39 @@ def rates(card, pred: dict[str, np.ndarray], anomaly_score: np.ndarray | None = 
     bad = np.isin(pred["y_true"], card.defect_indices)
     r = decision_rates(bad, verdicts.decisions)
     flagged = verdicts.rank > 0
-    by_type = {t: [int(flagged[pred["type"] == t].sum()), int((pred["type"] == t).sum())]
-               for t in TYPES if (pred["type"] == t).any()}
+    by_type = {
+        t: [int(flagged[pred["type"] == t].sum()), int((pred["type"] == t).sum())]
+        for t in TYPES
+        if (pred["type"] == t).any()
+    }
     auroc = roc_auc(bad, anomaly_score) if anomaly_score is not None else float("nan")
-    return Rates(n=r.n, n_defective=r.n_defective, caught=r.catch_rate, false_reject=r.false_reject_rate,
-                 review=r.review_rate, escape=r.escape_rate,
-                 good_review=float((verdicts.decisions[~bad] == "review").mean()),
-                 flagged_by=verdicts.flagged_by(), caught_by_type=by_type, anomaly_auroc=float(auroc))
+    return Rates(
+        n=r.n,
+        n_defective=r.n_defective,
+        caught=r.catch_rate,
+        false_reject=r.false_reject_rate,
+        review=r.review_rate,
+        escape=r.escape_rate,
+        good_review=float((verdicts.decisions[~bad] == "review").mean()),
+        flagged_by=verdicts.flagged_by(),
+        caught_by_type=by_type,
+        anomaly_auroc=float(auroc),
+    )
 
 
 def variant_recipe(recipe, v: Variant):
-    return with_values(recipe, {"anomaly.enabled": True, "anomaly.trunk": v.trunk, "anomaly.layers": list(v.layers),
-                                "anomaly.bank_size": v.bank, "anomaly.dim": v.dim, "anomaly.blur_sigma": v.blur,
-                                "anomaly.false_alarm": v.false_alarm})
+    return with_values(
+        recipe,
+        {
+            "anomaly.enabled": True,
+            "anomaly.trunk": v.trunk,
+            "anomaly.layers": list(v.layers),
+            "anomaly.bank_size": v.bank,
+            "anomaly.dim": v.dim,
+            "anomaly.blur_sigma": v.blur,
+            "anomaly.false_alarm": v.false_alarm,
+        },
+    )
 
 
 def fit_variant(recipe, v: Variant, data, card, model):
@@ -282,16 +314,24 @@ def fit_variant(recipe, v: Variant, data, card, model):
 
 
 def main_recipe(args):
-    recipe = task_recipe(TASKS["mt2g"], epochs=args.epochs, input_size=224, runs_dir=args.runs_dir,
-                         batch_size=32, lr=3e-4, head_lr=3e-3)
+    recipe = task_recipe(
+        TASKS["mt2g"], epochs=args.epochs, input_size=224, runs_dir=args.runs_dir, batch_size=32, lr=3e-4, head_lr=3e-3
+    )
     return with_values(recipe, {"output.name": args.main_run}) if args.main_run else recipe
 
 
 def is_run_default(recipe, v: Variant, card) -> bool:
     """Whether ``v`` is the detector ``andon train`` already fitted in the run (the recipe's anomaly section)."""
     spec, cfg = card.anomaly, recipe.anomaly
-    return (spec is not None and cfg.trunk == v.trunk and tuple(spec.layers) == v.layers and cfg.bank_size == v.bank
-            and spec.dim == v.dim and spec.blur_sigma == v.blur and cfg.false_alarm == v.false_alarm)
+    return (
+        spec is not None
+        and cfg.trunk == v.trunk
+        and tuple(spec.layers) == v.layers
+        and cfg.bank_size == v.bank
+        and spec.dim == v.dim
+        and spec.blur_sigma == v.blur
+        and cfg.false_alarm == v.false_alarm
+    )
 
 
 # --- parts ----------------------------------------------------------------------------------------------------
@@ -301,11 +341,14 @@ def choose(results: list[VariantResult], max_review: float = 0.10, max_false_rej
     """The recommended variant on VALIDATION figures: within the review and false-reject limits, the most val
     defects caught; ties by val anomaly AUROC, then the cheaper (classifier trunk, smaller bank)."""
     ok = [r for r in results if r.val.review <= max_review and r.val.false_reject <= max_false_reject] or results
-    best = max(ok, key=lambda r: (round(r.val.caught, 6), round(r.val.anomaly_auroc, 4), r.trunk == "classifier",
-                                  -r.bank))
-    why = (f"most validation defects caught within review <= {max_review:.0%} and false rejects <= "
-           f"{max_false_reject:.0%} on val ({100 * best.val.caught:.1f} % caught, {100 * best.val.review:.1f} % "
-           f"review, val anomaly AUROC {100 * best.val.anomaly_auroc:.1f} %); ties broken by val AUROC, then cost")
+    best = max(
+        ok, key=lambda r: (round(r.val.caught, 6), round(r.val.anomaly_auroc, 4), r.trunk == "classifier", -r.bank)
+    )
+    why = (
+        f"most validation defects caught within review <= {max_review:.0%} and false rejects <= "
+        f"{max_false_reject:.0%} on val ({100 * best.val.caught:.1f} % caught, {100 * best.val.review:.1f} % "
+        f"review, val anomaly AUROC {100 * best.val.anomaly_auroc:.1f} %); ties broken by val AUROC, then cost"
+    )
     return best.variant, why
 
 
@@ -322,8 +365,10 @@ def part_fused(args, report: Report, say=print) -> dict:
     preds = predictions(run_dir, data)
     report.classifier = {s: rates(card, preds[s]) for s in ("val", "test")}
     report.classifier_band = band_text(card)
-    say(f"classifier alone, test: caught {100 * report.classifier['test'].caught:.1f} %, review "
-        f"{100 * report.classifier['test'].review:.1f} %")
+    say(
+        f"classifier alone, test: caught {100 * report.classifier['test'].caught:.1f} %, review "
+        f"{100 * report.classifier['test'].review:.1f} %"
+    )
     fitted_all = {}
     report.variants = []
     for name in args.variants:
@@ -337,17 +382,28 @@ def part_fused(args, report: Report, say=print) -> dict:
             fit_s = score_s = float("nan")
         else:
             fitted, vcard, scores, fit_s, score_s = fit_variant(recipe, v, data, card, run.model)
-        res = VariantResult(variant=v.name, trunk=v.trunk_label, layers="+".join(map(str, v.layers)),
-                            bank=fitted.spec.bank_size, dim=v.dim, blur=v.blur, false_alarm=v.false_alarm,
-                            fit_seconds=fit_s, score_seconds=score_s, calibration=fitted.spec.calibration,
-                            val=rates(vcard, preds["val"], scores["val"]),
-                            test=rates(vcard, preds["test"], scores["test"]))
+        res = VariantResult(
+            variant=v.name,
+            trunk=v.trunk_label,
+            layers="+".join(map(str, v.layers)),
+            bank=fitted.spec.bank_size,
+            dim=v.dim,
+            blur=v.blur,
+            false_alarm=v.false_alarm,
+            fit_seconds=fit_s,
+            score_seconds=score_s,
+            calibration=fitted.spec.calibration,
+            val=rates(vcard, preds["val"], scores["val"]),
+            test=rates(vcard, preds["test"], scores["test"]),
+        )
         report.variants.append(res)
         fitted_all[name] = fitted
-        say(f"{name}: fit {fit_s:.0f} s; val AUROC {100 * res.val.anomaly_auroc:.1f} %, caught "
+        say(
+            f"{name}: fit {fit_s:.0f} s; val AUROC {100 * res.val.anomaly_auroc:.1f} %, caught "
             f"{100 * res.val.caught:.1f} %, review {100 * res.val.review:.1f} % | test AUROC "
             f"{100 * res.test.anomaly_auroc:.1f} %, caught {100 * res.test.caught:.1f} %, review "
-            f"{100 * res.test.review:.1f} %, false rejects {100 * res.test.false_reject:.1f} %")
+            f"{100 * res.test.review:.1f} %, false rejects {100 * res.test.false_reject:.1f} %"
+        )
         save(report, args.json)
     report.recommended, report.why = choose(report.variants)
     return {"run": run, "card": card, "data": data, "fitted": fitted_all, "recipe": recipe}
@@ -386,8 +442,11 @@ def part_cost(args, report: Report, state: dict | None, say=print) -> None:
         state = {"run": run, "card": card, "data": run_data(recipe, run_dir, card), "fitted": {}, "recipe": recipe}
     run, card, data = state["run"], state["card"], state["data"]
     if fresh:  # after part fused: the recommended variant and the asked ones, fitted already
-        names = list(dict.fromkeys([n for n in (report.recommended or args.cost_variants[0], *args.cost_variants)
-                                    if n in VARIANTS]))
+        names = list(
+            dict.fromkeys(
+                [n for n in (report.recommended or args.cost_variants[0], *args.cost_variants) if n in VARIANTS]
+            )
+        )
     else:  # on its own: only the asked variants (refitted), added to the rows already in the JSON
         names = list(args.cost_variants)
     out = args.runs_dir / "fusion-onnx"
@@ -407,9 +466,16 @@ def part_cost(args, report: Report, state: dict | None, say=print) -> None:
         head_path = out / f"{name}.onnx"
         head = export_model(run.model, with_anomaly(card, fitted), head_path, verify, anomaly=fitted.detector)
         plain_ms, head_ms = onnx_ms([plain_path, head_path], pre, args.rounds, args.threads)
-        row = CostRow(variant=name, trunk=VARIANTS[name].trunk_label, plain_ms=plain_ms, head_ms=head_ms,
-                      ratio=head_ms / plain_ms, plain_mb=plain.size_bytes / 1e6, head_mb=head.size_bytes / 1e6,
-                      fit_seconds=fit_seconds.get(name, float("nan")))
+        row = CostRow(
+            variant=name,
+            trunk=VARIANTS[name].trunk_label,
+            plain_ms=plain_ms,
+            head_ms=head_ms,
+            ratio=head_ms / plain_ms,
+            plain_mb=plain.size_bytes / 1e6,
+            head_mb=head.size_bytes / 1e6,
+            fit_seconds=fit_seconds.get(name, float("nan")),
+        )
         report.cost.append(row)
         say(f"cost {name}: {plain_ms:.1f} ms -> {head_ms:.1f} ms (x{row.ratio:.2f})")
         save(report, args.json)
@@ -449,9 +515,17 @@ def part_unseen(args, report: Report, say=print) -> None:
     for held_out in args.holdout:
         manifest = unseen_manifest(main_dir / "splits.csv", held_out, args.runs_dir / f"unseen-{held_out}.csv")
         remap = {t: "defect" for t in TYPES if t != held_out}
-        recipe = with_values(base, {"data.path": str(manifest), "data.group_by": None, "data.remap": remap,
-                                    "train.epochs": args.unseen_epochs, "anomaly.enabled": False,
-                                    "output.name": f"fusion-unseen-{held_out}-{args.unseen_epochs}"})
+        recipe = with_values(
+            base,
+            {
+                "data.path": str(manifest),
+                "data.group_by": None,
+                "data.remap": remap,
+                "train.epochs": args.unseen_epochs,
+                "anomaly.enabled": False,
+                "output.name": f"fusion-unseen-{held_out}-{args.unseen_epochs}",
+            },
+        )
         run_dir, seconds = ensure_trained(recipe, say)
         if args.train_only:
             continue
@@ -472,17 +546,29 @@ def part_unseen(args, report: Report, say=print) -> None:
         other = (test["type"] != "ok") & ~is_type
         timing = run_dir / "fusion-train.json"
         info = json.loads(timing.read_text()) if timing.is_file() else {}
-        row = UnseenRow(held_out=held_out, epochs=args.unseen_epochs, epochs_run=int(info.get("epochs_run", -1)),
-                        best_epoch=int(info.get("best_epoch", -1)), train_seconds=seconds, variant=variant,
-                        n_type_test=int(is_type.sum()), caught_classifier=alone.caught_by_type[held_out][0],
-                        caught_fused=fused.caught_by_type[held_out][0],
-                        by_anomaly=int(((verdicts.rank > 0) & (verdicts.decided_by == "anomaly") & is_type).sum()),
-                        n_other_defects=int(other.sum()), caught_other=int((verdicts.rank[other] > 0).sum()),
-                        review=fused.review, false_reject=fused.false_reject, val_review=val.review,
-                        classifier_band=band_text(card))
+        row = UnseenRow(
+            held_out=held_out,
+            epochs=args.unseen_epochs,
+            epochs_run=int(info.get("epochs_run", -1)),
+            best_epoch=int(info.get("best_epoch", -1)),
+            train_seconds=seconds,
+            variant=variant,
+            n_type_test=int(is_type.sum()),
+            caught_classifier=alone.caught_by_type[held_out][0],
+            caught_fused=fused.caught_by_type[held_out][0],
+            by_anomaly=int(((verdicts.rank > 0) & (verdicts.decided_by == "anomaly") & is_type).sum()),
+            n_other_defects=int(other.sum()),
+            caught_other=int((verdicts.rank[other] > 0).sum()),
+            review=fused.review,
+            false_reject=fused.false_reject,
+            val_review=val.review,
+            classifier_band=band_text(card),
+        )
         report.unseen.append(row)
-        say(f"unseen {held_out}: {row.caught_fused}/{row.n_type_test} caught fused "
-            f"({row.caught_classifier} by the classifier alone), review {100 * row.review:.1f} %")
+        say(
+            f"unseen {held_out}: {row.caught_fused}/{row.n_type_test} caught fused "
+            f"({row.caught_classifier} by the classifier alone), review {100 * row.review:.1f} %"
+        )
         save(report, args.json)
 
 
@@ -500,8 +586,9 @@ def load(path: Path) -> Report:
     raw = json.loads(path.read_text())
     report = Report(**{k: v for k, v in raw.items() if k not in ("classifier", "variants", "cost", "unseen")})
     report.classifier = {k: Rates(**v) for k, v in raw.get("classifier", {}).items()}
-    report.variants = [VariantResult(**{**v, "val": Rates(**v["val"]), "test": Rates(**v["test"])})
-                       for v in raw.get("variants", [])]
+    report.variants = [
+        VariantResult(**{**v, "val": Rates(**v["val"]), "test": Rates(**v["test"])}) for v in raw.get("variants", [])
+    ]
     report.cost = [CostRow(**c) for c in raw.get("cost", [])]
     report.unseen = [UnseenRow(**u) for u in raw.get("unseen", [])]
     return report
@@ -516,22 +603,35 @@ def _types(r: Rates) -> str:
 
 
 def render(report: Report) -> str:
-    lines = [f"Machine: {report.machine}.  ", f"Run: `{report.run}` (mt2g recipe, trained once"
-             + (f"; the fit() call that finished it took {report.train_seconds / 60:.1f} min"
-                if np.isfinite(report.train_seconds) else "") + ")."]
+    lines = [
+        f"Machine: {report.machine}.  ",
+        f"Run: `{report.run}` (mt2g recipe, trained once"
+        + (
+            f"; the fit() call that finished it took {report.train_seconds / 60:.1f} min"
+            if np.isfinite(report.train_seconds)
+            else ""
+        )
+        + ").",
+    ]
     if report.variants:
         c = report.classifier["test"]
-        lines += ["", f"Fused decision, grouped split, test ({c.n} parts, {c.n_defective} defective), at the card's "
-                  f"thresholds (classifier band: {report.classifier_band}; anomaly band [0.5, 1.0) = false alarms "
-                  f"<= anomaly.false_alarm on the val good images). Goal: {GOAL}.", "",
-                  "| decision | trunk | layers | bank | blur | false-alarm target | val: caught / review / AUROC "
-                  "| **test caught** | test false rejects | test review | test escapes | good sent to review "
-                  "| flagged by (defect / anomaly) | test caught per type | test anomaly AUROC | fit s |",
-                  "|" + "---|" * 16]
+        lines += [
+            "",
+            f"Fused decision, grouped split, test ({c.n} parts, {c.n_defective} defective), at the card's "
+            f"thresholds (classifier band: {report.classifier_band}; anomaly band [0.5, 1.0) = false alarms "
+            f"<= anomaly.false_alarm on the val good images). Goal: {GOAL}.",
+            "",
+            "| decision | trunk | layers | bank | blur | false-alarm target | val: caught / review / AUROC "
+            "| **test caught** | test false rejects | test review | test escapes | good sent to review "
+            "| flagged by (defect / anomaly) | test caught per type | test anomaly AUROC | fit s |",
+            "|" + "---|" * 16,
+        ]
         v0 = report.classifier["val"]
-        lines.append(f"| classifier alone | - | - | - | - | - | {pct(v0.caught)} / {pct(v0.review)} / - "
-                     f"| **{pct(c.caught)}** | {pct(c.false_reject)} | {pct(c.review)} | {pct(c.escape)} "
-                     f"| {pct(c.good_review)} | {c.flagged_by.get('defect', 0)} / - | {_types(c)} | - | - |")
+        lines.append(
+            f"| classifier alone | - | - | - | - | - | {pct(v0.caught)} / {pct(v0.review)} / - "
+            f"| **{pct(c.caught)}** | {pct(c.false_reject)} | {pct(c.review)} | {pct(c.escape)} "
+            f"| {pct(c.good_review)} | {c.flagged_by.get('defect', 0)} / - | {_types(c)} | - | - |"
+        )
         for r in report.variants:
             t, v = r.test, r.val
             mark = " (val rule's pick)" if r.variant == report.recommended else ""
@@ -540,36 +640,48 @@ def render(report: Report) -> str:
                 f"| {pct(v.caught)} / {pct(v.review)} / {pct(v.anomaly_auroc)} | **{pct(t.caught)}** "
                 f"| {pct(t.false_reject)} | {pct(t.review)} | {pct(t.escape)} | {pct(t.good_review)} "
                 f"| {t.flagged_by.get('defect', 0)} / {t.flagged_by.get('anomaly', 0)} | {_types(t)} "
-                f"| {pct(t.anomaly_auroc)} | {r.fit_seconds:.0f} |")
+                f"| {pct(t.anomaly_auroc)} | {r.fit_seconds:.0f} |"
+            )
         lines += ["", f"Picked by the validation rule (`choose`): **{report.recommended}**: {report.why}."]
     if report.cost:
-        lines += ["", "Cost: onnxruntime CPU, batch 1, fp32, the two files of the same run timed interleaved "
-                  "in one process (median ms per frame); what the anomaly fit adds to `andon train`: the fit (features "
-                  "of the train good images, coreset, val calibration) and the scores of the val and test images. "
-                  "Goal: ratio <= 1.5.", "",
-                  "| head | trunk | without head ms | with head ms | **ratio** | file MB without / with "
-                  "| anomaly fit s | + scoring val and test s |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Cost: onnxruntime CPU, batch 1, fp32, the two files of the same run timed interleaved "
+            "in one process (median ms per frame); what the anomaly fit adds to `andon train`: the fit (features "
+            "of the train good images, coreset, val calibration) and the scores of the val and test images. "
+            "Goal: ratio <= 1.5.",
+            "",
+            "| head | trunk | without head ms | with head ms | **ratio** | file MB without / with "
+            "| anomaly fit s | + scoring val and test s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         scoring = {v.variant: v.score_seconds for v in report.variants}
         for r in report.cost:
-            lines.append(f"| {r.variant} | {r.trunk} | {r.plain_ms:.1f} | {r.head_ms:.1f} | **{r.ratio:.2f}x** "
-                         f"| {r.plain_mb:.1f} / {r.head_mb:.1f} | {r.fit_seconds:.0f} "
-                         f"| {scoring.get(r.variant, float('nan')):.0f} |")
+            lines.append(
+                f"| {r.variant} | {r.trunk} | {r.plain_ms:.1f} | {r.head_ms:.1f} | **{r.ratio:.2f}x** "
+                f"| {r.plain_mb:.1f} / {r.head_mb:.1f} | {r.fit_seconds:.0f} "
+                f"| {scoring.get(r.variant, float('nan')):.0f} |"
+            )
     if report.unseen:
-        lines += ["", "Unseen defect type: the classifier trained without it (dropped from train and val, kept in "
-                  "test; the mt2g split otherwise), the anomaly head fitted and calibrated as above; caught = reject "
-                  "or review at the card's thresholds.", "",
-                  "| held-out type | epochs (run, best) | anomaly head | type's test images | caught, classifier "
-                  "alone | **caught, fused** | of them by the anomaly score | other defects caught | test review "
-                  "| test false rejects | val review | training |",
-                  "|" + "---|" * 12]
+        lines += [
+            "",
+            "Unseen defect type: the classifier trained without it (dropped from train and val, kept in "
+            "test; the mt2g split otherwise), the anomaly head fitted and calibrated as above; caught = reject "
+            "or review at the card's thresholds.",
+            "",
+            "| held-out type | epochs (run, best) | anomaly head | type's test images | caught, classifier "
+            "alone | **caught, fused** | of them by the anomaly score | other defects caught | test review "
+            "| test false rejects | val review | training |",
+            "|" + "---|" * 12,
+        ]
         for u in report.unseen:
             lines.append(
                 f"| {u.held_out} | {u.epochs} ({u.epochs_run}, {u.best_epoch}) | {u.variant} | {u.n_type_test} "
                 f"| {u.caught_classifier} ({pct(u.caught_classifier / max(u.n_type_test, 1))}) "
                 f"| **{u.caught_fused} ({pct(u.caught_fused / max(u.n_type_test, 1))})** | {u.by_anomaly} "
                 f"| {u.caught_other}/{u.n_other_defects} | {pct(u.review)} | {pct(u.false_reject)} "
-                f"| {pct(u.val_review)} | {u.train_seconds / 60:.1f} min |")
+                f"| {pct(u.val_review)} | {u.train_seconds / 60:.1f} min |"
+            )
         missing = [t for t in TYPES if t not in {u.held_out for u in report.unseen}]
         if missing:
             lines += ["", f"Not run: {', '.join(missing)}."]
@@ -579,26 +691,42 @@ def render(report: Report) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fusion", description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="fused,cost,unseen", help="comma-separated: fused, cost, unseen")
-    parser.add_argument("--variants", default=",".join(SWEEP), help="anomaly variants for part fused: "
-                        + ", ".join(VARIANTS))
+    parser.add_argument(
+        "--variants", default=",".join(SWEEP), help="anomaly variants for part fused: " + ", ".join(VARIANTS)
+    )
     parser.add_argument("--epochs", type=int, default=20, help="epochs of the mt2g classifier (bench.accuracy's)")
-    parser.add_argument("--main-run", default=None,
-                        help="run folder name of the mt2g classifier (default bench-mt2g-224-EPOCHS); an unfinished "
-                             "one is resumed with --epochs")
-    parser.add_argument("--refit-default", action="store_true",
-                        help="refit (and time) the recipe-default detector instead of reusing the run's own")
+    parser.add_argument(
+        "--main-run",
+        default=None,
+        help="run folder name of the mt2g classifier (default bench-mt2g-224-EPOCHS); an unfinished "
+        "one is resumed with --epochs",
+    )
+    parser.add_argument(
+        "--refit-default",
+        action="store_true",
+        help="refit (and time) the recipe-default detector instead of reusing the run's own",
+    )
     parser.add_argument("--unseen-epochs", type=int, default=8, help="epochs of each held-out-type classifier")
     parser.add_argument("--holdout", default=",".join(TYPES), help="defect types to hold out, one training each")
-    parser.add_argument("--unseen-variant", default=None,
-                        help="anomaly variant for part unseen (default: the recommended one from part fused)")
-    parser.add_argument("--cost-variants", default=DEFAULT_VARIANT,
-                        help="variants timed besides the recommended one (default: the recipe default)")
+    parser.add_argument(
+        "--unseen-variant",
+        default=None,
+        help="anomaly variant for part unseen (default: the recommended one from part fused)",
+    )
+    parser.add_argument(
+        "--cost-variants",
+        default=DEFAULT_VARIANT,
+        help="variants timed besides the recommended one (default: the recipe default)",
+    )
     parser.add_argument("--rounds", type=int, default=40, help="timed frames per file")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime / torch threads")
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "fusion")
     parser.add_argument("--json", type=Path, default=None, help="results (default: RUNS_DIR/fusion.json)")
-    parser.add_argument("--train-only", action="store_true",
-                        help="part unseen: only train the held-out-type classifiers (to run beside part fused)")
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="part unseen: only train the held-out-type classifiers (to run beside part fused)",
+    )
     parser.add_argument("--render", action="store_true", help="print the tables from the JSON and exit")
     args = parser.parse_args(argv)
     args.json = args.json or args.runs_dir / "fusion.json"
@@ -606,10 +734,12 @@ def main(argv: list[str] | None = None) -> int:
     args.variants = [n.strip() for n in args.variants.split(",") if n.strip()]
     args.holdout = [t.strip() for t in args.holdout.split(",") if t.strip()]
     args.cost_variants = [n.strip() for n in args.cost_variants.split(",") if n.strip()]
-    bad = ([p for p in parts if p not in ("fused", "cost", "unseen")]
-           + [n for n in args.variants + args.cost_variants if n not in VARIANTS]
-           + [t for t in args.holdout if t not in TYPES]
-           + ([args.unseen_variant] if args.unseen_variant and args.unseen_variant not in VARIANTS else []))
+    bad = (
+        [p for p in parts if p not in ("fused", "cost", "unseen")]
+        + [n for n in args.variants + args.cost_variants if n not in VARIANTS]
+        + [t for t in args.holdout if t not in TYPES]
+        + ([args.unseen_variant] if args.unseen_variant and args.unseen_variant not in VARIANTS else [])
+    )
     if bad:
         parser.error(f"unknown part / variant / type {bad}")
     report = load(args.json)
