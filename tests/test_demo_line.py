@@ -225,37 +225,11 @@ def test_the_camera_summary_counts_against_the_truth() -> None:
 
 @pytest.fixture
 def service_url(tmp_path: Path, tiny_model_path: Path):
-    """The real app under uvicorn on a loopback port, in a thread (as in test_service_cli)."""
-    import socket
-    import threading
-    import time
+    """The real app under uvicorn on a loopback port, in a thread."""
+    from service_support import live_server, settings_for
 
-    import uvicorn
-
-    from andon.service.app import create_app
-    from service_support import settings_for
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings_for(tmp_path, tiny_model_path)),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            lifespan="on",
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(settings_for(tmp_path, tiny_model_path)) as url:
+        yield url
 
 
 def test_camera_sim_judges_the_line_it_posts_to(service_url: str) -> None:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import pytest
 from typer.testing import CliRunner
 
@@ -51,38 +47,13 @@ def test_settings_from_file_env_and_flags(tmp_path, monkeypatch):
         Settings.load(tmp_path / "missing.yaml")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def live_server(tmp_path, tiny_model_path):
     """The real app under uvicorn on a loopback port, in a thread."""
-    import uvicorn
+    from service_support import live_server
 
-    from andon.service.app import create_app
-
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings_for(tmp_path, tiny_model_path)),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            lifespan="on",
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", tmp_path
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(settings_for(tmp_path, tiny_model_path)) as url:
+        yield url, tmp_path
 
 
 def test_camera_sim_posts_folder_images_and_synthetic_frames(live_server, tmp_path):
