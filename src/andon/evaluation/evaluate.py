@@ -34,7 +34,7 @@ from andon.evaluation.metrics import (
 from andon.evaluation.tradeoff import OperatingPoint, TradeoffCurve, operating_points, plot_tradeoff, tradeoff_curve
 from andon.fileio import write_atomic
 from andon.inspect.card import ModelCard, Thresholds, default_defect_classes
-from andon.inspect.decision import DECISIONS, DecisionPolicy
+from andon.inspect.decision import DecisionPolicy
 from andon.inspect.outputs import ModelOutputs, output_spec
 
 Progress = bool | None | Callable[[int, int], None]
@@ -148,14 +148,12 @@ def evaluate_probs(
         flagged_by=verdicts.flagged_by(),
     )
     if calibration is not None:
-        calibrated = (
-            DecisionPolicy(calibration.thresholds, classes, defect_classes, anomaly_only=anomaly_only)
-            .decide(outputs)
-            .decisions
-        )
+        # calibration sets the classifier's bands; the card's anomaly band still decides beside them
+        recalibrated = calibration.thresholds.model_copy(update={"anomaly": thresholds.anomaly})
+        calibrated = DecisionPolicy(recalibrated, classes, defect_classes, anomaly_only=anomaly_only).decide(outputs)
         evaluation.calibration = calibration
-        evaluation.calibrated_rates = decision_rates(bad, calibrated)
-        evaluation.calibrated_decisions = _counts(calibrated)
+        evaluation.calibrated_rates = decision_rates(bad, calibrated.decisions)
+        evaluation.calibrated_decisions = calibrated.counts()
     if len(defect_classes) == len(classes):
         evaluation.notes.append(
             "every class is a defect class: P(defect) = 1 for every part, so every part is "
@@ -178,10 +176,6 @@ def thresholds_for(thresholds: Thresholds, defects: list[str]) -> Thresholds:
     """The card's thresholds, without per-class bands of classes no longer counted as defects."""
     kept = {c: b for c, b in thresholds.per_class.items() if c in defects}
     return thresholds if len(kept) == len(thresholds.per_class) else thresholds.model_copy(update={"per_class": kept})
-
-
-def _counts(decisions: np.ndarray) -> dict[str, int]:
-    return {d: int((decisions == d).sum()) for d in DECISIONS}
 
 
 # -- the labelled set --------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch
 
 from andon.errors import CalibrationError, DatasetError
 from andon.evaluation.calibration import reject_at_for, required_samples
+from andon.evaluation.metrics import roc_auc
 from andon.inspect.card import AnomalySpec, ModelCard, ThresholdBand
 from andon.inspect.outputs import exported_names
 from andon.inspect.preprocess import Preprocessor
@@ -326,8 +327,6 @@ def fit_anomaly_only(recipe: Recipe, *, console=None):  # noqa: ANN001 (rich Con
         probs = np.stack([score, 1.0 - score], axis=1)
         pred = {"y_true": y_true, "probs": probs, "anomaly_score": score}
         save_predictions(run.predictions(split), data.paths(split), y_true, probs, classes, anomaly_score=score)
-        from andon.evaluation.metrics import roc_auc
-
         figures = {
             "anomaly_roc_auc": roc_auc(y_true == 0, score),
             **threshold_rates(card, pred),
