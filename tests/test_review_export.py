@@ -35,6 +35,9 @@ def _frame(i: int, part: str | None, decision: str = "reject", label: str = "scr
         defect_score=0.8,
         scores={"ok": 0.2, "scratch": 0.5, "dent": 0.3},
         reasons=[],
+        # even frames: the classifier's defect band; odd ones: passed by it, flagged by the anomaly score
+        reason="defect" if i % 2 == 0 else "unknown defect",
+        anomaly_score=None if i % 2 == 0 else 0.5 + i / 100,
         model_version="7",
         model_hash="a" * 64,
         image_format="JPEG",
@@ -105,6 +108,8 @@ def test_export_writes_the_operators_labels_with_provenance(reviewed, tmp_path):
     assert prov[rows[13].id]["reviewer"] == "erik" and prov[rows[13].id]["verdict"] == "false_alarm"
     assert prov[rows[1].id]["model_label"] == "scratch" and prov[rows[1].id]["label"] == "dent"
     assert prov[rows[1].id]["model_version"] == "7" and prov[rows[1].id]["part_id"] == "P0"
+    assert (prov[rows[0].id]["reason"], prov[rows[0].id]["anomaly_score"]) == ("defect", "")
+    assert (prov[rows[1].id]["reason"], prov[rows[1].id]["anomaly_score"]) == ("unknown defect", "0.510000")
     assert prov[rows[13].id]["group"] == f"frame:{rows[13].id}"  # no part id: the frame is its own group
     summary = json.loads((out / "export.json").read_text())
     assert summary["skipped"] == {"cant_tell": 1, "image_not_stored": 1} and summary["exported"] == 13

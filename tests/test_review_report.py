@@ -20,7 +20,12 @@ START = dt.datetime(2026, 11, 25, 6, 0, tzinfo=dt.timezone.utc)
 END = START + dt.timedelta(hours=8)
 
 
-def _frame(minute: int, camera: str, decision: str, part: str | None, *, image: bool = False) -> Inspection:
+_NO_REASON = object()
+
+
+def _frame(
+    minute: int, camera: str, decision: str, part: str | None, *, image: bool = False, reason=_NO_REASON
+) -> Inspection:
     label = {"pass": "ok", "review": "ok", "reject": "scratch"}[decision]
     return Inspection(
         id=new_id(),
@@ -34,6 +39,7 @@ def _frame(minute: int, camera: str, decision: str, part: str | None, *, image: 
         defect_score={"pass": 0.05, "review": 0.5, "reject": 0.9}[decision],
         scores={"ok": 0.5, "scratch": 0.3, "dent": 0.2},
         reasons=[],
+        reason={"pass": "pass", "review": "defect", "reject": "defect"}[decision] if reason is _NO_REASON else reason,
         model_version="3",
         model_hash="b" * 64,
         image_format="JPEG",
@@ -57,9 +63,10 @@ def shift_db(tmp_path):
     cam2 = ["pass", "review", "pass", "pass", "pass"]
     rows = {}
     for i in range(5):
-        rows[f"P{i}-cam1"] = _frame(10 * i, "cam1", cam1[i], f"P{i}", image=i == 0)
+        reason = "unknown defect" if i == 2 else _NO_REASON  # P2-cam1: passed by the classifier, flagged by anomaly
+        rows[f"P{i}-cam1"] = _frame(10 * i, "cam1", cam1[i], f"P{i}", image=i == 0, reason=reason)
         rows[f"P{i}-cam2"] = _frame(10 * i + 1, "cam2", cam2[i], f"P{i}", image=i == 4)
-    rows["X-cam1"] = _frame(100, "cam1", "reject", None)
+    rows["X-cam1"] = _frame(100, "cam1", "reject", None, reason=None)  # a record from before reasons were stored
     rows["Y-cam2"] = _frame(101, "cam2", "pass", None)
     rows["early"] = _frame(-60, "cam1", "reject", "P9")
     info = lambda row: ClassInfo.from_scores(row.scores)  # noqa: E731
@@ -109,6 +116,11 @@ def test_report_numbers_match_the_records(shift_db):
     assert [(m.version, m.frames) for m in r.models] == [("3", 12)]
     assert r.models[0].first == START and r.models[0].last == START + dt.timedelta(minutes=101)
     assert r.reviewers == {"olga": 5, "ivan": 1}
+    assert [(f.signal, f.frames, f.share, f.detail) for f in r.flagged_by] == [
+        ("classifier", 2, 0.5, {}),
+        ("anomaly", 1, 0.25, {"unknown defect": 1}),
+        ("not_recorded", 1, 0.25, {}),
+    ]
 
 
 def test_report_html_is_standalone_and_says_what_it_counts(shift_db, tmp_path):
@@ -118,6 +130,7 @@ def test_report_html_is_standalone_and_says_what_it_counts(shift_db, tmp_path):
     html = to_html(r)
     assert "Shift report: 2026-11-25 shift A" in html and "16.67%" in html  # reject rate 2/12
     assert "caught at audit" in html and "version 3 (bbbbbbbbbbbb)" in html
+    assert "Flagged by signal" in html and "unknown defect 1" in html
     assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html
     path = write_html(r, tmp_path / "r.html")
     assert path.read_text() == html

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from andon.inspect.card import GOOD_CLASS_NAMES
 from andon.inspect.decision import worst_decision
 from andon.service.review import records, stats
-from andon.service.review.dashboard import rate_series, subgroup_edges
+from andon.service.review.dashboard import SignalShare, flagged_by, rate_series, subgroup_edges
 from andon.service.review.tables import CANT_TELL, CONFIRM_DEFECT, FALSE_ALARM
 from andon.service.tables import Inspection
 
@@ -88,6 +88,8 @@ class ShiftReport:
     reviewers: dict[str, int] = field(default_factory=dict)
     top_confirmed: list[tuple[str, int]] = field(default_factory=list)
     top_model: list[tuple[str, int]] = field(default_factory=list)
+    #: flagged frames per deciding signal (classifier, a class band, the anomaly score: unknown defects)
+    flagged_by: list[SignalShare] = field(default_factory=list)
     escapes: list[Escape] = field(default_factory=list)
     audited_passes: int = 0
     out_of_control: list[str] = field(default_factory=list)
@@ -140,6 +142,7 @@ def _production(report: ShiftReport, fr: records.Frames) -> None:
         for (line, camera), c in sorted(table.items())
     ]
     report.top_model = Counter(lab for lab, d in zip(fr.label, fr.decision) if d == "reject").most_common(5)
+    report.flagged_by = flagged_by(fr)
 
 
 def _models(session: Session, start: dt.datetime, end: dt.datetime, line_id: str | None) -> list[ModelUse]:

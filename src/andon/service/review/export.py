@@ -56,6 +56,8 @@ PROVENANCE_COLUMNS = (
     "model_label",
     "model_decision",
     "defect_score",
+    "reason",
+    "anomaly_score",
     "model_version",
     "model_hash",
     "line_id",
@@ -199,6 +201,10 @@ def _copy_frames(rows, store: ImageStore, staging: Path, report: ExportReport, p
                 "model_label": verdict.model_label,
                 "model_decision": verdict.model_decision,
                 "defect_score": f"{verdict.model_score:.6f}",
+                # which signal flagged it ("defect", a class band, "anomaly", "unknown defect"); empty for
+                # records from before reasons were stored
+                "reason": row.reason or "",
+                "anomaly_score": "" if row.anomaly_score is None else f"{row.anomaly_score:.6f}",
                 "model_version": row.model_version,
                 "model_hash": row.model_hash,
                 "line_id": row.line_id,
