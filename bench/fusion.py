@@ -77,11 +77,14 @@ VARIANTS = {
         _v("classifier-6+13-b500", "classifier", (6, 13), 500),
         _v("classifier-13+16-b500", "classifier", (13, 16), 500),
         _v("classifier-13+16-b2000-fa3", "classifier", (13, 16), false_alarm=0.03),
+        _v("classifier-13+16-b1000", "classifier", (13, 16), 1000),  # the recipe default now
+        _v("classifier-13+16-b1000-fa3", "classifier", (13, 16), 1000, false_alarm=0.03),
+        _v("classifier-13+16-b1000-fa5", "classifier", (13, 16), 1000, false_alarm=0.05),
         _v("classifier-6+13-b8000", "classifier", (6, 13), 8000),
     ]
 }
 #: the variants part fused runs unless told (the b8000 coreset takes minutes on 2 cores)
-SWEEP = [n for n in VARIANTS if not n.endswith("b8000") and not n.endswith("fa3")]
+SWEEP = [n for n in VARIANTS if not n.endswith(("b8000", "fa3", "fa5")) and "b1000" not in n]
 #: the detector andon train fitted in the measured run (recipe default then: trunk null, layers 6+13, bank 2000)
 DEFAULT_VARIANT = "imagenet-6+13-b2000"
 
