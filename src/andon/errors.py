@@ -69,6 +69,15 @@ class ModelFileError(AndonError):
     http_status = 422
 
 
+class ModelRuntimeError(ModelFileError):
+    """A model file that onnxruntime itself refuses to load. ``detail`` is onnxruntime's own text: for the
+    log and the command line, never for an API answer (it names the server's paths and internals)."""
+
+    def __init__(self, message: str, *, detail: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.detail = detail
+
+
 class UnknownModelError(AndonError):
     """A backbone name that is not in the registry."""
 
@@ -104,6 +113,13 @@ class RegistryError(AndonError):
 
     code = "registry_error"
     http_status = 409
+
+
+class InvalidVersionError(RegistryError):
+    """A model version name that cannot name a registry entry (a request's mistake, not a conflict)."""
+
+    code = "invalid_request"
+    http_status = 422
 
 
 class NotFoundError(AndonError):

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from andon.errors import AndonError, ImageDecodeError, ModelCardError, ModelFileError
+from andon.errors import AndonError, ImageDecodeError, ModelCardError, ModelFileError, ModelRuntimeError
 from andon.inspect import decoding
 from andon.inspect.card import ModelCard, Thresholds
 from andon.inspect.decision import DecisionPolicy, Verdicts
@@ -105,7 +105,8 @@ class Inspector:
         try:
             session = create_session(data, threads)
         except Exception as exc:  # onnxruntime raises its own exception types, one per failure kind
-            raise ModelFileError(f"onnxruntime cannot load {source}: {_first_line(exc)}") from None
+            detail = _first_line(exc)
+            raise ModelRuntimeError(f"onnxruntime cannot load {source}: {detail}", detail=detail) from None
         inspector = cls(
             path=Path(str(source)),
             card=card,

@@ -15,10 +15,12 @@ swaps models when it changes, so ``andon models promote`` on the command line an
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import fcntl
 import hashlib
 import json
+import logging
 import re
 import shutil
 from collections.abc import Callable, Iterator
@@ -27,12 +29,37 @@ from pathlib import Path
 
 import onnx
 
-from andon.errors import ModelFileError, NotFoundError, RegistryError
+from andon.errors import (
+    AndonError,
+    InvalidVersionError,
+    ModelFileError,
+    ModelRuntimeError,
+    NotFoundError,
+    RegistryError,
+)
 from andon.inspect.onnxfile import content_hash, read_card
 from andon.service.storage import fsync_dir, make_dirs_durably, write_durably
 
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+_VERSION_RULE = "letters, digits and . _ + - (at most 64 characters, the first a letter or digit), e.g. 2026.11.1"
 _HISTORY_KEEP = 200
+_SHOWN = 80
+log = logging.getLogger("andon.service")
+
+
+def shown(value: object, limit: int = _SHOWN) -> str:
+    """``value`` quoted for a message, cut to ``limit`` characters with "…" (a request may send 5,000)."""
+    text = str(value)
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+def check_version(version: object, *, where: str = "") -> str:
+    """``version`` when it can name a registry entry, else ``InvalidVersionError`` (422: a bad request)."""
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+        raise InvalidVersionError(
+            f"model version {shown(version)}{where} is not a valid version name; use {_VERSION_RULE}"
+        )
+    return version
 
 
 @dataclass
@@ -118,9 +145,11 @@ class ModelRegistry:
         return sorted(out, key=lambda e: e.added_at)
 
     def get(self, version: str) -> ModelEntry:
-        if not _VERSION.match(version or "") or not (self.versions_dir / version / "info.json").is_file():
-            known = ", ".join(e.version for e in self.entries()) or "none"
-            raise NotFoundError(f"model version {version!r} is not in the registry; registered: {known}")
+        check_version(version)
+        if not (self.versions_dir / version / "info.json").is_file():
+            names = [e.version for e in self.entries()]
+            known = ", ".join(names[-20:]) + (f" and {len(names) - 20} older" if len(names) > 20 else "")
+            raise NotFoundError(f"model version {version!r} is not in the registry; registered: {known or 'none'}")
         return self._entry(version)
 
     def _entry(self, version: str) -> ModelEntry:
@@ -140,6 +169,27 @@ class ModelRegistry:
     def find_hash(self, digest: str) -> ModelEntry | None:
         return next((e for e in self.entries() if e.content_hash == digest), None)
 
+    # ---- what an API answer may show -------------------------------------------------------------------
+    def redact(self, text: str) -> str:
+        """``text`` without the server's paths (a file in the registry is named by its version) and without
+        onnxruntime's own message (the log has it)."""
+        for root in sorted({str(self.root.resolve()), str(self.root)}, key=len, reverse=True):
+            text = re.sub(re.escape(root) + r"/versions/([^/\s]+)/model\.onnx", r"model version \1", text)
+            text = re.sub(re.escape(root) + r"/\.staging-([^/\s]+)/model\.onnx", r"the uploaded model \1", text)
+            text = text.replace(root, "the model registry")
+        return re.sub(r"(onnxruntime cannot load [^:]+): .*", r"\1 " + _ORT_PUBLIC, text)
+
+    def public_error(self, exc: AndonError) -> AndonError:
+        """``exc`` as the API may answer it: no server paths, no onnxruntime internals (logged here)."""
+        if isinstance(exc, ModelRuntimeError):
+            log.warning("onnxruntime refused a model: %s", exc)
+            head = exc.message[: -len(exc.detail)].rstrip(": ") if exc.detail else exc.message
+            return ModelFileError(self.redact(f"{head} {_ORT_PUBLIC}"))
+        redacted = self.redact(exc.message)
+        if redacted != exc.message:
+            log.warning("model registry: %s", exc)
+        return _reworded(exc, self.redact)
+
     # ---- changing ------------------------------------------------------------------------------------
     def add(
         self, data: bytes, *, source: str = "upload", validate: Callable[[Path], None] | None = None
@@ -153,13 +203,7 @@ class ModelRegistry:
         """
         card, digest = _inspect_model_bytes(data, source)
         file_sha = hashlib.sha256(data).hexdigest()
-        version = card.version
-        if not _VERSION.match(version):
-            raise RegistryError(
-                f"model version {version!r} (from the card of {source}) cannot name a registry "
-                "entry; use letters, digits and . _ + - (at most 64), e.g. re-export with "
-                "--version 2026.11.1"
-            )
+        version = check_version(card.version, where=f" (from the card of {source}; re-export with --version)")
         with self._locked():
             if (self.versions_dir / version / "info.json").exists():
                 existing = self._entry(version)
@@ -177,6 +221,10 @@ class ModelRegistry:
             try:
                 if validate is not None:
                     validate(staging / "model.onnx")
+            except AndonError as exc:  # it names the staged file: name what the caller gave instead
+                shutil.rmtree(staging, ignore_errors=True)
+                staged = [str(staging / "model.onnx"), str((staging / "model.onnx").resolve())]
+                raise _reworded(exc, lambda text: _replace_all(text, staged, source)) from None
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -289,6 +337,29 @@ def _inspect_model_bytes(data: bytes, source: str):
             f"match the card's {card.content_hash[:12]}"
         )
     return card, digest
+
+
+_ORT_PUBLIC = (
+    "(an operator, opset or attribute this onnxruntime cannot run, or a malformed graph; the service log has "
+    "onnxruntime's message; 'andon info FILE' on the engineer's machine shows it too)"
+)
+
+
+def _replace_all(text: str, olds: list[str], new: str) -> str:
+    for old in sorted(set(olds), key=len, reverse=True):
+        text = text.replace(old, new)
+    return text
+
+
+def _reworded(exc: AndonError, change: Callable[[str], str]) -> AndonError:
+    """A copy of ``exc`` (same class, code and status) whose message (and detail) went through ``change``."""
+    new = copy.copy(exc)
+    new.message = change(exc.message)
+    new.hint = change(exc.hint) if exc.hint else exc.hint
+    new.args = (new.message if new.hint is None else f"{new.message} ({new.hint})",)
+    if isinstance(new, ModelRuntimeError):
+        new.detail = change(new.detail)
+    return new
 
 
 def _now() -> str:

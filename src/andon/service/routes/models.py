@@ -1,13 +1,21 @@
-"""/v1/models: the registry through the API (engineer keys only): add, list, promote, roll back, shadow."""
+"""/v1/models: the registry through the API (engineer keys only): add, list, promote, roll back, shadow.
+
+Every refusal goes through ``public()``: the answer names the version or "upload" and says what is allowed,
+never a server path or onnxruntime's own text (the log keeps those). An invalid version name is a bad
+request (422 invalid_request); a clash with what the registry holds is a conflict (409).
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import case, func, select
 from starlette.concurrency import run_in_threadpool
 
+from andon.errors import AndonError
 from andon.service.deps import CanManage, ContextDep, SessionDep
 from andon.service.schemas import LoadedModel, ModelVersionOut, RegistryOut, ShadowIn, ShadowStats
 from andon.service.tables import ShadowResult
@@ -21,6 +29,15 @@ _ONNX_BODY = {
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     }
 }
+
+
+@contextlib.contextmanager
+def public(ctx) -> Iterator[None]:
+    """Registry and runtime errors as an API answer may show them (``ModelRegistry.public_error``)."""
+    try:
+        yield
+    except AndonError as exc:
+        raise ctx.registry.public_error(exc) from None
 
 
 def registry_view(ctx) -> RegistryOut:
@@ -42,7 +59,7 @@ def registry_view(ctx) -> RegistryOut:
         generation=state.generation,
         loaded_active=_loaded(models.active),
         loaded_shadow=_loaded(models.shadow),
-        load_error=ctx.runtime.last_error,
+        load_error=ctx.registry.redact(ctx.runtime.last_error) if ctx.runtime.last_error else None,
         versions=versions,
     )
 
@@ -53,7 +70,8 @@ def _loaded(inspector) -> LoadedModel | None:
 
 @router.get("", response_model=RegistryOut)
 def list_models(ctx: ContextDep, _: CanManage) -> Any:
-    return registry_view(ctx)
+    with public(ctx):
+        return registry_view(ctx)
 
 
 @router.post(
@@ -65,9 +83,10 @@ def list_models(ctx: ContextDep, _: CanManage) -> Any:
 )
 async def add_model(request: Request, response: Response, ctx: ContextDep, _: CanManage) -> Any:
     data = await request.body()
-    entry, created = await run_in_threadpool(
-        ctx.registry.add, data, source="upload", validate=ctx.runtime.validate_file
-    )
+    with public(ctx):
+        entry, created = await run_in_threadpool(
+            ctx.registry.add, data, source="upload", validate=ctx.runtime.validate_file
+        )
     if not created:
         response.status_code = 200
     state = ctx.registry.state()
@@ -85,27 +104,31 @@ async def add_model(request: Request, response: Response, ctx: ContextDep, _: Ca
     summary="Make a version active: load, validate, warm up, then switch atomically",
 )
 async def promote(version: str, ctx: ContextDep, _: CanManage) -> Any:
-    await run_in_threadpool(ctx.runtime.promote, version)
+    with public(ctx):
+        await run_in_threadpool(ctx.runtime.promote, version)
     ctx.metrics.model_swaps.inc()
     return registry_view(ctx)
 
 
 @router.post("/rollback", response_model=RegistryOut, summary="Swap back to the previous version")
 async def rollback(ctx: ContextDep, _: CanManage) -> Any:
-    await run_in_threadpool(ctx.runtime.rollback)
+    with public(ctx):
+        await run_in_threadpool(ctx.runtime.rollback)
     ctx.metrics.model_swaps.inc()
     return registry_view(ctx)
 
 
 @router.put("/shadow", response_model=RegistryOut, summary="Score frames with a candidate next to the active model")
 async def set_shadow(body: ShadowIn, ctx: ContextDep, _: CanManage) -> Any:
-    await run_in_threadpool(ctx.runtime.set_shadow, body.version)
+    with public(ctx):
+        await run_in_threadpool(ctx.runtime.set_shadow, body.version)
     return registry_view(ctx)
 
 
 @router.delete("/shadow", response_model=RegistryOut, summary="Stop shadow scoring")
 async def clear_shadow(ctx: ContextDep, _: CanManage) -> Any:
-    await run_in_threadpool(ctx.runtime.set_shadow, None)
+    with public(ctx):
+        await run_in_threadpool(ctx.runtime.set_shadow, None)
     return registry_view(ctx)
 
 
@@ -120,7 +143,8 @@ def shadow_stats(ctx: ContextDep, session: SessionDep, _: CanManage, version: st
     confusion: dict[str, dict[str, int]] = {}
     compared = agree = agree_label = 0
     if version is not None:
-        entry = ctx.registry.get(version)
+        with public(ctx):
+            entry = ctx.registry.get(version)
         rows = session.execute(
             select(
                 ShadowResult.active_decision,
