@@ -19,7 +19,9 @@ def register(app: typer.Typer) -> None:
 
 @keys_app.command("create")
 def create(
-    role: str = typer.Option(..., "--role", help="camera, operator or engineer."),
+    role: str = typer.Option(
+        ..., "--role", help="camera, monitor (/metrics and /readyz only: for Prometheus), operator or engineer."
+    ),
     camera_id: str | None = typer.Option(None, "--camera-id", help="The camera a camera key may post for."),
     name: str | None = typer.Option(None, "--name", help="A label for the key (who holds it)."),
     config: Path | None = ConfigOpt,
@@ -78,7 +80,10 @@ def revoke(
     data_dir: Path | None = DataDirOpt,
     database_url: str | None = DbOpt,
 ) -> None:
-    """Revoke a key; a running service refuses it within seconds."""
+    """Revoke a key; a running service refuses it from its next request on (keys are not cached).
+
+    The row stays (marked revoked), so revoking every key closes the service: it never falls back to open
+    mode unless allow_open_mode_after_keys is set."""
     from andon.service.auth import revoke_key
 
     with service_sessions(config, data_dir, database_url)() as session:

@@ -80,7 +80,7 @@ def serve(
 
 def prepare(settings):
     """Once, before any worker starts: migrate, register --model, decide the bind address."""
-    from andon.service.auth import list_keys
+    from andon.service.auth import any_active_key, open_mode
     from andon.service.db import make_engine, migrate, session_factory
     from andon.service.registry import ModelRegistry
     from andon.service.runtime import ModelRuntime
@@ -90,7 +90,8 @@ def prepare(settings):
     try:
         migrate(engine)
         with session_factory(engine)() as session:
-            has_keys = bool(list_keys(session))
+            has_keys = not open_mode(session, allow_after_keys=settings.allow_open_mode_after_keys)
+            all_revoked = has_keys and not any_active_key(session)
     finally:
         engine.dispose()
     if settings.model is not None:
@@ -99,6 +100,13 @@ def prepare(settings):
         ModelRuntime(ModelRegistry(settings.registry_dir), settings).bootstrap(settings.model)
         memory.trim()  # the validation load is gone; give its pages back before the service loads the model
     changes: dict = {"model": None}
+    if all_revoked:
+        typer.secho(
+            "every API key is revoked: every API route refuses until a key is created "
+            "('andon keys create --role engineer'); the service does not fall back to open mode",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
     if not has_keys and not _is_loopback(settings.host):
         typer.secho(
             f"no API keys are configured: binding to {LOOPBACK} only, not {settings.host}. Create keys "

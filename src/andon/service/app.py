@@ -61,7 +61,7 @@ def build_context(settings: Settings) -> ServiceContext:
     )
     metrics.queue_capacity.set(admission.capacity)
     store = LocalDiskStore(settings.images_dir)
-    keydir = KeyDirectory(sessions)
+    keydir = KeyDirectory(sessions, allow_open_after_keys=settings.allow_open_mode_after_keys)
     pipeline = Pipeline(settings, runtime, admission, store, sessions, metrics, keydir)
     return ServiceContext(
         settings=settings,
@@ -119,6 +119,7 @@ def create_app_from_environment() -> FastAPI:
 def start(ctx: ServiceContext) -> None:
     """Migrate, register ``--model``, load the active model. A broken model leaves the service up, not ready."""
     migrate(ctx.engine)
+    ctx.keys.check_start()
     if ctx.settings.model is not None:
         ctx.runtime.bootstrap(ctx.settings.model)
     ctx.runtime.sync(force=True)

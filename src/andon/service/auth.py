@@ -1,9 +1,11 @@
 """API keys, roles and what each role may do.
 
-Three roles with separate credentials:
+Four roles with separate credentials:
 
 * ``camera``   posts frames, only for the camera id its key is bound to; reads nothing.
-* ``operator`` reads inspections, images, parts, and reviews.
+* ``monitor``  reads ``/metrics`` and ``/readyz`` only: the key a plant's Prometheus scrapes with
+               (``authorization: {credentials_file: ...}`` in its scrape config), which reads no inspection.
+* ``operator`` reads inspections, images, parts, and reviews (and the health routes).
 * ``engineer`` everything an operator may do, plus models, keys and retention (and posting, for tests).
 
 A key looks like ``andon_<id>_<secret>``. The id finds the row; the secret is checked against
@@ -13,7 +15,17 @@ shown once, at creation.
 
 With no key in the database the service is in *open mode*: requests need no credential, except that
 management (models, keys, retention) is never open; ``andon serve`` then binds to loopback only. Once a key
-exists, every API route needs one.
+exists, every API route needs one, for good: revoked keys stay in the table as rows, so "a key row was ever
+written" survives restarts, and revoking every key closes the service rather than opening it. Only the
+setting ``allow_open_mode_after_keys`` (logged as a warning at every start) lets a database whose keys are
+all revoked fall back to open mode.
+
+Every request with a key is checked against the database (one primary-key read), so a revocation, by the API
+or by ``andon keys revoke`` from another process, takes effect at the next request: nothing is cached.
+
+``/livez`` is always open. ``/metrics`` and ``/readyz`` are open when ``health_is_public(settings)``: the
+setting ``public_health``, or by default when the service is bound to loopback only; otherwise they need a
+monitor, operator or engineer credential.
 
 Authentication is a list of authenticators on ``app.state.authenticators`` (request, session) -> Principal
 or None; the API-key one is first. A cookie-session authenticator (the review station) can be appended.
@@ -23,6 +35,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
+import logging
 import secrets
 import threading
 import time
@@ -30,19 +44,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from andon.errors import ConfigError, NotFoundError
 from andon.service.tables import ApiKey, utcnow
 
-Role = Literal["camera", "operator", "engineer"]
-ROLES: tuple[Role, ...] = ("camera", "operator", "engineer")
-Permission = Literal["inspect", "read", "review", "manage"]
+Role = Literal["camera", "monitor", "operator", "engineer"]
+ROLES: tuple[Role, ...] = ("camera", "monitor", "operator", "engineer")
+Permission = Literal["inspect", "monitor", "read", "review", "manage"]
 
 #: who may do what (anonymous principals in open mode: everything but manage)
 PERMISSIONS: dict[Permission, frozenset[str]] = {
     "inspect": frozenset({"camera", "engineer"}),
+    "monitor": frozenset({"monitor", "operator", "engineer"}),
     "read": frozenset({"operator", "engineer"}),
     "review": frozenset({"operator", "engineer"}),
     "manage": frozenset({"engineer"}),
@@ -50,6 +65,7 @@ PERMISSIONS: dict[Permission, frozenset[str]] = {
 
 _PREFIX = "andon_"
 _LAST_USED_EVERY_S = 60.0
+log = logging.getLogger("andon.service")
 
 
 @dataclass(frozen=True)
@@ -112,10 +128,25 @@ def list_keys(session: Session, *, include_revoked: bool = False) -> list[ApiKey
     return list(session.scalars(query))
 
 
+def any_key_ever(session: Session) -> bool:
+    """Whether a key was ever created here: revoked keys keep their rows, and nothing deletes them."""
+    return bool(session.scalar(select(exists().where(ApiKey.id.is_not(None)))))
+
+
+def any_active_key(session: Session) -> bool:
+    return bool(session.scalar(select(exists().where(ApiKey.revoked_at.is_(None)))))
+
+
+def open_mode(session: Session, *, allow_after_keys: bool = False) -> bool:
+    """No credential needed: no key was ever created (or, with ``allow_after_keys``, none is active)."""
+    return not (any_active_key(session) if allow_after_keys else any_key_ever(session))
+
+
 def revoke_key(session: Session, key_id: str) -> ApiKey:
-    row = session.get(ApiKey, key_id)
+    row = session.get(ApiKey, key_id) if len(key_id) <= 64 else None
     if row is None:
-        raise NotFoundError(f"no API key with id {key_id!r}; 'andon keys list' shows the ids")
+        shown = key_id if len(key_id) <= 40 else key_id[:40] + "…"
+        raise NotFoundError(f"no API key with id {shown!r}; 'andon keys list' shows the ids")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
     return row
@@ -150,24 +181,27 @@ def presented_key(headers: dict[str, str] | object) -> str | None:
 
 
 class KeyDirectory:
-    """Cached facts about keys the hot path needs: do any exist, which camera ids they name.
+    """Facts about keys the hot path needs: is a credential required, which camera ids keys name.
 
-    Refreshed at most every ``ttl`` seconds, so a key created with the CLI while the service runs takes
-    effect within that time. ``auth_required`` latches: a service that started (or saw) keys never reverts
-    to open mode because the last key was revoked.
+    ``auth_required`` reads the database until it is true, then latches (a key row, once written, is never
+    deleted), so the first key created, by the API or the CLI, closes open mode at the next request. With
+    ``allow_open_mode_after_keys`` it never latches: it is then "some key is active", read every time.
+    ``camera_ids`` (which cameras are known) is refreshed at most every ``ttl`` seconds.
     """
 
-    def __init__(self, session_factory: Callable[[], Session], ttl: float = 2.0) -> None:
+    def __init__(
+        self, session_factory: Callable[[], Session], ttl: float = 2.0, *, allow_open_after_keys: bool = False
+    ) -> None:
         self._factory = session_factory
         self._ttl = ttl
+        self._allow_open = allow_open_after_keys
         self._lock = threading.Lock()
         self._at = -1e9
-        self._any = False
         self._cameras: frozenset[str] = frozenset()
         self._latched = False
-        self._verified: dict[bytes, tuple[Principal, float]] = {}
+        self._warned = False
 
-    def _refresh(self) -> None:
+    def _refresh_cameras(self) -> None:
         now = time.monotonic()
         if now - self._at < self._ttl:
             return
@@ -176,38 +210,63 @@ class KeyDirectory:
                 return
             with self._factory() as session:
                 rows = list_keys(session)
-            self._any = bool(rows)
             self._cameras = frozenset(r.camera_id for r in rows if r.camera_id)
-            self._latched = self._latched or self._any
             self._at = now
 
     def invalidate(self) -> None:
-        """Forget everything cached (after a key is created or revoked through the API)."""
+        """Forget the cached camera ids (after a key is created or revoked through the API)."""
         self._at = -1e9
-        self._verified.clear()
 
-    def cached_principal(self, key: str) -> Principal | None:
-        """The principal of a key verified less than ``ttl`` seconds ago (revocation by the CLI therefore
-        takes effect within ``ttl`` seconds; through the API at once)."""
-        hit = self._verified.get(hashlib.sha256(key.encode()).digest())
-        if hit is None or time.monotonic() - hit[1] > self._ttl:
-            return None
-        return hit[0]
-
-    def remember(self, key: str, principal: Principal) -> None:
-        if len(self._verified) > 10_000:
-            self._verified.clear()
-        self._verified[hashlib.sha256(key.encode()).digest()] = (principal, time.monotonic())
+    def check_start(self) -> None:
+        """At start-up: say loudly when ``allow_open_mode_after_keys`` opens a database that had keys."""
+        with self._factory() as session:
+            ever, active = any_key_ever(session), any_active_key(session)
+        if self._allow_open and ever and not active:
+            log.warning(
+                "OPEN MODE after keys: every API key is revoked and allow_open_mode_after_keys is set, so "
+                "requests without a credential are served; create a key or unset the setting to close it"
+            )
+        elif self._allow_open:
+            log.warning("allow_open_mode_after_keys is set: revoking every key will re-open the service")
 
     @property
     def auth_required(self) -> bool:
-        self._refresh()
-        return self._latched
+        if self._latched:
+            return True
+        with self._factory() as session:
+            closed = not open_mode(session, allow_after_keys=self._allow_open)
+        if closed and not self._allow_open:
+            self._latched = True
+        if not closed and self._allow_open and not self._warned:
+            with self._factory() as session:
+                had_keys = any_key_ever(session)
+            if had_keys:
+                log.warning("serving a request without a credential: every key is revoked (allow_open_mode_after_keys)")
+                self._warned = True
+        return closed
 
     @property
     def camera_ids(self) -> frozenset[str]:
-        self._refresh()
+        self._refresh_cameras()
         return self._cameras
+
+
+def health_is_public(settings: object) -> bool:
+    """Whether ``/metrics`` and ``/readyz`` answer without a credential: ``public_health`` when set, else
+    only when the service is bound to loopback (``host``), where only this machine can reach them."""
+    chosen = getattr(settings, "public_health", None)
+    if chosen is not None:
+        return bool(chosen)
+    return is_loopback(str(getattr(settings, "host", "127.0.0.1")))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name that is not localhost: assume it is reachable from elsewhere
 
 
 def api_key_authenticator(request: object, session: Session) -> Principal | None:

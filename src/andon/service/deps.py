@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from andon.service.admission import Admission
-from andon.service.auth import ANONYMOUS, KeyDirectory, Permission, Principal, presented_key
+from andon.service.auth import ANONYMOUS, KeyDirectory, Permission, Principal, health_is_public, presented_key
 from andon.service.errors import AuthenticationError, PermissionDeniedError
 from andon.service.metrics import Metrics
 from andon.service.pipeline import Pipeline
@@ -69,22 +69,15 @@ ModelsDep = Annotated[Models, Depends(get_models)]
 
 
 async def get_principal(request: Request, ctx: ContextDep) -> Principal:
-    """Who is calling; anonymous only while no key exists (open mode).
+    """Who is calling; anonymous only in open mode (no key was ever created).
 
-    A key verified in the last few seconds is answered from memory; otherwise the authenticators run in a
-    worker thread with their own short session, so the hot path neither blocks the event loop nor holds a
-    database connection while it waits for inference.
+    The authenticators run in a worker thread with their own short session (one primary-key read of the
+    key), so the hot path neither blocks the event loop nor holds a database connection while it waits for
+    inference. Nothing is cached: a key revoked by the API or the CLI is refused at the next request.
     """
-    key = presented_key(request.headers)
-    if key is not None:
-        cached = ctx.keys.cached_principal(key)
-        if cached is not None:
-            return cached
-    if key is not None or request.cookies:
+    if presented_key(request.headers) is not None or request.cookies:
         principal = await run_in_threadpool(_authenticate, request, ctx)
         if principal is not None:
-            if key is not None and principal.key_id is not None:
-                ctx.keys.remember(key, principal)
             return principal
     if await run_in_threadpool(lambda: ctx.keys.auth_required):
         raise AuthenticationError("this route needs an API key (Authorization: Bearer andon_... or X-API-Key)")
@@ -122,6 +115,7 @@ def require(permission: Permission) -> Callable[[Principal], Principal]:
 
 _VERB = {
     "inspect": "post frames",
+    "monitor": "read metrics or readiness",
     "read": "read inspections",
     "review": "review inspections",
     "manage": "manage models, keys or retention",
@@ -131,3 +125,14 @@ CanInspect = Annotated[Principal, Depends(require("inspect"))]
 CanRead = Annotated[Principal, Depends(require("read"))]
 CanReview = Annotated[Principal, Depends(require("review"))]
 CanManage = Annotated[Principal, Depends(require("manage"))]
+
+
+async def health_access(request: Request, ctx: ContextDep) -> None:
+    """``/metrics`` and ``/readyz``: open when ``health_is_public(settings)``, else a monitor, operator or
+    engineer credential (``andon keys create --role monitor`` for Prometheus)."""
+    if health_is_public(ctx.settings):
+        return
+    require("monitor")(await get_principal(request, ctx))
+
+
+CanMonitor = Depends(health_access)

@@ -166,7 +166,7 @@ class ShadowStats(BaseModel):
 
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    role: Literal["camera", "operator", "engineer"]
+    role: Literal["camera", "monitor", "operator", "engineer"]
     camera_id: str | None = Field(None, min_length=1, max_length=64, pattern=_ID)
     name: str | None = Field(None, max_length=128)
 

@@ -46,6 +46,21 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes; each holds its own model")
 
+    # access
+    public_health: bool | None = Field(
+        None,
+        description="/metrics and /readyz without a credential (they name cameras, lines, model versions and "
+        "queue depth); None: only when bound to loopback. Otherwise they need a monitor, operator or engineer "
+        "key: give Prometheus a monitor key ('andon keys create --role monitor', which reads nothing else) as "
+        "its bearer token. /livez is always open",
+    )
+    allow_open_mode_after_keys: bool = Field(
+        False,
+        description="once a key has existed the service never serves requests without a credential, even "
+        "when every key is revoked; true lets a database whose keys are all revoked fall back to open mode "
+        "(logged as a warning)",
+    )
+
     # inference and admission control
     inference_threads: int = Field(0, ge=0, le=64, description="concurrent inferences; 0 = usable cores (max 4)")
     intra_op_threads: int = Field(

@@ -1,4 +1,9 @@
-"""/livez, /readyz and /metrics: for the orchestrator and Prometheus (no credential needed)."""
+"""/livez, /readyz and /metrics: for the orchestrator and Prometheus.
+
+``/livez`` never needs a credential. ``/metrics`` (camera and line labels) and ``/readyz`` (model version,
+queue depth) need a monitor, operator or engineer key unless ``health_is_public(settings)``: the
+``public_health`` setting, by default true only when the service is bound to loopback.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from andon.service.db import check_writable
-from andon.service.deps import CanManage, ContextDep
+from andon.service.deps import CanManage, CanMonitor, ContextDep
 from andon.service.retention import prune
 from andon.service.schemas import RetentionOut
 
@@ -27,9 +32,10 @@ async def livez() -> dict[str, str]:
     "/readyz",
     summary="Model loaded and warm, storage writable, disk above the low-water mark",
     responses={503: {"description": "not ready; 'reasons' says why"}},
+    dependencies=[CanMonitor],
 )
 async def readyz(ctx: ContextDep) -> Any:
-    reasons = await run_in_threadpool(readiness_problems, ctx)
+    reasons = [ctx.registry.redact(r) for r in await run_in_threadpool(readiness_problems, ctx)]
     models = ctx.runtime.snapshot()
     body = {
         "status": "ready" if not reasons else "not ready",
@@ -66,7 +72,7 @@ def readiness_problems(ctx) -> list[str]:
     return reasons
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response, dependencies=[CanMonitor])
 def metrics(ctx: ContextDep) -> Response:
     return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
