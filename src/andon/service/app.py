@@ -95,7 +95,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(ctx.admission.shutdown)
             ctx.engine.dispose()
 
-    app = FastAPI(title="andon", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # redirect_slashes=False: Starlette's trailing-slash redirect builds an absolute Location from the Host
+    # header (Host: evil.example -> 307 http://evil.example/v1/keys); without it such a path is a 404 in the
+    # one error shape, and the service never builds a URL from what the client says its host is.
+    app = FastAPI(
+        title="andon", version=__version__, description=DESCRIPTION, lifespan=lifespan, redirect_slashes=False
+    )
     app.state.ctx = ctx
     app.state.metrics = ctx.metrics
     errors.install(app)
