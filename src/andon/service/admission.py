@@ -5,6 +5,11 @@ thread per concurrent inference), never on the event loop. At most ``workers + q
 admitted at once; a frame beyond that is refused at once with 503 and Retry-After. Latency therefore stays
 bounded under overload (at most a full queue ahead of any frame) and so does memory (admitted bodies only),
 instead of both growing without limit.
+
+Frames are not all the same size, so memory is counted too: ``reserve(nbytes)`` admits bytes (a body while it
+is read, a frame's decoded pixels while it is inspected) against a budget, or raises ``OverloadedError``
+(503 + Retry-After). Reservations over a frame's share (``budget / 2 / capacity``) together hold at most half
+the budget, so a few huge frames are refused while normal frames still fit.
 """
 
 from __future__ import annotations
@@ -14,16 +19,33 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TypeVar
 
 from andon.service.errors import OverloadedError
 
 T = TypeVar("T")
 
+_MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Bytes admitted by ``Admission.reserve``; give it back to ``unreserve``."""
+
+    nbytes: int
+    large: bool
+
 
 class Admission:
     def __init__(
-        self, workers: int, queue_size: int, *, retry_after: int = 1, on_depth: Callable[[int], None] | None = None
+        self,
+        workers: int,
+        queue_size: int,
+        *,
+        memory_bytes: int | None = None,
+        retry_after: int = 1,
+        on_depth: Callable[[int], None] | None = None,
     ) -> None:
         self.workers = workers
         self.capacity = workers + queue_size
@@ -32,6 +54,51 @@ class Admission:
         self._pending = 0
         self._lock = threading.Lock()
         self._on_depth = on_depth
+        #: bytes that may be admitted at once (None: memory is not counted)
+        self.memory_bytes = memory_bytes
+        self._bytes = 0
+        self._large_bytes = 0
+
+    @property
+    def share(self) -> int:
+        """A reservation up to this size is a normal frame's; larger ones share half the budget."""
+        return 0 if self.memory_bytes is None else self.memory_bytes // (2 * self.capacity)
+
+    @property
+    def bytes_in_flight(self) -> int:
+        return self._bytes
+
+    def reserve(self, nbytes: int, what: str = "this frame") -> Reservation:
+        """Admit ``nbytes`` of memory or raise ``OverloadedError`` (503 + Retry-After)."""
+        nbytes = max(0, int(nbytes))
+        if self.memory_bytes is None:
+            return Reservation(nbytes, False)
+        large = nbytes > self.share
+        with self._lock:
+            fits = self._bytes + nbytes <= self.memory_bytes
+            if large:
+                fits = fits and self._large_bytes + nbytes <= self.memory_bytes // 2
+            if fits:
+                self._bytes += nbytes
+                if large:
+                    self._large_bytes += nbytes
+            in_flight = self._bytes
+        if not fits:
+            pool = f" (frames over {self.share / _MB:.1f} MB share half of it)" if large else ""
+            raise OverloadedError(
+                f"memory budget full: {what} needs {nbytes / _MB:.1f} MB, {in_flight / _MB:.1f} MB of "
+                f"{self.memory_bytes / _MB:.0f} MB are admitted{pool}; retry in {self.retry_after} s",
+                retry_after=self.retry_after,
+            )
+        return Reservation(nbytes, large)
+
+    def unreserve(self, reservation: Reservation) -> None:
+        if self.memory_bytes is None:
+            return
+        with self._lock:
+            self._bytes -= reservation.nbytes
+            if reservation.large:
+                self._large_bytes -= reservation.nbytes
 
     @property
     def depth(self) -> int:

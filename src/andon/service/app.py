@@ -56,6 +56,7 @@ def build_context(settings: Settings) -> ServiceContext:
     admission = Admission(
         settings.inference_threads,
         settings.queue_size,
+        memory_bytes=settings.memory_budget_mb * 1024 * 1024,
         retry_after=settings.retry_after_s,
         on_depth=metrics.queue_depth.set,
     )

@@ -1,9 +1,14 @@
 """Frames in, durable records out: the path every posted frame takes.
 
 1. check: the caller may post for this camera, the camera is known;
-2. idempotency: a retried (camera, Idempotency-Key) returns the stored answer; different bytes -> 422;
-3. inference on the bounded pool (``Admission``) with the model snapshot taken at the start;
-4. storage: the image (and its map: ``InspectionResult.display_map``, the anomaly map where the anomaly
+2. idempotency: a retried (camera, Idempotency-Key) returns the stored answer; different bytes -> 422. This
+   comes before any inference slot is taken: a replay costs a lookup, so it never gets 503 for a full queue;
+3. intake: the header is read and the structure checked (``decoding.probe``); a frame that would decode to
+   over ``max_decode_ratio`` x the model input's pixels is refused (413) before any pixel is decoded; the
+   frame's decoded bytes are reserved in the admission's memory budget (503 + Retry-After when full); bytes
+   after the image's end (a ZIP appended to a JPEG) are dropped: only the image is inspected and stored;
+4. inference on the bounded pool (``Admission``) with the model snapshot taken at the start;
+5. storage: the image (and its map: ``InspectionResult.display_map``, the anomaly map where the anomaly
    score flagged the frame, else the class heatmap) of every non-pass frame and of a sample of passes is
    written durably, then the record is committed; only then does the caller answer 2xx. A failure at any
    step writes nothing (images already written for the request are removed).
@@ -30,12 +35,18 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from andon.errors import ImageDecodeError, StorageError
-from andon.inspect.decoding import ImageHeader, probe
+from andon.inspect.decoding import ImageHeader, check_cost, decode_cost, probe
 from andon.inspect.inspector import Inspector
 from andon.inspect.result import InspectionResult
-from andon.service.admission import Admission
+from andon.service.admission import Admission, Reservation
 from andon.service.auth import KeyDirectory, Principal
-from andon.service.errors import IdempotencyConflictError, NoModelError, PermissionDeniedError, UnknownCameraError
+from andon.service.errors import (
+    IdempotencyConflictError,
+    NoModelError,
+    OverloadedError,
+    PermissionDeniedError,
+    UnknownCameraError,
+)
 from andon.service.metrics import Metrics
 from andon.service.runtime import ModelRuntime
 from andon.service.schemas import FrameMeta, InspectionOut
@@ -112,10 +123,21 @@ class Pipeline:
 
     # ---- the path --------------------------------------------------------------------------------------
     async def process(
-        self, frames: list[IncomingFrame], principal: Principal, *, heatmap: bool = False, started: float | None = None
+        self,
+        frames: list[IncomingFrame],
+        principal: Principal,
+        *,
+        heatmap: bool = False,
+        started: float | None = None,
+        admitted: int | None = None,
     ) -> Outcome:
-        """Inspect and store ``frames`` (already admitted by the caller); all or nothing."""
+        """Inspect and store ``frames``; all or nothing.
+
+        ``admitted``: inference slots the caller already holds for them (default: one per frame). Frames that
+        are not replays of stored ones get the missing slots here, after the idempotency lookup.
+        """
         started = time.perf_counter() if started is None else started
+        admitted = len(frames) if admitted is None else admitted
         for frame in frames:
             self.check_camera(principal, frame.meta.camera_id)
         _check_unique_keys(frames)
@@ -130,8 +152,20 @@ class Pipeline:
                 raise NoModelError(
                     self.runtime.last_error or "no active model: add one with 'andon models add' and promote it"
                 )
-            done = await self._infer(models.active, todo)
-            rows = await run_in_threadpool(self._persist, done, started)
+            slots = self.admission.acquire(len(todo) - admitted) if len(todo) > admitted else 0
+            try:
+                headers = await run_in_threadpool(self._intake, todo, models.active)
+                cost = sum(decode_cost(h, models.active.card.preprocess.input_size) for h in headers)
+                what = "this frame" if len(todo) == 1 else f"these {len(todo)} frames"
+                memory: Reservation = self.admission.reserve(cost, f"decoding {what}")
+                try:
+                    done = await self._infer(models.active, todo, headers)
+                finally:
+                    self.admission.unreserve(memory)  # the pixels are gone once inference returns
+                rows = await run_in_threadpool(self._persist, done, started)
+            finally:
+                if slots:
+                    self.admission.release(slots)
             if rows is None:
                 continue  # lost an idempotency race to a concurrent retry: answer with the winner's record
             fresh = iter(rows)
@@ -165,20 +199,38 @@ class Pipeline:
             out.append(row)
         return out
 
-    async def _infer(self, inspector: Inspector, frames: list[IncomingFrame]) -> list[_Done]:
+    def _intake(self, frames: list[IncomingFrame], inspector: Inspector) -> list[ImageHeader]:
+        """Header and structure of each frame, its cost checked against the model; trailing data dropped.
+
+        Runs in a worker thread: the structure walk reads the whole file (CRCs, scan data).
+        """
+        settings, target = self.settings, inspector.card.preprocess.input_size
+        headers = []
+        for i, f in enumerate(frames):
+            f.sha256  # noqa: B018 - the body's hash (idempotency) before the trailing data goes
+            try:
+                header = probe(f.data, max_pixels=settings.max_pixels, allowed_formats=settings.allowed_formats)
+                check_cost(header, target, settings.max_decode_ratio)
+            except ImageDecodeError as exc:
+                raise _frame_error(exc, i, len(frames)) from None
+            if header.end is not None and header.end < len(f.data):
+                log.info(
+                    "camera %s: dropped %d bytes after the end of a %d-byte %s frame",
+                    f.meta.camera_id,
+                    len(f.data) - header.end,
+                    header.end,
+                    header.format,
+                )
+                f.data = f.data[: header.end]
+            headers.append(header)
+        return headers
+
+    async def _infer(
+        self, inspector: Inspector, frames: list[IncomingFrame], headers: list[ImageHeader]
+    ) -> list[_Done]:
         want_heat = inspector.has_maps  # a class heatmap, an anomaly map, or both
-        settings = self.settings
 
         def work() -> list[tuple[ImageHeader, InspectionResult]]:
-            headers = []
-            for i, f in enumerate(frames):
-                f.sha256  # noqa: B018 - hash in this worker thread, not on the event loop
-                try:
-                    headers.append(
-                        probe(f.data, max_pixels=settings.max_pixels, allowed_formats=settings.allowed_formats)
-                    )
-                except ImageDecodeError as exc:
-                    raise _frame_error(exc, i, len(frames)) from None
             try:
                 results = inspector.inspect_batch([f.data for f in frames], heatmap=want_heat)
             except ImageDecodeError as exc:
@@ -277,7 +329,20 @@ class Pipeline:
     def _shadow_job(self, shadow: Inspector, d: _Done, row: Inspection) -> Callable:
         async def job() -> None:
             version = shadow.model_version
-            if self.admission.load > self.settings.shadow_max_load or not self.admission.try_acquire(1):
+            target = shadow.card.preprocess.input_size
+            memory = None
+            try:
+                check_cost(d.header, target, self.settings.max_decode_ratio)
+                memory = self.admission.reserve(decode_cost(d.header, target), "shadow scoring")
+            except (ImageDecodeError, OverloadedError):
+                pass
+            if (
+                memory is None
+                or self.admission.load > self.settings.shadow_max_load
+                or not self.admission.try_acquire(1)
+            ):
+                if memory is not None:
+                    self.admission.unreserve(memory)
                 self.shadow_skipped += 1
                 self.metrics.shadow.labels(shadow_version=version, outcome="skipped").inc()
                 return
@@ -289,6 +354,7 @@ class Pipeline:
                 return
             finally:
                 self.admission.release(1)
+                self.admission.unreserve(memory)
             agree = result.decision == row.decision
             self.metrics.shadow.labels(shadow_version=version, outcome="agree" if agree else "disagree").inc()
             await run_in_threadpool(self._store_shadow, row, result)

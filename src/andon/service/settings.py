@@ -75,6 +75,19 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="request body cap, also for chunked bodies")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
     allowed_formats: frozenset[str] = Field(SUPPORTED_FORMATS)
+    # frame intake: what one frame may cost (docs/reliability.md, tests/test_intake_*.py)
+    max_decode_ratio: float = Field(
+        128.0,
+        ge=1.0,
+        description="a frame may decode (JPEGs at reduced DCT scale) to at most this many times the model "
+        "input's pixels (128 x 224x224 = 6.4 MP); larger frames get 413 before any pixel is decoded",
+    )
+    memory_budget_mb: int = Field(
+        512,
+        ge=16,
+        description="bodies and decoded frames admitted at once; beyond it 503 + Retry-After. Frames over "
+        "their share (budget / 2 / (inference threads + queue)) together hold at most half of it",
+    )
     max_batch_frames: int = Field(16, ge=1, le=256)
     max_batch_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="body cap of /v1/inspections/batch")
     max_model_bytes: int = Field(1024 * 1024 * 1024, ge=1024, description="body cap of model uploads")

@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from andon.errors import ConfigError
+from andon.service.files import file_response, safe_filename
 from andon.service.review import dashboard as dash
 from andon.service.review.charts import CHARTS
 from andon.service.review.pages import _filters_menu, _to_login
@@ -102,4 +103,4 @@ async def chart(request: Request, name: str) -> Response:
         return CHARTS[name](cached_board(ctx, q))
 
     png = await run_in_threadpool(draw)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
+    return file_response(png, "image/png", safe_filename(f"chart-{name}", "png"), "private, max-age=60")

@@ -14,6 +14,7 @@ import numpy as np
 from andon.inspect.card import PreprocessSpec
 from andon.inspect.decoding import decode
 from andon.inspect.heatmap import colourise, to_image_coords
+from andon.service.files import image_only
 
 #: formats every browser shows as they are
 BROWSER_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png"}
@@ -26,7 +27,7 @@ CONVERT_SIDE = 2048
 def browser_frame(data: bytes, image_format: str, max_pixels: int) -> tuple[bytes, str]:
     """(bytes, media type) the browser can display: JPEG/PNG as stored, others converted to PNG."""
     if image_format in BROWSER_FORMATS:
-        return data, BROWSER_FORMATS[image_format]
+        return image_only(data, "this frame"), BROWSER_FORMATS[image_format]
     rgb = decode(data, target_hw=(CONVERT_SIDE, CONVERT_SIDE), max_pixels=max_pixels)
     rgb = _fit(rgb, CONVERT_SIDE)
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))

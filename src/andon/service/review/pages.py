@@ -19,6 +19,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from andon.errors import AndonError, ConfigError, NotFoundError
+from andon.service.files import file_response, safe_filename
 from andon.service.review import queue as q
 from andon.service.review.accounts import authenticate
 from andon.service.review.cards import card_lookup
@@ -369,7 +370,7 @@ def frame(request: Request, inspection_id: str) -> Response:
         data, media = browser_frame(ctx.store.get(row.image_key), row.image_format, ctx.settings.max_pixels)
     except (NotFoundError, AndonError):
         return Response(status_code=404)
-    return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=86400, immutable"})
+    return file_response(data, media, safe_filename(row.id, media.split("/")[-1]), "private, max-age=86400, immutable")
 
 
 @router.get("/review/heat/{inspection_id}.png")
@@ -383,4 +384,4 @@ def heat(request: Request, inspection_id: str) -> Response:
         return Response(status_code=404)
     card = card_lookup(ctx).card(row.model_hash)
     png = heat_layer_png(grid, (row.image_height, row.image_width), card.preprocess if card else None)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400, immutable"})
+    return file_response(png, "image/png", safe_filename(f"{row.id}-heat", "png"), "private, max-age=86400, immutable")

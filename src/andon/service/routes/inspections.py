@@ -1,4 +1,11 @@
-"""/v1/inspections: post frames (one, or a batch), list and read records, their images and heatmaps."""
+"""/v1/inspections: post frames (one, or a batch), list and read records, their images and heatmaps.
+
+Intake order: the Content-Encoding is checked (only identity: a frame is sent as it is, 415 otherwise); a
+frame without an Idempotency-Key takes an inference slot at once (503 when the queue is full, before its
+body is read); the body's declared size is reserved in the memory budget while it is read; then the
+pipeline looks up a retried key (a replay needs no slot), takes the missing slots, checks and reserves the
+decoded frame (``Pipeline.process``).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from andon.inspect.decoding import decode
 from andon.inspect.heatmap import heatmap_png
 from andon.service.deps import CanInspect, CanRead, ContextDep, SessionDep
 from andon.service.errors import InvalidRequestError, UnsupportedMediaTypeError, describe_validation
+from andon.service.files import file_response, image_only, safe_filename
 from andon.service.pipeline import IncomingFrame, run_after
 from andon.service.schemas import BatchOut, DecisionName, FrameMeta, InspectionOut, InspectionPage
 from andon.service.tables import REVIEW_STATUSES, Inspection
@@ -109,13 +117,19 @@ async def create_inspection(
         "serial": serial,
         "captured_at": captured_at,
     }
-    weight = ctx.admission.acquire(1)
+    _check_encoding(request)
+    weight = 0 if idempotency_key else ctx.admission.acquire(1)  # a retry is looked up before it takes a slot
     try:
-        data, fields = await _read_single(request)
-        frame = IncomingFrame(data, _meta({**query, **fields}), idempotency_key)
-        outcome = await ctx.pipeline.process([frame], principal, heatmap=heatmap, started=started)
+        body = ctx.admission.reserve(_declared(request, ctx.settings.max_body_bytes), "the request body")
+        try:
+            data, fields = await _read_single(request)
+            frame = IncomingFrame(data, _meta({**query, **fields}), idempotency_key)
+            outcome = await ctx.pipeline.process([frame], principal, heatmap=heatmap, started=started, admitted=weight)
+        finally:
+            ctx.admission.unreserve(body)
     finally:
-        ctx.admission.release(weight)
+        if weight:
+            ctx.admission.release(weight)
     item = outcome.items[0]
     response.headers["Location"] = f"/v1/inspections/{item.id}"
     if outcome.replayed[0]:
@@ -141,14 +155,18 @@ async def create_batch(
     heatmap: Annotated[bool, Query()] = False,
 ) -> Any:
     started = time.perf_counter()
-    weight = ctx.admission.acquire(1)
+    _check_encoding(request)
+    weight = 0 if idempotency_key else ctx.admission.acquire(1)  # the rest are taken after the key lookup
     try:
-        frames = await _read_batch(request, ctx.settings.max_batch_frames, idempotency_key)
-        if len(frames) > 1:
-            weight += ctx.admission.acquire(len(frames) - 1)
-        outcome = await ctx.pipeline.process(frames, principal, heatmap=heatmap, started=started)
+        body = ctx.admission.reserve(_declared(request, ctx.settings.max_batch_bytes), "the request body")
+        try:
+            frames = await _read_batch(request, ctx.settings.max_batch_frames, idempotency_key)
+            outcome = await ctx.pipeline.process(frames, principal, heatmap=heatmap, started=started, admitted=weight)
+        finally:
+            ctx.admission.unreserve(body)
     finally:
-        ctx.admission.release(weight)
+        if weight:
+            ctx.admission.release(weight)
     if outcome.after:
         background.add_task(run_after, outcome.after)
     return BatchOut(items=outcome.items)
@@ -211,7 +229,12 @@ def get_inspection(
 @router.get(
     "/{inspection_id}/image",
     response_class=Response,
-    responses={200: {"content": {m: {} for m in _MEDIA.values()}, "description": "the frame as posted"}},
+    responses={
+        200: {
+            "content": {m: {} for m in _MEDIA.values()},
+            "description": "the frame as posted, up to its end (bytes after the image's end are never stored)",
+        }
+    },
 )
 def get_image(inspection_id: str, session: SessionDep, ctx: ContextDep, _: CanRead) -> Response:
     row = _get(session, inspection_id)
@@ -220,11 +243,12 @@ def get_image(inspection_id: str, session: SessionDep, ctx: ContextDep, _: CanRe
             f"inspection {inspection_id} has no stored image ("
             f"{'pruned by retention' if row.image_pruned_at else 'passes are only sampled'})"
         )
-    data = ctx.store.get(row.image_key)
-    return Response(
+    data = image_only(ctx.store.get(row.image_key), f"inspection {inspection_id}")
+    return file_response(
         data,
-        media_type=_MEDIA.get(row.image_format, "application/octet-stream"),
-        headers={"Cache-Control": "private, max-age=86400, immutable"},
+        _MEDIA.get(row.image_format, "application/octet-stream"),
+        safe_filename(row.id, row.image_format),
+        "private, max-age=86400, immutable",
     )
 
 
@@ -255,7 +279,7 @@ def get_heatmap(
             max_side,
         )
     png = heatmap_png(image, heat, alpha, spec=_spec_for(ctx, row.model_hash), size=max_side)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+    return file_response(png, "image/png", safe_filename(f"{row.id}-heatmap", "png"), "private, max-age=3600")
 
 
 # ---- helpers -------------------------------------------------------------------------------------------
@@ -309,6 +333,26 @@ def _meta(values: dict[str, Any]) -> FrameMeta:
     except ValidationError as exc:
         raise InvalidRequestError(describe_validation(exc.errors())) from None
     return meta
+
+
+def _check_encoding(request: Request) -> None:
+    """Frames are sent as they are: JPEG and PNG are compressed already, and a compressed body would be
+    inflated before any limit could see its size. 415 for any Content-Encoding but identity."""
+    values = [v.strip().lower() for v in request.headers.getlist("content-encoding") for v in v.split(",")]
+    refused = sorted({v[:32] for v in values if v and v != "identity"})[:4]
+    if refused:
+        raise UnsupportedMediaTypeError(
+            f"Content-Encoding {', '.join(refused)} is not accepted; send the image bytes as they are "
+            "(accepted: identity, or no Content-Encoding)"
+        )
+
+
+def _declared(request: Request, cap: int) -> int:
+    """The body's size for the memory budget: its Content-Length, or the cap when it is chunked."""
+    try:
+        return min(max(0, int(request.headers.get("content-length", cap))), cap)
+    except ValueError:
+        return cap
 
 
 def _media_type(request: Request) -> str:
