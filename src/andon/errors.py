@@ -134,3 +134,11 @@ class StorageError(AndonError):
 
     code = "storage_unavailable"
     http_status = 503
+
+
+class DiskFullError(StorageError):
+    """The disk where frames are stored is full, or below the space kept back for the database: nothing was
+    stored. Reading and review keep working."""
+
+    code = "insufficient_storage"
+    http_status = 507

@@ -25,7 +25,7 @@ from andon.service.metrics import Metrics
 from andon.service.middleware import BodyLimit, RequestMetrics
 from andon.service.pipeline import Pipeline
 from andon.service.registry import ModelRegistry
-from andon.service.retention import prune
+from andon.service.retention import prune, sweep_at_start
 from andon.service.review.web import install as install_review_station
 from andon.service.routes import health, inspections, keys, models, parts
 from andon.service.runtime import ModelRuntime
@@ -61,7 +61,7 @@ def build_context(settings: Settings) -> ServiceContext:
         on_depth=metrics.queue_depth.set,
     )
     metrics.queue_capacity.set(admission.capacity)
-    store = LocalDiskStore(settings.images_dir)
+    store = LocalDiskStore(settings.images_dir, reserve_bytes=settings.disk_reserve_bytes)
     keydir = KeyDirectory(sessions, allow_open_after_keys=settings.allow_open_mode_after_keys)
     pipeline = Pipeline(settings, runtime, admission, store, sessions, metrics, keydir)
     return ServiceContext(
@@ -95,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(*tasks, return_exceptions=True)
             await run_in_threadpool(ctx.admission.shutdown)
             ctx.engine.dispose()
+            ctx.store.leave_writers()
 
     # redirect_slashes=False: Starlette's trailing-slash redirect builds an absolute Location from the Host
     # header (Host: evil.example -> 307 http://evil.example/v1/keys); without it such a path is a 404 in the
@@ -125,6 +126,8 @@ def create_app_from_environment() -> FastAPI:
 def start(ctx: ServiceContext) -> None:
     """Migrate, register ``--model``, load the active model. A broken model leaves the service up, not ready."""
     migrate(ctx.engine)
+    # what a crash left (temp files, images whose record never committed); docs/reliability.md has the rule
+    sweep_at_start(ctx.sessions, ctx.store, orphan_grace_s=ctx.settings.orphan_grace_s)
     ctx.keys.check_start()
     if ctx.settings.model is not None:
         ctx.runtime.bootstrap(ctx.settings.model)

@@ -44,12 +44,16 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
     return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
+#: what every SQLite connection runs first. ``synchronous=FULL`` fsyncs the WAL at every commit, so a commit
+#: (and the 2xx after it) survives a power cut; NORMAL would fsync only at checkpoints and lose the last
+#: commits (tests/test_durability_power.py runs that variant and sees the loss).
+SQLITE_PRAGMAS: tuple[str, ...] = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=30000")
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    for pragma in SQLITE_PRAGMAS:
+        cur.execute(f"PRAGMA {pragma}")
     cur.close()
 
 
@@ -84,3 +88,20 @@ def check_writable(engine: Engine) -> None:
     """Raise if the database cannot be reached (a read; writes are checked by every insert)."""
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+def integrity_problems(engine: Engine) -> list[str]:
+    """SQLite's ``PRAGMA integrity_check`` (every page, index and constraint): [] when the file is sound, else
+    its findings. PostgreSQL checks its own pages (checksums, WAL replay): [] there."""
+    if engine.dialect.name != "sqlite":
+        return []
+    with engine.connect() as conn:
+        rows = [str(r[0]) for r in conn.execute(text("PRAGMA integrity_check"))]
+    return [] if rows == ["ok"] else rows
+
+
+def sqlite_folder(engine: Engine) -> Path | None:
+    """The folder of a file-backed SQLite database (for its free-space check), else None."""
+    if engine.dialect.name != "sqlite" or not engine.url.database or engine.url.database == ":memory:":
+        return None
+    return Path(engine.url.database).resolve().parent

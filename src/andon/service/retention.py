@@ -8,6 +8,14 @@ The same run sweeps orphans: the service stores a frame's image before it commit
 (or a database that refused the record and a clean-up that failed too) can leave an image no record names.
 Files older than ``orphan_grace_s`` that no record names are deleted, with the temp files of interrupted
 writes. The grace period keeps the sweep away from frames whose record is being committed right now.
+
+At start-up (``sweep_at_start``) the rule is sharper. An image written just before its record commits is an
+orphan only if its writer is gone, so the sweep asks the store whether this process is its only writer
+(``ImageStore.join_writers(sole=True)``: a flock that every serving process holds, and that kill -9 drops).
+When it is, nothing can be between an image and its record, and every temp file and every file no record
+names is removed whatever its age. When another process is serving (a second worker, a rolling restart), the
+start-up sweep keeps the retention rule: only files older than ``orphan_grace_s``. ``orphan_grace_s: None``
+turns the orphan sweep off at start-up too (temp files still go when the process is alone).
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from andon.service.tables import REVIEW_NOT_REQUIRED, REVIEW_REVIEWED, Inspectio
 
 log = logging.getLogger("andon.service")
 _CHUNK = 500
+#: "whatever its age" (a file stamped in the future by a clock that jumped back included)
+_ANY_AGE = dt.timedelta(days=3650)
 
 
 @dataclass
@@ -54,8 +64,42 @@ def prune(
     return report
 
 
+def sweep_at_start(
+    sessions: Callable[[], Session],
+    store: ImageStore,
+    *,
+    orphan_grace_s: float | None,
+    now: dt.datetime | None = None,
+) -> tuple[PruneReport, bool]:
+    """The start-up sweep: join the store's writers and remove what crashed writes left; returns the report
+    and whether this process was the store's only writer (then nothing is spared for its age).
+
+    Call it before the process stores anything; it holds the store's writer lock (shared) on return, until
+    ``store.leave_writers()``."""
+    now = now or utcnow()
+    alone = store.join_writers(sole=True)
+    report = PruneReport()
+    try:
+        if alone and orphan_grace_s is None:
+            report.orphans_removed += store.remove_partial_writes(now + _ANY_AGE)
+        elif alone:
+            sweep_orphans(sessions, store, cutoff=now + _ANY_AGE, report=report, when="start-up")
+        elif orphan_grace_s is not None:
+            cutoff = now - dt.timedelta(seconds=orphan_grace_s)
+            sweep_orphans(sessions, store, cutoff=cutoff, report=report, when="start-up")
+    finally:
+        if alone:
+            store.join_writers()  # exclusive -> shared: other processes may start writing now
+    return report, alone
+
+
 def sweep_orphans(
-    sessions: Callable[[], Session], store: ImageStore, *, cutoff: dt.datetime, report: PruneReport
+    sessions: Callable[[], Session],
+    store: ImageStore,
+    *,
+    cutoff: dt.datetime,
+    report: PruneReport,
+    when: str = "retention",
 ) -> PruneReport:
     """Delete stored files written before ``cutoff`` that no record names as its image or heatmap."""
     report.orphans_removed += store.remove_partial_writes(cutoff)
@@ -69,7 +113,8 @@ def sweep_orphans(
         _remove_unnamed(sessions, store, batch, report)
     if report.orphans_removed:
         log.warning(
-            "retention: removed %d stored files that no record names (left by a crash or a failed write)",
+            "%s: removed %d stored files that no record names (left by a crash or a failed write)",
+            when,
             report.orphans_removed,
         )
     return report

@@ -102,6 +102,12 @@ class Settings(BaseSettings):
         0.01, ge=0.0, le=1.0, description="fraction of passed frames whose image is kept (every non-pass image is kept)"
     )
     min_free_disk_mb: int = Field(512, ge=0, description="readiness fails below this much free disk")
+    disk_reserve_mb: int = Field(
+        128,
+        ge=0,
+        description="frames are refused (507) when storing one would leave less than this free, keeping room "
+        "for the database (review verdicts); never above min_free_disk_mb, so readiness flips first",
+    )
     retention_pass_days: float | None = Field(
         30.0, gt=0, description="drop images of passed frames older than this; None keeps them"
     )
@@ -165,6 +171,11 @@ class Settings(BaseSettings):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'andon.db').resolve()}"
+
+    @property
+    def disk_reserve_bytes(self) -> int:
+        """Free space the image store never writes into: ``disk_reserve_mb``, capped at ``min_free_disk_mb``."""
+        return min(self.disk_reserve_mb, self.min_free_disk_mb) * 1024 * 1024
 
     @property
     def images_dir(self) -> Path:

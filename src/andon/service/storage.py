@@ -5,11 +5,24 @@ fsyncs it, renames it over the final name (atomic on POSIX) and fsyncs the folde
 survives a power cut. The service calls ``put`` before it commits the record and before it answers 2xx, so a
 2xx means the image and the record survive a crash. An S3-compatible store would implement the same
 protocol (PUT is atomic there; ``healthcheck`` would HEAD the bucket).
+
+Free space: ``put`` refuses a write that would leave less than ``reserve_bytes`` free (``DiskFullError``,
+507), and a write the disk itself refuses (ENOSPC, EDQUOT) is the same error, so the last megabytes stay for
+the database (review verdicts) and a frame is never half stored.
+
+Writers: every serving process holds ``<root>/.writers.lock`` shared (``join_writers``). A process that gets
+it exclusively (``join_writers(sole=True)`` answers True) knows no other process is writing to the store at
+that moment: no ``put`` is between its image and its record, so the start-up sweep may remove every temp file
+and every image no record names, whatever its age (``retention.sweep_at_start``). The lock is a ``flock``:
+the kernel drops it when a process dies, kill -9 included; it holds between processes of one host (and on
+filesystems whose flock spans hosts).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import fcntl
 import os
 import re
 import shutil
@@ -17,11 +30,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from andon.errors import NotFoundError, StorageError
+from andon.errors import DiskFullError, NotFoundError, StorageError
 from andon.fileio import fsync_dir
 from andon.fileio import write_atomic as _write_atomic
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+_MB = 1024 * 1024
+#: the flock every serving process holds shared (never a key: keys start with a letter or digit)
+WRITERS_LOCK = ".writers.lock"
+#: ``healthcheck``'s probe file; one left behind means a process died between its write and its unlink
+_PROBE = ".healthcheck"
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 @runtime_checkable
@@ -52,12 +71,22 @@ class ImageStore(Protocol):
     def free_bytes(self) -> int | None:
         """Free space where the images go, or None when the store cannot tell."""
 
+    def join_writers(self, *, sole: bool = False) -> bool:
+        """Count this process among the store's writers until ``leave_writers`` (or its end). With ``sole``,
+        first try to be the only one: True when no other process writes to the store now (and none can start
+        until this one calls ``join_writers()`` again). A store that cannot tell answers False."""
+
+    def leave_writers(self) -> None: ...
+
 
 class LocalDiskStore:
     """Images as files under ``root``; keys are relative paths such as ``2026/11/25/<id>.jpg``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, reserve_bytes: int = 0) -> None:
         self.root = Path(root)
+        #: ``put`` refuses a write that would leave less than this free (0: only the disk itself refuses)
+        self.reserve_bytes = reserve_bytes
+        self._lock_fd: int | None = None
 
     def _path(self, key: str) -> Path:
         if not _KEY.match(key) or ".." in key.split("/"):
@@ -66,11 +95,28 @@ class LocalDiskStore:
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
+        self._check_room(len(data))
         try:
             make_dirs_durably(path.parent)
             write_durably(path, data)
         except OSError as exc:
+            if exc.errno in _DISK_FULL:
+                raise DiskFullError(
+                    f"image store {self.root} is full ({exc.strerror}): frames are refused until space is freed "
+                    "(retention, or a larger disk)"
+                ) from None
             raise StorageError(f"cannot store image {key}: {exc.strerror or exc}") from None
+
+    def _check_room(self, size: int) -> None:
+        if self.reserve_bytes <= 0:
+            return
+        free = self.free_bytes()
+        if free is not None and free - size < self.reserve_bytes:
+            raise DiskFullError(
+                f"image store {self.root} has {free // _MB} MB free, below the {self.reserve_bytes // _MB} MB "
+                "kept for the database (disk_reserve_mb): frames are refused until space is freed (retention, "
+                "or a larger disk); review keeps working"
+            )
 
     def get(self, key: str) -> bytes:
         try:
@@ -92,10 +138,12 @@ class LocalDiskStore:
                 yield key, stat.st_size
 
     def remove_partial_writes(self, cutoff: dt.datetime) -> int:
-        """Temp files of ``write_durably`` (``.<name>.<random>.tmp``) a crash left behind."""
+        """Temp files of ``write_durably`` (``.<name>.<random>.tmp``) and ``healthcheck`` probes a crash left
+        behind, last written before ``cutoff``."""
         removed = 0
         for path, stat in list(self._files()):
-            if path.name.startswith(".") and path.name.endswith(".tmp") and stat.st_mtime < cutoff.timestamp():
+            leftover = (path.name.startswith(".") and path.name.endswith(".tmp")) or path.name == _PROBE
+            if leftover and stat.st_mtime < cutoff.timestamp():
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed
@@ -113,7 +161,7 @@ class LocalDiskStore:
 
     def healthcheck(self) -> str | None:
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            make_dirs_durably(self.root)  # a folder made here must survive a crash too: put relies on it
             write_durably(self.root / ".healthcheck", b"ok")
             (self.root / ".healthcheck").unlink()
         except OSError as exc:
@@ -126,6 +174,24 @@ class LocalDiskStore:
             return shutil.disk_usage(probe).free
         except OSError:
             return None
+
+    def join_writers(self, *, sole: bool = False) -> bool:
+        if self._lock_fd is None:
+            make_dirs_durably(self.root)
+            self._lock_fd = os.open(self.root / WRITERS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if sole:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                pass  # another process writes: join it
+        fcntl.flock(self._lock_fd, fcntl.LOCK_SH)  # waits while a starting process sweeps alone
+        return False
+
+    def leave_writers(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
 
 
 def write_durably(path: Path, data: bytes) -> None:

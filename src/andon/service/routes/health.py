@@ -8,13 +8,15 @@ queue depth) need a monitor, operator or engineer key unless ``health_is_public(
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from andon.service.db import check_writable
+from andon.service.db import check_writable, sqlite_folder
 from andon.service.deps import CanManage, CanMonitor, ContextDep
 from andon.service.retention import prune
 from andon.service.schemas import RetentionOut
@@ -69,6 +71,20 @@ def readiness_problems(ctx) -> list[str]:
             f"disk nearly full: {free // (1024 * 1024)} MB free, the low-water mark is "
             f"{ctx.settings.min_free_disk_mb} MB"
         )
+    # the SQLite file on a disk of its own: its free space counts too (commits fail on a full disk)
+    folder = sqlite_folder(ctx.engine)
+    if folder is not None and low > 0:
+        try:
+            images = ctx.store.root if ctx.store.root.exists() else ctx.store.root.parent
+            if os.stat(folder).st_dev != os.stat(images).st_dev:
+                db_free = shutil.disk_usage(folder).free
+                if db_free < low:
+                    reasons.append(
+                        f"database disk nearly full: {db_free // (1024 * 1024)} MB free in {folder}, the "
+                        f"low-water mark is {ctx.settings.min_free_disk_mb} MB"
+                    )
+        except (OSError, AttributeError):  # no local root (another store), or the folder is gone
+            pass
     return reasons
 
 
