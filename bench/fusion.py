@@ -249,6 +249,20 @@ def plain_card(card):
     )
 
 
+def current_band(card, recipe, run_dir: Path, reserve: float = 0.0):
+    """``card`` with its classifier band calibrated by today's ``calibrate_card`` on the run's val predictions
+    (what ``andon train`` would write now; a run trained by older code may hold another band), leaving its
+    anomaly band alone. ``reserve``: the review share the anomaly band takes from the budget."""
+    from andon.training.fit import calibrate_card
+    from andon.training.rundir import RunDir
+
+    new = calibrate_card(card, recipe.decision, RunDir(run_dir, run_dir.name), None, review_reserve=reserve)
+    t = new.thresholds
+    return card.replace(
+        thresholds=card.thresholds.model_copy(update={"defect": t.defect, "per_class": t.per_class, "source": t.source})
+    )
+
+
 def band_text(card) -> str:
     b = card.thresholds.defect
     rule = (
@@ -363,7 +377,7 @@ def part_fused(args, report: Report, say=print) -> dict:
     report.run = str(run_dir.relative_to(REPO) if run_dir.is_relative_to(REPO) else run_dir)
     report.train_seconds = seconds
     run = load_run(run_dir)
-    card = plain_card(run.card)
+    card = current_band(plain_card(run.card), recipe, run_dir)
     data = run_data(recipe, run_dir, card)
     preds = predictions(run_dir, data)
     report.classifier = {s: rates(card, preds[s]) for s in ("val", "test")}
@@ -385,6 +399,7 @@ def part_fused(args, report: Report, say=print) -> dict:
             fit_s = score_s = float("nan")
         else:
             fitted, vcard, scores, fit_s, score_s = fit_variant(recipe, v, data, card, run.model)
+        vcard = current_band(vcard, recipe, run_dir, v.false_alarm)
         res = VariantResult(
             variant=v.name,
             trunk=v.trunk_label,
@@ -533,10 +548,11 @@ def part_unseen(args, report: Report, say=print) -> None:
         if args.train_only:
             continue
         run = load_run(run_dir)
-        card = plain_card(run.card)
+        card = current_band(plain_card(run.card), recipe, run_dir)
         data = run_data(recipe, run_dir, card)
         preds = predictions(run_dir, data)
         _, vcard, scores, _, _ = fit_variant(recipe, VARIANTS[variant], data, card, run.model)
+        vcard = current_band(vcard, recipe, run_dir, VARIANTS[variant].false_alarm)
         test = preds["test"]
         alone = rates(card, test)
         fused = rates(vcard, test, scores["test"])

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.accuracy import REPO, machine
-from bench.fusion import ensure_trained, plain_card, predictions, rates, run_data, with_values
+from bench.fusion import current_band, ensure_trained, plain_card, predictions, rates, run_data, with_values
 from bench.fusion import main_recipe as fusion_recipe
 
 #: name -> (what changes, recipe overrides)
@@ -119,7 +119,8 @@ def measure(args, name: str, say=print) -> Row:
     recipe = variant_recipe(args, name)
     run_dir, seconds = ensure_trained(recipe, say)
     run = load_run(run_dir)
-    card = run.card
+    reserve = recipe.anomaly.false_alarm if run.card.anomaly is not None else 0.0
+    card = current_band(run.card, recipe, run_dir, reserve)
     data = run_data(recipe, run_dir, card)
     preds = predictions(run_dir, data)
     defect = card.defect_indices
@@ -151,7 +152,7 @@ def measure(args, name: str, say=print) -> Row:
         val_auroc=float(roc_auc(bad(val), p_defect(val["probs"]))),
         test_auroc=float(roc_auc(bad(test), p_defect(test["probs"]))),
         band=band_text(card),
-        alone=_summary(rates(plain_card(card), test)),
+        alone=_summary(rates(current_band(plain_card(run.card), recipe, run_dir), test)),
         fused=_summary(rates(card, test, score)),
         anomaly_auroc=float(roc_auc(bad(test), score)) if score is not None else float("nan"),
         tta_auroc=float(roc_auc(bad(test), p_defect(tta_probs))),

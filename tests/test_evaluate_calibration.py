@@ -191,3 +191,48 @@ def test_too_few_parts_of_a_class() -> None:
         calibrate_probs(
             y, probs, ["ok", "scratch", "crack"], ["scratch", "crack"], target_escape=0.01, per_class=["crack"]
         )
+
+
+def test_budget_band_spends_the_review_budget_when_escapes_cannot_be_verified() -> None:
+    """Too few defective parts for the escape target: the band keeps false rejects and review within their
+    limits on new parts, and catches more defects than the plain 0.5 split of a model that is sure of its good
+    parts but not of its defects (the grouped-split picture: 0.5 rejects no good part and passes half the
+    defects)."""
+    from andon.evaluation.calibration import calibrate_budget
+
+    def parts(rng, n_good, n_bad):
+        return np.r_[np.zeros(n_good, bool), np.ones(n_bad, bool)], np.r_[
+            rng.beta(1, 15, n_good), rng.beta(1.5, 1.5, n_bad)
+        ]
+
+    cap, budget = 0.02, 0.10
+    held_bad, held_scores = parts(np.random.default_rng(999), 400_000, 80_000)
+    false_rejects, reviews, caught = [], [], []
+    for seed in range(8):
+        bad, scores = parts(np.random.default_rng(seed), 1500, 30)
+        with pytest.raises(CalibrationError, match="too few defective parts"):
+            calibrate(bad, scores, target_escape=0.005, max_false_reject=cap)
+        result = calibrate_budget(bad, scores, max_false_reject=cap, max_review=budget)
+        band = result.thresholds.defect
+        assert 0.0 <= band.pass_below < band.reject_at <= 1.0
+        assert result.false_reject_rate <= cap and result.review_rate <= budget  # on the calibration data
+        assert "not verified" in result.thresholds.source and "budget band" in result.thresholds.source
+        rank = DecisionPolicy(result.thresholds).decide_scores({"defect": held_scores}).rank
+        false_rejects.append((rank[~held_bad] == 2).mean())
+        reviews.append((rank == 1).mean())
+        caught.append((rank[held_bad] > 0).mean())
+    assert np.mean(false_rejects) <= cap + 0.002 and np.mean(reviews) <= budget + 0.005  # new parts, on average
+    plain = (held_scores[held_bad] >= 0.5).mean()
+    assert (held_scores[~held_bad] >= 0.5).mean() < 0.001  # the plain split rejects no good part either
+    assert np.mean(caught) > plain + 0.2, (np.mean(caught), plain)
+
+
+def test_budget_band_with_no_review_budget_left_is_two_way_at_the_cap() -> None:
+    from andon.evaluation.calibration import calibrate_budget
+
+    bad, scores = synthetic(np.random.default_rng(4), 500, 20)
+    result = calibrate_budget(bad, scores, max_false_reject=0.02, max_review=0.0)
+    band = result.thresholds.defect
+    assert band.pass_below == band.reject_at and result.review_rate == 0.0
+    with pytest.raises(CalibrationError, match="too few good parts"):
+        calibrate_budget(bad[-30:], scores[-30:], max_false_reject=0.02, max_review=0.1)

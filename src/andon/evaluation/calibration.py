@@ -219,6 +219,77 @@ def calibrate(
     return dataclasses.replace(result, thresholds=thresholds.model_copy(update={"source": result.description}))
 
 
+def review_floor_for(scores: np.ndarray, max_review: float, *, ceiling: float) -> float:
+    """The smallest ``pass_below <= ceiling`` whose band [pass_below, ceiling) is expected to hold at most
+    ``max_review`` of new parts (the rank rule on all parts' scores, as ``reject_at_for`` on the good ones)."""
+    _check_rate("max review rate", max_review, allow_zero=True, allow_one=True)
+    scores = np.asarray(scores, dtype=np.float64)
+    n = len(scores)
+    below = np.sort(scores[scores < ceiling])[::-1]  # descending: the first ones enter the band first
+    allowed = math.floor(max_review * (n + 1) + 1e-9) - 1  # parts that may score in [pass_below, ceiling)
+    if allowed < 1 or len(below) == 0:
+        return ceiling
+    if allowed >= len(below):
+        return 0.0
+    at = float(below[allowed])  # pass_below must lie strictly above this score
+    pass_below = (math.floor(at * _ROUND) + 1) / _ROUND
+    while pass_below <= at:
+        pass_below += 1.0 / _ROUND
+    return min(ceiling, pass_below)
+
+
+def calibrate_budget(
+    is_defective: np.ndarray,
+    scores: np.ndarray,
+    *,
+    max_false_reject: float,
+    max_review: float,
+    source: str = "calibration data",
+) -> CalibrationResult:
+    """The band that catches the most defective parts within the plant's two budgets, for data that cannot
+    verify an escape target (too few defective parts): ``reject_at`` at the false-reject cap (rank rule on the
+    good parts) and ``pass_below`` as low as the review budget allows (rank rule on all parts). The escape rate
+    it gives is measured, not guaranteed; callers say so."""
+    bad, scores = _check_inputs(is_defective, scores)
+    reject_at = reject_at_for(scores[~bad], max_false_reject, floor=0.0)
+    pass_below = review_floor_for(scores, max_review, ceiling=reject_at)
+    thresholds = Thresholds(defect=ThresholdBand(pass_below=pass_below, reject_at=reject_at))
+    rank = DecisionPolicy(thresholds).decide_scores({"defect": scores}).rank
+    n_bad, n_good = int(bad.sum()), int((~bad).sum())
+    escape = float((rank[bad] == 0).mean()) if n_bad else float("nan")
+    false_reject = float((rank[~bad] == 2).mean()) if n_good else float("nan")
+    review = float((rank == 1).mean())
+    band = BandReport(
+        name="defect",
+        pass_below=pass_below,
+        reject_at=reject_at,
+        n_defective=n_bad,
+        n_good=n_good,
+        target_escape=float("nan"),
+        max_false_reject=max_false_reject,
+        escape_rate=escape,
+        false_reject_rate=false_reject,
+        escape_bound=float("nan"),
+    )
+    text = (
+        f"budget band on {source} ({len(bad)} parts, {n_bad} defective: too few to verify an escape target): "
+        f"false reject <= {max_false_reject:.2%} -> reject_at {reject_at:.6g}; review <= {max_review:.2%} -> "
+        f"pass_below {pass_below:.6g}; measured escape {escape:.2%} (not verified), false reject "
+        f"{false_reject:.2%}, review {review:.2%}"
+    )
+    return CalibrationResult(
+        thresholds=thresholds.model_copy(update={"source": text}),
+        n=len(bad),
+        n_defective=n_bad,
+        n_good=n_good,
+        escape_rate=escape,
+        false_reject_rate=false_reject,
+        review_rate=review,
+        bands=[band],
+        description=text,
+    )
+
+
 def calibrate_probs(
     y_true: np.ndarray,
     probs: np.ndarray,

@@ -427,8 +427,16 @@ def _finish(s: Session, state: StopState, progress: Progress) -> RunResult:
     metrics = {f"{split}_{k}": v for split, h in headlines.items() for k, v in h.items()}
     card = make_card(s.recipe, s.run.name, s.data, s.card.preprocess, weights=s.card.weights, metrics=metrics)
     notes: list[str] = []
+    # the anomaly band sends about anomaly.false_alarm of the good parts to review besides the classifier's band
+    reserve = s.recipe.anomaly.false_alarm if fitted is not None else 0.0
     card = calibrate_card(
-        card, s.recipe.decision, s.run, progress, notes=notes, val_fraction=s.recipe.data.val_fraction
+        card,
+        s.recipe.decision,
+        s.run,
+        progress,
+        notes=notes,
+        val_fraction=s.recipe.data.val_fraction,
+        review_reserve=reserve,
     )
     if fitted is not None:
         card = with_anomaly(card, fitted)
@@ -495,12 +503,16 @@ def calibrate_card(
     *,
     notes: list[str] | None = None,
     val_fraction: float | None = None,
+    review_reserve: float = 0.0,
 ) -> ModelCard:
     """Thresholds calibrated on the best model's validation predictions, or the card unchanged (with why).
 
-    The band meets ``target_escape`` and ``max_false_reject``; when the validation data cannot verify them the
-    thresholds stay at 0.5, and when the band needs more review than ``max_review`` it is kept (it does what
-    was asked; the card counts as weak). Either way one paragraph with the figures and the choices is printed
+    The band meets ``target_escape`` and ``max_false_reject``; when the validation data has too few defective
+    parts to verify the escape target, the band is the budget band (``calibrate_budget``: reject_at at the
+    false-reject cap, pass_below as low as the review budget less ``review_reserve`` allows: the share another
+    signal, the anomaly band, sends to review), or 0.5 / 0.5 without both limits; and
+    when the band needs more review than ``max_review`` it is kept (it does what was asked; the card counts as
+    weak). Either way one paragraph with the figures and the choices is printed
     and appended to ``notes`` (the report shows it).
     """
     from andon.errors import CalibrationError
@@ -546,6 +558,24 @@ def calibrate_card(
         )
     except CalibrationError as exc:
         why = shortfall(bad, scores, error=exc.message, **targets)
+        budget = (
+            _budget_band(bad, scores, cfg, run.name, review_reserve)
+            if why is not None and why.kind == "defective"
+            else None
+        )
+        if budget is not None:
+            if progress is not None:
+                progress.console.print(f"thresholds: {budget.description}", markup=False, highlight=False)
+            note(
+                f"Thresholds set to the budget band [{budget.thresholds.defect.pass_below:.6g}, "
+                f"{budget.thresholds.defect.reject_at:.6g}) (false rejects <= {cfg.max_false_reject:.1%}, review "
+                f"<= {cfg.max_review - review_reserve:.1%} on the validation split"
+                + (f", {review_reserve:.1%} of the budget left to the anomaly band" if review_reserve else "")
+                + "; it catches "
+                f"{1 - budget.escape_rate:.1%} of the validation defects there, not a verified escape rate): "
+                + why.paragraph
+            )
+            return card.replace(thresholds=budget.thresholds)
         note(
             "Thresholds left at 0.5 / 0.5 (P(defect) >= 0.5 rejects, no review band): "
             + (why.paragraph if why is not None else str(exc))
@@ -561,6 +591,26 @@ def calibrate_card(
             f"but the model counts as weak: {why.paragraph}"
         )
     return card.replace(thresholds=result.thresholds)
+
+
+def _budget_band(bad: np.ndarray, scores: np.ndarray, cfg, run_name: str, reserve: float):
+    """The budget band (``calibrate_budget``) when the escape target cannot be verified, or None when the
+    recipe sets no false-reject cap or review budget, or the good parts cannot verify the cap."""
+    from andon.errors import CalibrationError
+    from andon.evaluation.calibration import calibrate_budget
+
+    if cfg.max_false_reject is None or cfg.max_review is None:
+        return None
+    try:
+        return calibrate_budget(
+            bad,
+            scores,
+            max_false_reject=cfg.max_false_reject,
+            max_review=max(0.0, cfg.max_review - reserve),
+            source=f"validation split of {run_name}",
+        )
+    except CalibrationError:
+        return None
 
 
 def _close_workers(loaders: dict[str, torch.utils.data.DataLoader]) -> None:
