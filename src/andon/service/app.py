@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from andon import __version__
-from andon.service import errors, memory
+from andon.service import errors, memory, openapi
 from andon.service.admission import Admission
 from andon.service.auth import KeyDirectory, api_key_authenticator
 from andon.service.db import make_engine, migrate, session_factory
@@ -109,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (inspections.router, parts.router, models.router, keys.router, health.router):
         app.include_router(router)
     install_review_station(app)
+    openapi.install(app)
     app.add_middleware(
         BodyLimit,
         limit_for=_limits(settings),

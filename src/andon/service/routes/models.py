@@ -79,6 +79,7 @@ def list_models(ctx: ContextDep, _: CanManage) -> Any:
     status_code=201,
     response_model=ModelVersionOut,
     openapi_extra=_ONNX_BODY,
+    responses={200: {"model": ModelVersionOut, "description": "this file was already registered: nothing changed"}},
     summary="Add an exported model to the registry (validated and warmed up first)",
 )
 async def add_model(request: Request, response: Response, ctx: ContextDep, _: CanManage) -> Any:
