@@ -310,7 +310,22 @@ def test_thresholds_calibrate_impossible(model: Path, data_dir: Path, capsys) ->
     before = model.read_bytes()
     code, _, err = run(["thresholds", str(model), "--calibrate", str(data_dir), "--target-escape", "0.005"], capsys)
     assert code == 2 and "too few defective parts" in err and "4 in the calibration data, at least 199 needed" in err
+    assert "--budget" in err  # the way out for data with few defects
     assert model.read_bytes() == before
+
+
+def test_thresholds_calibrate_budget_band(model: Path, data_dir: Path, capsys) -> None:
+    """Too few defects for an escape target: --budget spends the review budget under the false-reject cap."""
+    from andon.inspect import Inspector
+
+    args = ["thresholds", str(model), "--calibrate", str(data_dir), "--budget", "--max-false-reject", "0.2"]
+    code, out, err = run([*args, "--max-review", "0.5"], capsys)
+    assert code == 0, err
+    t = Inspector.load(model).thresholds
+    assert t.source.startswith("budget band") and "not verified" in t.source
+    assert t.defect.pass_below <= t.defect.reject_at
+    code, _, err = run([*args, "--target-escape", "0.01"], capsys)
+    assert code == 2 and "leave out --target-escape" in err
 
 
 def test_thresholds_refuse_tampered_graph(model: Path, capsys) -> None:

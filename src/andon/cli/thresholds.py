@@ -52,6 +52,13 @@ def thresholds(
         "nothing, if the band would review more "
         "(default: the recipe's, 0.10; 1: none).",
     ),
+    budget: bool = typer.Option(
+        False,
+        "--budget",
+        help="With --calibrate: no escape target; the band that catches the most defective parts within "
+        "--max-false-reject and --max-review (for data with too few defective parts to verify an escape "
+        "target; the escape rate it gives is measured, not verified).",
+    ),
     class_target: list[str] = typer.Option(
         [], "--class-target", help="Calibrate a band for defect class NAME[:TARGET] too; repeatable."
     ),
@@ -82,6 +89,11 @@ def thresholds(
         raise ConfigError(
             "give either thresholds by hand (--pass-below/--reject-at/--class/--anomaly-at) or --calibrate, not both"
         )
+    if budget and (calibrate is None or class_target or target_escape is not None):
+        raise ConfigError(
+            "--budget calibrates one P(defect) band on labelled data within --max-false-reject and --max-review: "
+            "add --calibrate DATA, and leave out --target-escape and --class-target"
+        )
     if false_alarm is not None and calibrate is None:
         raise ConfigError("--false-alarm calibrates the anomaly threshold on labelled data: add --calibrate DATA")
     inspector = Inspector.load(model, warmup=calibrate is not None)
@@ -98,7 +110,7 @@ def thresholds(
     elif calibrate is not None:
         target_escape, max_false_reject, max_review = _targets(target_escape, max_false_reject, max_review)
         result, points, why = _calibrate(
-            inspector, calibrate, split, remap, target_escape, max_false_reject, max_review, class_target
+            inspector, calibrate, split, remap, target_escape, max_false_reject, max_review, class_target, budget
         )
         if result is not None:
             console.print(calibration_table(result))
@@ -215,6 +227,7 @@ _OPTION_NAMES = {
     "max_false_reject": "--max-false-reject",
     "max_review": "--max-review",
     "no_cap": "1",
+    "budget": "--budget",
 }
 
 
@@ -245,13 +258,14 @@ def _calibrate(
     max_false_reject: float | None,
     max_review: float | None,
     class_target: list[str],
+    budget: bool = False,
 ):
     """(calibration result or None, operating points, why the targets are not met or None)."""
     import numpy as np
 
     from andon.cli.evaluate import _load, _select
     from andon.errors import CalibrationError
-    from andon.evaluation.calibration import calibrate_probs
+    from andon.evaluation.calibration import calibrate_budget, calibrate_probs
     from andon.evaluation.evaluate import labels_for, onnx_probs
     from andon.evaluation.metrics import defect_score
     from andon.evaluation.tradeoff import operating_points
@@ -274,6 +288,19 @@ def _calibrate(
         "where": "the calibration data",
         "keys": _OPTION_NAMES,
     }
+    if budget:
+        if max_false_reject is None or max_review is None:
+            raise ConfigError(
+                "--budget needs a false-reject cap and a review budget below 1 (--max-false-reject, --max-review)"
+            )
+        try:
+            return (
+                calibrate_budget(bad, scores, max_false_reject=max_false_reject, max_review=max_review, source=source),
+                points,
+                None,
+            )
+        except CalibrationError as exc:
+            return None, points, exc.message
     try:  # the review budget is judged here, so that the paragraph can say what would fit in it
         result = calibrate_probs(
             y,

@@ -95,6 +95,11 @@ def shortfall(
                 f"loosen {names['target_escape']} to {looser:g} (the smallest escape rate {n_bad} "
                 f"defective parts can verify{_gives(bad, scores, looser, max_false_reject)})"
             )
+        if "budget" in names and max_false_reject is not None and max_review is not None:
+            choices.append(
+                f"calibrate the budget band with {names['budget']}: the most defective parts caught within the "
+                f"false-reject cap and the review budget (its escape rate is measured, not verified)"
+            )
         return Shortfall(
             "defective",
             f"too few defective parts to verify an escape rate of {target_escape:.2%}: "
