@@ -9,7 +9,8 @@ instead of both growing without limit.
 Frames are not all the same size, so memory is counted too: ``reserve(nbytes)`` admits bytes (a body while it
 is read, a frame's decoded pixels while it is inspected) against a budget, or raises ``OverloadedError``
 (503 + Retry-After). Reservations over a frame's share (``budget / 2 / capacity``) together hold at most half
-the budget, so a few huge frames are refused while normal frames still fit.
+the budget, so a few huge frames are refused while normal frames still fit; and their inference holds at
+most half the threads (``run(..., large=True)``), so normal frames still find a thread.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Admission:
         self.memory_bytes = memory_bytes
         self._bytes = 0
         self._large_bytes = 0
+        self._large_gate: asyncio.Semaphore | None = None  # made on first use, in the event loop
 
     @property
     def share(self) -> int:
@@ -135,8 +137,12 @@ class Admission:
         if self._on_depth:
             self._on_depth(depth)
 
-    async def run(self, fn: Callable[[], T]) -> tuple[T, float]:
-        """Run ``fn`` on the inference pool; returns (result, ms spent waiting for a thread)."""
+    async def run(self, fn: Callable[[], T], *, large: bool = False) -> tuple[T, float]:
+        """Run ``fn`` on the inference pool; returns (result, ms spent waiting for a thread).
+
+        ``large`` (work on a large reservation): such jobs hold at most half the threads (at least one), so
+        that frames within their share always find a thread free of huge decodes when there are two or more.
+        """
         submitted = time.perf_counter()
         started: list[float] = []
 
@@ -144,7 +150,13 @@ class Admission:
             started.append(time.perf_counter())
             return fn()
 
-        result = await asyncio.wrap_future(self.executor.submit(job))
+        if not large:
+            result = await asyncio.wrap_future(self.executor.submit(job))
+        else:
+            if self._large_gate is None:
+                self._large_gate = asyncio.Semaphore(max(1, self.workers // 2))
+            async with self._large_gate:
+                result = await asyncio.wrap_future(self.executor.submit(job))
         return result, (started[0] - submitted) * 1000.0
 
     def shutdown(self) -> None:

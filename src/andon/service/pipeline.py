@@ -159,7 +159,7 @@ class Pipeline:
                 what = "this frame" if len(todo) == 1 else f"these {len(todo)} frames"
                 memory: Reservation = self.admission.reserve(cost, f"decoding {what}")
                 try:
-                    done = await self._infer(models.active, todo, headers)
+                    done = await self._infer(models.active, todo, headers, large=memory.large)
                 finally:
                     self.admission.unreserve(memory)  # the pixels are gone once inference returns
                 rows = await run_in_threadpool(self._persist, done, started)
@@ -226,7 +226,7 @@ class Pipeline:
         return headers
 
     async def _infer(
-        self, inspector: Inspector, frames: list[IncomingFrame], headers: list[ImageHeader]
+        self, inspector: Inspector, frames: list[IncomingFrame], headers: list[ImageHeader], *, large: bool = False
     ) -> list[_Done]:
         want_heat = inspector.has_maps  # a class heatmap, an anomaly map, or both
 
@@ -237,7 +237,7 @@ class Pipeline:
                 raise _frame_error(exc, None, len(frames)) from None
             return list(zip(headers, results))  # type: ignore[arg-type]
 
-        pairs, queue_ms = await self.admission.run(work)
+        pairs, queue_ms = await self.admission.run(work, large=large)
         done = []
         for f, (header, result) in zip(frames, pairs):
             timings = {k: round(v, 3) for k, v in result.timings_ms.items() if k != "total"}
@@ -347,7 +347,7 @@ class Pipeline:
                 self.metrics.shadow.labels(shadow_version=version, outcome="skipped").inc()
                 return
             try:
-                result, _ = await self.admission.run(lambda: shadow.inspect(d.frame.data))
+                result, _ = await self.admission.run(lambda: shadow.inspect(d.frame.data), large=memory.large)
             except Exception as exc:  # noqa: BLE001 - a shadow failure must never touch the verdict path
                 log.warning("shadow model %s failed on %s: %s", version, row.id, exc)
                 self.metrics.shadow.labels(shadow_version=version, outcome="error").inc()
