@@ -81,7 +81,7 @@ class Row:
 
 
 def variant_recipe(args, name: str):
-    base = fusion_recipe(argparse.Namespace(epochs=args.epochs, runs_dir=args.runs_dir, main_run=None))
+    base = fusion_recipe(argparse.Namespace(epochs=args.epochs, runs_dir=args.runs_dir, main_run=args.main_run))
     if name == "base":
         return base
     return with_values(base, {**VARIANTS[name][1], "output.name": f"recipe-mt2g-{name}-{args.epochs}"})
@@ -200,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         "--variants", default="base,letterbox,lite0,320", help="comma-separated: " + ", ".join(VARIANTS)
     )
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument(
+        "--main-run",
+        default=None,
+        help="run folder of the base variant (default: bench.fusion's, bench-mt2g-224-EPOCHS)",
+    )
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "fusion")
     parser.add_argument("--json", type=Path, default=REPO / "runs" / "fusion" / "recipes.json")
     parser.add_argument("--render", action="store_true", help="print the table from the JSON, train nothing")
