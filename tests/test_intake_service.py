@@ -96,6 +96,22 @@ def test_a_retry_of_the_same_polyglot_is_a_replay(client):
     assert again.headers.get("idempotent-replayed") == "true" and again.json()["id"] == first.json()["id"]
 
 
+def test_files_stored_before_the_checks_are_served_cut_or_not_at_all(client):
+    from sqlalchemy import select
+
+    from andon.service.tables import Inspection
+
+    body = post_frame(client, jpeg(REJECT)).json()
+    ctx = client.app.state.ctx
+    with ctx.sessions() as session:
+        key = session.scalar(select(Inspection.image_key).where(Inspection.id == body["id"]))
+    url = f"/v1/inspections/{body['id']}/image"
+    ctx.store.put(key, jpeg(REJECT) + tiny_zip())  # a polyglot stored verbatim by an older andon
+    assert client.get(url).content == jpeg(REJECT)
+    ctx.store.put(key, headers_only_jpeg())  # a frame with no image, stored by an older andon
+    assert "not a valid image" in _error(client.get(url), 404, "not_found")
+
+
 def test_every_stored_file_response_has_nosniff_and_a_generated_name(client):
     from review_support import add_user, login
 

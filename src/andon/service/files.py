@@ -14,7 +14,7 @@ import re
 
 from fastapi import Response
 
-from andon.errors import ImageDecodeError
+from andon.errors import ImageDecodeError, NotFoundError
 from andon.inspect.decoding import SUPPORTED_FORMATS, probe
 
 _UNSAFE = re.compile(r"[^0-9A-Za-z_-]")
@@ -24,12 +24,15 @@ _EXT = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "TIFF": "tif"}
 def image_only(data: bytes, what: str) -> bytes:
     """``data`` up to the end of its image (JPEG end marker, PNG IEND, BMP pixel data); TIFF as it is.
 
-    A stored file that is not a valid image raises ``ImageDecodeError`` naming ``what``.
+    A stored file that is not a valid image (one stored before the intake checks) is not served: it raises
+    ``NotFoundError`` (404) naming ``what`` and what is wrong with it.
     """
     try:
         header = probe(data, max_pixels=1 << 62, allowed_formats=SUPPORTED_FORMATS)
     except ImageDecodeError as exc:
-        raise ImageDecodeError(f"the stored image of {what} is not a valid image: {exc.message}") from None
+        raise NotFoundError(
+            f"the stored image of {what} is not served: it is not a valid image ({exc.message})"
+        ) from None
     return data if header.end is None else data[: header.end]
 
 
