@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 # torch and torchvision are pinned to the releases this project is tested with
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test install install-serve system-deps lint format bench-accuracy bench-inference bench-serve bench-pipeline
+.PHONY: demo test install install-serve system-deps lint format audit bench-accuracy bench-inference bench-serve bench-pipeline
 
 ## The main job: sample data -> trained default model -> service on :8000 with a simulated camera.
 demo: install
@@ -43,6 +43,11 @@ lint:
 format:
 	$(PYTHON) -m ruff format .
 	$(PYTHON) -m ruff check --fix .
+
+## Known vulnerabilities in the installed packages (needs pypi.org's JSON API or api.osv.dev: not on offline boxes)
+audit:
+	$(PIP) install -q pip-audit
+	$(PYTHON) -m pip_audit --progress-spinner off --skip-editable
 
 bench-accuracy:
 	$(PYTHON) -m bench.accuracy
