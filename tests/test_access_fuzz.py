@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import string
+import tempfile
 from typing import Any
 from urllib.parse import quote
 
@@ -70,7 +71,8 @@ def _operations() -> list[tuple[str, str]]:
     from andon.service.app import create_app
     from andon.service.settings import Settings
 
-    spec = create_app(Settings.load(data_dir="unused-fuzz-data")).openapi()
+    with tempfile.TemporaryDirectory() as data_dir:  # at collection time: no tmp_path yet
+        spec = create_app(Settings.load(data_dir=data_dir)).openapi()
     return [(method.upper(), path) for path, ops in spec["paths"].items() for method in ops]
 
 

@@ -429,11 +429,11 @@ def app_routes(app) -> set[str]:
     return out
 
 
-def test_every_route_has_a_rule():
+def test_every_route_has_a_rule(tmp_path):
     from andon.service.app import create_app
     from andon.service.settings import Settings
 
-    routes = app_routes(create_app(Settings.load(data_dir="unused-matrix-data")))
+    routes = app_routes(create_app(Settings.load(data_dir=tmp_path)))
     assert not routes - set(RULES), f"routes without an access rule: {sorted(routes - set(RULES))}"
     assert not set(RULES) - routes, f"rules for routes that no longer exist: {sorted(set(RULES) - routes)}"
     assert all(policy in POLICIES for policy, _ in RULES.values())

@@ -52,7 +52,8 @@ class Settings(BaseSettings):
         description="/metrics and /readyz without a credential (they name cameras, lines, model versions and "
         "queue depth); None: only when bound to loopback. Otherwise they need a monitor, operator or engineer "
         "key: give Prometheus a monitor key ('andon keys create --role monitor', which reads nothing else) as "
-        "its bearer token. /livez is always open",
+        "its bearer token (scrape config authorization.credentials_file), and a readiness probe the same "
+        "header (Kubernetes httpGet.httpHeaders). /livez is always open",
     )
     allow_open_mode_after_keys: bool = Field(
         False,
