@@ -20,6 +20,7 @@ filesystems whose flock spans hosts).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import fcntl
@@ -96,10 +97,14 @@ class LocalDiskStore:
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         self._check_room(len(data))
+        existed = path.exists()
         try:
             make_dirs_durably(path.parent)
             write_durably(path, data)
         except OSError as exc:
+            if not existed:  # the rename may have happened before the folder's fsync failed: all or nothing
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
             if exc.errno in _DISK_FULL:
                 raise DiskFullError(
                     f"image store {self.root} is full ({exc.strerror}): frames are refused until space is freed "
