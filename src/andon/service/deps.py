@@ -107,7 +107,9 @@ def require(permission: Permission) -> Callable[[Principal], Principal]:
                 f"{permission} routes always need an engineer API key, even when no keys "
                 "are configured; create one with 'andon keys create --role engineer'"
             )
-        raise PermissionDeniedError(f"a {principal.role} key may not {_VERB[permission]}")
+        article = "an" if str(principal.role)[:1] in "aeiou" else "a"
+        kind = "key" if principal.key_id else "login"
+        raise PermissionDeniedError(f"{article} {principal.role} {kind} may not {_VERB[permission]}")
 
     check.__name__ = f"require_{permission}"
     return check
