@@ -237,3 +237,16 @@ def test_a_png_bomb_is_refused_before_decoding_while_a_jpeg_of_its_size_decodes_
         check_cost(header, (224, 224), 128)  # ...but 9 MP is 179x what a 224x224 model takes
     check_cost(probe(png_bomb(2448, 2048)), (224, 224), 128)  # a 5 MP camera PNG: 99.9x, fine
     check_cost(probe(cv2_jpeg(textured((3000, 3000)))), (224, 224), 3)  # a JPEG decodes at 1/8: 375x375
+
+
+def test_a_large_frame_that_is_large_on_the_wire_is_no_bomb():
+    """A 12 MP camera PNG (about 3 pixels per byte) or BMP passes for a 224x224 model; the same pixels from a
+    97 KB file (1,000 pixels per byte) do not."""
+    from andon.inspect.decoding import ImageHeader, check_cost
+
+    check_cost(ImageHeader("PNG", 4000, 3000, "L", end=4_000_000), (224, 224), 128)
+    check_cost(ImageHeader("BMP", 4000, 3000, "L", end=12_001_078), (224, 224), 128)
+    with pytest.raises(ImageTooLargeError, match=r"1,031 pixels per byte of its 97,000-byte file.*max_pixels_per_byte"):
+        check_cost(ImageHeader("PNG", 10000, 10000, "L", end=97_000), (224, 224), 128)
+    with pytest.raises(ImageTooLargeError):  # a tighter setting refuses the camera PNG too
+        check_cost(ImageHeader("PNG", 4000, 3000, "L", end=4_000_000), (224, 224), 128, max_pixels_per_byte=2)

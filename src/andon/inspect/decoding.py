@@ -286,20 +286,37 @@ def decode_cost(header: ImageHeader, target_hw: tuple[int, int] | None) -> int:
     return h * w * (10 if header.sixteen_bit else 6)
 
 
-def check_cost(header: ImageHeader, target_hw: tuple[int, int], max_ratio: float) -> None:
-    """Refuse, before decoding, a frame that would decode to over ``max_ratio`` times the model input's pixels."""
+#: pixels per byte of file below which a frame is no decompression bomb, whatever the model's size: photos of
+#: parts compress far less (a 12 MP grey camera PNG holds about 2-4 pixels per byte, an 8-bit BMP 1)
+DEFAULT_MAX_PIXELS_PER_BYTE = 16.0
+
+
+def check_cost(
+    header: ImageHeader,
+    target_hw: tuple[int, int],
+    max_ratio: float,
+    *,
+    max_pixels_per_byte: float = DEFAULT_MAX_PIXELS_PER_BYTE,
+) -> None:
+    """Refuse, before decoding, a decompression bomb: a frame that decodes to over ``max_ratio`` times the model
+    input's pixels *and* to over ``max_pixels_per_byte`` pixels per byte of its file. A large frame that is
+    large on the wire too (a 12 MP camera PNG or BMP) passes: its cost is bounded by the body cap and by the
+    service's memory budget, not by the model's input size."""
     h, w = decoded_size(header, target_hw)
     limit = int(max_ratio * target_hw[0] * target_hw[1])
-    if h * w > limit:
-        factor = reduction_for(header, target_hw)
-        how = f"at 1/{factor} scale" if factor > 1 else "in full"
-        raise ImageTooLargeError(
-            f"image too large for the model: this {header.width}x{header.height} {header.format} decodes "
-            f"{how} to {w}x{h} = {h * w:,} pixels; the model takes {target_hw[1]}x{target_hw[0]} and a frame "
-            f"may decode to at most {max_ratio:g} x its {target_hw[0] * target_hw[1]:,} pixels = {limit:,} "
-            "(max_decode_ratio); send a smaller frame"
-            + ("" if header.format == "JPEG" else " or a JPEG (decoded at reduced scale)")
-        )
+    size = header.end or 0
+    if h * w <= limit or (size and h * w <= max_pixels_per_byte * size):
+        return
+    factor = reduction_for(header, target_hw)
+    how = f"at 1/{factor} scale" if factor > 1 else "in full"
+    per_byte = f"{h * w / size:,.0f} pixels per byte of its {size:,}-byte file" if size else "an unknown file size"
+    raise ImageTooLargeError(
+        f"image too large for the model: this {header.width}x{header.height} {header.format} decodes "
+        f"{how} to {w}x{h} = {h * w:,} pixels, from {per_byte} (a decompression bomb); a frame may decode to at "
+        f"most {max_ratio:g} x the model's {target_hw[1]}x{target_hw[0]} = {limit:,} pixels (max_decode_ratio) "
+        f"unless it holds at most {max_pixels_per_byte:g} pixels per byte (max_pixels_per_byte); send a smaller "
+        "frame" + ("" if header.format == "JPEG" else " or a JPEG (decoded at reduced scale)")
+    )
 
 
 def reduction_for(header: ImageHeader, target_hw: tuple[int, int] | None) -> int:

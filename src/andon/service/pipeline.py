@@ -210,7 +210,7 @@ class Pipeline:
             f.sha256  # noqa: B018 - the body's hash (idempotency) before the trailing data goes
             try:
                 header = probe(f.data, max_pixels=settings.max_pixels, allowed_formats=settings.allowed_formats)
-                check_cost(header, target, settings.max_decode_ratio)
+                check_cost(header, target, settings.max_decode_ratio, max_pixels_per_byte=settings.max_pixels_per_byte)
             except ImageDecodeError as exc:
                 raise _frame_error(exc, i, len(frames)) from None
             if header.end is not None and header.end < len(f.data):
@@ -332,7 +332,12 @@ class Pipeline:
             target = shadow.card.preprocess.input_size
             memory = None
             try:
-                check_cost(d.header, target, self.settings.max_decode_ratio)
+                check_cost(
+                    d.header,
+                    target,
+                    self.settings.max_decode_ratio,
+                    max_pixels_per_byte=self.settings.max_pixels_per_byte,
+                )
                 memory = self.admission.reserve(decode_cost(d.header, target), "shadow scoring")
             except (ImageDecodeError, OverloadedError):
                 pass

@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from andon.errors import ConfigError
-from andon.inspect.decoding import DEFAULT_MAX_PIXELS, SUPPORTED_FORMATS
+from andon.inspect.decoding import DEFAULT_MAX_PIXELS, DEFAULT_MAX_PIXELS_PER_BYTE, SUPPORTED_FORMATS
 
 #: the environment variable the uvicorn worker factory reads the config file path from
 CONFIG_ENV = "ANDON_CONFIG"
@@ -81,7 +81,15 @@ class Settings(BaseSettings):
         128.0,
         ge=1.0,
         description="a frame may decode (JPEGs at reduced DCT scale) to at most this many times the model "
-        "input's pixels (128 x 224x224 = 6.4 MP); larger frames get 413 before any pixel is decoded",
+        "input's pixels (128 x 224x224 = 6.4 MP) unless it is large on the wire too (max_pixels_per_byte); "
+        "other frames get 413 before any pixel is decoded",
+    )
+    max_pixels_per_byte: float = Field(
+        DEFAULT_MAX_PIXELS_PER_BYTE,
+        ge=1.0,
+        description="a frame decoding to at most this many pixels per byte of its file is no decompression bomb, "
+        "whatever the model's size (a 12 MP camera PNG holds about 2-4, an 8-bit BMP 1; a 97 KB PNG of "
+        "10000x10000 holds 1,000)",
     )
     memory_budget_mb: int = Field(
         512,
