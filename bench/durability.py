@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import sqlite3
@@ -230,6 +231,11 @@ for line in sys.stdin:
     if pid == 0:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.setsid()
+        try:  # die with the zygote (which ends when the bench or test that started it does)
+            import ctypes
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
         fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
@@ -435,6 +441,7 @@ def kill_loop(
     tally = Tally()
     started = time.monotonic()
     zygote = Zygote()
+    server: Server | None = None
     try:
         for k in range(kills + 1):
             if k:
@@ -486,9 +493,8 @@ def kill_loop(
         server.signal(signal.SIGTERM)
         server.wait_gone()
     finally:
-        with contextlib.suppress(Exception):
-            if server.running():
-                server.signal(signal.SIGKILL)
+        if server is not None and server.running():
+            server.signal(signal.SIGKILL)
         zygote.close()
     report.final = disk_state(data)
     report.lost += lost_acks(data, tally.acks)
@@ -549,6 +555,7 @@ def sigterm_rounds(
     tally = Tally()
     started = time.monotonic()
     z = Zygote() if zygote else None
+    server: Server | None = None
     try:
         for r in range(rounds):
             server = Server(data, port, log, model=model if r == 0 else None, zygote=z, env={"ANDON_LOG_LEVEL": "info"})
@@ -579,6 +586,8 @@ def sigterm_rounds(
             report.rounds += 1
             say(f"  round {r + 1}: {len(tally.acks) - base} acknowledged")
     finally:
+        if server is not None and server.running():
+            server.signal(signal.SIGKILL)
         if z is not None:
             z.close()
     report.clean_shutdowns = log.read_text(errors="replace").count("Application shutdown complete")
@@ -1211,8 +1220,9 @@ def power_rounds(
         where = kind if cut.where != "the end of the round" else "the end of the round"
         report.where[where] = report.where.get(where, 0) + 1
         acks += tally.acks
-        data = work / f"disk-{r + 1}"
+        previous, data = data, work / f"disk-{r + 1}"
         cut.materialize(data)
+        shutil.rmtree(previous)  # the disk before this cut: its checks are done
         lost = lost_acks(data, acks)
         report.rounds += 1
         if lost and not report.lost:
