@@ -1071,18 +1071,20 @@ class PowerCut:
 
 
 @contextlib.contextmanager
-def hooked(observer) -> Iterator[None]:
-    """``observer`` sees every SQLite file operation (the shim as default VFS) and every os.fsync /
-    os.fdatasync (``observer.fsync_hook(real, fd)``) until the block ends."""
-    shim = SqliteShim.get()
+def hooked(observer, *, sqlite: bool = True) -> Iterator[None]:
+    """``observer`` sees every os.fsync / os.fdatasync (``observer.fsync_hook(real, fd)``) and, with
+    ``sqlite``, every SQLite file operation (the shim as default VFS) until the block ends."""
+    shim = SqliteShim.get() if sqlite else None
     real_fsync, real_fdatasync = os.fsync, os.fdatasync
     os.fsync = lambda fd: observer.fsync_hook(real_fsync, fd)  # type: ignore[assignment]
     os.fdatasync = lambda fd: observer.fsync_hook(real_fdatasync, fd)  # type: ignore[assignment]
-    shim.activate(observer)
+    if shim is not None:
+        shim.activate(observer)
     try:
         yield
     finally:
-        shim.deactivate()
+        if shim is not None:
+            shim.deactivate()
         os.fsync, os.fdatasync = real_fsync, real_fdatasync
 
 
