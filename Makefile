@@ -23,11 +23,13 @@ install:
 install-serve:
 	$(PIP) install -q -e '.[serve]'
 
-## PostgreSQL server binaries (tests start a throwaway cluster) and Chromium (review-page browser tests).
+## PostgreSQL server binaries (tests start a throwaway cluster), Chromium (review-page browser tests) and mosquitto
+## (the line tests' MQTT broker).
 system-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium chromium-driver"; \
+	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages:$$missing"; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \

@@ -21,6 +21,7 @@ from andon.service.admission import Admission
 from andon.service.auth import KeyDirectory, api_key_authenticator
 from andon.service.db import make_engine, migrate, session_factory
 from andon.service.deps import ServiceContext
+from andon.service.line import build_line
 from andon.service.metrics import Metrics
 from andon.service.middleware import BodyLimit, RequestMetrics
 from andon.service.pipeline import Pipeline
@@ -64,6 +65,7 @@ def build_context(settings: Settings) -> ServiceContext:
     store = LocalDiskStore(settings.images_dir, reserve_bytes=settings.disk_reserve_bytes)
     keydir = KeyDirectory(sessions, allow_open_after_keys=settings.allow_open_mode_after_keys)
     pipeline = Pipeline(settings, runtime, admission, store, sessions, metrics, keydir)
+    pipeline.line = build_line(settings, sessions, ready=lambda: runtime.ready)  # None without line sinks
     return ServiceContext(
         settings=settings,
         engine=engine,
@@ -86,6 +88,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(start, ctx)
+        line = ctx.pipeline.line
+        if line is not None:
+            line.start()  # the outbox dispatcher and the heartbeat (docs/line.md)
         tasks = [asyncio.create_task(_poll_registry(ctx)), asyncio.create_task(_retention_loop(ctx))]
         try:
             yield
@@ -94,6 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await run_in_threadpool(ctx.admission.shutdown)
+            if line is not None:
+                await run_in_threadpool(line.stop)  # the heartbeat stops; undelivered rows wait in the outbox
             ctx.engine.dispose()
             ctx.store.leave_writers()
 

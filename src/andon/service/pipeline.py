@@ -47,6 +47,7 @@ from andon.service.errors import (
     PermissionDeniedError,
     UnknownCameraError,
 )
+from andon.service.line import Line
 from andon.service.metrics import Metrics
 from andon.service.runtime import ModelRuntime
 from andon.service.schemas import FrameMeta, InspectionOut
@@ -110,6 +111,7 @@ class Pipeline:
         self.metrics = metrics
         self.keys = keys
         self.shadow_skipped = 0
+        self.line: Line | None = None  # the line's outbox (andon.service.line), when sinks are configured
 
     # ---- checks ----------------------------------------------------------------------------------------
     def check_camera(self, principal: Principal, camera_id: str) -> None:
@@ -276,6 +278,8 @@ class Pipeline:
             t0 = time.perf_counter()
             with self.sessions() as session:
                 session.add_all(rows)
+                if self.line is not None:
+                    self.line.record(session, rows, started)  # the line's outbox rows commit with the records
                 session.commit()
             commit_ms = (time.perf_counter() - t0) * 1000.0
         except IntegrityError:
@@ -288,6 +292,8 @@ class Pipeline:
         except BaseException:
             self._forget(written)
             raise
+        if self.line is not None:
+            self.line.notify()
         for d, row in zip(done, rows):
             self.metrics.decisions.labels(line_id=row.line_id, camera_id=row.camera_id, decision=row.decision).inc()
             self.metrics.observe_stages({**d.timings, "storage": d.timings["storage"] + commit_ms / len(rows)})

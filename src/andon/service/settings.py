@@ -8,10 +8,11 @@ import time.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from andon.errors import ConfigError
@@ -21,6 +22,11 @@ from andon.inspect.decoding import DEFAULT_MAX_PIXELS, DEFAULT_MAX_PIXELS_PER_BY
 CONFIG_ENV = "ANDON_CONFIG"
 
 PartPolicy = Literal["worst", "majority"]
+#: where verdicts go besides the camera's HTTP answer (docs/line.md)
+LineSink = Literal["mqtt", "modbus"]
+#: registers of one Modbus verdict block before the part id (sequence, result, flags, part id length)
+MODBUS_BLOCK_HEAD = 4
+_LINE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 
 
 class Settings(BaseSettings):
@@ -153,6 +159,58 @@ class Settings(BaseSettings):
         "always behind a TLS-terminating proxy)",
     )
 
+    # the line: verdicts to the PLC and the plant's broker (docs/line.md)
+    line_sinks: list[LineSink] = Field(
+        default_factory=list,
+        description="where every frame verdict is also delivered, through the database outbox: mqtt, modbus; "
+        "empty: only the HTTP answer",
+    )
+    line_deadline_ms: float = Field(
+        200.0,
+        ge=1.0,
+        le=600_000.0,
+        description="a verdict whose delivery starts later than this after the frame was received is "
+        "delivered as reject, flagged late (the record keeps the model's decision)",
+    )
+    line_heartbeat_s: float = Field(
+        0.5,
+        ge=0.05,
+        le=60.0,
+        description="the heartbeat register is incremented this often while the service has a model and "
+        "its sink is reachable; the PLC's watchdog rejects when it stops",
+    )
+    line_retry_initial_s: float = Field(
+        0.05, gt=0.0, le=60.0, description="first wait before a sink that failed is tried again"
+    )
+    line_retry_max_s: float = Field(
+        2.0, gt=0.0, le=300.0, description="the wait between tries doubles up to this while a sink stays down"
+    )
+    mqtt_host: str = Field("127.0.0.1", min_length=1, max_length=253, description="the MQTT broker")
+    mqtt_port: int = Field(1883, ge=1, le=65535)
+    mqtt_topic_prefix: str = Field(
+        "andon",
+        min_length=1,
+        max_length=128,
+        description="verdicts go to <prefix>/<line>/<camera>/verdict, the service status to <prefix>/status",
+    )
+    mqtt_qos: Literal[1, 2] = Field(1, description="QoS of verdict messages (0 is refused: it can lose them)")
+    mqtt_client_id: str = Field("andon", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    mqtt_keepalive_s: int = Field(10, ge=2, le=3600)
+    mqtt_timeout_s: float = Field(2.0, gt=0.0, le=60.0, description="connect and PUBACK wait before a retry")
+    modbus_host: str = Field("127.0.0.1", min_length=1, max_length=253, description="the PLC (Modbus TCP server)")
+    modbus_port: int = Field(502, ge=1, le=65535)
+    modbus_unit: int = Field(1, ge=0, le=247, description="Modbus unit (device) id of the PLC")
+    modbus_timeout_s: float = Field(1.0, gt=0.0, le=60.0)
+    modbus_heartbeat_register: int = Field(0, ge=0, le=65535, description="holding register of the heartbeat")
+    modbus_part_id_registers: int = Field(
+        8, ge=1, le=64, description="registers of the part id echo (2 ASCII characters each)"
+    )
+    modbus_blocks: dict[str, int] = Field(
+        default_factory=dict,
+        description="camera id -> first holding register of its verdict block (docs/line.md has the layout); "
+        "cameras without a block send no verdicts to the PLC",
+    )
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("allowed_formats", mode="before")
@@ -167,6 +225,65 @@ class Settings(BaseSettings):
         if not names:
             raise ValueError("at least one image format must be allowed")
         return names
+
+    @field_validator("line_sinks")
+    @classmethod
+    def _sinks(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each sink may be named once; got {v}")
+        if v and info.data.get("workers", 1) > 1:
+            raise ValueError(
+                "line sinks need workers: 1 (one process delivers the outbox, in order); "
+                f"got workers: {info.data.get('workers')}"
+            )
+        return v
+
+    @field_validator("line_retry_max_s")
+    @classmethod
+    def _retry(cls, v: float, info: ValidationInfo) -> float:
+        first = info.data.get("line_retry_initial_s")
+        if first is not None and v < first:
+            raise ValueError(f"line_retry_max_s must be at least line_retry_initial_s ({first})")
+        return v
+
+    @field_validator("mqtt_topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        bad = sorted({c for c in v if c in "+#\x00" or ord(c) < 32})
+        if bad or v.startswith("/") or v.endswith("/") or "//" in v:
+            raise ValueError(
+                "an MQTT topic prefix has levels separated by single '/', without '+', '#' or control "
+                "characters, and does not start or end with '/'"
+            )
+        return v
+
+    @field_validator("modbus_blocks")
+    @classmethod
+    def _blocks(cls, v: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        if "modbus" in (info.data.get("line_sinks") or []) and not v:
+            raise ValueError(
+                "line_sinks names modbus but modbus_blocks is empty: give each camera whose verdicts the PLC "
+                "reads the first register of its block, e.g. {cam1: 10}"
+            )
+        size = MODBUS_BLOCK_HEAD + info.data.get("modbus_part_id_registers", 8)
+        beat = info.data.get("modbus_heartbeat_register", 0)
+        taken = [(beat, beat + 1, "the heartbeat register")]
+        for camera, start in sorted(v.items(), key=lambda kv: kv[1]):
+            if not _LINE_ID.match(camera) or len(camera) > 64:
+                raise ValueError(f"{camera!r} is not a camera id (letters, digits, . _ : / -; at most 64)")
+            if not 0 <= start <= 65536 - size:
+                raise ValueError(
+                    f"the block of camera {camera!r} at register {start} needs {size} registers; "
+                    f"it must start between 0 and {65536 - size}"
+                )
+            for lo, hi, what in taken:
+                if start < hi and lo < start + size:
+                    raise ValueError(
+                        f"the block of camera {camera!r} (registers {start}-{start + size - 1}) overlaps {what} "
+                        f"(registers {lo}-{hi - 1})"
+                    )
+            taken.append((start, start + size, f"the block of {camera!r}"))
+        return v
 
     @model_validator(mode="after")
     def _threads(self) -> Settings:
