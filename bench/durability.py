@@ -612,6 +612,8 @@ class ShimUnavailable(RuntimeError):
 
 _c_int, _c_void_p, _c_int64 = ctypes.c_int, ctypes.c_void_p, ctypes.c_int64
 _SQLITE_IOERR = 10
+_OPEN_CREATE = 0x4
+_DIRSYNC_KINDS = 0x800 | 0x4000 | 0x80000  # SQLITE_OPEN_MAIN_JOURNAL, SUPER_JOURNAL, WAL
 
 
 class _Vfs(ctypes.Structure):
@@ -697,6 +699,8 @@ class SqliteShim:
         self.vfs.xDelete = ctypes.cast(self._cbs["delete"], _c_void_p).value
         self._methods: dict[int, tuple[_IoMethods, _Originals]] = {}
         self._files: dict[int, tuple[str | None, _Originals]] = {}
+        #: files whose first sync also fsyncs their folder (unix VFS: journals and WALs opened with CREATE)
+        self._dirsync: set[int] = set()
         self.observer = None
         self.errors: list[str] = []
         if self.lib.sqlite3_vfs_register(ctypes.addressof(self.vfs), 0) != 0:
@@ -746,6 +750,8 @@ class SqliteShim:
             _c_void_p.from_address(pfile).value = ctypes.addressof(wrapped[0])
             path = ctypes.string_at(zname).decode() if zname else None
             self._files[pfile] = (path, wrapped[1])
+            if flags & _OPEN_CREATE and flags & _DIRSYNC_KINDS:
+                self._dirsync.add(pfile)
             return rc
         except Exception as exc:  # noqa: BLE001 - never raise into C
             self.errors.append(f"open: {exc!r}")
@@ -770,6 +776,7 @@ class SqliteShim:
     # ---- the files' methods
     def _x_close(self, pfile):
         _path, orig = self._files.pop(pfile)
+        self._dirsync.discard(pfile)
         return orig.close(pfile)
 
     def _x_write(self, pfile, buf, amount, offset):
@@ -813,8 +820,13 @@ class SqliteShim:
                 if rc:
                     return rc
             rc = orig.sync(pfile, flags)
+            dirsync = rc == 0 and pfile in self._dirsync
+            if dirsync:
+                self._dirsync.discard(pfile)  # the unix VFS fsyncs the folder once, at the first sync
             if rc == 0 and obs is not None and path:
                 obs.sqlite_synced(path)
+                if dirsync:
+                    obs.sqlite_folder_synced(os.path.dirname(path))
             return rc
         except Exception as exc:  # noqa: BLE001
             self.errors.append(f"sync: {exc!r}")
@@ -1055,6 +1067,21 @@ class PowerCut:
                 f.durable = _SqFile.apply(f.durable, f.pending)
                 f.pending = []
 
+    def sqlite_folder_synced(self, folder: str) -> None:
+        """The unix VFS fsynced ``folder`` (a new journal's or WAL's first sync): its entries are durable now,
+        SQLite's deletes in it included."""
+        with self.lock:
+            if self.image is not None or not self._inside(folder):
+                return
+            for path, f in self.sq.items():
+                if os.path.dirname(path) == folder and any(op[0] == "d" for op in f.pending):
+                    last = max(i for i, op in enumerate(f.pending) if op[0] == "d")
+                    f.durable, f.pending = None, f.pending[last + 1 :]
+            self.seq += 1
+            st = os.stat(folder)
+            self.taken[st.st_ino] = self.seq
+            self.dirs[st.st_ino] = _listing(folder)
+
     def sqlite_deleted(self, path: str, sync_dir: bool) -> None:
         with self.lock:
             if self.image is None and self._inside(path):
@@ -1173,6 +1200,7 @@ def power_rounds(
     crash_window: tuple[int, int] = (1, 60),
     threads: int = 2,
     stop_at_first_loss: bool = False,
+    fresh: bool = True,
     say: Callable[[str], None] = lambda s: None,
 ) -> PowerReport:
     """Run the service in this process on a ``PowerCut`` disk, cut, restart on what survived, ``rounds`` times;
@@ -1183,8 +1211,11 @@ def power_rounds(
     report = PowerReport()
     started = time.monotonic()
     data = work / "disk-0"
-    with serve_in_thread(service_settings(data, model)):
-        pass  # an empty, migrated data folder with the model registered: the first durable state
+    if fresh:
+        data.mkdir()  # the first round is a first start: migrations, model registration, first folders
+    else:
+        with serve_in_thread(service_settings(data, model)):
+            pass  # an empty, migrated data folder with the model registered: the first durable state
     acks: list[Ack] = []
     for r in range(rounds):
         kind = KINDS[r % len(KINDS)]
