@@ -61,10 +61,10 @@ def test_each_verdict_reaches_its_cameras_block_with_the_part_id_echo_and_the_se
         post_frame(client, jpeg(PASS, noise=9), camera="cam3", part="P-9")  # no block: not sent to the PLC
 
     cam1, cam2 = block(plc, "cam1"), block(plc, "cam2")
-    assert cam1[:4] == [3, 3, 0, 3] and decode_part_id(cam1[4:]) == "P-2"  # seq 3, reject, no flags, 3 chars
-    assert cam2[:4] == [2, 2, 0, 3] and decode_part_id(cam2[4:]) == "P-1"  # seq 2, review
-    # one sequence across the sink; the block's body is written before its sequence, every time
-    assert sequence_writes(plc, "cam1") == [1, 3] and sequence_writes(plc, "cam2") == [2]
+    assert cam1[:4] == [2, 3, 0, 3] and decode_part_id(cam1[4:]) == "P-2"  # seq 2, reject, no flags, 3 chars
+    assert cam2[:4] == [1, 2, 0, 3] and decode_part_id(cam2[4:]) == "P-1"  # seq 1, review
+    # each block counts its own verdicts; its body is written before its sequence, every time
+    assert sequence_writes(plc, "cam1") == [1, 2] and sequence_writes(plc, "cam2") == [1]
     verdict_writes = [(address, values) for _, _, address, values in plc.log() if address != HEARTBEAT]
     for (body_at, body), (seq_at, seq) in zip(verdict_writes[::2], verdict_writes[1::2]):
         assert body_at == seq_at + 1 and len(body) == 3 + P and len(seq) == 1

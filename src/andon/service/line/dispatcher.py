@@ -45,6 +45,7 @@ class Sink(Protocol):
     name: str
 
     def wants(self, camera_id: str | None) -> bool: ...
+    def counts_per_camera(self) -> bool: ...
     def send(self, verdict: Verdict) -> None: ...
     def heartbeat(self, ready: bool) -> None: ...
     def close(self) -> None: ...
@@ -91,7 +92,9 @@ class SinkWorker:
         self.line = line
         self.wake = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"andon-line-{sink.name}", daemon=True)
-        self.sequence: int | None = None  # the last sequence number delivered; read from the outbox at start
+        #: the last sequence number delivered, per counter (the sink's, or each camera's where the sink counts per
+        #: camera); read from the outbox when first needed, so a restart goes on from there
+        self.sequences: dict[str, int] = {}
         self.failing: str | None = None  # why the last try failed (None: the sink works)
         self.delivered = 0
 
@@ -102,8 +105,6 @@ class SinkWorker:
         next_beat = 0.0
         while not self.line.stopping.is_set():
             try:
-                if self.sequence is None:
-                    self.sequence = self._last_sequence()
                 self.wake.clear()
                 rows = self._pending()
                 if rows:
@@ -135,9 +136,15 @@ class SinkWorker:
         except Exception:  # noqa: BLE001
             log.warning("line sink %s did not close cleanly", self.sink.name)
 
-    def _last_sequence(self) -> int:
+    def _counter(self, row: LineOutbox) -> str:
+        return (row.camera_id or "") if self.sink.counts_per_camera() else ""
+
+    def _last_sequence(self, counter: str) -> int:
+        query = select(func.max(LineOutbox.sequence)).where(LineOutbox.sink == self.sink.name)
+        if self.sink.counts_per_camera():
+            query = query.where(LineOutbox.camera_id == counter)
         with self.line.sessions() as session:
-            last = session.scalar(select(func.max(LineOutbox.sequence)).where(LineOutbox.sink == self.sink.name))
+            last = session.scalar(query)
         return int(last or 0)
 
     def _pending(self) -> Sequence[LineOutbox]:
@@ -151,28 +158,30 @@ class SinkWorker:
 
     def _deliver(self, rows: Sequence[LineOutbox]) -> None:
         """Send ``rows`` in order; mark those sent in one transaction, also when a later one fails."""
-        assert self.sequence is not None
-        first = self.sequence
+        first = dict(self.sequences)
         sent: list[tuple[int, Verdict, dt.datetime]] = []
         try:
             for row in rows:
                 if self.line.stopping.is_set():
                     break
+                counter = self._counter(row)
+                if counter not in self.sequences:
+                    self.sequences[counter] = self._last_sequence(counter)
                 now = utcnow()
-                verdict = late_verdict(row, self.sequence + 1, now)
+                verdict = late_verdict(row, self.sequences[counter] + 1, now)
                 try:
                     self.sink.send(verdict)
                 except SinkUnavailableError as exc:
                     self._note_failure(row.id, exc.message)
                     raise
-                self.sequence += 1
+                self.sequences[counter] = verdict.sequence
                 sent.append((row.id, verdict, now))
         finally:
             if sent:
                 try:
                     self._mark(sent)
                 except SQLAlchemyError:
-                    self.sequence = first  # not recorded: they go again, with the same sequence numbers
+                    self.sequences = first  # not recorded: they go again, with the same sequence numbers
                     raise
                 self.delivered += len(sent)
 
@@ -284,7 +293,8 @@ class Line:
 
     def status(self) -> dict[str, dict]:
         return {
-            w.sink.name: {"failing": w.failing, "delivered": w.delivered, "sequence": w.sequence} for w in self.workers
+            w.sink.name: {"failing": w.failing, "delivered": w.delivered, "sequences": dict(w.sequences)}
+            for w in self.workers
         }
 
 

@@ -6,8 +6,8 @@ of holding registers starting at ``modbus_blocks[camera]`` (docs/line.md):
 ======  =======================================================================================
 offset  value
 ======  =======================================================================================
-+0      sequence: 1..65535, then 1 again; written last, after the rest of the block (its change
-        tells the PLC the block is complete). 0: nothing delivered yet since the PLC cleared it
++0      sequence of this block: 1..65535, then 1 again, one step per verdict; written last, after the
+        rest of the block (its change tells the PLC the block is complete). 0: nothing delivered yet
 +1      result: 1 pass, 2 review, 3 reject (0 is never written)
 +2      flags: bit 0 late (the deadline passed: result is reject), bit 1 the part id did not fit
         the echo registers (the echo is empty; the result stands)
@@ -86,6 +86,9 @@ class ModbusSink:
     def wants(self, camera_id: str | None) -> bool:
         """Only cameras with a block send verdicts to the PLC."""
         return camera_id in self.blocks
+
+    def counts_per_camera(self) -> bool:
+        return True  # each block's sequence goes up by one per verdict: the PLC sees a missed one
 
     def send(self, verdict: Verdict) -> None:
         start = self.blocks.get(verdict.camera_id or "")

@@ -45,6 +45,9 @@ class MqttSink:
     def wants(self, camera_id: str | None) -> bool:
         return True
 
+    def counts_per_camera(self) -> bool:
+        return False  # one sequence across the sink's topics: a subscriber to <prefix>/# sees every gap
+
     # ---- the connection --------------------------------------------------------------------------------
     def _connect(self):
         if self._client is not None and self._client.is_connected():
