@@ -19,7 +19,11 @@ of ../shared/data/magnetic-tile-masks put through the same preprocessing resize,
   above it. The PRO curve is integrated over FPR in [0, 0.3] (trapezoid, the value at 0.3 interpolated
   linearly) and divided by 0.3, so that a perfect map gives 1 and a constant map 0.15;
 - the pointing game: the share of defective test images (with a non-empty mask) whose map maximum lies on the
-  mask.
+  mask (``pixel_metrics``: ``np.argmax``, the first pixel of a tie); beside it the same with ties shared (per
+  image, the share of the pixels tied at the maximum that lie on the mask: a saturated class heatmap has a
+  plateau at 1.0) and with a tolerance (tied maxima within 16 pixels of the mask, one anomaly-map cell at
+  224; Zhang et al.'s pointing game allows 15 px), and the chance level (the mean share of the image the mask
+  covers: what a random point scores).
 
 Per defect type, the figures use that type's test images plus every good test image (the good ones supply the
 false positives); the pointing game only that type's images. The data sets are research-only: nothing of them is
@@ -43,6 +47,8 @@ from bench.anomaly import MASKS, Images, machine, pixel_metrics
 REPO = Path(__file__).resolve().parents[1]
 #: the FPR up to which the PRO curve is integrated (the MVTec AD paper's 30 %)
 FPR_LIMIT = 0.3
+#: the pointing game's tolerance in input pixels (Zhang et al. 2016 use 15 px; 16 = one anomaly-map cell at 224)
+TOLERANCE = 16.0
 #: model outputs measured, with the name the table gives them
 MAPS = {"heatmap": "class heatmap (CAM)", "anomaly_map": "anomaly map (PatchCore)"}
 PUBLISHED = (
@@ -125,20 +131,43 @@ def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
 
 
-def map_metrics(maps: np.ndarray, masks: np.ndarray, valid: np.ndarray, bad: np.ndarray) -> dict[str, float]:
-    """Pixel AUROC, AUPRO@FPR_LIMIT and the pointing game of ``maps`` (N x h x w, any resolution) against the
-    masks at the model input (N x H x W); ``bad``: which images are defective."""
+def tied_pointing(up: np.ndarray, masks: np.ndarray, valid: np.ndarray, tolerance: float) -> tuple[float, float]:
+    """The pointing game with ties shared: per image, the share of the pixels tied at the map's maximum (inside
+    ``valid``) that lie on the mask, and that lie within ``tolerance`` pixels of it (the hit rate if the tie were
+    broken at random); both averaged over the images (defective ones with a non-empty mask only, by the caller).
+    A saturated map (a plateau at its maximum) is a tie: ``np.argmax`` would take the plateau's first pixel."""
+    on, near = [], []
+    for u, m, v in zip(up, masks, valid):
+        u = np.where(v, u, -np.inf)
+        top = u == u.max()
+        distance = cv2.distanceTransform((~m).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        on.append(m[top].mean())
+        near.append((distance[top] <= tolerance).mean())
+    return (float(np.mean(on)), float(np.mean(near))) if on else (float("nan"), float("nan"))
+
+
+def map_metrics(
+    maps: np.ndarray, masks: np.ndarray, valid: np.ndarray, bad: np.ndarray, tolerance: float = TOLERANCE
+) -> dict[str, float]:
+    """Pixel AUROC, AUPRO@FPR_LIMIT and the pointing game (strict, ties shared, within ``tolerance`` pixels) of
+    ``maps`` (N x h x w, any resolution) against the masks at the model input (N x H x W); ``bad``: which images
+    are defective."""
     import torch
 
     images = {"masks": masks, "valid": valid}
     pixel_auroc, pointing = pixel_metrics(torch.from_numpy(np.ascontiguousarray(maps, np.float32)), images, bad)
     up = upsample(maps, masks.shape[1:])
-    counted = int(sum(masks[i].any() for i in np.nonzero(bad)[0]))
+    pointed = [i for i in np.nonzero(bad)[0] if masks[i].any()]
+    counted = len(pointed)
+    on, near = tied_pointing(up[pointed], masks[pointed], valid[pointed], tolerance)
     regions = int(sum(cv2.connectedComponents(m.astype(np.uint8), connectivity=8)[0] - 1 for m in masks))
     return {
         "pixel_auroc": float(pixel_auroc),
         "aupro": aupro(up, masks, valid),
         "pointing_game": float(pointing),
+        "pointing_ties_shared": on,
+        "pointing_within_tolerance": near,
+        "pointing_chance": float(np.mean([masks[i][valid[i]].mean() for i in pointed])) if pointed else float("nan"),
         "images": int(len(maps)),
         "defective_images": int(bad.sum()),
         "pointing_images": counted,
@@ -247,6 +276,7 @@ def run(run_dir: Path, model: Path | None, threads: int, say=print) -> dict:
         "defective_without_mask_file": missing,
         "image_auroc": image,
         "fpr_limit": FPR_LIMIT,
+        "tolerance_px": TOLERANCE,
         "maps": results,
         "inference_seconds": infer_s,
         "seconds": time.perf_counter() - started,
@@ -268,8 +298,9 @@ def render(result: dict, command: str) -> str:
         f"{pct(result['image_auroc'].get('anomaly_score', float('nan')))}.",
         "",
         f"| map | resolution | defect type | images (defective + good) | mask regions | pixel AUROC "
-        f"| AUPRO@{FPR_LIMIT:g} | pointing game |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| AUPRO@{FPR_LIMIT:g} | pointing game | pointing, ties shared | pointing within {TOLERANCE:g} px "
+        "| pointing by chance |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, entry in result["maps"].items():
         for kind, m in entry["per_type"].items():
@@ -279,7 +310,9 @@ def render(result: dict, command: str) -> str:
                 f"| {MAPS[key]} | {entry['map_hw']} | {bold}{kind}{bold} "
                 f"| {m['defective_images']} + {m['images'] - m['defective_images']} | {m['regions']} "
                 f"| {bold}{pct(m['pixel_auroc'])}{bold} | {bold}{pct(m['aupro'])}{bold} "
-                f"| {bold}{pct(m['pointing_game'])}{bold} ({hits}/{m['pointing_images']}) |"
+                f"| {bold}{pct(m['pointing_game'])}{bold} ({hits}/{m['pointing_images']}) "
+                f"| {pct(m['pointing_ties_shared'])} | {pct(m['pointing_within_tolerance'])} "
+                f"| {pct(m['pointing_chance'])} |"
             )
     lines += ["", f"Published for comparison: {result['published']}."]
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for the bench package
 
-from bench.heatmaps import area_to, aupro, map_metrics, pro_curve  # noqa: E402
+from bench.heatmaps import area_to, aupro, map_metrics, pro_curve, tied_pointing  # noqa: E402
 
 
 def _two_images() -> tuple[np.ndarray, np.ndarray]:
@@ -174,3 +174,24 @@ def test_matches_a_plain_threshold_loop() -> None:
     fpr, pro = pro_curve(maps, masks)
     np.testing.assert_allclose(fpr, x)
     np.testing.assert_allclose(pro, y)
+
+
+def test_pointing_game_with_ties_and_tolerance() -> None:
+    # a plateau at the maximum, a quarter of it on the mask: np.argmax takes its first pixel (off the mask),
+    # shared ties give 1/4; every plateau pixel lies within 4 px of the mask (the farthest, (2, 2), 2 * sqrt(2));
+    # within 1 px: the quarter and its 4 edge neighbours on the plateau, 8 of 16 ((3, 3) is sqrt(2) away)
+    masks = np.zeros((1, 10, 10), bool)
+    masks[0, 4:6, 4:6] = True
+    maps = np.zeros((1, 10, 10))
+    maps[0, 2:6, 2:6] = 1.0  # 16 pixels, 4 of them on the mask
+    valid = np.ones_like(masks)
+    on, near = tied_pointing(maps, masks, valid, tolerance=4.0)
+    assert (on, near) == (pytest.approx(0.25), 1.0)
+    assert tied_pointing(maps, masks, valid, tolerance=1.0) == (pytest.approx(0.25), 0.5)
+    m = map_metrics(maps, masks, valid, np.array([True]), tolerance=4.0)
+    assert m["pointing_game"] == 0.0
+    assert (m["pointing_ties_shared"], m["pointing_within_tolerance"]) == (pytest.approx(0.25), 1.0)
+    assert m["pointing_chance"] == pytest.approx(4 / 100)
+    # a maximum in the padding does not count
+    maps[0, 0, 0], valid[0, 0, 0] = 5.0, False
+    assert tied_pointing(maps, masks, valid, tolerance=4.0) == (pytest.approx(0.25), 1.0)
