@@ -429,6 +429,7 @@ def kill_loop(
     threads: int = 2,
     run_s: tuple[float, float] = (0.05, 0.5),
     startup_kill_rate: float = 0.15,
+    zygote: bool = True,
     say: Callable[[str], None] = lambda s: None,
 ) -> KillReport:
     """Start, post, SIGKILL, repeat ``kills`` times; then start once more and check everything."""
@@ -440,7 +441,7 @@ def kill_loop(
     report = KillReport()
     tally = Tally()
     started = time.monotonic()
-    zygote = Zygote()
+    z = Zygote() if zygote else None
     server: Server | None = None
     try:
         for k in range(kills + 1):
@@ -448,7 +449,7 @@ def kill_loop(
                 left = disk_state(data)
                 report.temp_left += len(left.temp_files)
                 report.orphans_left += len(left.orphans)
-            server = Server(data, port, log, model=model if k == 0 else None, zygote=zygote)
+            server = Server(data, port, log, model=model if k == 0 else None, zygote=z)
             if k == kills:  # the last start: no kill, the checks
                 server.wait_ready()
                 break
@@ -495,7 +496,8 @@ def kill_loop(
     finally:
         if server is not None and server.running():
             server.signal(signal.SIGKILL)
-        zygote.close()
+        if z is not None:
+            z.close()
     report.final = disk_state(data)
     report.lost += lost_acks(data, tally.acks)
     report.acked, report.refused, report.failed = len(tally.acks), tally.refused, tally.failed
@@ -1295,6 +1297,7 @@ def main(argv: list[str] | None = None) -> int:
     kill = sub.add_parser("kill", help="kill -9 loop against andon serve")
     kill.add_argument("--kills", type=int, default=200)
     kill.add_argument("--threads", type=int, default=2)
+    kill.add_argument("--exec", action="store_true", help="exec 'python -m andon serve' for every start (slow)")
     power = sub.add_parser("power", help="power cuts on the storage double")
     power.add_argument("--rounds", type=int, default=100)
     term = sub.add_parser("sigterm", help="SIGTERM under load")
@@ -1309,7 +1312,9 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         model = args.model or _tiny_model(work)
         if args.what == "kill":
-            report = kill_loop(work, model, kills=args.kills, seed=args.seed, threads=args.threads, say=print)
+            report = kill_loop(
+                work, model, kills=args.kills, seed=args.seed, threads=args.threads, zygote=not args.exec, say=print
+            )
             ok = not report.lost and report.final is not None and not _dirty(report.final)
         elif args.what == "power":
             report = power_rounds(work, model, rounds=args.rounds, seed=args.seed, say=print)
