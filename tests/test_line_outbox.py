@@ -147,6 +147,13 @@ def test_the_modbus_block_checks_what_it_writes():
         ),
         ({"modbus_blocks": {"cam1": 65530}}, "it must start between 0 and 65524"),
         ({"modbus_blocks": {"bad id": 10}}, "'bad id' is not a camera id"),
+        ({"line_cameras": {"L1": []}}, "line 'L1' needs its cameras, each once"),
+        ({"line_cameras": {"L1": ["top", "top"]}}, "line 'L1' needs its cameras, each once"),
+        ({"modbus_part_blocks": {"L9": 40}}, "part blocks for lines \\['L9'\\] that line_cameras does not name"),
+        (
+            {"line_cameras": {"L1": ["top"]}, "modbus_blocks": {"top": 10}, "modbus_part_blocks": {"L1": 20}},
+            "the block of line 'L1' \\(registers 20-31\\) overlaps the block of camera 'top'",
+        ),
         ({"line_deadline_ms": 0}, "line_deadline_ms: Input should be greater than or equal to 1"),
         ({"line_retry_initial_s": 5, "line_retry_max_s": 1}, "at least line_retry_initial_s"),
     ],

@@ -29,6 +29,27 @@ MODBUS_BLOCK_HEAD = 4
 _LINE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 
 
+def _check_blocks(blocks: dict[str, int], kind: str, part_id_registers: int, taken: list[tuple[int, int, str]]) -> None:
+    """Each Modbus block inside the register space, overlapping nothing in ``taken`` nor each other."""
+    size = MODBUS_BLOCK_HEAD + part_id_registers
+    taken = list(taken)
+    for name, start in sorted(blocks.items(), key=lambda kv: kv[1]):
+        if not _LINE_ID.match(name) or len(name) > 64:
+            raise ValueError(f"{name!r} is not a {kind} id (letters, digits, . _ : / -; at most 64)")
+        if not 0 <= start <= 65536 - size:
+            raise ValueError(
+                f"the block of {kind} {name!r} at register {start} needs {size} registers; "
+                f"it must start between 0 and {65536 - size}"
+            )
+        for lo, hi, what in taken:
+            if start < hi and lo < start + size:
+                raise ValueError(
+                    f"the block of {kind} {name!r} (registers {start}-{start + size - 1}) overlaps {what} "
+                    f"(registers {lo}-{hi - 1})"
+                )
+        taken.append((start, start + size, f"the block of {name!r}"))
+
+
 class Settings(BaseSettings):
     """Everything ``andon serve`` can be told; each field is also ``ANDON_<NAME>`` in the environment."""
 
@@ -185,6 +206,12 @@ class Settings(BaseSettings):
     line_retry_max_s: float = Field(
         2.0, gt=0.0, le=300.0, description="the wait between tries doubles up to this while a sink stays down"
     )
+    line_cameras: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="line id -> the cameras that each see every part of that line: once all of them have "
+        "reported a part id, the part verdict (the worst of theirs) is delivered; when they have not within "
+        "line_deadline_ms of the part's first frame, the part verdict is reject, naming the missing cameras",
+    )
     mqtt_host: str = Field("127.0.0.1", min_length=1, max_length=253, description="the MQTT broker")
     mqtt_port: int = Field(1883, ge=1, le=65535)
     mqtt_topic_prefix: str = Field(
@@ -209,6 +236,12 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="camera id -> first holding register of its verdict block (docs/line.md has the layout); "
         "cameras without a block send no verdicts to the PLC",
+    )
+
+    modbus_part_blocks: dict[str, int] = Field(
+        default_factory=dict,
+        description="line id (one of line_cameras) -> first holding register of its part verdict block (the "
+        "same layout as a camera's block)",
     )
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -246,6 +279,17 @@ class Settings(BaseSettings):
             raise ValueError(f"line_retry_max_s must be at least line_retry_initial_s ({first})")
         return v
 
+    @field_validator("line_cameras")
+    @classmethod
+    def _line_cameras(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for line, cameras in v.items():
+            for name in (line, *cameras):
+                if not _LINE_ID.match(name) or len(name) > 64:
+                    raise ValueError(f"{name!r} is not a line or camera id (letters, digits, . _ : / -; at most 64)")
+            if not cameras or len(set(cameras)) != len(cameras):
+                raise ValueError(f"line {line!r} needs its cameras, each once; got {cameras}")
+        return v
+
     @field_validator("mqtt_topic_prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
@@ -265,24 +309,28 @@ class Settings(BaseSettings):
                 "line_sinks names modbus but modbus_blocks is empty: give each camera whose verdicts the PLC "
                 "reads the first register of its block, e.g. {cam1: 10}"
             )
+        beat = info.data.get("modbus_heartbeat_register", 0)
+        _check_blocks(
+            v, "camera", info.data.get("modbus_part_id_registers", 8), [(beat, beat + 1, "the heartbeat register")]
+        )
+        return v
+
+    @field_validator("modbus_part_blocks")
+    @classmethod
+    def _part_blocks(cls, v: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        lines = info.data.get("line_cameras") or {}
+        unknown = sorted(set(v) - set(lines))
+        if unknown:
+            raise ValueError(
+                f"part blocks for lines {unknown} that line_cameras does not name; lines: {sorted(lines) or 'none'}"
+            )
         size = MODBUS_BLOCK_HEAD + info.data.get("modbus_part_id_registers", 8)
         beat = info.data.get("modbus_heartbeat_register", 0)
         taken = [(beat, beat + 1, "the heartbeat register")]
-        for camera, start in sorted(v.items(), key=lambda kv: kv[1]):
-            if not _LINE_ID.match(camera) or len(camera) > 64:
-                raise ValueError(f"{camera!r} is not a camera id (letters, digits, . _ : / -; at most 64)")
-            if not 0 <= start <= 65536 - size:
-                raise ValueError(
-                    f"the block of camera {camera!r} at register {start} needs {size} registers; "
-                    f"it must start between 0 and {65536 - size}"
-                )
-            for lo, hi, what in taken:
-                if start < hi and lo < start + size:
-                    raise ValueError(
-                        f"the block of camera {camera!r} (registers {start}-{start + size - 1}) overlaps {what} "
-                        f"(registers {lo}-{hi - 1})"
-                    )
-            taken.append((start, start + size, f"the block of {camera!r}"))
+        taken += [
+            (a, a + size, f"the block of camera {c!r}") for c, a in (info.data.get("modbus_blocks") or {}).items()
+        ]
+        _check_blocks(v, "line", info.data.get("modbus_part_id_registers", 8), taken)
         return v
 
     @model_validator(mode="after")

@@ -1,7 +1,10 @@
 """The outbox and its dispatcher: verdicts to the line in order, never lost, late ones as reject.
 
 ``Line.record(session, rows, started)`` adds one outbox row per (record, sink) to the session that commits the
-records (``Pipeline._persist``), so an acknowledged frame always has its rows. ``Line.notify()`` after the
+records (``Pipeline._persist``), so an acknowledged frame always has its rows. For a line in ``line_cameras``
+the first frame of a part id also adds the part verdict's rows, "pending"; the frame that completes the set of
+cameras sets their decision (the worst). A pending part is passed over until its deadline, then delivered as
+reject naming the missing cameras. ``Line.notify()`` after the
 commit wakes the dispatcher: one thread per sink, each delivering that sink's undelivered rows in id order.
 
 The deadline rule: when a row's delivery starts after ``received_at + line_deadline_ms``, it goes out as
@@ -24,11 +27,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from andon.errors import AndonError
+from andon.inspect.decision import worst_decision
 from andon.service.line.errors import LineValueError, SinkUnavailableError
 from andon.service.line.messages import Verdict
 from andon.service.line.tables import LineOutbox
@@ -44,7 +48,7 @@ BATCH = 64
 class Sink(Protocol):
     name: str
 
-    def wants(self, camera_id: str | None) -> bool: ...
+    def wants(self, kind: str, line_id: str, camera_id: str | None) -> bool: ...
     def counts_per_camera(self) -> bool: ...
     def send(self, verdict: Verdict) -> None: ...
     def heartbeat(self, ready: bool) -> None: ...
@@ -63,9 +67,20 @@ def make_sink(name: str, settings: Settings) -> Sink:
     raise LineValueError(f"unknown line sink {name!r}; sinks: mqtt, modbus")
 
 
+PENDING = "pending"
+
+
 def late_verdict(row: LineOutbox, sequence: int, now: dt.datetime) -> Verdict:
-    """The verdict as delivered now: the deadline rule applied."""
+    """The verdict as delivered now: the deadline rule applied (and, for a part, the missing-camera rule)."""
     late = now > row.deadline_at
+    cameras, missing = None, ()
+    model_decision = row.decision
+    if row.kind == "part":
+        seen = (row.detail or {}).get("cameras", {})
+        cameras = {c: v["decision"] for c, v in seen.items()}
+        missing = tuple(c for c in (row.detail or {}).get("expected", []) if c not in seen)
+        if row.decision == PENDING:
+            model_decision = worst_decision(cameras.values())
     return Verdict(
         sequence=sequence,
         kind=row.kind,
@@ -74,13 +89,15 @@ def late_verdict(row: LineOutbox, sequence: int, now: dt.datetime) -> Verdict:
         camera_id=row.camera_id,
         part_id=row.part_id,
         serial=row.serial,
-        decision="reject" if late else row.decision,
-        model_decision=row.decision,
+        decision="reject" if late or missing else row.decision,
+        model_decision=model_decision,
         reason=row.reason,
         model_version=row.model_version,
         received_at=row.received_at,
         latency_ms=(now - row.received_at).total_seconds() * 1000.0,
         late=late,
+        cameras=cameras,
+        missing=missing,
     )
 
 
@@ -106,7 +123,7 @@ class SinkWorker:
         while not self.line.stopping.is_set():
             try:
                 self.wake.clear()
-                rows = self._pending()
+                rows, due = self._pending()
                 if rows:
                     self._deliver(rows)
                 if time.monotonic() >= next_beat:
@@ -117,7 +134,10 @@ class SinkWorker:
                 self.failing = None
                 wait = s.line_retry_initial_s
                 if not rows:
-                    self.wake.wait(max(0.0, next_beat - time.monotonic()))
+                    until = next_beat - time.monotonic()
+                    if due is not None:  # a part still waiting for a camera: its deadline wakes us
+                        until = min(until, (due - utcnow()).total_seconds() + 0.001)
+                    self.wake.wait(max(0.0, until))
             except (AndonError, SQLAlchemyError) as exc:
                 reason = getattr(exc, "message", None) or f"database: {type(exc).__name__}"
                 if reason != self.failing:
@@ -136,25 +156,42 @@ class SinkWorker:
         except Exception:  # noqa: BLE001
             log.warning("line sink %s did not close cleanly", self.sink.name)
 
-    def _counter(self, row: LineOutbox) -> str:
-        return (row.camera_id or "") if self.sink.counts_per_camera() else ""
+    def _counter(self, row: LineOutbox) -> tuple[str, str]:
+        """Which sequence a row counts in: the sink's one, or (where the sink counts per block) its camera's or,
+        for a part verdict, its line's."""
+        if not self.sink.counts_per_camera():
+            return ("", "")
+        return ("part", row.line_id) if row.kind == "part" else ("frame", row.camera_id or "")
 
-    def _last_sequence(self, counter: str) -> int:
+    def _last_sequence(self, counter: tuple[str, str]) -> int:
         query = select(func.max(LineOutbox.sequence)).where(LineOutbox.sink == self.sink.name)
-        if self.sink.counts_per_camera():
-            query = query.where(LineOutbox.camera_id == counter)
+        kind, name = counter
+        if kind == "part":
+            query = query.where(LineOutbox.kind == "part", LineOutbox.line_id == name)
+        elif kind == "frame":
+            query = query.where(LineOutbox.kind == "frame", LineOutbox.camera_id == name)
         with self.line.sessions() as session:
             last = session.scalar(query)
         return int(last or 0)
 
-    def _pending(self) -> Sequence[LineOutbox]:
+    def _pending(self) -> tuple[Sequence[LineOutbox], dt.datetime | None]:
+        """The sink's rows to deliver now, in id order (a part still waiting for a camera, before its deadline,
+        is passed over: the verdicts behind it do not wait for it), and the earliest deadline of those waiting."""
+        now = utcnow()
+        undelivered = (LineOutbox.sink == self.sink.name, LineOutbox.delivered_at.is_(None))
         with self.line.sessions() as session:
-            return session.scalars(
+            rows = session.scalars(
                 select(LineOutbox)
-                .where(LineOutbox.sink == self.sink.name, LineOutbox.delivered_at.is_(None))
+                .where(*undelivered, or_(LineOutbox.decision != PENDING, LineOutbox.deadline_at <= now))
                 .order_by(LineOutbox.id)
                 .limit(BATCH)
             ).all()
+            due = None
+            if self.line.settings.line_cameras:
+                due = session.scalar(
+                    select(func.min(LineOutbox.deadline_at)).where(*undelivered, LineOutbox.decision == PENDING)
+                )
+        return rows, due
 
     def _deliver(self, rows: Sequence[LineOutbox]) -> None:
         """Send ``rows`` in order; mark those sent in one transaction, also when a later one fails."""
@@ -239,8 +276,9 @@ class Line:
 
     # ---- the outbox ------------------------------------------------------------------------------------
     def record(self, session: Session, rows: Sequence[Inspection], started: float) -> None:
-        """Add the outbox rows of ``rows`` to ``session`` (committed with them). ``started``: the request's
-        ``time.perf_counter()`` at arrival, from which the deadline counts."""
+        """Add the outbox rows of ``rows`` to ``session`` (committed with them), and start or complete the part
+        verdicts they belong to. ``started``: the request's ``time.perf_counter()`` at arrival, from which the
+        deadline counts."""
         now = utcnow()
         received = now - dt.timedelta(seconds=max(0.0, time.perf_counter() - started))
         deadline = received + dt.timedelta(milliseconds=self.settings.line_deadline_ms)
@@ -263,14 +301,88 @@ class Line:
             )
             for row in rows
             for w in self.workers
-            if w.sink.wants(row.camera_id)
+            if w.sink.wants("frame", row.line_id, row.camera_id)
         ]
-        if not outbox:
+        lines = self.settings.line_cameras
+        parts = [r for r in rows if r.part_id and r.camera_id in lines.get(r.line_id, ())]
+        if not outbox and not parts:
             return
         session.flush()  # the records first (the outbox rows name them)
         if session.get_bind().dialect.name == "postgresql":
             session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_OUTBOX_LOCK})
         session.add_all(outbox)
+        for row in parts:
+            self._part(session, row, received, deadline, now)
+
+    def _part(
+        self, session: Session, frame: Inspection, received: dt.datetime, deadline: dt.datetime, now: dt.datetime
+    ) -> None:
+        """Start the part's verdict (its first frame: the deadline counts from here) or add this camera to it;
+        once every camera of the line has reported, its decision is the worst of theirs."""
+        sinks = [w.sink.name for w in self.workers if w.sink.wants("part", frame.line_id, None)]
+        if not sinks:
+            return
+        existing = session.scalars(
+            select(LineOutbox).where(
+                LineOutbox.kind == "part",
+                LineOutbox.line_id == frame.line_id,
+                LineOutbox.part_id == frame.part_id,
+                LineOutbox.sink.in_(sinks),
+            )
+        ).all()
+        if existing and all(r.delivered_at is not None for r in existing):
+            log.info(
+                "line %s: camera %s reported part %s after its part verdict went out; not counted",
+                frame.line_id,
+                frame.camera_id,
+                frame.part_id,
+            )
+            return
+        expected = list(self.settings.line_cameras[frame.line_id])
+        detail = dict(existing[0].detail or {}) if existing else {"expected": expected, "cameras": {}}
+        cameras = dict(detail.get("cameras", {}))
+        before = cameras.get(frame.camera_id)
+        if before is None or worst_decision([before["decision"], frame.decision]) != before["decision"]:
+            cameras[frame.camera_id] = {
+                "decision": frame.decision,
+                "reason": frame.reason,
+                "inspection_id": frame.id,
+                "model_version": frame.model_version,
+            }
+        detail["cameras"] = cameras
+        worst = None
+        if all(c in cameras for c in detail["expected"]):
+            decision = worst_decision(v["decision"] for v in cameras.values())
+            worst = next(v for v in cameras.values() if v["decision"] == decision)
+        for r in existing:
+            if r.delivered_at is None:
+                r.detail = detail
+                if worst is not None:
+                    r.decision, r.reason = worst["decision"], worst["reason"]
+                    r.inspection_id, r.model_version = worst["inspection_id"], worst["model_version"]
+        if existing:
+            return
+        first = worst or cameras[frame.camera_id]
+        for sink in sinks:
+            session.add(
+                LineOutbox(
+                    sink=sink,
+                    kind="part",
+                    inspection_id=first["inspection_id"],
+                    line_id=frame.line_id,
+                    camera_id=None,
+                    part_id=frame.part_id,
+                    serial=frame.serial,
+                    decision=first["decision"] if worst is not None else PENDING,
+                    reason=first["reason"] if worst is not None else None,
+                    model_version=first["model_version"],
+                    received_at=received,
+                    deadline_at=deadline,
+                    created_at=now,
+                    attempts=0,
+                    detail=detail,
+                )
+            )
 
     def notify(self) -> None:
         for w in self.workers:

@@ -40,12 +40,20 @@ class Verdict:
     received_at: dt.datetime
     latency_ms: float
     late: bool
+    #: a part verdict's cameras and their decisions (None for a frame verdict)
+    cameras: dict[str, str] | None = None
+    #: a part verdict's cameras that had not reported by the deadline (the decision is then reject)
+    missing: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         result_code(self.decision)
         result_code(self.model_decision)
         if self.late and self.decision != "reject":
             raise LineValueError(f"a late verdict is delivered as reject, not {self.decision!r}")
+        if self.missing and self.decision != "reject":
+            raise LineValueError(f"a part verdict with cameras missing is delivered as reject, not {self.decision!r}")
+        for decision in (self.cameras or {}).values():
+            result_code(decision)
         if not isinstance(self.sequence, int) or self.sequence < 1:
             raise LineValueError(f"sequence numbers start at 1; got {self.sequence!r}")
 
@@ -67,4 +75,7 @@ class Verdict:
             "latency_ms": round(self.latency_ms, 3),
             "late": self.late,
         }
+        if self.kind == "part":
+            body["cameras"] = dict(self.cameras or {})
+            body["missing_cameras"] = list(self.missing)
         return json.dumps(body, separators=(",", ":")).encode()

@@ -10,13 +10,15 @@ offset  value
         rest of the block (its change tells the PLC the block is complete). 0: nothing delivered yet
 +1      result: 1 pass, 2 review, 3 reject (0 is never written)
 +2      flags: bit 0 late (the deadline passed: result is reject), bit 1 the part id did not fit
-        the echo registers (the echo is empty; the result stands)
+        the echo registers (the echo is empty; the result stands), bit 2 (part blocks) a camera
+        had not reported the part by the deadline (result is reject)
 +3      length of the part id echo in characters (0: none)
 +4..    the part id, ASCII, two characters per register (high byte first), zero-padded
 ======  =======================================================================================
 
 The heartbeat register counts 1..65535 (then 1 again), one step every ``line_heartbeat_s`` while the
-service has a model and this sink takes writes.
+service has a model and this sink takes writes. A line of ``line_cameras`` with a ``modbus_part_blocks`` entry
+gets its part verdicts in a block of the same layout.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ log = logging.getLogger("andon.service.line")
 
 FLAG_LATE = 1
 FLAG_PART_ID_CUT = 2
+FLAG_INCOMPLETE = 4
 
 
 def wrap16(counter: int) -> int:
@@ -61,7 +64,11 @@ def decode_part_id(values: list[int]) -> str:
 def encode_block(verdict: Verdict, part_id_registers: int) -> list[int]:
     """The whole block, offset 0 (the sequence) first; every value checked to fit its register."""
     echo, fitted = encode_part_id(verdict.part_id, part_id_registers)
-    flags = (FLAG_LATE if verdict.late else 0) | (0 if fitted else FLAG_PART_ID_CUT)
+    flags = (
+        (FLAG_LATE if verdict.late else 0)
+        | (0 if fitted else FLAG_PART_ID_CUT)
+        | (FLAG_INCOMPLETE if verdict.missing else 0)
+    )
     length = len(verdict.part_id) if verdict.part_id and fitted else 0
     values = [wrap16(verdict.sequence), result_code(verdict.decision), flags, length, *echo]
     if len(values) != MODBUS_BLOCK_HEAD + part_id_registers or any(not 0 <= v <= 0xFFFF for v in values):
@@ -77,23 +84,29 @@ class ModbusSink:
 
         self.settings = settings
         self.blocks = dict(settings.modbus_blocks)
+        self.part_blocks = dict(settings.modbus_part_blocks)
         self._client = ModbusTcpClient(
             settings.modbus_host, port=settings.modbus_port, timeout=settings.modbus_timeout_s, retries=0
         )
         # a restart does not start at the value the PLC saw last (it would look like one missed beat more)
         self._beats = int.from_bytes(os.urandom(2), "big")
 
-    def wants(self, camera_id: str | None) -> bool:
-        """Only cameras with a block send verdicts to the PLC."""
-        return camera_id in self.blocks
+    def wants(self, kind: str, line_id: str, camera_id: str | None) -> bool:
+        """Only cameras (and lines, for part verdicts) with a block send verdicts to the PLC."""
+        return line_id in self.part_blocks if kind == "part" else camera_id in self.blocks
 
     def counts_per_camera(self) -> bool:
         return True  # each block's sequence goes up by one per verdict: the PLC sees a missed one
 
     def send(self, verdict: Verdict) -> None:
-        start = self.blocks.get(verdict.camera_id or "")
-        if start is None:
-            raise LineValueError(f"camera {verdict.camera_id!r} has no modbus block; blocks: {sorted(self.blocks)}")
+        if verdict.kind == "part":
+            start = self.part_blocks.get(verdict.line_id)
+            if start is None:
+                raise LineValueError(f"line {verdict.line_id!r} has no part block; lines: {sorted(self.part_blocks)}")
+        else:
+            start = self.blocks.get(verdict.camera_id or "")
+            if start is None:
+                raise LineValueError(f"camera {verdict.camera_id!r} has no block; cameras: {sorted(self.blocks)}")
         values = encode_block(verdict, self.settings.modbus_part_id_registers)
         self._write(start + 1, values[1:])  # result, flags, part id first ...
         self._write(start, values[:1])  # ... then the sequence: the block is complete

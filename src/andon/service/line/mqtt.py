@@ -1,9 +1,10 @@
 """The MQTT sink (paho-mqtt): one connection to the plant's broker, reused; QoS 1 (or 2) verdicts.
 
 Topics (docs/line.md): ``<prefix>/<line>/<camera>/verdict`` for each frame verdict (JSON,
-``Verdict.as_json``), and ``<prefix>/status``, retained: ``ready`` / ``not ready`` while connected, and the
-broker's will ``offline`` when the service's connection dies. A ``/`` inside a line or camera id is written
-``%2F`` so that an id is one topic level.
+``Verdict.as_json``), ``<prefix>/<line>/verdict`` for the part verdicts of a line in ``line_cameras``, and
+``<prefix>/status``, retained: ``ready`` / ``not ready`` while connected, and the broker's will ``offline``
+when the service's connection dies. A ``/`` inside a line or camera id is written ``%2F`` so that an id is
+one topic level.
 
 A publish counts as delivered when the broker's PUBACK (QoS 2: PUBCOMP) arrived within ``mqtt_timeout_s``.
 When it did not, the connection is dropped with whatever paho still queued, so that nothing is sent later
@@ -29,7 +30,10 @@ def topic_level(value: str) -> str:
 
 
 def verdict_topic(prefix: str, line_id: str, camera_id: str | None) -> str:
-    return f"{prefix}/{topic_level(line_id)}/{topic_level(camera_id or 'part')}/verdict"
+    """A camera's verdicts: <prefix>/<line>/<camera>/verdict; the line's part verdicts: <prefix>/<line>/verdict."""
+    if camera_id is None:
+        return f"{prefix}/{topic_level(line_id)}/verdict"
+    return f"{prefix}/{topic_level(line_id)}/{topic_level(camera_id)}/verdict"
 
 
 class MqttSink:
@@ -42,7 +46,7 @@ class MqttSink:
         self._connected = threading.Event()
         self._status: str | None = None
 
-    def wants(self, camera_id: str | None) -> bool:
+    def wants(self, kind: str, line_id: str, camera_id: str | None) -> bool:
         return True
 
     def counts_per_camera(self) -> bool:

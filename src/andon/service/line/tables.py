@@ -3,14 +3,15 @@
 A frame the camera got a 2xx for has its outbox rows committed with its record, so no acknowledged verdict
 can be lost before it reaches the line. The dispatcher (``andon.service.line.dispatcher``) delivers each
 sink's rows in ``id`` order and marks them delivered: ``delivered_at``, the ``delivered_decision`` (reject
-when the deadline had passed: ``late``) and the sink's ``sequence`` number. ``decision`` stays the model's.
+when the deadline had passed: ``late``) and the ``sequence`` number. ``decision`` stays the model's. A part
+verdict's rows are made by its first frame and completed by the last one (``Line.record``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from andon.service.tables import Base, UTCDateTime, utcnow
@@ -24,13 +25,14 @@ class LineOutbox(Base):
 
     id: Mapped[int] = mapped_column(OUTBOX_ID, primary_key=True, autoincrement=True)
     sink: Mapped[str] = mapped_column(String(16))
-    #: "frame" (one camera's verdict); "part" is reserved for the part verdict across a line's cameras
+    #: "frame" (one camera's verdict) or "part" (the worst across the cameras of ``line_cameras[line_id]``)
     kind: Mapped[str] = mapped_column(String(8))
     inspection_id: Mapped[str | None] = mapped_column(ForeignKey("inspections.id", ondelete="CASCADE"))
     line_id: Mapped[str] = mapped_column(String(64))
     camera_id: Mapped[str | None] = mapped_column(String(64))
     part_id: Mapped[str | None] = mapped_column(String(128))
     serial: Mapped[str | None] = mapped_column(String(128))
+    #: the model's decision; for a part: the worst of its cameras', or "pending" until they have all reported
     decision: Mapped[str] = mapped_column(String(8))
     reason: Mapped[str | None] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(128))
@@ -44,5 +46,7 @@ class LineOutbox(Base):
     sequence: Mapped[int | None] = mapped_column(BigInteger)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(String(255))
+    #: a part's cameras: {"expected": [camera, ...], "cameras": {camera: {"decision", "reason", "inspection_id"}}}
+    detail: Mapped[dict | None] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_line_outbox_pending", "sink", "delivered_at", "id"),)

@@ -42,6 +42,7 @@ def upgrade() -> None:
         sa.Column("sequence", sa.BigInteger(), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("last_error", sa.String(length=255), nullable=True),
+        sa.Column("detail", sa.JSON(), nullable=True),
         sa.ForeignKeyConstraint(
             ["inspection_id"],
             ["inspections.id"],
