@@ -3,6 +3,7 @@ while the PLC is down, the deadline rule, and the heartbeat the PLC's watchdog r
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 
 import pytest
@@ -136,3 +137,24 @@ def test_the_heartbeat_runs_only_while_the_service_has_a_model(tmp_path, tiny_mo
         ctx.runtime.sync(force=True)  # the registry still names it: loaded again
         wait_for(lambda: heartbeat_moves(plc), what="the heartbeat to come back")
     assert not heartbeat_moves(plc)  # the service stopped: so did the heartbeat
+
+
+def test_delivered_rows_are_pruned_and_a_restart_goes_on_with_the_next_sequence(tmp_path, tiny_model_path, plc):
+    from andon.service.line.tables import LineOutbox
+    from andon.service.tables import utcnow
+
+    settings = line_settings(tmp_path, tiny_model_path, plc)
+    with client_for(settings) as client:
+        for i in range(3):
+            assert post_frame(client, jpeg(PASS, noise=i), camera="cam1", part=f"R-{i}").status_code == 201
+        worker = client.app.state.ctx.pipeline.line.workers[0]
+        wait_for(lambda: worker.delivered == 3, what="3 deliveries")
+        plc.stop()
+        assert post_frame(client, jpeg(PASS, noise=5), camera="cam1", part="R-3").status_code == 201
+        assert worker.prune(utcnow() + dt.timedelta(days=1)) == 2  # the newest delivered one stays
+    plc.start()
+    with client_for(settings) as client:  # a restart: the undelivered verdict goes out, numbered on
+        wait_for(lambda: 4 in sequence_writes(plc, "cam1"), what="the verdict left in the outbox")
+        with client.app.state.ctx.sessions() as session:
+            kept = [r.part_id for r in session.query(LineOutbox).order_by(LineOutbox.id)]
+    assert sequence_writes(plc, "cam1") == [1, 2, 3, 4] and kept == ["R-2", "R-3"]

@@ -206,6 +206,12 @@ class Settings(BaseSettings):
     line_retry_max_s: float = Field(
         2.0, gt=0.0, le=300.0, description="the wait between tries doubles up to this while a sink stays down"
     )
+    line_outbox_keep_days: float | None = Field(
+        7.0,
+        gt=0,
+        description="delivered outbox rows older than this are deleted (hourly, the newest of each sink kept); "
+        "undelivered rows never are; None keeps them all",
+    )
     line_cameras: dict[str, list[str]] = Field(
         default_factory=dict,
         description="line id -> the cameras that each see every part of that line: once all of them have "

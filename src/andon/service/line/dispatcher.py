@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -43,6 +43,7 @@ log = logging.getLogger("andon.service.line")
 
 _PG_OUTBOX_LOCK = 0x616E646F6E02  # serialises outbox inserts on PostgreSQL (commit order = id order)
 BATCH = 64
+PRUNE_EVERY_S = 3600.0
 
 
 class Sink(Protocol):
@@ -120,8 +121,12 @@ class SinkWorker:
         s = self.line.settings
         wait = s.line_retry_initial_s
         next_beat = 0.0
+        next_prune = time.monotonic() + 60.0
         while not self.line.stopping.is_set():
             try:
+                if s.line_outbox_keep_days is not None and time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_EVERY_S
+                    self.prune(utcnow() - dt.timedelta(days=s.line_outbox_keep_days))
                 self.wake.clear()
                 rows, due = self._pending()
                 if rows:
@@ -155,6 +160,30 @@ class SinkWorker:
             self.sink.close()
         except Exception:  # noqa: BLE001
             log.warning("line sink %s did not close cleanly", self.sink.name)
+
+    def prune(self, before: dt.datetime) -> int:
+        """Delete this sink's rows delivered before ``before``, except its newest delivered one (the sequence
+        goes on from it after a restart). Undelivered rows are never deleted."""
+        with self.line.sessions() as session:
+            newest = session.scalar(
+                select(func.max(LineOutbox.id)).where(
+                    LineOutbox.sink == self.sink.name, LineOutbox.delivered_at.is_not(None)
+                )
+            )
+            if newest is None:
+                return 0
+            gone = session.execute(
+                delete(LineOutbox).where(
+                    LineOutbox.sink == self.sink.name,
+                    LineOutbox.delivered_at.is_not(None),
+                    LineOutbox.delivered_at < before,
+                    LineOutbox.id < newest,
+                )
+            ).rowcount
+            session.commit()
+        if gone:
+            log.info("line sink %s: deleted %d delivered outbox rows from before %s", self.sink.name, gone, before)
+        return int(gone or 0)
 
     def _counter(self, row: LineOutbox) -> tuple[str, str]:
         """Which sequence a row counts in: the sink's one, or (where the sink counts per block) its camera's or,
