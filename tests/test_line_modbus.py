@@ -126,13 +126,16 @@ def heartbeat_moves(plc, periods: int = 6, period: float = 0.05) -> bool:
 def test_the_heartbeat_runs_only_while_the_service_has_a_model(tmp_path, tiny_model_path, plc):
     with client_for(line_settings(tmp_path, None, plc)) as client:  # started without a model
         ctx = client.app.state.ctx
-        assert not heartbeat_moves(plc) and plc.read(HEARTBEAT) == [0]
+        worker = ctx.pipeline.line.workers[0]
+        wait_for(lambda: worker.beats >= 3, what="3 heartbeat periods")
+        assert plc.read(HEARTBEAT) == [0] and not heartbeat_moves(plc)
         ctx.runtime.bootstrap(tiny_model_path)
         ctx.runtime.sync(force=True)
         wait_for(lambda: plc.read(HEARTBEAT)[0] != 0, what="the first heartbeat")
-        assert heartbeat_moves(plc)
+        wait_for(lambda: heartbeat_moves(plc), what="the heartbeat to go on")
         ctx.runtime._models = Models(None, None)  # the model is gone (as after a failed load at start)
-        time.sleep(0.1)  # a beat already under way lands
+        done = worker.beats
+        wait_for(lambda: worker.beats >= done + 2, what="a whole heartbeat period without the model")
         assert not heartbeat_moves(plc)
         ctx.runtime.sync(force=True)  # the registry still names it: loaded again
         wait_for(lambda: heartbeat_moves(plc), what="the heartbeat to come back")

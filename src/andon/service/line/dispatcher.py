@@ -115,6 +115,7 @@ class SinkWorker:
         self.sequences: dict[str, int] = {}
         self.failing: str | None = None  # why the last try failed (None: the sink works)
         self.delivered = 0
+        self.beats = 0  # heartbeat periods done (whether the beat was written or withheld)
 
     # ---- the loop --------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -133,6 +134,7 @@ class SinkWorker:
                     self._deliver(rows)
                 if time.monotonic() >= next_beat:
                     self.sink.heartbeat(self.line.ready())
+                    self.beats += 1
                     next_beat = time.monotonic() + s.line_heartbeat_s
                 if self.failing is not None:
                     log.info("line sink %s works again", self.sink.name)
