@@ -185,7 +185,20 @@ def test_injected_io_errors_answer_5xx_store_nothing_and_clear(faulty):
             )
         assert hits > 0, f"{fault}: the fault was never reached, so the test proves nothing"
         assert count_rows(client) == rows, f"{fault}: a record was left"
-        assert _files(settings.images_dir) == files, f"{fault}: a file was left"
+        left = _files(settings.images_dir) - files
+        if fault == "commit":
+            # a failed commit may still reach the disk (a WAL replayed after a power cut), so its images stay
+            # for the sweeps: images only, of these three frames, and the start-up sweep removes them
+            frames_left = {k.split("/")[-1].split(".")[0] for k in left}
+            assert len(frames_left) == 3 and all(k.endswith((".jpg", ".heatmap.npy")) for k in left), (fault, left)
+            from andon.service.retention import sweep_at_start
+
+            ctx = client.app.state.ctx
+            ctx.store.leave_writers()
+            report, alone = sweep_at_start(ctx.sessions, ctx.store, orphan_grace_s=settings.orphan_grace_s)
+            assert alone and report.orphans_removed == len(left), (report, alone)
+            left = _files(settings.images_dir) - files
+        assert left == set(), f"{fault}: a file was left"
         # the fault cleared: the same frames (same keys) go in now, as new records, not replays
         again = [post_frame(client, jpeg(REJECT, noise=n * 3 + i), idem=f"{fault}-{i}") for i in range(3)]
         assert [r.status_code for r in again] == [201, 201, 201], (fault, [r.text for r in again])

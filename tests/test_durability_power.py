@@ -70,12 +70,6 @@ def test_acknowledged_frames_survive_power_cuts(variant, shim, tmp_path, tiny_mo
         assert report.lost, f"{variant}: no acknowledged frame was lost, so the test cannot see this fault"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (docs/reliability.md, Known limits): a commit whose WAL fsync fails is answered 503 and "
-    "its images are removed, but its WAL frames may reach the disk; a power cut before the next commit then "
-    "replays a record whose image is gone",
-)
 def test_a_failed_commit_then_a_power_cut_leaves_no_record_without_its_image(shim, tmp_path, tiny_model_path):
     import httpx
 

@@ -258,6 +258,7 @@ class Pipeline:
         written: list[str] = []
         rows: list[Inspection] = []
         now = utcnow()
+        committing = False
         try:
             for d in done:
                 t0 = time.perf_counter()
@@ -280,14 +281,22 @@ class Pipeline:
                 session.add_all(rows)
                 if self.line is not None:
                     self.line.record(session, rows, started)  # the line's outbox rows commit with the records
+                session.flush()  # the INSERTs: an error here is certain, nothing was committed
+                committing = True
                 session.commit()
             commit_ms = (time.perf_counter() - t0) * 1000.0
         except IntegrityError:
             self._forget(written)
             return None
         except SQLAlchemyError as exc:
-            self._forget(written)
-            log.error("database write failed: %s", exc)
+            if committing and _commit_may_have_landed(exc):
+                # A commit that failed may still reach the disk (a WAL whose fsync failed is replayed after a
+                # power cut): keep its images, so that a record never comes back without them. If the record
+                # did not survive, the start-up sweep (or retention after orphan_grace_s) removes them.
+                log.error("database commit failed (its %d image files are kept for the sweeps): %s", len(written), exc)
+            else:
+                self._forget(written)
+                log.error("database write failed: %s", exc)
             raise StorageError("the database did not take the record; nothing was stored; retry") from None
         except BaseException:
             self._forget(written)
@@ -458,3 +467,16 @@ def decode_heatmap(data: bytes) -> np.ndarray:
 async def run_after(jobs: list[Callable]) -> None:
     """Run follow-up jobs (BackgroundTasks calls this after the answer is sent)."""
     await asyncio.gather(*(job() for job in jobs), return_exceptions=True)
+
+
+#: SQLite's extended codes of a failed fsync (SQLITE_IOERR_FSYNC, SQLITE_IOERR_DIR_FSYNC): everything of the
+#: transaction was written, only its durability is unknown
+_SQLITE_FSYNC_ERRORS = frozenset({10 | (4 << 8), 10 | (5 << 8)})
+
+
+def _commit_may_have_landed(exc: SQLAlchemyError) -> bool:
+    """Whether a failed COMMIT may still be on disk. SQLite says why it failed: only a failed fsync leaves a
+    complete transaction behind (a write error or a full disk leaves no commit frame). Other databases cannot
+    tell (a connection lost during COMMIT), so their commit errors count as possibly landed."""
+    code = getattr(getattr(exc, "orig", None), "sqlite_errorcode", None)
+    return code in _SQLITE_FSYNC_ERRORS if code is not None else True
