@@ -7,9 +7,11 @@ Every variant is ``bench.fusion``'s main recipe (mobilenet_v2 with ../shared wei
 duplicate groups, the recipe's default anomaly head on the classifier's trunk) with one thing changed, trained
 by the project's own ``fit()`` (a finished run folder is reused, so ``base`` is the fusion benchmark's run).
 Each run is judged as ``andon train`` left it: its own card (classifier band calibrated on val, anomaly band
-at ``anomaly.false_alarm`` of the val good images). Test-time flips (``+tta``) average the inspection graph's
-outputs (probabilities and anomaly score) over the identity and the three flips, decided at the same card's
-thresholds; nothing is recalibrated or tuned on test.
+at ``anomaly.false_alarm`` of the val good images). Test-time flips average the inspection graph's outputs
+(probabilities and anomaly score) over the identity and the horizontal flip (2) or all four flips (4); they are
+decided once at the card's own thresholds, and once with both bands calibrated again by andon train's rules on
+the flip-averaged *validation* outputs (what a model with the flips inside its graph would get). Nothing is
+tuned on test.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +80,9 @@ class Row:
     tta_auroc: float
     tta_fused: dict
     tta_anomaly_auroc: float
+    #: identity + horizontal flip / all four flips, both bands recalibrated on the flip-averaged val outputs
+    tta2_recal: dict = field(default_factory=dict)
+    tta4_recal: dict = field(default_factory=dict)
 
 
 def variant_recipe(args, name: str):
@@ -91,8 +96,9 @@ def _summary(r) -> dict:
     return {"caught": r.caught, "false_reject": r.false_reject, "review": r.review, "per_type": r.caught_by_type}
 
 
-def tta_outputs(run, data, split: str, batch: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
-    """Probabilities and anomaly scores of ``split`` averaged over the four flips, through the run's graph."""
+def flip_outputs(run, data, split: str, batch: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities (flips x N x classes) and anomaly scores (flips x N) of ``split`` under each of ``FLIPS``,
+    through the run's inspection graph."""
     import torch
 
     from andon.inspect.preprocess import Preprocessor
@@ -106,10 +112,35 @@ def tta_outputs(run, data, split: str, batch: int = 32) -> tuple[np.ndarray, np.
         for start in range(0, len(index), batch):
             x = torch.from_numpy(np.stack([pre.to_tensor(data.cache.image(i)) for i in index[start : start + batch]]))
             outs = [graph(torch.flip(x, dims) if dims else x) for dims in FLIPS]
-            probs.append(np.mean([o[keys.index("probabilities")].numpy() for o in outs], axis=0))
+            probs.append(np.stack([o[keys.index("probabilities")].numpy() for o in outs]))
             if "anomaly_score" in keys:
-                scores.append(np.mean([o[keys.index("anomaly_score")].numpy() for o in outs], axis=0))
-    return np.concatenate(probs), (np.concatenate(scores).astype(np.float64) if scores else None)
+                scores.append(np.stack([o[keys.index("anomaly_score")].numpy() for o in outs]))
+    return np.concatenate(probs, axis=1), (np.concatenate(scores, axis=1).astype(np.float64) if scores else None)
+
+
+def recalibrated(card, recipe, val_pred: dict, reserve: float, val_scores: np.ndarray | None):
+    """``card`` with both bands calibrated again, by andon train's own rules, on flip-averaged val outputs: the
+    classifier band by ``calibrate_card`` and the anomaly band at ``anomaly.false_alarm`` of the val good parts."""
+    import tempfile
+
+    from andon.evaluation.calibration import reject_at_for
+    from andon.training.fit import calibrate_card
+    from andon.training.rundir import RunDir, save_predictions
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = RunDir(Path(tmp), "flips")
+        save_predictions(
+            run.predictions("val"), list(val_pred["paths"]), val_pred["y_true"], val_pred["probs"], card.classes
+        )
+        band = calibrate_card(card, recipe.decision, run, None, review_reserve=reserve).thresholds
+    thresholds = card.thresholds.model_copy(update={"defect": band.defect, "per_class": band.per_class})
+    if val_scores is not None and card.thresholds.anomaly is not None:
+        good = ~np.isin(val_pred["y_true"], card.defect_indices)
+        t = reject_at_for(val_scores[good], recipe.anomaly.false_alarm, floor=0.0)
+        thresholds = thresholds.model_copy(
+            update={"anomaly": card.thresholds.anomaly.model_copy(update={"pass_below": t})}
+        )
+    return card.replace(thresholds=thresholds)
 
 
 def measure(args, name: str, say=print) -> Row:
@@ -134,9 +165,20 @@ def measure(args, name: str, say=print) -> Row:
     test, val = preds["test"], preds["val"]
     score = test.get("anomaly_score")
     started = time.perf_counter()
-    tta_probs, tta_scores = tta_outputs(run, data, "test")
-    say(f"{name}: test-time flips on {len(tta_probs)} test images in {time.perf_counter() - started:.0f} s")
-    tta_pred = {**test, "probs": tta_probs}
+    flips = {split: flip_outputs(run, data, split) for split in ("val", "test")}
+    say(f"{name}: outputs under {len(FLIPS)} flips of the val and test images in {time.perf_counter() - started:.0f} s")
+
+    def averaged(split: str, n: int) -> tuple[dict, np.ndarray | None]:
+        probs, scores = flips[split]
+        pred = {**preds[split], "probs": probs[:n].mean(axis=0)}
+        return pred, (None if scores is None else scores[:n].mean(axis=0))
+
+    tta_pred, tta_scores = averaged("test", len(FLIPS))
+    recal = {}
+    for n in (2, len(FLIPS)):
+        val_n, val_scores = averaged("val", n)
+        test_n, test_scores = averaged("test", n)
+        recal[n] = _summary(rates(recalibrated(card, recipe, val_n, reserve, val_scores), test_n, test_scores))
     info_file = run_dir / "fusion-train.json"
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     from bench.fusion import band_text
@@ -155,9 +197,11 @@ def measure(args, name: str, say=print) -> Row:
         alone=_summary(rates(current_band(plain_card(run.card), recipe, run_dir), test)),
         fused=_summary(rates(card, test, score)),
         anomaly_auroc=float(roc_auc(bad(test), score)) if score is not None else float("nan"),
-        tta_auroc=float(roc_auc(bad(test), p_defect(tta_probs))),
+        tta_auroc=float(roc_auc(bad(test), p_defect(tta_pred["probs"]))),
         tta_fused=_summary(rates(card, tta_pred, tta_scores)),
         tta_anomaly_auroc=float(roc_auc(bad(test), tta_scores)) if tta_scores is not None else float("nan"),
+        tta2_recal=recal[2],
+        tta4_recal=recal[len(FLIPS)],
     )
 
 
@@ -179,17 +223,18 @@ def render(rows: list[Row], commands: list[str], machine_text: str) -> str:
         f"Machine: {machine_text}. Commands: " + "; ".join(f"`{c}`" for c in commands),
         "",
         "| variant | change | epochs (run, best) | train min | P(defect) AUROC val / test | classifier alone "
-        "| **fused** | anomaly AUROC test | + flips: P(defect) AUROC | + flips: fused | + flips: anomaly AUROC "
-        "| fused caught per type |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| **fused** | anomaly AUROC test | + 4 flips: P(defect) AUROC | + 4 flips, card's bands "
+        "| + 2 flips, recalibrated | **+ 4 flips, recalibrated** | + 4 flips: anomaly AUROC | fused caught per type |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         types = ", ".join(f"{t} {c}/{n}" for t, (c, n) in r.fused["per_type"].items())
         lines.append(
             f"| {r.variant} | {r.change} | {r.epochs} ({r.epochs_run}, {r.best_epoch}) | {r.train_seconds / 60:.1f} "
             f"| {_pct(r.val_auroc)} / {_pct(r.test_auroc)} | {_three(r.alone)} | **{_three(r.fused)}** "
-            f"| {_pct(r.anomaly_auroc)} | {_pct(r.tta_auroc)} | {_three(r.tta_fused)} | {_pct(r.tta_anomaly_auroc)} "
-            f"| {types} |"
+            f"| {_pct(r.anomaly_auroc)} | {_pct(r.tta_auroc)} | {_three(r.tta_fused)} "
+            f"| {_three(r.tta2_recal) if r.tta2_recal else '-'} | **{_three(r.tta4_recal) if r.tta4_recal else '-'}** "
+            f"| {_pct(r.tta_anomaly_auroc)} | {types} |"
         )
     return "\n".join(lines)
 
@@ -225,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
             rows = [r for r in rows if r.variant != name] + [row]
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps({**saved, "rows": [asdict(r) for r in rows]}, indent=2))
-            print(f"{name}: fused {_three(row.fused)}, with flips {_three(row.tta_fused)}", flush=True)
+            print(
+                f"{name}: fused {_three(row.fused)}, with 4 flips {_three(row.tta_fused)}, recalibrated "
+                f"{_three(row.tta4_recal)} (2 flips {_three(row.tta2_recal)})",
+                flush=True,
+            )
     order = {n: i for i, n in enumerate(VARIANTS)}
     print(render(sorted(rows, key=lambda r: order[r.variant]), saved["commands"], saved["machine"]))
     return 0
