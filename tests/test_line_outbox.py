@@ -169,3 +169,23 @@ def test_a_good_line_configuration_loads_from_the_environment(monkeypatch):
     s = Settings.load(line_deadline_ms=150)
     assert s.line_sinks == ["mqtt", "modbus"] and s.modbus_blocks == {"cam1": 10, "cam2": 22}
     assert s.line_deadline_ms == 150 and s.mqtt_qos == 1
+
+
+def test_migration_0004_adds_the_outbox_and_downgrades_cleanly(tmp_path):
+    import sqlalchemy as sa
+    from alembic import command
+
+    from andon.service.db import alembic_config, make_engine, migrate
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    migrate(engine)
+    assert "line_outbox" in sa.inspect(engine).get_table_names()
+    with engine.begin() as conn:
+        cfg = alembic_config(engine)
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0003")
+    assert "line_outbox" not in sa.inspect(engine).get_table_names()
+    migrate(engine)
+    indexes = {i["name"] for i in sa.inspect(engine).get_indexes("line_outbox")}
+    engine.dispose()
+    assert indexes == {"ix_line_outbox_pending"}
