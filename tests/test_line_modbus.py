@@ -51,6 +51,14 @@ def sequence_writes(plc, camera):
     return [values[0] for _, fc, address, values in plc.log() if address == BLOCKS[camera] and len(values) == 1]
 
 
+def series(client, name: str) -> float | None:
+    """One series' value from /metrics."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
+
+
 def test_each_verdict_reaches_its_cameras_block_with_the_part_id_echo_and_the_sequence_last(
     tmp_path, tiny_model_path, plc
 ):
@@ -83,6 +91,13 @@ def test_a_plc_that_is_down_gets_every_verdict_in_order_once_it_is_back(tmp_path
             assert r.status_code == 201  # the camera's answer does not wait for the PLC
         worker = client.app.state.ctx.pipeline.line.workers[0]
         wait_for(lambda: worker.failing, what="the sink to notice the PLC is down")
+        wait_for(
+            lambda: (
+                series(client, 'andon_line_outbox_pending{sink="modbus"}') == 7.0
+                and series(client, 'andon_line_sink_up{sink="modbus"}') == 0.0
+            ),
+            what="the metrics to show the backlog",
+        )
         echoes = []
         plc.writes.clear()
         plc.start()
@@ -93,6 +108,8 @@ def test_a_plc_that_is_down_gets_every_verdict_in_order_once_it_is_back(tmp_path
         assert sequence_writes(plc, "cam1") == list(range(2, 9))
         assert echoes == parts  # nothing lost, nothing out of order
         wait_for(lambda: worker.failing is None, what="the sink to count as working again")
+        assert series(client, 'andon_line_sink_up{sink="modbus"}') == 1.0
+        assert series(client, 'andon_line_delivered_total{sink="modbus",timing="on_time"}') == 8.0
 
 
 def test_a_verdict_delivered_after_the_deadline_is_a_reject_flagged_late(tmp_path, tiny_model_path, plc):

@@ -65,7 +65,7 @@ def build_context(settings: Settings) -> ServiceContext:
     store = LocalDiskStore(settings.images_dir, reserve_bytes=settings.disk_reserve_bytes)
     keydir = KeyDirectory(sessions, allow_open_after_keys=settings.allow_open_mode_after_keys)
     pipeline = Pipeline(settings, runtime, admission, store, sessions, metrics, keydir)
-    pipeline.line = build_line(settings, sessions, ready=lambda: runtime.ready)  # None without line sinks
+    pipeline.line = build_line(settings, sessions, lambda: runtime.ready, metrics.registry)  # None: no line sinks
     return ServiceContext(
         settings=settings,
         engine=engine,

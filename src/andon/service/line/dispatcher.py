@@ -35,6 +35,7 @@ from andon.errors import AndonError
 from andon.inspect.decision import worst_decision
 from andon.service.line.errors import LineValueError, SinkUnavailableError
 from andon.service.line.messages import Verdict
+from andon.service.line.metrics import LineMetrics
 from andon.service.line.tables import LineOutbox
 from andon.service.settings import Settings
 from andon.service.tables import Inspection, utcnow
@@ -139,6 +140,8 @@ class SinkWorker:
                 if self.failing is not None:
                     log.info("line sink %s works again", self.sink.name)
                 self.failing = None
+                self.line.metrics.up.labels(sink=self.sink.name).set(1)
+                self.line.metrics.pending.labels(sink=self.sink.name).set(len(rows) if len(rows) == BATCH else 0)
                 wait = s.line_retry_initial_s
                 if not rows:
                     until = next_beat - time.monotonic()
@@ -147,6 +150,10 @@ class SinkWorker:
                     self.wake.wait(max(0.0, until))
             except (AndonError, SQLAlchemyError) as exc:
                 reason = getattr(exc, "message", None) or f"database: {type(exc).__name__}"
+                m = self.line.metrics
+                m.up.labels(sink=self.sink.name).set(0)
+                m.failures.labels(sink=self.sink.name).inc()
+                self._count_pending()
                 if reason != self.failing:
                     log.warning("line sink %s: %s; retrying (at most every %.2f s)", self.sink.name, reason, wait)
                 self.failing = reason
@@ -186,6 +193,18 @@ class SinkWorker:
         if gone:
             log.info("line sink %s: deleted %d delivered outbox rows from before %s", self.sink.name, gone, before)
         return int(gone or 0)
+
+    def _count_pending(self) -> None:
+        try:
+            with self.line.sessions() as session:
+                n = session.scalar(
+                    select(func.count())
+                    .select_from(LineOutbox)
+                    .where(LineOutbox.sink == self.sink.name, LineOutbox.delivered_at.is_(None))
+                )
+            self.line.metrics.pending.labels(sink=self.sink.name).set(n or 0)
+        except SQLAlchemyError:
+            pass  # the database is what failed; the gauge keeps its last value
 
     def _counter(self, row: LineOutbox) -> tuple[str, str]:
         """Which sequence a row counts in: the sink's one, or (where the sink counts per block) its camera's or,
@@ -244,6 +263,9 @@ class SinkWorker:
                     raise
                 self.sequences[counter] = verdict.sequence
                 sent.append((row.id, verdict, now))
+                m = self.line.metrics
+                m.delivered.labels(sink=self.sink.name, timing="late" if verdict.late else "on_time").inc()
+                m.latency.labels(sink=self.sink.name).observe(verdict.latency_ms / 1000.0)
         finally:
             if sent:
                 try:
@@ -292,8 +314,10 @@ class Line:
         sessions: Callable[[], Session],
         ready: Callable[[], bool],
         sinks: list[Sink] | None = None,
+        metrics: LineMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or LineMetrics()
         self.sessions = sessions
         self._ready = ready
         self.stopping = threading.Event()
@@ -441,6 +465,10 @@ class Line:
         }
 
 
-def build_line(settings: Settings, sessions: Callable[[], Session], ready: Callable[[], bool]) -> Line | None:
-    """The line of ``settings`` (None when no sink is configured)."""
-    return Line(settings, sessions, ready) if settings.line_sinks else None
+def build_line(
+    settings: Settings, sessions: Callable[[], Session], ready: Callable[[], bool], registry=None
+) -> Line | None:
+    """The line of ``settings`` (None when no sink is configured); its series in ``registry`` (the app's)."""
+    if not settings.line_sinks:
+        return None
+    return Line(settings, sessions, ready, metrics=LineMetrics(registry))

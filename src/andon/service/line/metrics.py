@@ -1,0 +1,33 @@
+"""Prometheus series of the line, in the app's registry (``/metrics``): one label, the sink."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 30.0, 300.0)
+
+
+class LineMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = registry if registry is not None else CollectorRegistry()
+        self.delivered = Counter(
+            "andon_line_delivered",
+            "Verdicts delivered to a line sink; late: after line_deadline_ms, so delivered as reject",
+            ["sink", "timing"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "andon_line_delivery_seconds",
+            "From frame receipt to the start of its delivery to the sink",
+            ["sink"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.up = Gauge("andon_line_sink_up", "1 while the sink takes writes, 0 while it fails", ["sink"], registry=r)
+        self.pending = Gauge(
+            "andon_line_outbox_pending",
+            "Verdicts in the outbox not yet delivered to the sink (as last counted; exact while it fails)",
+            ["sink"],
+            registry=r,
+        )
+        self.failures = Counter("andon_line_sink_failures", "Failed tries to write to the sink", ["sink"], registry=r)
