@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 # torch and torchvision are pinned to the releases this project is tested with
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test install install-serve system-deps lint format audit bench-accuracy bench-inference bench-serve bench-pipeline
+.PHONY: demo test install install-serve system-deps lint format audit bench-accuracy bench-inference bench-serve bench-pipeline bench-line
 
 ## The main job: sample data -> trained default model -> service on :8000 with a simulated camera.
 demo: install
@@ -59,3 +59,5 @@ bench-serve:
 	$(PYTHON) -m bench.serve
 bench-pipeline:
 	$(PYTHON) -m bench.pipeline
+bench-line:
+	$(PYTHON) -m bench.line
