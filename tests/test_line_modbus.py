@@ -178,3 +178,38 @@ def test_delivered_rows_are_pruned_and_a_restart_goes_on_with_the_next_sequence(
         with client.app.state.ctx.sessions() as session:
             kept = [r.part_id for r in session.query(LineOutbox).order_by(LineOutbox.id)]
     assert sequence_writes(plc, "cam1") == [1, 2, 3, 4] and kept == ["R-2", "R-3"]
+
+
+def test_a_row_the_plc_cannot_take_is_closed_unsent_and_does_not_stop_the_line(tmp_path, tiny_model_path, plc):
+    from andon.service.line.tables import LineOutbox
+    from andon.service.tables import utcnow
+
+    with client_for(line_settings(tmp_path, tiny_model_path, plc)) as client:
+        plc.stop()
+        assert post_frame(client, jpeg(PASS), camera="cam1", part="V-1").status_code == 201
+        now = utcnow()
+        with client.app.state.ctx.sessions() as session:  # a row no sink can send (a decision with no code)
+            session.add(
+                LineOutbox(
+                    sink="modbus", kind="frame", line_id="L1", camera_id="cam1", part_id="V-X", decision="maybe",
+                    model_version="0", received_at=now, deadline_at=now, created_at=now, attempts=0,
+                )
+            )  # fmt: skip
+            session.commit()
+        assert post_frame(client, jpeg(REJECT, noise=1), camera="cam1", part="V-2").status_code == 201
+        plc.start()
+        wait_for(lambda: 2 in sequence_writes(plc, "cam1"), what="both good verdicts")
+        bad = wait_for(
+            lambda: next((r for r in outbox_rows(client) if r.part_id == "V-X" and r.delivered_at), None),
+            what="the bad row closed",
+        )
+    echoes = [decode_part_id(v[3:]) for _, _, a, v in plc.log() if a == BLOCKS["cam1"] + 1]
+    assert echoes == ["V-1", "V-2"] and sequence_writes(plc, "cam1") == [1, 2]  # no number skipped
+    assert bad.sequence is None and bad.delivered_decision is None and "'maybe' has no result code" in bad.last_error
+
+
+def outbox_rows(client):
+    from andon.service.line.tables import LineOutbox
+
+    with client.app.state.ctx.sessions() as session:
+        return session.query(LineOutbox).order_by(LineOutbox.id).all()

@@ -246,7 +246,7 @@ class SinkWorker:
     def _deliver(self, rows: Sequence[LineOutbox]) -> None:
         """Send ``rows`` in order; mark those sent in one transaction, also when a later one fails."""
         first = dict(self.sequences)
-        sent: list[tuple[int, Verdict, dt.datetime]] = []
+        sent: list[tuple[int, Verdict | None, dt.datetime, str | None]] = []
         try:
             for row in rows:
                 if self.line.stopping.is_set():
@@ -255,14 +255,21 @@ class SinkWorker:
                 if counter not in self.sequences:
                     self.sequences[counter] = self._last_sequence(counter)
                 now = utcnow()
-                verdict = late_verdict(row, self.sequences[counter] + 1, now)
                 try:
+                    verdict = late_verdict(row, self.sequences[counter] + 1, now)
                     self.sink.send(verdict)
                 except SinkUnavailableError as exc:
                     self._note_failure(row.id, exc.message)
                     raise
+                except LineValueError as exc:
+                    # a row that can never be sent must not stop the line behind it: it is closed unsent (the
+                    # PLC's per-part timeout rejects that part), with the reason, and the next one goes
+                    log.error("line sink %s: outbox row %d refused, not sent: %s", self.sink.name, row.id, exc.message)
+                    sent.append((row.id, None, now, exc.message))
+                    self.line.metrics.delivered.labels(sink=self.sink.name, timing="refused").inc()
+                    continue
                 self.sequences[counter] = verdict.sequence
-                sent.append((row.id, verdict, now))
+                sent.append((row.id, verdict, now, None))
                 m = self.line.metrics
                 m.delivered.labels(sink=self.sink.name, timing="late" if verdict.late else "on_time").inc()
                 m.latency.labels(sink=self.sink.name).observe(verdict.latency_ms / 1000.0)
@@ -275,19 +282,19 @@ class SinkWorker:
                     raise
                 self.delivered += len(sent)
 
-    def _mark(self, sent: list[tuple[int, Verdict, dt.datetime]]) -> None:
+    def _mark(self, sent: list[tuple[int, Verdict | None, dt.datetime, str | None]]) -> None:
         with self.line.sessions() as session:
-            for row_id, verdict, at in sent:
+            for row_id, verdict, at, refused in sent:
                 session.execute(
                     update(LineOutbox)
                     .where(LineOutbox.id == row_id)
                     .values(
                         delivered_at=at,
-                        delivered_decision=verdict.decision,
-                        late=verdict.late,
-                        sequence=verdict.sequence,
+                        delivered_decision=None if verdict is None else verdict.decision,
+                        late=None if verdict is None else verdict.late,
+                        sequence=None if verdict is None else verdict.sequence,
                         attempts=LineOutbox.attempts + 1,
-                        last_error=None,
+                        last_error=None if refused is None else refused[:255],
                     )
                 )
             session.commit()

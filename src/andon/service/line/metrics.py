@@ -12,7 +12,8 @@ class LineMetrics:
         r = registry if registry is not None else CollectorRegistry()
         self.delivered = Counter(
             "andon_line_delivered",
-            "Verdicts delivered to a line sink; late: after line_deadline_ms, so delivered as reject",
+            "Verdicts delivered to a line sink; late: after line_deadline_ms, so delivered as reject; refused: "
+            "a value the sink cannot take (closed unsent, logged)",
             ["sink", "timing"],
             registry=r,
         )
