@@ -19,6 +19,7 @@ from andon import __version__
 from andon.service import errors, memory, openapi
 from andon.service.admission import Admission
 from andon.service.auth import KeyDirectory, api_key_authenticator
+from andon.service.cards import CardLookup
 from andon.service.db import make_engine, migrate, session_factory
 from andon.service.deps import ServiceContext
 from andon.service.line import build_line
@@ -77,6 +78,7 @@ def build_context(settings: Settings) -> ServiceContext:
         metrics=metrics,
         keys=keydir,
         pipeline=pipeline,
+        cards=CardLookup(runtime, registry),
         authenticators=[api_key_authenticator],
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine
@@ -18,13 +18,30 @@ from starlette.concurrency import run_in_threadpool
 
 from andon.service.admission import Admission
 from andon.service.auth import ANONYMOUS, KeyDirectory, Permission, Principal, health_is_public, presented_key
+from andon.service.cards import CardLookup
 from andon.service.errors import AuthenticationError, PermissionDeniedError
 from andon.service.metrics import Metrics
 from andon.service.pipeline import Pipeline
 from andon.service.registry import ModelRegistry
+from andon.service.review.queue import CountCache
 from andon.service.runtime import ModelRuntime, Models
 from andon.service.settings import Settings
 from andon.service.storage import ImageStore
+
+if TYPE_CHECKING:
+    from andon.service.review.dashboard import Dashboard, DashboardQuery
+
+
+@dataclass
+class ReviewState:
+    """What the review station keeps between requests, one per process (none of it is shared across workers)."""
+
+    #: the header's waiting counts, a few seconds old at most; a verdict adjusts them (``queue.CountCache``)
+    counts: CountCache = field(default_factory=CountCache)
+    #: (when read, line ids, camera ids) for the filter menus, re-read after a minute; None before the first page
+    menus: tuple[float, list[str], list[str]] | None = None
+    #: a built dashboard per query, with when it was built (``dashboard_pages.cached_board``)
+    boards: dict[DashboardQuery, tuple[float, Dashboard]] = field(default_factory=dict)
 
 
 @dataclass
@@ -41,8 +58,10 @@ class ServiceContext:
     metrics: Metrics
     keys: KeyDirectory
     pipeline: Pipeline
+    #: the model card behind a stored record, by model hash (verdicts, heatmaps, the review pages)
+    cards: CardLookup
     authenticators: list[Callable[[Request, Session], Principal | None]] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
+    review: ReviewState = field(default_factory=ReviewState)
 
 
 def get_context(request: Request) -> ServiceContext:

@@ -19,7 +19,6 @@ from andon.service.auth import Principal
 from andon.service.deps import CanRead, CanReview, ContextDep, SessionDep
 from andon.service.errors import AuthenticationError, PermissionDeniedError
 from andon.service.review import queue as q
-from andon.service.review.cards import card_lookup
 from andon.service.review.sessions import UserPrincipal
 from andon.service.review.tables import ReviewVerdict
 from andon.service.review.verdicts import history, record_verdict
@@ -114,7 +113,7 @@ def reviewer_of(principal: Principal) -> tuple[str, int | None]:
 )
 async def post_verdict(inspection_id: str, body: VerdictIn, ctx: ContextDep, principal: CanReview) -> Any:
     reviewer, user_id = reviewer_of(principal)
-    cards = card_lookup(ctx)
+    cards = ctx.cards
 
     def work() -> VerdictRecorded:
         with ctx.sessions() as session:
@@ -132,12 +131,7 @@ async def post_verdict(inspection_id: str, body: VerdictIn, ctx: ContextDep, pri
                 info_for=cards.classes,
             )
             target = session.get(Inspection, inspection_id)
-            cache = ctx.extras.get("review_counts")
-            counts = (
-                cache.changed(session, target.decision, before, target.review_status)
-                if cache is not None
-                else q.waiting_counts(session)
-            )
+            counts = ctx.review.counts.changed(session, target.decision, before, target.review_status)
             return VerdictRecorded(
                 **VerdictOut.from_row(row).model_dump(), review_status=target.review_status, **counts
             )
@@ -174,7 +168,7 @@ def get_queue(
         status=status, decision=decision, line_id=line_id, camera_id=camera_id, since=_aware(since), until=_aware(until)
     )
     result = q.page(session, f, cursor=q.Cursor.decode(cursor) if cursor else None, limit=limit, full=True)
-    total, counts = q.totals(session, f, ctx.extras.get("review_counts"))
+    total, counts = q.totals(session, f, ctx.review.counts)
     return QueueOut(
         items=[InspectionOut.from_row(r) for r in result.items], next_cursor=result.next_cursor, count=total, **counts
     )

@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from andon.errors import ConfigError
+from andon.service.deps import ServiceContext
 from andon.service.files import file_response, safe_filename
 from andon.service.review import dashboard as dash
 from andon.service.review.charts import CHARTS
@@ -35,8 +36,8 @@ def _query(request: Request) -> dash.DashboardQuery:
     )
 
 
-def cached_board(ctx, q: dash.DashboardQuery) -> dash.Dashboard:
-    cache = ctx.extras.setdefault("dashboard_cache", {})
+def cached_board(ctx: ServiceContext, q: dash.DashboardQuery) -> dash.Dashboard:
+    cache = ctx.review.boards
     with _lock:
         hit = cache.get(q)
         if hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS:

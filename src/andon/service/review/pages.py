@@ -19,10 +19,10 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from andon.errors import AndonError, ConfigError, NotFoundError
+from andon.service.deps import ServiceContext
 from andon.service.files import file_response, safe_filename
 from andon.service.review import queue as q
 from andon.service.review.accounts import authenticate
-from andon.service.review.cards import card_lookup
 from andon.service.review.images import browser_frame, heat_layer_png
 from andon.service.review.reasons import stored_map_name
 from andon.service.review.sessions import (
@@ -150,15 +150,15 @@ def queue_filter(request: Request) -> q.QueueFilter:
     )
 
 
-def _filters_menu(ctx) -> tuple[list[str], list[str]]:
+def _filters_menu(ctx: ServiceContext) -> tuple[list[str], list[str]]:
     """Line and camera ids for the menus, refreshed at most once a minute."""
     import time
 
-    cached = ctx.extras.get("review_menus")
+    cached = ctx.review.menus
     if cached is None or time.monotonic() - cached[0] > 60:
         with ctx.sessions() as session:
             cached = (time.monotonic(), *q.lines_and_cameras(session))
-        ctx.extras["review_menus"] = cached
+        ctx.review.menus = cached
     return cached[1], cached[2]
 
 
@@ -176,7 +176,7 @@ def review_page(request: Request, item: str | None = None, cursor: str | None = 
     lines, cameras = _filters_menu(ctx)
     with ctx.sessions() as session:
         result = q.page(session, f, cursor=at)
-        total, counts = q.totals(session, f, ctx.extras.get("review_counts"))
+        total, counts = q.totals(session, f, ctx.review.counts)
         current = session.get(Inspection, item) if item else (result.items[0] if result.items else None)
         part = part_context(session, ctx, current, f) if current is not None else None
     if item and current is None:
@@ -215,7 +215,7 @@ def queue_fragment(request: Request, cursor: str | None = None, current: str | N
         return HTMLResponse(str(exc), status_code=400)
     with ctx.sessions() as session:
         result = q.page(session, f, cursor=at)
-        total, counts = q.totals(session, f, ctx.extras.get("review_counts"))
+        total, counts = q.totals(session, f, ctx.review.counts)
     return render(
         request,
         "_queue.html",
@@ -239,7 +239,7 @@ def counts(request: Request) -> Response:
         return JSONResponse({"error": "unauthorized", "message": "log in"}, status_code=401)
     ctx = request.app.state.ctx
     with ctx.sessions() as session:
-        return JSONResponse(ctx.extras["review_counts"].get(session), headers={"Cache-Control": "no-store"})
+        return JSONResponse(ctx.review.counts.get(session), headers={"Cache-Control": "no-store"})
 
 
 @router.get("/review/part/{inspection_id}", response_class=HTMLResponse)
@@ -271,7 +271,7 @@ def part_context(session, ctx, row: Inspection, f: q.QueueFilter) -> dict[str, A
     row = session.scalars(
         select(Inspection).where(Inspection.id == row.id).execution_options(populate_existing=True)
     ).one()
-    info = card_lookup(ctx).classes(row)
+    info = ctx.cards.classes(row)
     verdicts = history(session, row.id)
     current = next((v for v in reversed(verdicts) if v.superseded_at is None), None)
     siblings: list[Inspection] = []
@@ -286,7 +286,7 @@ def part_context(session, ctx, row: Inspection, f: q.QueueFilter) -> dict[str, A
         )
     nxt = q.next_after(session, f, row)
     scores = sorted(row.scores.items(), key=lambda kv: -kv[1])
-    card = card_lookup(ctx).card(row.model_hash)
+    card = ctx.cards.card(row.model_hash)
     map_name = stored_map_name(row.reason, row.anomaly_score, card.output_names if card is not None else None)
     return {
         "row": row,
@@ -332,11 +332,11 @@ async def verdict_form(request: Request, inspection_id: str) -> Response:
                 reviewer=user.name,
                 user_id=user.user_id,
                 supersedes=int(supersedes) if supersedes.isdigit() else None,
-                info_for=card_lookup(ctx).classes,
+                info_for=ctx.cards.classes,
             )
             row = session.get(Inspection, inspection_id)
             nxt = q.next_after(session, f, row)
-            ctx.extras["review_counts"].changed(session, row.decision, before, row.review_status)
+            ctx.review.counts.changed(session, row.decision, before, row.review_status)
     except (AndonError, ValueError) as exc:
         status = getattr(exc, "http_status", 400)
         return error_page(request, status, "Not saved", str(exc), user)
@@ -382,6 +382,6 @@ def heat(request: Request, inspection_id: str) -> Response:
     grid = ctx.pipeline.load_heatmap(row.heatmap_key) if row.heatmap_key else None
     if grid is None:
         return Response(status_code=404)
-    card = card_lookup(ctx).card(row.model_hash)
+    card = ctx.cards.card(row.model_hash)
     png = heat_layer_png(grid, (row.image_height, row.image_width), card.preprocess if card else None)
     return file_response(png, "image/png", safe_filename(f"{row.id}-heat", "png"), "private, max-age=86400, immutable")

@@ -17,7 +17,6 @@ from fastapi.templating import Jinja2Templates
 
 from andon import __version__
 from andon.inspect.card import GOOD_CLASS_NAMES
-from andon.service.review.queue import CountCache
 from andon.service.review.reasons import badge as reason_badge
 from andon.service.review.sessions import COOKIE, LoginThrottle, UserPrincipal, principal_for, session_authenticator
 
@@ -90,7 +89,6 @@ def install(app: FastAPI) -> None:
     ctx.authenticators.append(session_authenticator)
     app.state.review_templates = make_templates()
     app.state.login_throttle = LoginThrottle()
-    ctx.extras["review_counts"] = CountCache()
     app.include_router(api.router)
     app.include_router(pages.router)
     app.include_router(dashboard_pages.router)

@@ -22,9 +22,10 @@ from sqlalchemy import select
 from starlette.datastructures import FormData, UploadFile
 
 from andon.errors import NotFoundError
+from andon.inspect.card import PreprocessSpec
 from andon.inspect.decoding import decode
 from andon.inspect.heatmap import heatmap_png
-from andon.service.deps import CanInspect, CanRead, ContextDep, SessionDep
+from andon.service.deps import CanInspect, CanRead, ContextDep, ServiceContext, SessionDep
 from andon.service.errors import InvalidRequestError, UnsupportedMediaTypeError, describe_validation
 from andon.service.files import file_response, image_only, safe_filename
 from andon.service.pipeline import IncomingFrame, run_after
@@ -306,24 +307,10 @@ def _fit(image: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
-def _spec_for(ctx, model_hash: str):
+def _spec_for(ctx: ServiceContext, model_hash: str) -> PreprocessSpec | None:
     """The preprocessing of the model that made the heatmap (to map it back onto the frame)."""
-    models = ctx.runtime.snapshot()
-    for inspector in (models.active, models.shadow):
-        if inspector is not None and inspector.model_hash == model_hash:
-            return inspector.card.preprocess
-    cache = ctx.extras.setdefault("specs", {})
-    if model_hash not in cache:
-        entry = ctx.registry.find_hash(model_hash)
-        spec = None
-        if entry is not None:
-            import onnx
-
-            from andon.inspect.onnxfile import read_card
-
-            spec = read_card(onnx.load(str(entry.path), load_external_data=False)).preprocess
-        cache[model_hash] = spec
-    return cache[model_hash]
+    card = ctx.cards.card(model_hash)
+    return card.preprocess if card is not None else None
 
 
 def _meta(values: dict[str, Any]) -> FrameMeta:
