@@ -334,6 +334,8 @@ def main_recipe(args):
     recipe = task_recipe(
         TASKS["mt2g"], epochs=args.epochs, input_size=224, runs_dir=args.runs_dir, batch_size=32, lr=3e-4, head_lr=3e-3
     )
+    # stretched, as the measured runs were (the recipe default became letterbox on bench.recipes' figures)
+    recipe = with_values(recipe, {"model.resize": "stretch"})
     return with_values(recipe, {"output.name": args.main_run}) if args.main_run else recipe
 
 
