@@ -149,6 +149,7 @@ class UnseenRow:
     false_reject: float
     val_review: float
     classifier_band: str = ""
+    resize: str = "stretch"
 
 
 @dataclass
@@ -531,7 +532,7 @@ def part_unseen(args, report: Report, say=print) -> None:
     if not (main_dir / "splits.csv").is_file():
         ensure_trained(base, say)
     variant = args.unseen_variant or report.recommended or DEFAULT_VARIANT
-    report.unseen = [u for u in report.unseen if u.held_out not in args.holdout]
+    report.unseen = [u for u in report.unseen if not (u.held_out in args.holdout and u.resize == args.unseen_resize)]
     for held_out in args.holdout:
         manifest = unseen_manifest(main_dir / "splits.csv", held_out, args.runs_dir / f"unseen-{held_out}.csv")
         remap = {t: "defect" for t in TYPES if t != held_out}
@@ -543,7 +544,9 @@ def part_unseen(args, report: Report, say=print) -> None:
                 "data.remap": remap,
                 "train.epochs": args.unseen_epochs,
                 "anomaly.enabled": False,
-                "output.name": f"fusion-unseen-{held_out}-{args.unseen_epochs}",
+                "model.resize": args.unseen_resize,
+                "output.name": f"fusion-unseen-{held_out}-{args.unseen_epochs}"
+                + ("" if args.unseen_resize == "stretch" else f"-{args.unseen_resize}"),
             },
         )
         run_dir, seconds = ensure_trained(recipe, say)
@@ -584,6 +587,7 @@ def part_unseen(args, report: Report, say=print) -> None:
             false_reject=fused.false_reject,
             val_review=val.review,
             classifier_band=band_text(card),
+            resize=args.unseen_resize,
         )
         report.unseen.append(row)
         say(
@@ -690,22 +694,24 @@ def render(report: Report) -> str:
             "test; the mt2g split otherwise), the anomaly head fitted and calibrated as above; caught = reject "
             "or review at the card's thresholds.",
             "",
-            "| held-out type | epochs (run, best) | anomaly head | type's test images | caught, classifier "
+            "| held-out type | resize | epochs (run, best) | anomaly head | type's test images | caught, classifier "
             "alone | **caught, fused** | of them by the anomaly score | other defects caught | test review "
             "| test false rejects | val review | training |",
-            "|" + "---|" * 12,
+            "|" + "---|" * 13,
         ]
-        for u in report.unseen:
+        for u in sorted(report.unseen, key=lambda u: (u.resize, TYPES.index(u.held_out))):
             lines.append(
-                f"| {u.held_out} | {u.epochs} ({u.epochs_run}, {u.best_epoch}) | {u.variant} | {u.n_type_test} "
+                f"| {u.held_out} | {u.resize} | {u.epochs} ({u.epochs_run}, {u.best_epoch}) | {u.variant} "
+                f"| {u.n_type_test} "
                 f"| {u.caught_classifier} ({pct(u.caught_classifier / max(u.n_type_test, 1))}) "
                 f"| **{u.caught_fused} ({pct(u.caught_fused / max(u.n_type_test, 1))})** | {u.by_anomaly} "
                 f"| {u.caught_other}/{u.n_other_defects} | {pct(u.review)} | {pct(u.false_reject)} "
                 f"| {pct(u.val_review)} | {u.train_seconds / 60:.1f} min |"
             )
-        missing = [t for t in TYPES if t not in {u.held_out for u in report.unseen}]
-        if missing:
-            lines += ["", f"Not run: {', '.join(missing)}."]
+        for resize in sorted({u.resize for u in report.unseen}):
+            missing = [t for t in TYPES if t not in {u.held_out for u in report.unseen if u.resize == resize}]
+            if missing:
+                lines += ["", f"Not run ({resize}): {', '.join(missing)}."]
     return "\n".join(lines)
 
 
@@ -728,6 +734,12 @@ def main(argv: list[str] | None = None) -> int:
         help="refit (and time) the recipe-default detector instead of reusing the run's own",
     )
     parser.add_argument("--unseen-epochs", type=int, default=8, help="epochs of each held-out-type classifier")
+    parser.add_argument(
+        "--unseen-resize",
+        default="stretch",
+        choices=("stretch", "letterbox"),
+        help="model.resize of the held-out-type classifiers (the main run's split either way)",
+    )
     parser.add_argument("--holdout", default=",".join(TYPES), help="defect types to hold out, one training each")
     parser.add_argument(
         "--unseen-variant",
