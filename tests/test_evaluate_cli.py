@@ -340,3 +340,34 @@ def test_thresholds_refuse_tampered_graph(model: Path, capsys) -> None:
 def test_manual_and_calibrate_exclusive(model: Path, data_dir: Path, capsys) -> None:
     code, _, err = run(["thresholds", str(model), "--pass-below", "0.1", "--calibrate", str(data_dir)], capsys)
     assert code == 2 and "not both" in err
+
+
+def test_compare_active_reads_the_service_named_by_config_and_data_dir(
+    model: Path, data_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """``--compare active`` takes the registry of the service that --data-dir / --config name, over ANDON_*."""
+    from andon.service.registry import ModelRegistry
+
+    plant = tmp_path / "plant"
+    registry = ModelRegistry(plant / "models")
+    entry, _ = registry.add_file(model)
+    registry.promote(entry.version)
+    monkeypatch.setenv("ANDON_DATA_DIR", str(tmp_path / "elsewhere"))  # a service with no models
+    argv = ["evaluate", str(model), str(data_dir), "--json", "--compare", "active"]
+
+    code, _, err = run(argv, capsys)
+    assert code == 2 and f"the registry in {tmp_path / 'elsewhere' / 'models'} has no active model" in err
+
+    code, out, err = run([*argv, "--data-dir", str(plant)], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["compare"]["model"]["version"] == entry.version
+    assert result["compare"]["model"]["hash"] == entry.content_hash
+    assert {row["difference"] for row in result["side_by_side"]} <= {0.0, None}
+
+    config = tmp_path / "service.yaml"
+    config.write_text(f"data_dir: {plant}\n")
+    monkeypatch.delenv("ANDON_DATA_DIR")
+    code, out, err = run([*argv, "--config", str(config)], capsys)
+    assert code == 0, err
+    assert json.loads(out)["compare"]["model"]["version"] == entry.version

@@ -153,30 +153,24 @@ def line_verdict(figures: dict | None, seconds: float) -> str:
 
 def ensure_users(service_dir: Path, logins_file: Path) -> str:
     """An operator and an engineer login for the review station, with passwords kept in ``logins_file``."""
-    from andon.service.db import make_engine, migrate, session_factory
+    from andon.cli._service import service_session
     from andon.service.review.accounts import create_user, list_users
-    from andon.service.settings import Settings
 
-    engine = make_engine(Settings.load(None, data_dir=service_dir).db_url)
-    try:
-        migrate(engine)
-        with session_factory(engine)() as session:
-            existing = {u.username for u in list_users(session)}
-            if not all(name in existing for name, _ in USERS):
-                lines = []
-                for name, role in USERS:
-                    if name in existing:
-                        continue
-                    password = secrets.token_urlsafe(9)
-                    create_user(session, name, role, password)
-                    lines.append(f"{name} {password}")
-                session.commit()
-                logins_file.parent.mkdir(parents=True, exist_ok=True)
-                with open(logins_file, "a", encoding="utf-8") as fh:
-                    fh.write("\n".join(lines) + "\n")
-                logins_file.chmod(0o600)
-    finally:
-        engine.dispose()
+    with service_session(None, service_dir, None) as session:
+        existing = {u.username for u in list_users(session)}
+        if not all(name in existing for name, _ in USERS):
+            lines = []
+            for name, role in USERS:
+                if name in existing:
+                    continue
+                password = secrets.token_urlsafe(9)
+                create_user(session, name, role, password)
+                lines.append(f"{name} {password}")
+            session.commit()
+            logins_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(logins_file, "a", encoding="utf-8") as fh:
+                fh.write("\n".join(lines) + "\n")
+            logins_file.chmod(0o600)
     pairs = [line.split() for line in logins_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     return ", ".join(f"{name} / {password}" for name, password in pairs)
 

@@ -47,6 +47,12 @@ def evaluate(
         help="Another model (.onnx, run folder, or 'active': the "
         "service's active model) evaluated on the same images, shown side by side.",
     ),
+    config: Path | None = typer.Option(
+        None, "--config", help="Service settings file (as for 'andon serve'), for --compare active."
+    ),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Service data folder (default ./andon-data), for --compare active."
+    ),
 ) -> None:
     """Report accuracy, per-class P/R/F1, confusion, ROC/PR AUC and the escape, false-reject and review rates
     at the model's thresholds, with the escape / false-reject / review trade-off."""
@@ -99,11 +105,15 @@ def evaluate(
         html = write_report(evaluation, report)
     other = None
     if compare is not None:
-        from andon.reports.compare import evaluate_on, resolve_model
+        from andon.reports.compare import active_model, evaluate_on, model_path
 
-        other = evaluate_on(
-            resolve_model(compare), list(eval_ds), data, split_name, defect_classes, batch, progress=not as_json
-        )
+        if compare == "active":
+            from andon.cli._service import service_settings
+
+            other_model = active_model(service_settings(config, data_dir))
+        else:
+            other_model = model_path(compare)
+        other = evaluate_on(other_model, list(eval_ds), data, split_name, defect_classes, batch, progress=not as_json)
     if as_json:
         out = evaluation.as_dict()
         if other is not None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from andon.cli._service import ConfigOpt, DataDirOpt, DbOpt, service_sessions
+from andon.cli._service import ConfigOpt, DataDirOpt, DbOpt, service_session
 
 keys_app = typer.Typer(
     help="API keys: camera keys (bound to a camera id), operator and engineer keys.", no_args_is_help=True
@@ -31,7 +31,7 @@ def create(
     """Create a key and print it once (only its hash is kept)."""
     from andon.service.auth import create_key
 
-    with service_sessions(config, data_dir, database_url)() as session:
+    with service_session(config, data_dir, database_url) as session:
         row, secret = create_key(session, role=role, camera_id=camera_id, name=name)
         session.commit()
     typer.echo(secret)
@@ -56,7 +56,7 @@ def list_(
 
     from andon.service.auth import list_keys
 
-    with service_sessions(config, data_dir, database_url)() as session:
+    with service_session(config, data_dir, database_url) as session:
         rows = list_keys(session, include_revoked=include_revoked)
     table = Table("id", "name", "role", "camera", "created", "last used", "revoked")
     table.columns[0].no_wrap = True  # the id is what 'andon keys revoke' needs: never broken across lines
@@ -86,7 +86,7 @@ def revoke(
     mode unless allow_open_mode_after_keys is set."""
     from andon.service.auth import revoke_key
 
-    with service_sessions(config, data_dir, database_url)() as session:
+    with service_session(config, data_dir, database_url) as session:
         row = revoke_key(session, key_id)
         session.commit()
     typer.echo(f"revoked {row.id} ({row.role})")

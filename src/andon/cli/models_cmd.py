@@ -6,11 +6,17 @@ switching), so these commands work on a live line too; the same operations exist
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from andon.cli._service import ConfigOpt, DataDirOpt
+from andon.cli._service import ConfigOpt, DataDirOpt, service_settings
+
+if TYPE_CHECKING:
+    from andon.service.registry import ModelRegistry
 
 models_app = typer.Typer(
     help="The model registry: add exported models, promote, roll back, shadow.", no_args_is_help=True
@@ -21,16 +27,13 @@ def register(app: typer.Typer) -> None:
     app.add_typer(models_app, name="models")
 
 
-def _settings(config, data_dir):
-    from andon.service.settings import Settings
+@contextlib.contextmanager
+def _registry(config: Path | None, data_dir: Path | None) -> Iterator[ModelRegistry]:
+    """The registry of the service that ``--config`` / ``--data-dir`` name."""
+    from andon.service.domain import open_service
 
-    return Settings.load(config, data_dir=data_dir)
-
-
-def _registry(config, data_dir):
-    from andon.service.registry import ModelRegistry
-
-    return ModelRegistry(_settings(config, data_dir).registry_dir)
+    with open_service(service_settings(config, data_dir)) as service:
+        yield service.registry
 
 
 def _show_state(registry) -> None:
@@ -48,19 +51,19 @@ def add(
     data_dir: Path | None = DataDirOpt,
 ) -> None:
     """Register a model (checked: card, hash, signature, and a warm-up run). Its card's version names it."""
-    from andon.service.registry import ModelRegistry
+    from andon.service.domain import open_service
     from andon.service.runtime import ModelRuntime
 
-    settings = _settings(config, data_dir)
-    registry = ModelRegistry(settings.registry_dir)
-    entry, created = registry.add_file(file, validate=ModelRuntime(registry, settings).validate_file)
-    typer.echo(
-        f"{'added' if created else 'already registered'}: version {entry.version} "
-        f"({entry.name}, {entry.content_hash[:12]}, {entry.size_bytes / 1e6:.1f} MB)"
-    )
-    if promote:
-        registry.promote(entry.version)
-    _show_state(registry)
+    with open_service(service_settings(config, data_dir)) as service:
+        registry = service.registry
+        entry, created = registry.add_file(file, validate=ModelRuntime(registry, service.settings).validate_file)
+        typer.echo(
+            f"{'added' if created else 'already registered'}: version {entry.version} "
+            f"({entry.name}, {entry.content_hash[:12]}, {entry.size_bytes / 1e6:.1f} MB)"
+        )
+        if promote:
+            registry.promote(entry.version)
+        _show_state(registry)
 
 
 @models_app.command("list")
@@ -69,21 +72,21 @@ def list_(config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt) -
     from rich.console import Console
     from rich.table import Table
 
-    registry = _registry(config, data_dir)
-    state = registry.state()
-    table = Table("version", "name", "hash", "size", "added", "role")
-    for e in registry.entries():
-        role = (
-            "active"
-            if e.version == state.active
-            else "previous"
-            if e.version == state.previous
-            else "shadow"
-            if e.version == state.shadow
-            else ""
-        )
-        table.add_row(e.version, e.name, e.content_hash[:12], f"{e.size_bytes / 1e6:.1f} MB", e.added_at[:19], role)
-    Console().print(table)
+    with _registry(config, data_dir) as registry:
+        state = registry.state()
+        table = Table("version", "name", "hash", "size", "added", "role")
+        for e in registry.entries():
+            role = (
+                "active"
+                if e.version == state.active
+                else "previous"
+                if e.version == state.previous
+                else "shadow"
+                if e.version == state.shadow
+                else ""
+            )
+            table.add_row(e.version, e.name, e.content_hash[:12], f"{e.size_bytes / 1e6:.1f} MB", e.added_at[:19], role)
+        Console().print(table)
 
 
 @models_app.command("promote")
@@ -93,17 +96,17 @@ def promote(
     data_dir: Path | None = DataDirOpt,
 ) -> None:
     """Make VERSION active (the active one becomes the rollback target)."""
-    registry = _registry(config, data_dir)
-    registry.promote(version)
-    _show_state(registry)
+    with _registry(config, data_dir) as registry:
+        registry.promote(version)
+        _show_state(registry)
 
 
 @models_app.command("rollback")
 def rollback(config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt) -> None:
     """Swap back to the previous active model."""
-    registry = _registry(config, data_dir)
-    registry.rollback()
-    _show_state(registry)
+    with _registry(config, data_dir) as registry:
+        registry.rollback()
+        _show_state(registry)
 
 
 @models_app.command("shadow")
@@ -118,6 +121,6 @@ def shadow(
 
     if (version is None) == (not off):
         raise ConfigError("give a VERSION to shadow, or --off to stop")
-    registry = _registry(config, data_dir)
-    registry.set_shadow(None if off else version)
-    _show_state(registry)
+    with _registry(config, data_dir) as registry:
+        registry.set_shadow(None if off else version)
+        _show_state(registry)

@@ -31,13 +31,13 @@ def report(
 ) -> None:
     """Counts, rates, parts, review outcomes, top defect classes, escapes found by review, models in use and
     hourly p-charts for one shift: the record ISO 9001 / IATF 16949 audits ask for."""
+    from andon.cli._service import service_settings
     from andon.cli._timespec import parse_time
     from andon.errors import ConfigError
     from andon.reports import shifts as cal
     from andon.reports.render import write_html, write_pdf
     from andon.reports.shift import build
-    from andon.service.db import make_engine, migrate, session_factory
-    from andon.service.settings import Settings
+    from andon.service.domain import open_service
 
     if (shift is None) == (start is None):
         raise ConfigError("give either --shift (e.g. 2026-11-25/A or last) or --from/--to")
@@ -52,14 +52,9 @@ def report(
         title = "Inspection report"
         stem = f"{begin.astimezone():%Y-%m-%dT%H%M}"
     out = out or Path(f"shift-report-{line or 'all'}-{stem}.html")
-    settings = Settings.load(config, data_dir=data_dir, database_url=database_url)
-    engine = make_engine(settings.db_url)
-    try:
-        migrate(engine)
-        with session_factory(engine)() as session:
-            result = build(session, begin, finish, line_id=line, title=title)
-    finally:
-        engine.dispose()
+    settings = service_settings(config, data_dir, database_url)
+    with open_service(settings) as service, service.sessions() as session:
+        result = build(session, begin, finish, line_id=line, title=title)
     write_html(result, out)
     typer.echo(
         f"{out}: {result.frames} frames, {result.parts} parts, reject {_pct(result.rate('reject'))}, "

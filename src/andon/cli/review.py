@@ -47,40 +47,34 @@ def export(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from andon.cli._service import service_settings
     from andon.cli._timespec import parse_time
-    from andon.service.db import make_engine, migrate, session_factory
+    from andon.service.domain import open_service
     from andon.service.review.export import export_reviewed, reviewed_rows
-    from andon.service.settings import Settings
-    from andon.service.storage import LocalDiskStore
 
     start, end = parse_time(since, name="--since"), parse_time(until, name="--until")
-    settings = Settings.load(config, data_dir=data_dir, database_url=database_url)
-    engine = make_engine(settings.db_url)
+    settings = service_settings(config, data_dir, database_url)
     console = Console(stderr=True)
-    try:
-        migrate(engine)
-        with session_factory(engine)() as session:
-            total = len(reviewed_rows(session, start, end, line_id=line, camera_id=camera))
-            with Progress(
-                TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
-            ) as bar:
-                task = bar.add_task("export", total=total)
-                report = export_reviewed(
-                    session,
-                    LocalDiskStore(settings.images_dir),
-                    out,
-                    since=start,
-                    until=end,
-                    line_id=line,
-                    camera_id=camera,
-                    merge_with=merge_with,
-                    val=val,
-                    test=test,
-                    seed=seed,
-                    progress=lambda: bar.advance(task),
-                )
-    finally:
-        engine.dispose()
+    with open_service(settings) as service, service.sessions() as session:
+        total = len(reviewed_rows(session, start, end, line_id=line, camera_id=camera))
+        with Progress(
+            TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
+        ) as bar:
+            task = bar.add_task("export", total=total)
+            report = export_reviewed(
+                session,
+                service.store,
+                out,
+                since=start,
+                until=end,
+                line_id=line,
+                camera_id=camera,
+                merge_with=merge_with,
+                val=val,
+                test=test,
+                seed=seed,
+                progress=lambda: bar.advance(task),
+            )
     labels = ", ".join(f"{k} {v}" for k, v in sorted(report.labels.items()))
     console.print(
         f"exported {report.exported} frames to {out} ({labels}); left out: "

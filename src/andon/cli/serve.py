@@ -81,24 +81,19 @@ def serve(
 def prepare(settings):
     """Once, before any worker starts: migrate, register --model, decide the bind address."""
     from andon.service.auth import any_active_key, open_mode
-    from andon.service.db import make_engine, migrate, session_factory
-    from andon.service.registry import ModelRegistry
+    from andon.service.domain import open_service
     from andon.service.runtime import ModelRuntime
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.db_url)
-    try:
-        migrate(engine)
-        with session_factory(engine)() as session:
+    with open_service(settings) as service:
+        with service.sessions() as session:
             has_keys = not open_mode(session, allow_after_keys=settings.allow_open_mode_after_keys)
             all_revoked = has_keys and not any_active_key(session)
-    finally:
-        engine.dispose()
-    if settings.model is not None:
-        from andon.service import memory
+        if settings.model is not None:
+            from andon.service import memory
 
-        ModelRuntime(ModelRegistry(settings.registry_dir), settings).bootstrap(settings.model)
-        memory.trim()  # the validation load is gone; give its pages back before the service loads the model
+            ModelRuntime(service.registry, settings).bootstrap(settings.model)
+            memory.trim()  # the validation load is gone; give its pages back before the service loads the model
     changes: dict = {"model": None}
     if all_revoked:
         typer.secho(
@@ -167,9 +162,10 @@ def _is_loopback(host: str) -> bool:
 
 
 def _banner(settings) -> None:
-    from andon.service.registry import ModelRegistry
+    from andon.service.domain import open_service
 
-    state = ModelRegistry(settings.registry_dir).state()
+    with open_service(settings) as service:
+        state = service.registry.state()
     shown = "localhost" if _is_loopback(settings.host) else settings.host
     typer.echo(
         f"andon service on http://{shown}:{settings.port} (docs at /docs) | active model: "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from andon.cli._service import ConfigOpt, DataDirOpt, DbOpt, service_sessions
+from andon.cli._service import ConfigOpt, DataDirOpt, DbOpt, service_session
 
 users_app = typer.Typer(help="Operators and engineers who log in to the review station.", no_args_is_help=True)
 
@@ -44,7 +44,7 @@ def create(
 
     password = _password(password_stdin)
     check_password_rules(password)
-    with service_sessions(config, data_dir, database_url)() as session:
+    with service_session(config, data_dir, database_url) as session:
         user = create_user(session, username, role, password)
         session.commit()
     typer.secho(f"user {user.username} ({user.role}) created", fg=typer.colors.GREEN, err=True)
@@ -60,7 +60,7 @@ def list_(
 
     from andon.service.review.accounts import list_users
 
-    with service_sessions(config, data_dir, database_url)() as session:
+    with service_session(config, data_dir, database_url) as session:
         rows = list_users(session)
     table = Table("user", "role", "created", "last login", "disabled")
     for u in rows:
@@ -84,7 +84,7 @@ def disable(
     """Disable a user and end their sessions (their verdicts stay in the audit trail)."""
     from andon.service.review.accounts import disable_user
 
-    with service_sessions(config, data_dir, database_url)() as session:
+    with service_session(config, data_dir, database_url) as session:
         user = disable_user(session, username)
         session.commit()
     typer.echo(f"disabled {user.username}")
@@ -100,7 +100,7 @@ def enable(
     """Allow a disabled user to log in again."""
     from andon.service.review.accounts import enable_user
 
-    with service_sessions(config, data_dir, database_url)() as session:
+    with service_session(config, data_dir, database_url) as session:
         user = enable_user(session, username)
         session.commit()
     typer.echo(f"enabled {user.username}")
@@ -118,7 +118,7 @@ def passwd(
     from andon.service.review.accounts import set_password
 
     password = _password(password_stdin)
-    with service_sessions(config, data_dir, database_url)() as session:
+    with service_session(config, data_dir, database_url) as session:
         set_password(session, username, password)
         session.commit()
     typer.echo(f"password of {username} changed")

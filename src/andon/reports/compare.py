@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from andon.errors import ConfigError, NotFoundError
+
+if TYPE_CHECKING:
+    from andon.service.settings import Settings
 
 #: (label, how to read it from an Evaluation, True when higher is better)
 ROWS = (
@@ -26,26 +30,28 @@ ROWS = (
 )
 
 
-def resolve_model(ref: str) -> Path:
-    """A model file or run folder; ``active`` is the service registry's active model (the data folder from
-    ANDON_DATA_DIR / ANDON_CONFIG, default ./andon-data)."""
-    if ref != "active":
-        path = Path(ref)
-        if not path.exists():
-            raise ConfigError(
-                f"--compare {ref!r}: no such file or run folder; give an .onnx file, a run folder "
-                "or 'active' (the service's active model)"
-            )
-        return path
-    from andon.service.registry import ModelRegistry
-    from andon.service.settings import Settings
+def model_path(ref: str) -> Path:
+    """``--compare`` given a model file or run folder (``active`` is ``active_model``)."""
+    path = Path(ref)
+    if not path.exists():
+        raise ConfigError(
+            f"--compare {ref!r}: no such file or run folder; give an .onnx file, a run folder "
+            "or 'active' (the service's active model)"
+        )
+    return path
 
-    settings = Settings.from_environment()
-    registry = ModelRegistry(settings.registry_dir)
-    active = registry.state().active
-    if active is None:
-        raise NotFoundError(f"--compare active: the registry in {settings.registry_dir} has no active model")
-    return registry.get(active).path
+
+def active_model(settings: Settings) -> Path:
+    """The model file of the active version in the registry of the service ``settings`` describe (the
+    command's --config / --data-dir over ANDON_* and ./andon-data)."""
+    from andon.service.domain import open_service
+
+    with open_service(settings) as service:
+        registry = service.registry
+        active = registry.state().active
+        if active is None:
+            raise NotFoundError(f"--compare active: the registry in {settings.registry_dir} has no active model")
+        return registry.get(active).path
 
 
 def evaluate_on(

@@ -20,19 +20,18 @@ from andon.service import errors, memory, openapi
 from andon.service.admission import Admission
 from andon.service.auth import KeyDirectory, api_key_authenticator
 from andon.service.cards import CardLookup
-from andon.service.db import make_engine, migrate, session_factory
+from andon.service.db import migrate
 from andon.service.deps import ServiceContext
+from andon.service.domain import ServiceData
 from andon.service.line import build_line
 from andon.service.metrics import Metrics
 from andon.service.middleware import BodyLimit, RequestMetrics
 from andon.service.pipeline import Pipeline
-from andon.service.registry import ModelRegistry
 from andon.service.retention import prune, sweep_at_start
 from andon.service.review.web import install as install_review_station
 from andon.service.routes import health, inspections, keys, models, parts
 from andon.service.runtime import ModelRuntime
 from andon.service.settings import Settings
-from andon.service.storage import LocalDiskStore
 
 log = logging.getLogger("andon.service")
 
@@ -44,10 +43,9 @@ engineer (models, keys)."""
 
 def build_context(settings: Settings) -> ServiceContext:
     """Every long-lived object of the service, without side effects (no migration, no model load)."""
-    engine = make_engine(settings.db_url, pool_size=max(8, settings.inference_threads + settings.queue_size // 2))
-    sessions = session_factory(engine)
+    data = ServiceData(settings, pool_size=max(8, settings.inference_threads + settings.queue_size // 2), migrate=False)
+    engine, sessions, store, registry = data.engine, data.sessions, data.store, data.registry
     metrics = Metrics()
-    registry = ModelRegistry(settings.registry_dir)
     runtime = ModelRuntime(registry, settings)
     runtime.on_swap.append(
         lambda m: metrics.set_active_model(
@@ -63,7 +61,6 @@ def build_context(settings: Settings) -> ServiceContext:
         on_depth=metrics.queue_depth.set,
     )
     metrics.queue_capacity.set(admission.capacity)
-    store = LocalDiskStore(settings.images_dir, reserve_bytes=settings.disk_reserve_bytes)
     keydir = KeyDirectory(sessions, allow_open_after_keys=settings.allow_open_mode_after_keys)
     pipeline = Pipeline(settings, runtime, admission, store, sessions, metrics, keydir)
     pipeline.line = build_line(settings, sessions, lambda: runtime.ready, metrics.registry)  # None: no line sinks
