@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from andon.inspect.quality import focus_measure, frame_quality
-from andon.service.review import stats
+from andon.service.quality import stats
 
 
 def test_p_chart_limits_match_a_hand_computed_example():

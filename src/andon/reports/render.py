@@ -37,7 +37,7 @@ def _env() -> Environment:
 def to_html(report: ShiftReport) -> str:
     chart = None
     if report.frames:
-        from andon.service.review.charts import rate_charts_png
+        from andon.service.quality.charts import rate_charts_png
 
         chart = base64.b64encode(rate_charts_png(report.rates, "hour", width=9, height=6)).decode()
     return _env().get_template("shift.html").render(r=report, chart=chart, version=__version__)

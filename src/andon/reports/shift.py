@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 
 from andon.inspect.card import GOOD_CLASS_NAMES
 from andon.inspect.decision import worst_decision
-from andon.service.review import records, stats
-from andon.service.review.dashboard import SignalShare, flagged_by, rate_series, subgroup_edges
+from andon.service.quality import records, stats
+from andon.service.quality.series import SignalShare, flagged_by, rate_series, subgroup_edges
 from andon.service.review.tables import CANT_TELL, CONFIRM_DEFECT, FALSE_ALARM
 from andon.service.tables import Inspection
 

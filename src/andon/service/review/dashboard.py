@@ -18,13 +18,19 @@ from sqlalchemy.orm import Session
 from andon.errors import ConfigError
 from andon.inspect.card import GOOD_CLASS_NAMES
 from andon.inspect.quality import SIGNALS
-from andon.service.review import reasons, records, stats
+from andon.service.quality import records, stats
+from andon.service.quality.series import (
+    SUBGROUPS,
+    RateSeries,
+    SignalShare,
+    flagged_by,
+    rate_series,
+    starts,
+    subgroup_edges,
+)
 from andon.service.review.tables import CANT_TELL, CONFIRM_DEFECT, FALSE_ALARM
 
 WINDOWS = {"24h": dt.timedelta(hours=24), "7d": dt.timedelta(days=7), "30d": dt.timedelta(days=30)}
-SUBGROUPS = {"hour": 3600, "shift": 8 * 3600, "day": 86400}
-#: shifts start at 06:00, 14:00 and 22:00 plant time
-SHIFT_ORIGIN_HOURS = 6
 REFERENCE_FRAMES = 1000
 MIN_DRIFT_FRAMES = 100
 MAX_QUALITY_CAMERAS = 6
@@ -50,13 +56,6 @@ class DashboardQuery:
             "window": self.window,
             "subgroup": self.subgroup,
         }
-
-
-@dataclass
-class RateSeries:
-    name: str
-    starts: list[dt.datetime]
-    chart: stats.PChart
 
 
 @dataclass
@@ -96,40 +95,6 @@ class QualitySeries:
     usual: stats.Usual | None
     out: np.ndarray
     baseline_note: str
-
-
-@dataclass
-class SignalShare:
-    """Flagged frames (review and reject) one signal decided, and their share of all flagged frames."""
-
-    signal: str
-    frames: int
-    share: float | None
-    #: per_class: frames per defect class band; anomaly: {"unknown defect": n} (the classifier passed them)
-    detail: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def title(self) -> str:
-        return reasons.SIGNAL_TITLES[self.signal]
-
-
-def flagged_by(fr: records.Frames) -> list[SignalShare]:
-    """Flagged frames per deciding signal (``reasons.SIGNALS``; unknown defects count under anomaly, where
-    ``detail`` says how many they are). Signals that flagged nothing are left out, except the classifier."""
-    flagged = fr.decision != "pass"
-    total = int(flagged.sum())
-    counts: Counter[str] = Counter()
-    detail: dict[str, Counter[str]] = defaultdict(Counter)
-    for reason in fr.reason[flagged].tolist():
-        signal = reasons.signal_of(reason) or reasons.NOT_RECORDED
-        counts[signal] += 1
-        if signal in (reasons.PER_CLASS, reasons.ANOMALY) and reason != "anomaly":
-            detail[signal][reason] += 1
-    return [
-        SignalShare(s, counts[s], counts[s] / total if total else None, dict(sorted(detail[s].items())))
-        for s in reasons.SIGNALS
-        if counts[s] or s == reasons.CLASSIFIER
-    ]
 
 
 @dataclass
@@ -198,37 +163,6 @@ class Dashboard:
         }
 
 
-def subgroup_edges(since: dt.datetime, until: dt.datetime, subgroup: str) -> np.ndarray:
-    """Subgroup boundaries (epoch seconds) aligned to plant time: whole hours, shifts from 06:00, days."""
-    width = SUBGROUPS[subgroup]
-    local = since.astimezone()
-    if subgroup == "hour":
-        start = local.replace(minute=0, second=0, microsecond=0)
-    else:
-        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-        origin = midnight + dt.timedelta(hours=SHIFT_ORIGIN_HOURS if subgroup == "shift" else 0)
-        while origin > local:
-            origin -= dt.timedelta(seconds=width)
-        start = origin + dt.timedelta(seconds=width * int((local - origin).total_seconds() // width))
-    t0, t1 = start.timestamp(), until.timestamp()
-    count = max(1, int(np.ceil((t1 - t0) / width)))
-    return t0 + width * np.arange(count + 1, dtype=np.float64)
-
-
-def _starts(edges: np.ndarray) -> list[dt.datetime]:
-    return [dt.datetime.fromtimestamp(t, tz=dt.timezone.utc) for t in edges[:-1]]
-
-
-def rate_series(fr: records.Frames, edges: np.ndarray) -> list[RateSeries]:
-    idx = np.clip(np.searchsorted(edges, fr.t, side="right") - 1, 0, len(edges) - 2)
-    n = np.bincount(idx, minlength=len(edges) - 1)
-    out = []
-    for name in ("reject", "review"):
-        x = np.bincount(idx, weights=(fr.decision == name).astype(np.float64), minlength=len(edges) - 1)
-        out.append(RateSeries(name, _starts(edges), stats.p_chart(x, n)))
-    return out
-
-
 def agreement_by_class(verdicts: list[records.VerdictRecord]) -> list[ClassAgreement]:
     table: dict[str, ClassAgreement] = {}
     for v in verdicts:
@@ -255,7 +189,7 @@ def agreement_series(
         i = int(np.clip(np.searchsorted(edges, v.created_at.timestamp(), side="right") - 1, 0, len(edges) - 2))
         judged[i] += 1
         confirmed[i] += v.verdict == CONFIRM_DEFECT
-    return _starts(edges), confirmed, judged
+    return starts(edges), confirmed, judged
 
 
 def drift(session: Session, fr: records.Frames, q: DashboardQuery) -> Drift | None:
@@ -314,7 +248,7 @@ def quality_series(
             for i, vs in groups.items():
                 medians[i] = float(np.median(vs))
             outside = usual.outside(medians) & np.isfinite(medians) if usual else np.zeros_like(medians, bool)
-            out.append(QualitySeries(camera, signal, _starts(edges), medians, usual, outside, note))
+            out.append(QualitySeries(camera, signal, starts(edges), medians, usual, outside, note))
     return out
 
 

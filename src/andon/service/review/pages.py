@@ -21,10 +21,10 @@ from starlette.concurrency import run_in_threadpool
 from andon.errors import AndonError, ConfigError, NotFoundError
 from andon.service.deps import ServiceContext
 from andon.service.files import file_response, safe_filename
+from andon.service.quality.reasons import stored_map_name
 from andon.service.review import queue as q
 from andon.service.review.accounts import authenticate
 from andon.service.review.images import browser_frame, heat_layer_png
-from andon.service.review.reasons import stored_map_name
 from andon.service.review.sessions import (
     COOKIE,
     CSRF_FIELD,

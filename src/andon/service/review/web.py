@@ -17,7 +17,7 @@ from fastapi.templating import Jinja2Templates
 
 from andon import __version__
 from andon.inspect.card import GOOD_CLASS_NAMES
-from andon.service.review.reasons import badge as reason_badge
+from andon.service.quality.reasons import badge as reason_badge
 from andon.service.review.sessions import COOKIE, LoginThrottle, UserPrincipal, principal_for, session_authenticator
 
 HERE = Path(__file__).parent
