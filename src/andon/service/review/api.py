@@ -19,9 +19,10 @@ from andon.service.auth import Principal
 from andon.service.deps import CanRead, CanReview, ContextDep, SessionDep
 from andon.service.errors import AuthenticationError, PermissionDeniedError
 from andon.service.review import queue as q
+from andon.service.review.recording import give_verdict
 from andon.service.review.sessions import UserPrincipal
 from andon.service.review.tables import ReviewVerdict
-from andon.service.review.verdicts import history, record_verdict
+from andon.service.review.verdicts import history
 from andon.service.schemas import InspectionOut
 from andon.service.tables import Inspection
 
@@ -113,13 +114,11 @@ def reviewer_of(principal: Principal) -> tuple[str, int | None]:
 )
 async def post_verdict(inspection_id: str, body: VerdictIn, ctx: ContextDep, principal: CanReview) -> Any:
     reviewer, user_id = reviewer_of(principal)
-    cards = ctx.cards
 
     def work() -> VerdictRecorded:
         with ctx.sessions() as session:
-            target = session.get(Inspection, inspection_id)
-            before = target.review_status if target is not None else None
-            row = record_verdict(
+            given = give_verdict(
+                ctx,
                 session,
                 inspection_id,
                 verdict=body.verdict,
@@ -128,12 +127,11 @@ async def post_verdict(inspection_id: str, body: VerdictIn, ctx: ContextDep, pri
                 reviewer=reviewer,
                 user_id=user_id,
                 supersedes=body.supersedes,
-                info_for=cards.classes,
             )
-            target = session.get(Inspection, inspection_id)
-            counts = ctx.review.counts.changed(session, target.decision, before, target.review_status)
             return VerdictRecorded(
-                **VerdictOut.from_row(row).model_dump(), review_status=target.review_status, **counts
+                **VerdictOut.from_row(given.verdict).model_dump(),
+                review_status=given.inspection.review_status,
+                **given.counts,
             )
 
     return await run_in_threadpool(work)

@@ -21,10 +21,12 @@ from starlette.concurrency import run_in_threadpool
 from andon.errors import AndonError, ConfigError, NotFoundError
 from andon.service.deps import ServiceContext
 from andon.service.files import file_response, safe_filename
+from andon.service.heatmaps import stored_heatmap
 from andon.service.quality.reasons import stored_map_name
 from andon.service.review import queue as q
 from andon.service.review.accounts import authenticate
 from andon.service.review.images import browser_frame, heat_layer_png
+from andon.service.review.recording import give_verdict
 from andon.service.review.sessions import (
     COOKIE,
     CSRF_FIELD,
@@ -35,7 +37,7 @@ from andon.service.review.sessions import (
     start_session,
 )
 from andon.service.review.tables import VERDICTS
-from andon.service.review.verdicts import history, record_verdict
+from andon.service.review.verdicts import history
 from andon.service.review.web import error_page, page_user, render
 from andon.service.tables import Inspection
 
@@ -321,9 +323,8 @@ async def verdict_form(request: Request, inspection_id: str) -> Response:
         f = queue_filter(request)
         with ctx.sessions() as session:
             label = str(form.get("label", "")) or None if verdict == "confirm_defect" else None
-            target = session.get(Inspection, inspection_id)
-            before = target.review_status if target is not None else None
-            record_verdict(
+            given = give_verdict(
+                ctx,
                 session,
                 inspection_id,
                 verdict=verdict,
@@ -332,11 +333,8 @@ async def verdict_form(request: Request, inspection_id: str) -> Response:
                 reviewer=user.name,
                 user_id=user.user_id,
                 supersedes=int(supersedes) if supersedes.isdigit() else None,
-                info_for=ctx.cards.classes,
             )
-            row = session.get(Inspection, inspection_id)
-            nxt = q.next_after(session, f, row)
-            ctx.review.counts.changed(session, row.decision, before, row.review_status)
+            nxt = q.next_after(session, f, given.inspection)
     except (AndonError, ValueError) as exc:
         status = getattr(exc, "http_status", 400)
         return error_page(request, status, "Not saved", str(exc), user)
@@ -379,9 +377,9 @@ def heat(request: Request, inspection_id: str) -> Response:
     if isinstance(found, Response):
         return found
     ctx, row = found
-    grid = ctx.pipeline.load_heatmap(row.heatmap_key) if row.heatmap_key else None
-    if grid is None:
+    try:
+        grid, spec = stored_heatmap(ctx, row)
+    except NotFoundError:
         return Response(status_code=404)
-    card = ctx.cards.card(row.model_hash)
-    png = heat_layer_png(grid, (row.image_height, row.image_width), card.preprocess if card else None)
+    png = heat_layer_png(grid, (row.image_height, row.image_width), spec)
     return file_response(png, "image/png", safe_filename(f"{row.id}-heat", "png"), "private, max-age=86400, immutable")

@@ -22,12 +22,12 @@ from sqlalchemy import select
 from starlette.datastructures import FormData, UploadFile
 
 from andon.errors import NotFoundError
-from andon.inspect.card import PreprocessSpec
 from andon.inspect.decoding import decode
 from andon.inspect.heatmap import heatmap_png
-from andon.service.deps import CanInspect, CanRead, ContextDep, ServiceContext, SessionDep
+from andon.service.deps import CanInspect, CanRead, ContextDep, SessionDep
 from andon.service.errors import InvalidRequestError, UnsupportedMediaTypeError, describe_validation
 from andon.service.files import file_response, image_only, safe_filename
+from andon.service.heatmaps import stored_heatmap
 from andon.service.pipeline import IncomingFrame, run_after
 from andon.service.schemas import BatchOut, DecisionName, FrameMeta, InspectionOut, InspectionPage
 from andon.service.tables import REVIEW_STATUSES, Inspection
@@ -268,18 +268,14 @@ def get_heatmap(
     alpha: Annotated[float, Query(ge=0.0, le=1.0)] = 0.5,
 ) -> Response:
     row = _get(session, inspection_id)
-    if row.heatmap_key is None:
-        raise NotFoundError(f"inspection {inspection_id} has no stored heatmap")
-    heat = ctx.pipeline.load_heatmap(row.heatmap_key)
-    if heat is None:
-        raise NotFoundError(f"the heatmap of inspection {inspection_id} is no longer stored")
+    heat, spec = stored_heatmap(ctx, row)
     image = None
     if overlay and row.image_key is not None:
         image = _fit(
             decode(ctx.store.get(row.image_key), target_hw=(max_side, max_side), max_pixels=ctx.settings.max_pixels),
             max_side,
         )
-    png = heatmap_png(image, heat, alpha, spec=_spec_for(ctx, row.model_hash), size=max_side)
+    png = heatmap_png(image, heat, alpha, spec=spec, size=max_side)
     return file_response(png, "image/png", safe_filename(f"{row.id}-heatmap", "png"), "private, max-age=3600")
 
 
@@ -305,12 +301,6 @@ def _fit(image: np.ndarray, max_side: int) -> np.ndarray:
     if scale >= 1:
         return image
     return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-
-
-def _spec_for(ctx: ServiceContext, model_hash: str) -> PreprocessSpec | None:
-    """The preprocessing of the model that made the heatmap (to map it back onto the frame)."""
-    card = ctx.cards.card(model_hash)
-    return card.preprocess if card is not None else None
 
 
 def _meta(values: dict[str, Any]) -> FrameMeta:
