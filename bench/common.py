@@ -53,3 +53,21 @@ def closed_loop(work: Callable[[int], None], workers: int, seconds: float) -> Sa
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     flat = [x for own in latencies for x in own]
     return Sample(frames=len(flat), wall_s=wall, cpu_s=cpu, latencies_ms=flat)
+
+
+def wait_ready(proc, port: int, log) -> None:
+    """Wait (at most 120 s) until the service started as ``proc`` answers 200 on /readyz at ``port``; exit with
+    where to look when it died or never became ready."""
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit(f"the service exited: see {log}")
+        time.sleep(0.2)
+    raise SystemExit("the service did not become ready in 120 s")

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import closed_loop
+from bench.common import closed_loop, wait_ready
 
 P99_BUDGET_MS = 250.0
 MAX_REFUSED = 0.01
@@ -169,19 +169,8 @@ def start_service(model: Path, data_dir: Path, port: int) -> subprocess.Popen:
         stderr=open(data_dir.parent / "serve.log", "w"),
         start_new_session=True,
     )
-    import httpx
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit(f"the service exited: see {data_dir.parent / 'serve.log'}")
-        time.sleep(0.2)
-    raise SystemExit("the service did not become ready in 120 s")
+    wait_ready(proc, port, data_dir.parent / "serve.log")
+    return proc
 
 
 class RssSampler(threading.Thread):

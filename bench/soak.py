@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from bench.common import closed_loop, cpu_model
+from bench.common import closed_loop, cpu_model, wait_ready
 from bench.intake import png_bomb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,8 +131,6 @@ def camera_keys(data_dir: Path, env: dict[str, str]) -> dict[str, str]:
 
 
 def start_service(model: Path, data_dir: Path, port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
-    import httpx
-
     proc = subprocess.Popen(
         [sys.executable, "-m", "andon", "serve", "--model", str(model), "--data-dir", str(data_dir)]
         + ["--port", str(port)],
@@ -141,17 +139,8 @@ def start_service(model: Path, data_dir: Path, port: int, env: dict[str, str], l
         stderr=open(log, "w"),  # noqa: SIM115 - the child holds it
         start_new_session=True,
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit(f"the service exited: see {log}")
-        time.sleep(0.2)
-    raise SystemExit("the service did not become ready in 120 s")
+    wait_ready(proc, port, log)
+    return proc
 
 
 def _free_port() -> int:
