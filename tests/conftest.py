@@ -147,3 +147,13 @@ def trained_run(shapes_data: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         main(["train", str(shapes_data), *TRAINED_RUN_ARGS, "--name", "trained", "--runs-dir", str(runs)])
     assert done.value.code == 0, "andon train failed; run the trained_run settings by hand to see why"
     return runs / "trained"
+
+
+@pytest.fixture
+def plc():
+    """A pymodbus server as the line's PLC (tests/line_support.py), stopped after the test."""
+    from line_support import Plc
+
+    server = Plc()
+    yield server
+    server.stop()

@@ -198,3 +198,14 @@ class Plc:
     def log(self) -> list[tuple[float, int, int, list[int]]]:
         with self._lock:
             return list(self.writes)
+
+
+#: Modbus sink settings that fail over fast in tests (short timeouts, retries and heartbeat, a generous deadline)
+FAST_MODBUS = dict(
+    line_sinks=["modbus"],
+    modbus_timeout_s=0.5,
+    line_deadline_ms=60_000,
+    line_heartbeat_s=0.05,
+    line_retry_initial_s=0.02,
+    line_retry_max_s=0.1,
+)

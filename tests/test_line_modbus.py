@@ -6,11 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-import pytest
-
 from andon.service.line.modbus import FLAG_LATE, decode_part_id
 from andon.service.runtime import Models
-from line_support import Plc, wait_for
+from line_support import FAST_MODBUS, wait_for
 from service_support import PASS, REJECT, REVIEW, client_for, jpeg, post_frame, settings_for
 
 P = 8  # part id registers
@@ -18,28 +16,15 @@ BLOCKS = {"cam1": 10, "cam2": 30}
 HEARTBEAT = 0
 
 
-@pytest.fixture
-def plc():
-    server = Plc()
-    yield server
-    server.stop()
-
-
 def line_settings(tmp_path, model, plc, **changes):
     base = dict(
-        line_sinks=["modbus"],
+        FAST_MODBUS,
         modbus_port=plc.port,
         modbus_blocks=BLOCKS,
         modbus_heartbeat_register=HEARTBEAT,
         modbus_part_id_registers=P,
-        modbus_timeout_s=0.5,
-        line_deadline_ms=60_000,
-        line_heartbeat_s=0.05,
-        line_retry_initial_s=0.02,
-        line_retry_max_s=0.1,
     )
-    base.update(changes)
-    return settings_for(tmp_path, model, **base)
+    return settings_for(tmp_path, model, **{**base, **changes})
 
 
 def block(plc, camera):

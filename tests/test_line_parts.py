@@ -6,13 +6,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-import pytest
-
 from andon.service.line.dispatcher import PENDING, late_verdict
 from andon.service.line.modbus import FLAG_INCOMPLETE, FLAG_LATE, decode_part_id
 from andon.service.line.mqtt import verdict_topic
 from andon.service.line.tables import LineOutbox
-from line_support import Plc, wait_for
+from line_support import FAST_MODBUS, wait_for
 from service_support import PASS, REJECT, REVIEW, client_for, jpeg, post_frame, settings_for
 
 P = 8
@@ -20,29 +18,16 @@ BLOCKS = {"top": 10, "side": 30}
 PART_BLOCK = 50
 
 
-@pytest.fixture
-def plc():
-    server = Plc()
-    yield server
-    server.stop()
-
-
 def line_settings(tmp_path, model, plc, **changes):
     base = dict(
-        line_sinks=["modbus"],
+        FAST_MODBUS,
         modbus_port=plc.port,
         modbus_blocks=BLOCKS,
         modbus_part_blocks={"L1": PART_BLOCK},
         line_cameras={"L1": ["top", "side"]},
         modbus_part_id_registers=P,
-        modbus_timeout_s=0.5,
-        line_deadline_ms=60_000,
-        line_heartbeat_s=0.05,
-        line_retry_initial_s=0.02,
-        line_retry_max_s=0.1,
     )
-    base.update(changes)
-    return settings_for(tmp_path, model, **base)
+    return settings_for(tmp_path, model, **{**base, **changes})
 
 
 def deliveries(plc, start: int) -> list[tuple[int, int, int, str]]:
