@@ -120,11 +120,11 @@ def flip_outputs(run, data, split: str, batch: int = 32) -> tuple[np.ndarray, np
 
 def recalibrated(card, recipe, val_pred: dict, reserve: float, val_scores: np.ndarray | None):
     """``card`` with both bands calibrated again, by andon train's own rules, on flip-averaged val outputs: the
-    classifier band by ``calibrate_card`` and the anomaly band at ``anomaly.false_alarm`` of the val good parts."""
+    classifier band by ``current_band`` (``calibrate_card``), the anomaly band at ``anomaly.false_alarm`` of the
+    val good parts."""
     import tempfile
 
     from andon.evaluation.calibration import reject_at_for
-    from andon.training.fit import calibrate_card
     from andon.training.rundir import RunDir, save_predictions
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,14 +132,12 @@ def recalibrated(card, recipe, val_pred: dict, reserve: float, val_scores: np.nd
         save_predictions(
             run.predictions("val"), list(val_pred["paths"]), val_pred["y_true"], val_pred["probs"], card.classes
         )
-        band = calibrate_card(card, recipe.decision, run, None, review_reserve=reserve).thresholds
-    thresholds = card.thresholds.model_copy(update={"defect": band.defect, "per_class": band.per_class})
-    if val_scores is not None and card.thresholds.anomaly is not None:
+        card = current_band(card, recipe, run.path, reserve)
+    thresholds = card.thresholds
+    if val_scores is not None and thresholds.anomaly is not None:
         good = ~np.isin(val_pred["y_true"], card.defect_indices)
         t = reject_at_for(val_scores[good], recipe.anomaly.false_alarm, floor=0.0)
-        thresholds = thresholds.model_copy(
-            update={"anomaly": card.thresholds.anomaly.model_copy(update={"pass_below": t})}
-        )
+        thresholds = thresholds.model_copy(update={"anomaly": thresholds.anomaly.model_copy(update={"pass_below": t})})
     return card.replace(thresholds=thresholds)
 
 
