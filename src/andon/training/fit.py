@@ -569,7 +569,7 @@ def calibrate_card(
             note(
                 f"Thresholds set to the budget band [{budget.thresholds.defect.pass_below:.6g}, "
                 f"{budget.thresholds.defect.reject_at:.6g}) (false rejects <= {cfg.max_false_reject:.1%}, review "
-                f"<= {cfg.max_review - review_reserve:.1%} on the validation split"
+                f"<= {max(0.0, cfg.max_review - review_reserve):.1%} on the validation split"
                 + (f", {review_reserve:.1%} of the budget left to the anomaly band" if review_reserve else "")
                 + "; it catches "
                 f"{1 - budget.escape_rate:.1%} of the validation defects there, not a verified escape rate): "
