@@ -242,3 +242,40 @@ def test_replays_of_stored_frames_get_their_answer_while_the_queue_is_full(clien
         admission.release(admission.capacity)
     assert admission.depth == 0 and admission.bytes_in_flight == 0
     assert count_rows(client) == 1
+
+
+# ---- 6. storage that stalls does not refuse frames while inference is idle -------------------------------
+
+
+def test_a_stalled_store_does_not_hold_an_inference_slot(tmp_path, tiny_model_path):
+    """One inference slot (1 thread, queue 0). A flagged frame whose image write stalls (a slow fsync, a WAL
+    checkpoint) must not make the next frame 503 "queue full": its inference is over. The slot counts frames
+    waiting for or in inference; what waits for storage is bounded by the memory budget."""
+    settings = settings_for(tmp_path, tiny_model_path, inference_threads=1, queue_size=0)
+    with client_for(settings) as c:
+        ctx = c.app.state.ctx
+        store = ctx.pipeline.store
+        entered, go_on = threading.Event(), threading.Event()
+        real_put = store.put
+
+        def stalled_put(key: str, data: bytes) -> None:
+            entered.set()
+            assert go_on.wait(30), "the test never let the store go on"
+            real_put(key, data)
+
+        store.put = stalled_put
+        first: list = []
+        sender = threading.Thread(target=lambda: first.append(post_frame(c, jpeg(REJECT), idem="stalled")))
+        sender.start()
+        try:
+            assert entered.wait(30), "the flagged frame never reached the store"
+            assert ctx.admission.depth == 0  # inference is over: the stalled frame holds no slot
+            store.put = real_put
+            second = post_frame(c, jpeg(REJECT, noise=1), idem="next")
+            assert second.status_code == 201, second.text  # before: 503 "inference queue full (1 frames admitted)"
+        finally:
+            go_on.set()
+            sender.join(30)
+        assert first and first[0].status_code == 201, first
+        assert ctx.admission.depth == 0 and ctx.admission.bytes_in_flight == 0
+        assert count_rows(c) == 2

@@ -149,6 +149,9 @@ def _log_config(level: str) -> dict:
 
     config = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["andon"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    # python-multipart logs a warning for every malformed upload, before the service answers it with its own
+    # 400 (the same text): a sender of garbage would write one log line per request. Its errors still show.
+    config["loggers"]["python_multipart"] = {"handlers": ["default"], "level": "ERROR", "propagate": False}
     return config
 
 

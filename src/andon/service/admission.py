@@ -1,10 +1,11 @@
 """Admission control and the inference thread pool: a bounded queue in front of the CPU.
 
 Inference is CPU-bound and onnxruntime releases the GIL, so it runs on a small dedicated thread pool (one
-thread per concurrent inference), never on the event loop. At most ``workers + queue_size`` frames are
-admitted at once; a frame beyond that is refused at once with 503 and Retry-After. Latency therefore stays
-bounded under overload (at most a full queue ahead of any frame) and so does memory (admitted bodies only),
-instead of both growing without limit.
+thread per concurrent inference), never on the event loop. At most ``workers + queue_size`` frames wait
+for or are in inference at once; a frame beyond that is refused at once with 503 and Retry-After. Latency
+therefore stays bounded under overload (at most a full queue ahead of any frame) and so does memory (admitted
+bodies only), instead of both growing without limit. A frame gives its slot back when its inference returns:
+one that waits for storage (a slow fsync, a WAL checkpoint) holds memory, counted below, not a slot.
 
 Frames are not all the same size, so memory is counted too: ``reserve(nbytes)`` admits bytes (a body while it
 is read, a frame's decoded pixels while it is inspected) against a budget, or raises ``OverloadedError``

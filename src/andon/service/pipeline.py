@@ -92,6 +92,23 @@ class Outcome:
     after: list[Callable]
 
 
+class _Slots:
+    """The inference slots one request holds: taken up to a count, given back once (``free``)."""
+
+    def __init__(self, admission: Admission, held: int) -> None:
+        self.admission, self.held = admission, held
+
+    def take(self, n: int) -> None:
+        """Hold ``n`` slots (the ones already held count), or raise ``OverloadedError`` (503)."""
+        if n > self.held:
+            self.held += self.admission.acquire(n - self.held)
+
+    def free(self) -> None:
+        if self.held:
+            self.admission.release(self.held)
+            self.held = 0
+
+
 class Pipeline:
     def __init__(
         self,
@@ -135,11 +152,22 @@ class Pipeline:
     ) -> Outcome:
         """Inspect and store ``frames``; all or nothing.
 
-        ``admitted``: inference slots the caller already holds for them (default: one per frame). Frames that
-        are not replays of stored ones get the missing slots here, after the idempotency lookup.
+        ``admitted``: inference slots the caller took for them and hands over (default: none). Frames that are
+        not replays of stored ones get the missing slots here, after the idempotency lookup. Every slot is given
+        back as soon as inference returns (or on any error): a slot bounds the frames waiting for or in
+        inference, so a slow commit or store (a WAL checkpoint, an fsync) does not refuse new frames while the
+        inference threads are idle. What waits for storage is bounded by the memory budget (the bodies).
         """
         started = time.perf_counter() if started is None else started
-        admitted = len(frames) if admitted is None else admitted
+        slots = _Slots(self.admission, admitted or 0)
+        try:
+            return await self._process(frames, principal, slots, heatmap=heatmap, started=started)
+        finally:
+            slots.free()
+
+    async def _process(
+        self, frames: list[IncomingFrame], principal: Principal, slots: _Slots, *, heatmap: bool, started: float
+    ) -> Outcome:
         for frame in frames:
             self.check_camera(principal, frame.meta.camera_id)
         _check_unique_keys(frames)
@@ -154,7 +182,7 @@ class Pipeline:
                 raise NoModelError(
                     self.runtime.last_error or "no active model: add one with 'andon models add' and promote it"
                 )
-            slots = self.admission.acquire(len(todo) - admitted) if len(todo) > admitted else 0
+            slots.take(len(todo))
             try:
                 headers = await run_in_threadpool(self._intake, todo, models.active)
                 cost = sum(decode_cost(h, models.active.card.preprocess.input_size) for h in headers)
@@ -164,10 +192,9 @@ class Pipeline:
                     done = await self._infer(models.active, todo, headers, large=memory.large)
                 finally:
                     self.admission.unreserve(memory)  # the pixels are gone once inference returns
-                rows = await run_in_threadpool(self._persist, done, started)
             finally:
-                if slots:
-                    self.admission.release(slots)
+                slots.free()  # inference is over: storage waits without holding a slot
+            rows = await run_in_threadpool(self._persist, done, started)
             if rows is None:
                 continue  # lost an idempotency race to a concurrent retry: answer with the winner's record
             fresh = iter(rows)

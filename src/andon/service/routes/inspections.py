@@ -125,7 +125,8 @@ async def create_inspection(
         try:
             data, fields = await _read_single(request)
             frame = IncomingFrame(data, _meta({**query, **fields}), idempotency_key)
-            outcome = await ctx.pipeline.process([frame], principal, heatmap=heatmap, started=started, admitted=weight)
+            held, weight = weight, 0  # the pipeline gives the slot back once inference is over
+            outcome = await ctx.pipeline.process([frame], principal, heatmap=heatmap, started=started, admitted=held)
         finally:
             ctx.admission.unreserve(body)
     finally:
@@ -162,7 +163,8 @@ async def create_batch(
         body = ctx.admission.reserve(_declared(request, ctx.settings.max_batch_bytes), "the request body")
         try:
             frames = await _read_batch(request, ctx.settings.max_batch_frames, idempotency_key)
-            outcome = await ctx.pipeline.process(frames, principal, heatmap=heatmap, started=started, admitted=weight)
+            held, weight = weight, 0  # the pipeline gives the slot back once inference is over
+            outcome = await ctx.pipeline.process(frames, principal, heatmap=heatmap, started=started, admitted=held)
         finally:
             ctx.admission.unreserve(body)
     finally:
