@@ -122,6 +122,13 @@ class InvalidVersionError(RegistryError):
     http_status = 422
 
 
+class UnknownProductError(AndonError):
+    """A product (SKU) that has no model promoted for it: a frame or a line selection naming it is refused."""
+
+    code = "unknown_product"
+    http_status = 422
+
+
 class NotFoundError(AndonError):
     """A record, model version or key that does not exist."""
 

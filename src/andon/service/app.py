@@ -27,6 +27,7 @@ from andon.service.line import build_line
 from andon.service.metrics import Metrics
 from andon.service.middleware import BodyLimit, RequestMetrics
 from andon.service.pipeline import Pipeline
+from andon.service.products import ProductSelector
 from andon.service.retention import prune, sweep_at_start
 from andon.service.review.web import install as install_review_station
 from andon.service.routes import health, inspections, keys, models, parts
@@ -76,6 +77,7 @@ def build_context(settings: Settings) -> ServiceContext:
         keys=keydir,
         pipeline=pipeline,
         cards=CardLookup(runtime, registry),
+        products=ProductSelector(runtime, sessions),
         authenticators=[api_key_authenticator],
     )
 

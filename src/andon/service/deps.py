@@ -22,6 +22,7 @@ from andon.service.cards import CardLookup
 from andon.service.errors import AuthenticationError, PermissionDeniedError
 from andon.service.metrics import Metrics
 from andon.service.pipeline import Pipeline
+from andon.service.products import ProductSelector
 from andon.service.registry import ModelRegistry
 from andon.service.review.queue import CountCache
 from andon.service.runtime import ModelRuntime, Models
@@ -60,6 +61,8 @@ class ServiceContext:
     pipeline: Pipeline
     #: the model card behind a stored record, by model hash (verdicts, heatmaps, the review pages)
     cards: CardLookup
+    #: the lines' products (SKU recipes): ``ctx.products.select(line_id, sku, source="opcua")``
+    products: ProductSelector
     authenticators: list[Callable[[Request, Session], Principal | None]] = field(default_factory=list)
     review: ReviewState = field(default_factory=ReviewState)
 

@@ -4,12 +4,18 @@ Layout under ``root`` (``<data_dir>/models``)::
 
     versions/<version>/model.onnx    the exported file, byte for byte
     versions/<version>/info.json     name, version, content hash, size, when and from where it was added
-    state.json                       {"active", "previous", "shadow", "generation", "history"}
+    state.json                       {"active", "previous", "shadow", "generation", "history",
+                                      "products": {sku: {"active", "previous"}}, "lines": {line: sku}}
 
 ``state.json`` is the single source of truth and is replaced atomically (temp file, fsync, rename), under
 an exclusive lock so that the CLI and the service can both change it. The service polls its signature and
 swaps models when it changes, so ``andon models promote`` on the command line and ``POST
 /v1/models/{version}/promote`` have the same effect on every worker.
+
+Products (recipes per SKU): the unnamed default is the top-level active/previous/shadow, as it always was.
+Each named product has its own active and previous version (``promote(version, product=SKU)``), judged with
+that version's card (its thresholds); ``lines`` maps a line to the product it currently runs
+(``select_line``). A product exists from its first promotion on; a line that selects none runs the default.
 """
 
 from __future__ import annotations
@@ -36,12 +42,16 @@ from andon.errors import (
     ModelRuntimeError,
     NotFoundError,
     RegistryError,
+    UnknownProductError,
 )
 from andon.inspect.onnxfile import content_hash, read_card
 from andon.service.storage import fsync_dir, make_dirs_durably, write_durably
 
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 _VERSION_RULE = "letters, digits and . _ + - (at most 64 characters, the first a letter or digit), e.g. 2026.11.1"
+_PRODUCT_RULE = "letters, digits and . _ + - (at most 64 characters, the first a letter or digit), e.g. SKU-4711"
+#: a line id, as a frame's line_id is checked (andon.service.schemas.FrameMeta)
+_LINE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")
 _HISTORY_KEEP = 200
 _SHOWN = 80
 log = logging.getLogger("andon.service")
@@ -62,6 +72,22 @@ def check_version(version: object, *, where: str = "") -> str:
     return version
 
 
+def check_product(product: object, *, where: str = "") -> str:
+    """``product`` when it can name a product (SKU), else ``InvalidVersionError`` (422: a bad request)."""
+    if not isinstance(product, str) or not _VERSION.fullmatch(product):
+        raise InvalidVersionError(f"product {shown(product)}{where} is not a valid product id; use {_PRODUCT_RULE}")
+    return product
+
+
+def check_line(line_id: object) -> str:
+    if not isinstance(line_id, str) or not _LINE.fullmatch(line_id):
+        raise InvalidVersionError(
+            f"line id {shown(line_id)} is not valid; use letters, digits and . _ : / - (at most 64 characters, "
+            "the first a letter or digit), as a frame's line_id"
+        )
+    return line_id
+
+
 @dataclass
 class RegistryState:
     active: str | None = None
@@ -69,6 +95,10 @@ class RegistryState:
     shadow: str | None = None
     generation: int = 0
     history: list[dict] = field(default_factory=list)
+    #: per named product: {"active": version, "previous": version or None}
+    products: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    #: the product each line runs now (a line not named here runs the default)
+    lines: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -78,9 +108,30 @@ class RegistryState:
                 "shadow": self.shadow,
                 "generation": self.generation,
                 "history": self.history[-_HISTORY_KEEP:],
+                "products": self.products,
+                "lines": self.lines,
             },
             indent=2,
         )
+
+    def pointers(self) -> tuple:
+        """Everything a change may move (the history and generation aside)."""
+        products = tuple(sorted((k, v.get("active"), v.get("previous")) for k, v in self.products.items()))
+        return (self.active, self.previous, self.shadow, products, tuple(sorted(self.lines.items())))
+
+    def product_version(self, product: str) -> str:
+        """The active version of ``product``, or ``UnknownProductError`` naming the known ones."""
+        entry = self.products.get(product)
+        if entry is None or entry.get("active") is None:
+            raise UnknownProductError(
+                f"unknown product {shown(product)}; known products: {self.known_products()}"
+                " (a product is made by promoting a model for it: 'andon models promote VERSION --product SKU')"
+            )
+        return entry["active"]  # type: ignore[return-value]
+
+    def known_products(self) -> str:
+        names = sorted(k for k, v in self.products.items() if v.get("active"))
+        return ", ".join(names[:40]) + (f" and {len(names) - 40} more" if len(names) > 40 else "") or "none"
 
 
 @dataclass(frozen=True)
@@ -122,12 +173,25 @@ class ModelRegistry:
             return RegistryState()
         except (OSError, ValueError) as exc:
             raise RegistryError(f"registry state {self.state_path} is unreadable: {exc}") from None
+        products, lines = raw.get("products") or {}, raw.get("lines") or {}
+        if not (
+            isinstance(products, dict)
+            and all(isinstance(v, dict) for v in products.values())
+            and isinstance(lines, dict)
+            and all(isinstance(v, str) for v in lines.values())
+        ):
+            raise RegistryError(
+                f"registry state {self.state_path} is unreadable: 'products' must map a product to "
+                "{active, previous} and 'lines' a line to a product"
+            )
         return RegistryState(
             active=raw.get("active"),
             previous=raw.get("previous"),
             shadow=raw.get("shadow"),
             generation=int(raw.get("generation", 0)),
             history=list(raw.get("history", [])),
+            products={k: {"active": v.get("active"), "previous": v.get("previous")} for k, v in products.items()},
+            lines=dict(lines),
         )
 
     def signature(self) -> tuple[int, int, int] | None:
@@ -251,23 +315,43 @@ class ModelRegistry:
             raise ModelFileError(f"model file {path} does not exist")
         return self.add(path.read_bytes(), source=str(path.name), validate=validate)
 
-    def promote(self, version: str) -> RegistryState:
-        """Make ``version`` active; the active one becomes previous (the rollback target)."""
+    def promote(self, version: str, *, product: str | None = None) -> RegistryState:
+        """Make ``version`` active (of ``product``, or of the default); the active one becomes previous (the
+        rollback target). Promoting for a product that does not exist yet makes it."""
+        if product is not None:
+            check_product(product)
         self.get(version)
 
         def change(s: RegistryState) -> None:
+            if product is not None:
+                entry = s.products.setdefault(product, {"active": None, "previous": None})
+                if entry["active"] != version:
+                    entry["previous"], entry["active"] = entry["active"], version
+                return
             if s.active == version:
                 return
             s.previous, s.active = s.active, version
             if s.shadow == version:
                 s.shadow = None
 
-        return self._update(change, action="promote", version=version)
+        return self._update(change, action="promote", version=version, product=product)
 
-    def rollback(self) -> RegistryState:
-        """Swap active and previous."""
+    def rollback(self, *, product: str | None = None) -> RegistryState:
+        """Swap active and previous (of ``product``, or of the default)."""
+        if product is not None:
+            check_product(product)
 
         def change(s: RegistryState) -> None:
+            if product is not None:
+                s.product_version(product)
+                entry = s.products[product]
+                if entry["previous"] is None:
+                    raise RegistryError(
+                        f"nothing to roll back to for product {product}: its active version is {entry['active']} "
+                        "and there is no previous one; promote a version for it instead"
+                    )
+                entry["active"], entry["previous"] = entry["previous"], entry["active"]
+                return
             if s.previous is None:
                 raise RegistryError(
                     f"nothing to roll back to: active is {s.active or 'none'} and there is no "
@@ -277,7 +361,7 @@ class ModelRegistry:
             if s.shadow == s.active:
                 s.shadow = None
 
-        return self._update(change, action="rollback", version=None)
+        return self._update(change, action="rollback", version=None, product=product)
 
     def set_shadow(self, version: str | None) -> RegistryState:
         """Score frames with ``version`` next to the active model (None stops shadowing)."""
@@ -291,22 +375,85 @@ class ModelRegistry:
 
         return self._update(change, action="shadow", version=version)
 
-    def _update(self, change: Callable[[RegistryState], None], *, action: str, version: str | None) -> RegistryState:
+    def select_line(
+        self,
+        line_id: str,
+        product: str | None,
+        *,
+        before_write: Callable[[str | None, RegistryState], None] | None = None,
+        after_write: Callable[[str | None, RegistryState], None] | None = None,
+    ) -> tuple[str | None, RegistryState]:
+        """Make ``line_id`` run ``product`` (None: the default); returns (the product it ran before, the state).
+
+        ``before_write(before, state)`` and ``after_write(before, state)`` run under the registry's lock, only
+        when the line's product changes: the service records the switch there, and keeps it in force in its own
+        process before another process can change the state again.
+        """
+        check_line(line_id)
+        if product is not None:
+            check_product(product)
         with self._locked():
-            return self._write_change(change, action=action, version=version)
+            state = self.state()
+            if product is not None:
+                state.product_version(product)
+            before = state.lines.get(line_id)
+            if before == product:
+                return before, state
+
+            state = self._write_change(
+                lambda s: _set_line(s, line_id, product),
+                action="select",
+                version=None,
+                product=product,
+                line=line_id,
+                before_write=None if before_write is None else lambda s: before_write(before, s),
+            )
+            if after_write is not None:
+                try:
+                    after_write(before, state)
+                except BaseException:  # the switch could not be recorded: undo it, then say so
+                    self._write_change(
+                        lambda s: _set_line(s, line_id, before),
+                        action="select",
+                        version=None,
+                        product=before,
+                        line=line_id,
+                    )
+                    raise
+            return before, state
+
+    def _update(
+        self, change: Callable[[RegistryState], None], *, action: str, version: str | None, product: str | None = None
+    ) -> RegistryState:
+        with self._locked():
+            return self._write_change(change, action=action, version=version, product=product)
 
     def _write_change(
-        self, change: Callable[[RegistryState], None], *, action: str, version: str | None
+        self,
+        change: Callable[[RegistryState], None],
+        *,
+        action: str,
+        version: str | None,
+        product: str | None = None,
+        line: str | None = None,
+        before_write: Callable[[RegistryState], None] | None = None,
     ) -> RegistryState:
         """Apply ``change`` to the state and write it; the caller holds the lock."""
         state = self.state()
-        before = (state.active, state.previous, state.shadow)
+        before = state.pointers()
         change(state)
-        if (state.active, state.previous, state.shadow) != before or action == "add":
+        if state.pointers() != before or action == "add":
             state.generation += 1
-            state.history.append(
-                {"at": _now(), "action": action, "version": version, "active": state.active, "shadow": state.shadow}
-            )
+            event = {"at": _now(), "action": action, "version": version, "active": state.active, "shadow": state.shadow}
+            if product is not None or line is not None:
+                event["product"] = product
+            if product is not None and action != "select":
+                event["active"] = state.products[product]["active"]
+            if line is not None:
+                event["line"] = line
+            state.history.append(event)
+            if before_write is not None:
+                before_write(state)
             make_dirs_durably(self.root)
             write_durably(self.state_path, state.to_json().encode())
         return state
@@ -320,6 +467,13 @@ class ModelRegistry:
                 yield
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _set_line(state: RegistryState, line_id: str, product: str | None) -> None:
+    if product is None:
+        state.lines.pop(line_id, None)
+    else:
+        state.lines[line_id] = product
 
 
 def _inspect_model_bytes(data: bytes, source: str):

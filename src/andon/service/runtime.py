@@ -5,15 +5,21 @@ up, and only then replace the ``(active, shadow)`` pair in one assignment. A req
 at its start (``snapshot()``), so in-flight requests finish on the model they started with, and every record
 names the model (version and hash) that produced it. The registry's state file is the source of truth: a
 poller brings each worker to it, whichever process (CLI, another worker) changed it.
+
+Products (recipes per SKU, ``andon.service.products``): every named product's active model is loaded too,
+and the snapshot carries them with the line -> product selection, so that a frame's product, model and
+thresholds all come from the one snapshot its request took (``Models.judge``): no frame sees half a switch.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
-from andon.errors import AndonError
+from andon.errors import AndonError, UnknownProductError
 from andon.inspect.inspector import Inspector
 from andon.service.registry import ModelEntry, ModelRegistry
 from andon.service.settings import Settings
@@ -21,11 +27,39 @@ from andon.service.settings import Settings
 log = logging.getLogger("andon.service")
 
 
+_EMPTY: Mapping = MappingProxyType({})
+
+
 @dataclass(frozen=True)
 class Models:
     active: Inspector | None
     shadow: Inspector | None
     generation: int = -1
+    #: each named product's active model
+    products: Mapping[str, Inspector] = field(default_factory=lambda: _EMPTY)
+    #: the product each line runs (lines not named run the default)
+    lines: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+
+    def product_for(self, line_id: str, product: str | None = None) -> str | None:
+        """The product a frame is judged under: the one it names, else its line's, else None (the default)."""
+        return product if product is not None else self.lines.get(line_id)
+
+    def judge(self, line_id: str, product: str | None = None) -> tuple[str | None, Inspector | None]:
+        """(product, the model that judges it) for a frame of ``line_id``; an unknown product is a 422."""
+        chosen = self.product_for(line_id, product)
+        if chosen is None:
+            return None, self.active
+        inspector = self.products.get(chosen)
+        if inspector is None:
+            known = ", ".join(sorted(self.products)[:40]) or "none"
+            raise UnknownProductError(
+                f"unknown product {chosen!r}{'' if product is not None else f' (selected for line {line_id})'}; "
+                f"known products: {known}"
+            )
+        return chosen, inspector
+
+    def inspectors(self) -> list[Inspector]:
+        return [m for m in (self.active, self.shadow, *self.products.values()) if m is not None]
 
 
 class ModelRuntime:
@@ -33,7 +67,8 @@ class ModelRuntime:
         self.registry = registry
         self.settings = settings
         self._models = Models(None, None)
-        self._swap_lock = threading.Lock()
+        #: held by a swap; reentrant: a line's product switch holds it across writing the state and syncing
+        self._swap_lock = threading.RLock()
         self._signature: object = object()
         self.last_error: str | None = None
         self.on_swap: list = []  # callables(Models) run after each change
@@ -67,7 +102,8 @@ class ModelRuntime:
         )
 
     def sync(self, *, force: bool = False) -> bool:
-        """Bring the loaded models to the registry state; True when something changed."""
+        """Bring the loaded models (and the lines' products) to the registry state; True when the loaded
+        models changed (a line's product switch alone is not a model swap)."""
         signature = self.registry.signature()
         if not force and signature == self._signature:
             return False
@@ -78,6 +114,11 @@ class ModelRuntime:
             try:
                 active = self._resolve(state.active, current.active)
                 shadow = self._resolve(state.shadow, current.shadow) if state.shadow != state.active else None
+                products = {
+                    sku: self._resolve(p["active"], current.products.get(sku))
+                    for sku, p in sorted(state.products.items())
+                    if p.get("active") is not None
+                }
             except AndonError as exc:
                 self.last_error = f"cannot load the model the registry names: {exc}"
                 log.error(self.last_error)
@@ -85,12 +126,27 @@ class ModelRuntime:
                 return False
             self._signature = signature
             self.last_error = None
-            if active is current.active and shadow is current.shadow:
+            lines = dict(state.lines)  # a line naming a product without a model: its frames get a 422 naming it
+            models_changed = not (
+                active is current.active
+                and shadow is current.shadow
+                and products.keys() == current.products.keys()
+                and all(products[k] is current.products[k] for k in products)
+            )
+            if not models_changed and lines == dict(current.lines):
                 return False
-            self._models = Models(active, shadow, state.generation)
+            self._models = Models(active, shadow, state.generation, MappingProxyType(products), MappingProxyType(lines))
+        if not models_changed:
+            log.info("lines' products now: %s", dict(lines) or "the default everywhere")
+            return False
         for hook in self.on_swap:
             hook(self._models)
-        log.info("models now: active %s, shadow %s", _name(active), _name(shadow))
+        log.info(
+            "models now: active %s, shadow %s%s",
+            _name(active),
+            _name(shadow),
+            "".join(f", product {k} {_name(v)}" for k, v in products.items()),
+        )
         return True
 
     def _resolve(self, version: str | None, loaded: Inspector | None) -> Inspector | None:
@@ -99,25 +155,26 @@ class ModelRuntime:
         entry = self.registry.get(version)
         if _same(loaded, entry):
             return loaded
-        for candidate in (self._models.active, self._models.shadow):
+        for candidate in self._models.inspectors():
             if _same(candidate, entry):
                 return candidate  # promoting the shadow reuses its warm session
         warm = self._warm.pop(entry.version, None)
         return warm if warm is not None else self.load(entry)
 
-    def promote(self, version: str) -> Models:
-        """Load + validate + warm ``version`` first, then make it active everywhere."""
+    def promote(self, version: str, *, product: str | None = None) -> Models:
+        """Load + validate + warm ``version`` first, then make it active (of ``product``) everywhere."""
         entry = self.registry.get(version)
         self._preload(entry)
-        self.registry.promote(version)
+        self.registry.promote(version, product=product)
         self.sync(force=True)
         return self._models
 
-    def rollback(self) -> Models:
+    def rollback(self, *, product: str | None = None) -> Models:
         state = self.registry.state()
-        if state.previous is not None:
-            self._preload(self.registry.get(state.previous))
-        self.registry.rollback()
+        previous = state.previous if product is None else (state.products.get(product) or {}).get("previous")
+        if previous is not None:
+            self._preload(self.registry.get(previous))
+        self.registry.rollback(product=product)
         self.sync(force=True)
         return self._models
 
@@ -130,8 +187,7 @@ class ModelRuntime:
 
     def _preload(self, entry: ModelEntry) -> None:
         """Fail before touching the registry state if the file does not load (keeps the old model)."""
-        models = self._models
-        for loaded in (models.active, models.shadow):
+        for loaded in self._models.inspectors():
             if _same(loaded, entry):
                 return
         self._warm = {entry.version: self.load(entry)}  # sync() takes it from here

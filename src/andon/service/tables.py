@@ -107,6 +107,8 @@ class Inspection(Base):
     reason: Mapped[str | None] = mapped_column(String(128))
     #: the good-only anomaly score, for models that have one
     anomaly_score: Mapped[float | None] = mapped_column(Float)
+    #: the product (SKU) whose model and thresholds judged the frame; None: the default (migration 0005)
+    product: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         UniqueConstraint("camera_id", "idempotency_key"),
@@ -151,3 +153,24 @@ class ApiKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class ProductSwitch(Base):
+    """A line's product (SKU recipe) changed: who or what switched it, from what, to what, and when it took effect
+    in the process that made it (``andon.service.products``). None is the default product."""
+
+    __tablename__ = "product_switches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    line_id: Mapped[str] = mapped_column(String(64))
+    from_product: Mapped[str | None] = mapped_column(String(64))
+    to_product: Mapped[str | None] = mapped_column(String(64))
+    #: what made the switch: "api", "opcua", "cli", ...
+    source: Mapped[str] = mapped_column(String(32))
+    #: who: the API key id or login of the caller, when the source knows one
+    actor: Mapped[str | None] = mapped_column(String(128))
+    #: the registry state generation the switch wrote
+    generation: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_product_switches_line_at", "line_id", "at"),)

@@ -36,6 +36,8 @@ class LineOutbox(Base):
     decision: Mapped[str] = mapped_column(String(8))
     reason: Mapped[str | None] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(128))
+    #: the product (SKU) the verdict was judged under; None: the default (migration 0005)
+    product: Mapped[str | None] = mapped_column(String(64))
     #: when the frame's request arrived; the deadline counts from here
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     deadline_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
