@@ -1,6 +1,7 @@
 """The line: frame posted -> PLC register written (p50 / p99), and MQTT delivery across a broker outage.
 
-    python -m bench.line [--frames 300] [--interval-ms 50] [--outage 30] [--out bench-line.json]
+    python -m bench.line [--frames 300] [--interval-ms 66] [--cameras 4] [--capacity-seconds 20] [--outage 30]
+                         [--out bench-line.json]
 
 1. The service as ``andon serve`` runs it (uvicorn, SQLite with synchronous=FULL, local disk, 2 inference
    threads) in its own process, with the tests' tiny model (tests/tiny_onnx.py, 224x224 input) and one
@@ -10,6 +11,11 @@
    camera at ~15 fps by default). Latency = from just before the POST to the write of the block's sequence
    register (the moment the PLC may read the verdict), matched on the part id echo. The HTTP answer's latency
    is given beside it. Deadline 200 ms: the count of late (rejected) verdicts is reported.
+   **At capacity**: ``--cameras`` cameras (4), each with its own register block, post back to back (closed
+   loop: the next frame leaves when the last is answered) for ``--capacity-seconds``: the service runs flat out
+   and the same latency is measured on every acknowledged frame, with the frames/s it reached. Then the same
+   cameras open loop at 0.8x that rate (each at a fixed period; latency from the scheduled send), as a line
+   sized below its inspection capacity runs.
 3. Broker outage: Debian's mosquitto; the service's MQTT sink; a subscriber with a persistent session. The
    camera posts every ``--interval-ms`` for 5 s, the broker is stopped for ``--outage`` s while the camera
    goes on, then started again; the camera goes on for 5 s more. Reported: frames acknowledged, verdicts
@@ -130,23 +136,57 @@ def _base_settings(tmp: Path, model: Path) -> dict:
     )
 
 
+class _PlcRun:
+    """The PLC double in its own process and the service writing to it: ``blocks`` camera -> first register."""
+
+    def __init__(self, tmp: Path, model: Path, blocks: dict[str, int], **changes) -> None:
+        self.blocks = blocks
+        self.parent, child = multiprocessing.Pipe()
+        self.plc = multiprocessing.Process(target=_plc_process, args=(child,), daemon=True)
+        self.plc.start()
+        port = self.parent.recv()
+        settings = _base_settings(tmp, model) | dict(
+            line_sinks=["modbus"],
+            modbus_port=port,
+            modbus_blocks=blocks,
+            modbus_part_id_registers=PART_REGS,
+            line_heartbeat_s=0.5,
+            **changes,
+        )
+        tmp.mkdir()
+        self.service = _Service(tmp, settings)
+
+    def stop(self) -> list:
+        """Stop both; the PLC's write log: (time, function code, address, values)."""
+        self.service.close()
+        self.parent.send("stop")
+        log = self.parent.recv()
+        self.plc.join(10)
+        return log
+
+    def written(self, log: list) -> tuple[dict[str, float], set[str]]:
+        """(part id -> when its block's sequence register was written, part ids written as late rejects)."""
+        from andon.service.line.modbus import decode_part_id
+
+        heads = {b + 1: b for b in self.blocks.values()}
+        pending: dict[int, str] = {}
+        written: dict[str, float] = {}
+        late: set[str] = set()
+        for t, _fc, address, values in log:
+            if address in heads:
+                part = decode_part_id(values[3:])
+                pending[heads[address]] = part
+                if values[1] & 1:
+                    late.add(part)
+            elif address in pending:
+                written.setdefault(pending.pop(address), t)
+        return written, late
+
+
 def plc_latency(tmp: Path, model: Path, frames: int, interval_ms: float) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
-    from andon.service.line.modbus import decode_part_id
-
-    parent, child = multiprocessing.Pipe()
-    plc = multiprocessing.Process(target=_plc_process, args=(child,), daemon=True)
-    plc.start()
-    port = parent.recv()
-    settings = _base_settings(tmp / "plc", model) | dict(
-        line_sinks=["modbus"],
-        modbus_port=port,
-        modbus_blocks={"cam1": BLOCK},
-        modbus_part_id_registers=PART_REGS,
-        line_heartbeat_s=0.5,
-    )
-    (tmp / "plc").mkdir()
-    service = _Service(tmp / "plc", settings)
+    run = _PlcRun(tmp / "plc", model, {"cam1": BLOCK})
+    service = run.service
     frame = _frame()
     posted: dict[str, float] = {}
     answered: list[float] = []
@@ -163,20 +203,8 @@ def plc_latency(tmp: Path, model: Path, frames: int, interval_ms: float) -> dict
             time.sleep(max(0.0, interval_ms / 1000.0 - (time.perf_counter() - t0)))
         time.sleep(1.0)
     finally:
-        service.close()
-        parent.send("stop")
-        log = parent.recv()
-        plc.join(10)
-    written: dict[str, float] = {}
-    pending = None
-    late = 0
-    for t, _fc, address, values in log:
-        if address == BLOCK + 1:
-            pending = decode_part_id(values[3:])
-            late += bool(values[1] & 1) and pending in posted
-        elif address == BLOCK and pending is not None:
-            written.setdefault(pending, t)
-            pending = None
+        log = run.stop()
+    written, late = run.written(log)
     lat = [(written[p] - t0) * 1000.0 for p, t0 in posted.items() if p in written]
     return {
         "frames": frames,
@@ -184,7 +212,86 @@ def plc_latency(tmp: Path, model: Path, frames: int, interval_ms: float) -> dict
         "acknowledged": len(posted),
         "written_to_plc": len(lat),
         "missing": len(posted) - len(lat),
-        "late_rejects": late,
+        "late_rejects": len(late & set(posted)),
+        "plc_p50_ms": _pct(lat, 50),
+        "plc_p99_ms": _pct(lat, 99),
+        "plc_max_ms": round(max(lat), 1) if lat else None,
+        "http_p50_ms": _pct(answered, 50),
+        "http_p99_ms": _pct(answered, 99),
+    }
+
+
+def plc_at_capacity(tmp: Path, model: Path, cameras: int, seconds: float, rate: float | None = None) -> dict:
+    """``cameras`` cameras, each with its own register block, post for ``seconds``. ``rate`` None: back to back
+    (closed loop: each sends its next frame when the last is answered), the service at its capacity; else open
+    loop at ``rate`` frames/s in all (each camera every ``cameras / rate`` s, latency from the scheduled send)."""
+    import httpx
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    names = [f"cam{k + 1}" for k in range(cameras)]
+    blocks = {name: BLOCK + k * (4 + PART_REGS) for k, name in enumerate(names)}
+    run = _PlcRun(tmp / ("capacity" if rate is None else f"rate-{rate:.0f}"), model, blocks, queue_size=4 * cameras)
+    frame = _frame()
+    posted: dict[str, float] = {}
+    answered: list[float] = []
+    refused = 0
+    lock = threading.Lock()
+    stop_at = 0.0
+
+    def camera(name: str, warm: bool) -> None:
+        nonlocal refused
+        with httpx.Client(base_url=run.service.base, timeout=10) as client:
+            i = 0
+            period = None if rate is None else cameras / rate
+            next_at = time.perf_counter() + (0.0 if period is None else period * names.index(name) / cameras)
+            while time.perf_counter() < stop_at:
+                part = f"{name}-{'W' if warm else 'P'}{i}"
+                i += 1
+                if period is not None:
+                    time.sleep(max(0.0, next_at - time.perf_counter()))
+                    t0, next_at = next_at, next_at + period  # from the scheduled send: a late send counts
+                else:
+                    t0 = time.perf_counter()
+                r = client.post(
+                    "/v1/inspections",
+                    params={"camera_id": name, "line_id": "L1", "part_id": part},
+                    content=frame,
+                    headers={"Content-Type": "image/jpeg"},
+                )
+                with lock:
+                    if warm:
+                        continue
+                    answered.append((time.perf_counter() - t0) * 1000.0)
+                    if r.status_code == 201:
+                        posted[part] = t0
+                    else:
+                        refused += 1
+
+    try:
+        for warm, span in ((True, 3.0), (False, seconds)):
+            stop_at = time.perf_counter() + span
+            threads = [threading.Thread(target=camera, args=(n, warm)) for n in names]
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - t0
+        time.sleep(1.0)
+    finally:
+        log = run.stop()
+    written, late = run.written(log)
+    lat = [(written[p] - t0) * 1000.0 for p, t0 in posted.items() if p in written]
+    return {
+        "cameras": cameras,
+        "mode": "closed loop (capacity)" if rate is None else f"open loop at {rate:.1f} frames/s",
+        "seconds": seconds,
+        "frames_per_s": round(len(posted) / wall, 1),
+        "acknowledged": len(posted),
+        "refused": refused,
+        "written_to_plc": len(lat),
+        "missing": len(posted) - len(lat),
+        "late_rejects": len(late & set(posted)),
         "plc_p50_ms": _pct(lat, 50),
         "plc_p99_ms": _pct(lat, 99),
         "plc_max_ms": round(max(lat), 1) if lat else None,
@@ -263,7 +370,7 @@ def broker_outage(tmp: Path, model: Path, outage_s: float, interval_ms: float) -
     }
 
 
-def run(frames: int, interval_ms: float, outage_s: float) -> dict:
+def run(frames: int, interval_ms: float, outage_s: float, cameras: int, capacity_s: float) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny_onnx import tiny_card, write_tiny_model
 
@@ -271,8 +378,18 @@ def run(frames: int, interval_ms: float, outage_s: float) -> dict:
         tmp = Path(name)
         model = write_tiny_model(tmp / "tiny224.onnx", tiny_card(size=224))
         plc = plc_latency(tmp, model, frames, interval_ms)
+        capacity = plc_at_capacity(tmp, model, cameras, capacity_s)
+        below = plc_at_capacity(tmp, model, cameras, capacity_s, rate=0.8 * capacity["frames_per_s"])
         mqtt = broker_outage(tmp, model, outage_s, interval_ms)
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "plc": plc, "mqtt_outage": mqtt}
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "load_avg_1m": os.getloadavg()[0],
+        "plc": plc,
+        "plc_at_capacity": capacity,
+        "plc_at_0.8x_capacity": below,
+        "mqtt_outage": mqtt,
+    }
 
 
 def main() -> None:
@@ -280,9 +397,11 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--interval-ms", type=float, default=66.0, help="the camera's frame period")
     parser.add_argument("--outage", type=float, default=30.0, help="seconds the broker is down")
+    parser.add_argument("--cameras", type=int, default=4, help="closed-loop cameras for the at-capacity run")
+    parser.add_argument("--capacity-seconds", type=float, default=20.0, help="length of the at-capacity run")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    result = run(args.frames, args.interval_ms, args.outage)
+    result = run(args.frames, args.interval_ms, args.outage, args.cameras, args.capacity_seconds)
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
