@@ -125,6 +125,8 @@ def prepare(settings):
 
 def _hand_to_workers(settings) -> None:
     """Workers are fresh processes: give them the resolved settings as a file and nothing else."""
+    from pydantic import SecretStr
+
     from andon.service.settings import CONFIG_ENV
     from andon.service.storage import make_dirs_durably, write_durably
 
@@ -135,9 +137,14 @@ def _hand_to_workers(settings) -> None:
     data["data_dir"] = str(Path(settings.data_dir).resolve())
     import json
 
+    secrets = {n: v for n, v in settings if isinstance(v, SecretStr)}  # never on disk: the workers' environment
+    for name in secrets:
+        data.pop(name, None)
     write_durably(path, json.dumps(data, indent=2).encode())
     for name in [n for n in os.environ if n.startswith("ANDON_")]:
         del os.environ[name]  # the file already has the environment's values, below the CLI's
+    for name, value in secrets.items():
+        os.environ[f"ANDON_{name.upper()}"] = value.get_secret_value()
     os.environ[CONFIG_ENV] = str(path)
 
 

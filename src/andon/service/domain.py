@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from andon.service import db
 from andon.service.registry import ModelRegistry
 from andon.service.settings import Settings
-from andon.service.storage import ImageStore, LocalDiskStore
+from andon.service.storage import ImageStore, make_store
 
 #: database connections a command's engine keeps (the app sizes its own pool from its thread settings)
 COMMAND_POOL_SIZE = 8
@@ -56,7 +56,7 @@ class ServiceData:
 
     @cached_property
     def store(self) -> ImageStore:
-        return LocalDiskStore(self.settings.images_dir, reserve_bytes=self.settings.disk_reserve_bytes)
+        return make_store(self.settings)  # the local disk, or the S3 bucket of image_store: s3
 
     @cached_property
     def registry(self) -> ModelRegistry:

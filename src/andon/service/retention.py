@@ -16,6 +16,11 @@ When it is, nothing can be between an image and its record, and every temp file 
 names is removed whatever its age. When another process is serving (a second worker, a rolling restart), the
 start-up sweep keeps the retention rule: only files older than ``orphan_grace_s``. ``orphan_grace_s: None``
 turns the orphan sweep off at start-up too (temp files still go when the process is alone).
+
+An S3 bucket shared by replicas never answers "alone" (``S3Store.join_writers``): its start-up sweep always
+keeps the grace rule, so it never deletes another replica's just-written object whose record is about to
+commit. A store that cannot be reached at start-up (``StorageError``) skips the sweep; the service starts,
+not ready, and retention sweeps once the store is back.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
+from andon.errors import StorageError
 from andon.service.storage import ImageStore
 from andon.service.tables import REVIEW_NOT_REQUIRED, REVIEW_REVIEWED, Inspection, utcnow
 
@@ -87,6 +93,8 @@ def sweep_at_start(
         elif orphan_grace_s is not None:
             cutoff = now - dt.timedelta(seconds=orphan_grace_s)
             sweep_orphans(sessions, store, cutoff=cutoff, report=report, when="start-up")
+    except StorageError as exc:  # an object store that is down: serve (not ready, 503s) rather than crash-loop
+        log.warning("start-up sweep skipped: %s; retention sweeps orphans later", exc)
     finally:
         if alone:
             store.join_writers()  # exclusive -> shared: other processes may start writing now

@@ -11,8 +11,9 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from andon.errors import ConfigError
@@ -27,6 +28,11 @@ LineSink = Literal["mqtt", "modbus"]
 #: registers of one Modbus verdict block before the part id (sequence, result, flags, part id length)
 MODBUS_BLOCK_HEAD = 4
 _LINE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+# S3 names (docs/reliability.md, "Object storage")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IP_LIKE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+_REGION = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
 def _check_blocks(blocks: dict[str, int], kind: str, part_id_registers: int, taken: list[tuple[int, int, str]]) -> None:
@@ -162,6 +168,30 @@ class Settings(BaseSettings):
     )
     registry_poll_s: float = Field(1.0, ge=0.05, description="how often workers look for a promoted model")
 
+    # where images go: the local disk, or an S3-compatible bucket shared by replicas (docs/reliability.md)
+    image_store: Literal["local", "s3"] = Field(
+        "local", description="local: <data_dir>/images; s3: the bucket s3_bucket (needs the [s3] extra)"
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="http(s)://host[:port] of an S3-compatible server (MinIO, Ceph); None: AWS S3"
+    )
+    s3_bucket: str | None = Field(None, description="the bucket (it must exist); required with image_store: s3")
+    s3_prefix: str = Field("", max_length=512, description="object names start with <prefix>/ (e.g. plant1/line3)")
+    s3_region: str | None = Field(None, description="e.g. eu-central-1; None: the AWS chain's, else us-east-1")
+    s3_secret_access_key: SecretStr | None = Field(
+        None, description="with s3_access_key_id; None: the standard AWS chain (env, ~/.aws, instance role)"
+    )
+    s3_access_key_id: str | None = Field(None, min_length=1, max_length=128)
+    s3_connect_timeout_s: float = Field(1.0, gt=0.0, le=60.0, description="per attempt")
+    s3_read_timeout_s: float = Field(5.0, gt=0.0, le=300.0, description="per attempt")
+    s3_max_attempts: int = Field(
+        2,
+        ge=1,
+        le=10,
+        description="tries of one S3 call, the first included, before the frame gets 503: a store that hangs "
+        "answers 503 after about attempts x (read timeout + 1 s) plus a back-off of at most 1 s, 2 s, ... per retry",
+    )
+
     # decisions
     part_policy: PartPolicy = Field(
         "worst",
@@ -251,6 +281,62 @@ class Settings(BaseSettings):
     )
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        url = urlsplit(v)
+        if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
+            raise ValueError("an S3 endpoint is http(s)://host[:port], e.g. http://minio:9000")
+        if url.username is not None or url.password is not None:
+            raise ValueError("an S3 endpoint URL carries no credentials: use s3_access_key_id / s3_secret_access_key")
+        try:
+            url.port  # noqa: B018 - raises on a port that is no number or out of range
+        except ValueError:
+            raise ValueError("an S3 endpoint's port is a number from 1 to 65535") from None
+        return v.rstrip("/")
+
+    @field_validator("s3_bucket")
+    @classmethod
+    def _bucket(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            if info.data.get("image_store") == "s3":
+                raise ValueError("image_store: s3 needs s3_bucket (the name of an existing bucket)")
+            return v
+        if not _BUCKET.match(v) or ".." in v or _IP_LIKE.match(v) or v.startswith(("xn--", "sthree-")):
+            raise ValueError(
+                "a bucket name is 3-63 lowercase letters, digits, '.' and '-', starts and ends with a letter "
+                "or digit, has no '..', is not an IP address and does not start with 'xn--' or 'sthree-'"
+            )
+        return v
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _s3_prefix(cls, v: str) -> str:
+        v = v.strip("/")
+        if v and not _PREFIX.match(v):
+            raise ValueError(
+                "an S3 prefix is '/'-separated names of letters, digits, '.', '_' and '-', each starting with "
+                "a letter or digit (e.g. plant1/line3)"
+            )
+        return v
+
+    @field_validator("s3_region")
+    @classmethod
+    def _region(cls, v: str | None) -> str | None:
+        if v is not None and not _REGION.match(v):
+            raise ValueError("a region is lowercase letters, digits and '-', e.g. eu-central-1")
+        return v
+
+    @field_validator("s3_access_key_id")
+    @classmethod
+    def _key_pair(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # checked here, not on the secret: a bad-setting message shows the value it refused
+        if (v is None) != (info.data.get("s3_secret_access_key") is None):
+            raise ValueError("give s3_access_key_id and s3_secret_access_key together, or neither (the AWS chain)")
+        return v
 
     @field_validator("allowed_formats", mode="before")
     @classmethod

@@ -3,8 +3,9 @@
 ``put`` returns only once the bytes are durable: on local disk it writes a temp file in the target folder,
 fsyncs it, renames it over the final name (atomic on POSIX) and fsyncs the folder so that the rename itself
 survives a power cut. The service calls ``put`` before it commits the record and before it answers 2xx, so a
-2xx means the image and the record survive a crash. An S3-compatible store would implement the same
-protocol (PUT is atomic there; ``healthcheck`` would HEAD the bucket).
+2xx means the image and the record survive a crash. ``andon.service.s3store.S3Store`` implements the same
+protocol on an S3-compatible bucket (PUT is atomic there; ``healthcheck`` HEADs the bucket). ``make_store``
+builds the one the settings name (``image_store: local|s3``): every caller gets its store there.
 
 Free space: ``put`` refuses a write that would leave less than ``reserve_bytes`` free (``DiskFullError``,
 507), and a write the disk itself refuses (ENOSPC, EDQUOT) is the same error, so the last megabytes stay for
@@ -29,11 +30,14 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from andon.errors import DiskFullError, NotFoundError, StorageError
 from andon.fileio import fsync_dir
 from andon.fileio import write_atomic as _write_atomic
+
+if TYPE_CHECKING:
+    from andon.service.settings import Settings
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 _MB = 1024 * 1024
@@ -42,6 +46,12 @@ WRITERS_LOCK = ".writers.lock"
 #: ``healthcheck``'s probe file; one left behind means a process died between its write and its unlink
 _PROBE = ".healthcheck"
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def valid_key(key: str) -> bool:
+    """A store key: relative, '/'-separated names of letters, digits, '.', '_' and '-', each starting with a
+    letter or digit (so never '..', and never a dot file such as the writers' lock)."""
+    return bool(_KEY.match(key)) and ".." not in key.split("/")
 
 
 @runtime_checkable
@@ -90,7 +100,7 @@ class LocalDiskStore:
         self._lock_fd: int | None = None
 
     def _path(self, key: str) -> Path:
-        if not _KEY.match(key) or ".." in key.split("/"):
+        if not valid_key(key):
             raise ValueError(f"invalid storage key {key!r}")
         return self.root / key
 
@@ -215,3 +225,13 @@ def make_dirs_durably(folder: Path) -> None:
     for new in reversed(missing):
         new.mkdir(exist_ok=True)
         fsync_dir(new.parent)
+
+
+def make_store(settings: Settings) -> ImageStore:
+    """The image store ``settings`` name: the local disk under ``<data_dir>/images`` (the default), or an
+    S3-compatible bucket (``image_store: s3``; needs the ``[s3]`` extra)."""
+    if settings.image_store == "s3":
+        from andon.service.s3store import S3Store
+
+        return S3Store.from_settings(settings)
+    return LocalDiskStore(settings.images_dir, reserve_bytes=settings.disk_reserve_bytes)
