@@ -116,3 +116,191 @@ def test_registry_state_from_before_products_still_reads(tmp_path):
     registry.state_path.write_text(json.dumps({"active": "1", "products": ["SKU-A"]}))
     with pytest.raises(RegistryError, match="'products' must map"):
         registry.state()
+
+
+# ---- the API ---------------------------------------------------------------------------------------------
+
+
+def _engineer(client) -> tuple[str, dict[str, str]]:
+    """An engineer key (the service leaves open mode: every call below carries it)."""
+    from service_support import add_key, auth
+
+    secret = add_key(client, "engineer")
+    return secret, auth(secret)
+
+
+def test_promote_per_product_through_the_api_and_frames_judged_by_their_product(service):
+    from service_support import REVIEW, jpeg, post_frame
+
+    secret, key = _engineer(service)
+    r = service.post("/v1/models/a-1/promote", params={"product": "SKU-A"}, headers=key)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["active"] == "1" and body["products"] == {"SKU-A": {"active": "a-1", "previous": None}}
+    assert service.post("/v1/models/b-1/promote", params={"product": "SKU-B"}, headers=key).status_code == 200
+    # one frame that the default reviews (P(defect) ~0.47); SKU-A's stricter card rejects it; SKU-B has 3 classes
+    default = post_frame(service, jpeg(REVIEW, noise=1), key=secret).json()
+    a = post_frame(service, jpeg(REVIEW, noise=2), key=secret, product="SKU-A").json()
+    b = post_frame(service, jpeg(REVIEW, noise=3), key=secret, product="SKU-B").json()
+    assert (default["product"], default["model_version"], default["decision"]) == (None, "1", "review")
+    assert (a["product"], a["model_version"], a["decision"]) == ("SKU-A", "a-1", "reject")
+    assert (b["product"], b["model_version"]) == ("SKU-B", "b-1") and set(b["scores"]) == {"ok", "scratch", "dent"}
+    assert set(default["scores"]) == {"ok", "defect"}
+    stored = service.get(f"/v1/inspections/{a['id']}", headers=key).json()
+    assert (stored["product"], stored["decision"]) == ("SKU-A", "reject")
+    listed = service.get("/v1/inspections", params={"product": "SKU-A"}, headers=key).json()["items"]
+    assert [i["id"] for i in listed] == [a["id"]]
+    # a batch may mix products: each frame through its own product's model, in order
+    files = [("frame", (f"{i}.jpg", jpeg(REVIEW, noise=10 + i), "image/jpeg")) for i in range(3)]
+    meta = '[{"product": "SKU-A"}, {}, {"product": "SKU-B"}]'
+    batch = service.post(
+        "/v1/inspections/batch", files=files, data={"camera_id": "cam1", "line_id": "L1", "meta": meta}, headers=key
+    )
+    assert batch.status_code == 201, batch.text
+    assert [(i["product"], i["model_version"]) for i in batch.json()["items"]] == [
+        ("SKU-A", "a-1"),
+        (None, "1"),
+        ("SKU-B", "b-1"),
+    ]
+    rolled = service.post("/v1/models/rollback", params={"product": "SKU-A"}, headers=key)
+    assert rolled.status_code == 409 and "nothing to roll back to for product SKU-A" in rolled.json()["message"]
+
+
+def test_unknown_or_malformed_products_are_refused_with_the_known_ones_named(service):
+    from service_support import REVIEW, count_rows, jpeg, post_frame
+
+    secret, key = _engineer(service)
+    service.post("/v1/models/a-1/promote", params={"product": "SKU-A"}, headers=key)
+    r = post_frame(service, jpeg(REVIEW), key=secret, product="SKU-Z")
+    assert r.status_code == 422 and r.json()["error"] == "unknown_product", r.text
+    assert "'SKU-Z'" in r.json()["message"] and "known products: SKU-A" in r.json()["message"]
+    bad = post_frame(service, jpeg(REVIEW), key=secret, product="no spaces")
+    assert bad.status_code == 422 and bad.json()["error"] == "invalid_request" and "product" in bad.json()["message"]
+    r = service.put("/v1/lines/L1/product", json={"product": "SKU-Z"}, headers=key)
+    assert r.status_code == 422 and "known products: SKU-A" in r.json()["message"]
+    r = service.post("/v1/models/a-1/promote", params={"product": "x" * 70}, headers=key)
+    assert r.status_code == 422 and "not a valid product id" in r.json()["message"]
+    r = service.post("/v1/models/nope/promote", params={"product": "SKU-A"}, headers=key)
+    assert r.status_code == 404
+    assert service.put("/v1/lines/L1/product", json={"sku": "SKU-A"}, headers=key).status_code == 422
+    assert count_rows(service) == 0 and service.get("/v1/products/switches", headers=key).json()["items"] == []
+    assert service.app.state.ctx.registry.state().products == {"SKU-A": {"active": "a-1", "previous": None}}
+
+
+def test_a_line_runs_its_selected_product_until_it_is_switched_back(service):
+    from service_support import REVIEW, jpeg, post_frame
+
+    secret, key = _engineer(service)
+    service.post("/v1/models/a-1/promote", params={"product": "SKU-A"}, headers=key)
+    r = service.put("/v1/lines/L1/product", json={"product": "SKU-A"}, headers=key)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["product"], body["model_version"], body["changed"]) == ("SKU-A", "a-1", True)
+    assert body["switch"]["from_product"] is None and body["switch"]["actor"].startswith("key ")
+    on_l1 = post_frame(service, jpeg(REVIEW, noise=1), key=secret, line="L1").json()
+    on_l2 = post_frame(service, jpeg(REVIEW, noise=2), key=secret, line="L2").json()
+    named = post_frame(service, jpeg(REVIEW, noise=3), key=secret, line="L1", product="SKU-A").json()
+    assert (on_l1["product"], on_l1["decision"]) == ("SKU-A", "reject")
+    assert (on_l2["product"], on_l2["decision"]) == (None, "review")
+    assert named["product"] == "SKU-A"
+    assert service.get("/v1/lines/L1/product", headers=key).json()["product"] == "SKU-A"
+    listing = service.get("/v1/products", headers=key).json()
+    assert listing["lines"] == {"L1": "SKU-A"} and listing["products"][0]["lines"] == ["L1"]
+    assert listing["products"][0]["loaded"]["version"] == "a-1" and listing["default"] == "1"
+    assert service.put("/v1/lines/L1/product", json={"product": "SKU-A"}, headers=key).json()["changed"] is False
+    back = service.put("/v1/lines/L1/product", json={"product": None}, headers=key).json()
+    assert (back["product"], back["model_version"], back["changed"]) == (None, "1", True)
+    assert post_frame(service, jpeg(REVIEW, noise=4), key=secret, line="L1").json()["product"] is None
+    switches = service.get("/v1/products/switches", params={"line_id": "L1"}, headers=key).json()["items"]
+    assert [(s["from_product"], s["to_product"], s["source"]) for s in switches] == [
+        ("SKU-A", None, "api"),
+        (None, "SKU-A", "api"),
+    ]
+    assert service.put("/v1/lines/bad line/product", json={"product": None}, headers=key).status_code == 422
+
+
+def test_sku_switch_under_load(tmp_path):
+    """Four threads post frames to a real server (uvicorn) while a fifth flips line L1 between SKU-A and the
+    default through the API: every answer is wholly one product's (its model version and its thresholds'
+    decision), that product was in force on the line at some moment while the request was in flight, no
+    request fails, and every switch is recorded."""
+    import datetime as dt
+    import threading
+    import time
+
+    import httpx
+
+    from andon.service.auth import create_key
+    from andon.service.domain import open_service
+    from service_support import REVIEW, jpeg, live_server
+
+    files = _models(tmp_path)
+    settings = settings_for(tmp_path, files["1"], inference_threads=2, queue_size=64)
+    with open_service(settings) as data, data.sessions() as session:
+        _, secret = create_key(session, role="engineer")
+        session.commit()
+        data.registry.add_file(files["a-1"])
+    key = {"Authorization": f"Bearer {secret}"}
+    expected = {None: ("1", "review"), "SKU-A": ("a-1", "reject")}
+    answers: list[tuple[float, float, dict]] = []
+    errors: list[str] = []
+    flips: list[dict] = []
+    stop = threading.Event()
+    frames = [jpeg(REVIEW, noise=i) for i in range(1, 40)]
+
+    def poster(url: str, n: int) -> None:
+        with httpx.Client(base_url=url, timeout=30, headers=key) as c:
+            i = 0
+            while not stop.is_set():
+                sent = time.time()
+                r = c.post(
+                    "/v1/inspections",
+                    content=frames[(n * 7 + i) % len(frames)],
+                    params={"camera_id": f"cam{n}", "line_id": "L1"},
+                    headers={"Content-Type": "image/jpeg"},
+                )
+                got = time.time()
+                if r.status_code == 201:
+                    answers.append((sent, got, r.json()))
+                else:
+                    errors.append(f"{r.status_code} {r.text[:200]}")
+                i += 1
+
+    with live_server(settings) as url, httpx.Client(base_url=url, timeout=30, headers=key) as c:
+        assert c.post("/v1/models/a-1/promote", params={"product": "SKU-A"}).status_code == 200
+        threads = [threading.Thread(target=poster, args=(url, n)) for n in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        for i in range(24):
+            product = "SKU-A" if i % 2 == 0 else None
+            r = c.put("/v1/lines/L1/product", json={"product": product})
+            assert r.status_code == 200, r.text
+            flips.append(r.json())
+            time.sleep(0.04)
+        time.sleep(0.2)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        recorded = c.get("/v1/products/switches", params={"line_id": "L1", "limit": 1000}).json()["items"][::-1]
+        stored = c.get("/v1/inspections", params={"product": "SKU-A", "limit": 500}).json()["items"]
+    assert not errors, errors[:5]
+    assert len(answers) >= 60, len(answers)
+    assert all(f["changed"] for f in flips) and len(recorded) == len(flips) == 24
+    assert [r["id"] for r in recorded] == [f["switch"]["id"] for f in flips]
+    assert [r["to_product"] for r in recorded] == [f["product"] for f in flips]
+    assert [r["from_product"] for r in recorded] == [None] + [r["to_product"] for r in recorded[:-1]]
+    switched = [(dt.datetime.fromisoformat(r["at"]), r["to_product"]) for r in recorded]
+    seen = {None: 0, "SKU-A": 0}
+    for sent, got, a in answers:
+        version, decision = expected[a["product"]]
+        assert (a["model_version"], a["decision"], set(a["scores"])) == (version, decision, {"ok", "defect"}), a
+        seen[a["product"]] += 1
+        # in force at some moment of [sent, got]: the product before the request, or one switched to during it
+        start = dt.datetime.fromtimestamp(sent, dt.timezone.utc)
+        end = dt.datetime.fromtimestamp(got, dt.timezone.utc)
+        before = [p for at, p in switched if at <= start]
+        in_force = {before[-1] if before else None} | {p for at, p in switched if start < at <= end}
+        assert a["product"] in in_force, (a["product"], in_force, start, end)
+    assert seen[None] > 5 and seen["SKU-A"] > 5, seen
+    assert len(stored) == seen["SKU-A"]  # every record names the product it was judged under

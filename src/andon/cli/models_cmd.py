@@ -1,5 +1,8 @@
 """``andon models add/list/promote/rollback/shadow``: the model registry in the service data folder.
 
+``--product SKU`` on promote and rollback works on that product's own active version (recipes per product:
+docs/line.md); a line runs a product once it is selected (``PUT /v1/lines/{line_id}/product`` or OPC UA).
+
 A running service follows the registry within a second (it loads, validates and warms the new model before
 switching), so these commands work on a live line too; the same operations exist as /v1/models routes.
 """
@@ -36,8 +39,19 @@ def _registry(config: Path | None, data_dir: Path | None) -> Iterator[ModelRegis
         yield service.registry
 
 
-def _show_state(registry) -> None:
+ProductOpt = typer.Option(
+    None, "--product", help="A product (SKU): its own active version instead of the default's.", metavar="SKU"
+)
+
+
+def _show_state(registry, product: str | None = None) -> None:
     state = registry.state()
+    if product is not None:
+        entry = state.products.get(product) or {}
+        typer.echo(
+            f"product {product}: active: {entry.get('active') or 'none'} | previous: {entry.get('previous') or 'none'}"
+        )
+        return
     typer.echo(
         f"active: {state.active or 'none'} | previous: {state.previous or 'none'} | shadow: {state.shadow or 'none'}"
     )
@@ -68,7 +82,7 @@ def add(
 
 @models_app.command("list")
 def list_(config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt) -> None:
-    """Registered versions, with the active, previous and shadow ones marked."""
+    """Registered versions, with the active, previous and shadow ones marked; then the products and their lines."""
     from rich.console import Console
     from rich.table import Table
 
@@ -85,28 +99,44 @@ def list_(config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt) -
                 if e.version == state.shadow
                 else ""
             )
+            for sku, p in sorted(state.products.items()):
+                for what in ("active", "previous"):
+                    if p.get(what) == e.version:
+                        role = ", ".join(filter(None, [role, f"{what} of {sku}"]))
             table.add_row(e.version, e.name, e.content_hash[:12], f"{e.size_bytes / 1e6:.1f} MB", e.added_at[:19], role)
-        Console().print(table)
+        console = Console()
+        console.print(table)
+        products = Table("product", "active", "previous", "lines running it")
+        for sku, p in sorted(state.products.items()):
+            lines = ", ".join(sorted(line for line, chosen in state.lines.items() if chosen == sku))
+            products.add_row(sku, p.get("active") or "none", p.get("previous") or "none", lines or "-")
+        if state.products:
+            console.print(products)
+        else:
+            console.print("products: none (every line runs the default: 'andon models promote VERSION --product SKU')")
 
 
 @models_app.command("promote")
 def promote(
     version: str = typer.Argument(..., help="A registered version."),
+    product: str | None = ProductOpt,
     config: Path | None = ConfigOpt,
     data_dir: Path | None = DataDirOpt,
 ) -> None:
-    """Make VERSION active (the active one becomes the rollback target)."""
+    """Make VERSION active, of the default or of --product SKU (the active one becomes the rollback target)."""
     with _registry(config, data_dir) as registry:
-        registry.promote(version)
-        _show_state(registry)
+        registry.promote(version, product=product)
+        _show_state(registry, product)
 
 
 @models_app.command("rollback")
-def rollback(config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt) -> None:
-    """Swap back to the previous active model."""
+def rollback(
+    product: str | None = ProductOpt, config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt
+) -> None:
+    """Swap back to the previous active model (of the default, or of --product SKU)."""
     with _registry(config, data_dir) as registry:
-        registry.rollback()
-        _show_state(registry)
+        registry.rollback(product=product)
+        _show_state(registry, product)
 
 
 @models_app.command("shadow")

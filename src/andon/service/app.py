@@ -30,7 +30,7 @@ from andon.service.pipeline import Pipeline
 from andon.service.products import ProductSelector
 from andon.service.retention import prune, sweep_at_start
 from andon.service.review.web import install as install_review_station
-from andon.service.routes import health, inspections, keys, models, parts
+from andon.service.routes import health, inspections, keys, models, parts, products
 from andon.service.runtime import ModelRuntime
 from andon.service.settings import Settings
 
@@ -114,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ctx = ctx
     app.state.metrics = ctx.metrics
     errors.install(app)
-    for router in (inspections.router, parts.router, models.router, keys.router, health.router):
+    for router in (inspections.router, parts.router, models.router, products.router, keys.router, health.router):
         app.include_router(router)
     install_review_station(app)
     openapi.install(app)

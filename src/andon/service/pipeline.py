@@ -81,6 +81,8 @@ class _Done:
     header: ImageHeader
     result: InspectionResult
     timings: dict[str, float]
+    #: the product (SKU) it was judged under; None: the default
+    product: str | None = None
 
 
 @dataclass
@@ -178,18 +180,20 @@ class Pipeline:
             if not todo:
                 return self._outcome(stored, [True] * len(frames), heatmap, [])
             models = self.runtime.snapshot()
-            if models.active is None:
+            judged = [models.judge(f.meta.line_id, f.meta.product) for f in todo]  # one snapshot: no half switch
+            if any(inspector is None for _, inspector in judged):
                 raise NoModelError(
                     self.runtime.last_error or "no active model: add one with 'andon models add' and promote it"
                 )
             slots.take(len(todo))
             try:
-                headers = await run_in_threadpool(self._intake, todo, models.active)
-                cost = sum(decode_cost(h, models.active.card.preprocess.input_size) for h in headers)
+                inspectors = [inspector for _, inspector in judged]
+                headers = await run_in_threadpool(self._intake, todo, inspectors)
+                cost = sum(decode_cost(h, m.card.preprocess.input_size) for h, m in zip(headers, inspectors))
                 what = "this frame" if len(todo) == 1 else f"these {len(todo)} frames"
                 memory: Reservation = self.admission.reserve(cost, f"decoding {what}")
                 try:
-                    done = await self._infer(models.active, todo, headers, large=memory.large)
+                    done = await self._judge(judged, todo, headers, large=memory.large)
                 finally:
                     self.admission.unreserve(memory)  # the pixels are gone once inference returns
             finally:
@@ -200,7 +204,11 @@ class Pipeline:
             fresh = iter(rows)
             replayed = [row is not None for row in stored]
             merged = [row if row is not None else next(fresh) for row in stored]
-            after = [self._shadow_job(models.shadow, d, row) for d, row in zip(done, rows) if models.shadow is not None]
+            after = [
+                self._shadow_job(models.shadow, d, row)
+                for d, row in zip(done, rows)
+                if models.shadow is not None and d.product is None  # the shadow stands beside the default model
+            ]
             heat = {row.id: d.result.display_map for d, row in zip(done, rows)}
             return self._outcome(merged, replayed, heatmap, after, heat)
         raise StorageError("could not store the frame after 3 attempts (concurrent retries); retry")
@@ -228,14 +236,17 @@ class Pipeline:
             out.append(row)
         return out
 
-    def _intake(self, frames: list[IncomingFrame], inspector: Inspector) -> list[ImageHeader]:
-        """Header and structure of each frame, its cost checked against the model; trailing data dropped.
+    def _intake(self, frames: list[IncomingFrame], inspectors: Inspector | list[Inspector]) -> list[ImageHeader]:
+        """Header and structure of each frame, its cost checked against its model; trailing data dropped.
 
         Runs in a worker thread: the structure walk reads the whole file (CRCs, scan data).
         """
-        settings, target = self.settings, inspector.card.preprocess.input_size
+        settings = self.settings
+        if isinstance(inspectors, Inspector):
+            inspectors = [inspectors] * len(frames)
         headers = []
-        for i, f in enumerate(frames):
+        for i, (f, inspector) in enumerate(zip(frames, inspectors)):
+            target = inspector.card.preprocess.input_size
             f.sha256  # noqa: B018 - the body's hash (idempotency) before the trailing data goes
             try:
                 header = probe(f.data, max_pixels=settings.max_pixels, allowed_formats=settings.allowed_formats)
@@ -253,6 +264,28 @@ class Pipeline:
                 f.data = f.data[: header.end]
             headers.append(header)
         return headers
+
+    async def _judge(
+        self,
+        judged: list[tuple[str | None, Inspector]],
+        frames: list[IncomingFrame],
+        headers: list[ImageHeader],
+        *,
+        large: bool = False,
+    ) -> list[_Done]:
+        """Each frame through the model of its product (frames of one product in one batch run), in order."""
+        groups: dict[int, list[int]] = {}
+        for i, (_, inspector) in enumerate(judged):
+            groups.setdefault(id(inspector), []).append(i)
+        done: list[_Done | None] = [None] * len(frames)
+        for indices in groups.values():
+            inspector = judged[indices[0]][1]
+            chunk = [frames[i] for i in indices], [headers[i] for i in indices]
+            part = await self._infer(inspector, *chunk, large=large)
+            for i, d in zip(indices, part):
+                d.product = judged[i][0]
+                done[i] = d
+        return done  # type: ignore[return-value]
 
     async def _infer(
         self, inspector: Inspector, frames: list[IncomingFrame], headers: list[ImageHeader], *, large: bool = False
@@ -459,6 +492,7 @@ def _row(d: _Done, inspection_id: str, now: dt.datetime) -> Inspection:
         timings_ms={},
         reason=r.reason or None,
         anomaly_score=None if r.anomaly_score is None else float(r.anomaly_score),
+        product=d.product,
         **{k: (r.quality or {}).get(k) for k in ("brightness", "contrast", "focus")},
     )
 

@@ -12,6 +12,8 @@ from andon.service.tables import Inspection
 _ID = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
 
 DecisionName = Literal["pass", "review", "reject"]
+#: a product (SKU) id: as a model version (andon.service.registry.check_product)
+_PRODUCT = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 
 
 class FrameMeta(BaseModel):
@@ -24,6 +26,13 @@ class FrameMeta(BaseModel):
     part_id: str | None = Field(None, min_length=1, max_length=128, pattern=_ID)
     serial: str | None = Field(None, min_length=1, max_length=128)
     captured_at: dt.datetime | None = Field(None, description="capture time (ISO 8601 with a time zone)")
+    product: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=_PRODUCT,
+        description="the product (SKU) to judge the frame as; default: the line's selected product, else the default",
+    )
 
     @field_validator("captured_at")
     @classmethod
@@ -57,6 +66,7 @@ class InspectionOut(BaseModel):
     reasons: list[str]
     model_version: str
     model_hash: str
+    product: str | None = Field(None, description="the product (SKU) it was judged under; null: the default product")
     image_size: tuple[int, int] = Field(description="(height, width) of the frame")
     image_format: str
     image_stored: bool
@@ -86,6 +96,7 @@ class InspectionOut(BaseModel):
             reasons=row.reasons,
             model_version=row.model_version,
             model_hash=row.model_hash,
+            product=row.product,
             image_size=(row.image_height, row.image_width),
             image_format=row.image_format,
             image_stored=row.image_key is not None,
@@ -145,6 +156,10 @@ class RegistryOut(BaseModel):
     loaded_shadow: LoadedModel | None
     load_error: str | None
     versions: list[ModelVersionOut]
+    products: dict[str, dict[str, str | None]] = Field(
+        default_factory=dict, description="product (SKU) -> its active and previous version"
+    )
+    lines: dict[str, str] = Field(default_factory=dict, description="line -> the product it runs now")
 
 
 class ShadowIn(BaseModel):
@@ -191,3 +206,45 @@ class RetentionOut(BaseModel):
     #: stored files no record named (left by a crash between image and record), deleted
     orphans_removed: int = 0
     orphan_bytes: int = 0
+
+
+class ProductOut(BaseModel):
+    product: str
+    active: str | None
+    previous: str | None
+    loaded: LoadedModel | None = Field(description="the model this process judges the product's frames with")
+    lines: list[str] = Field(description="the lines that run this product now")
+
+
+class ProductsOut(BaseModel):
+    products: list[ProductOut]
+    default: str | None = Field(description="the default product's active version (frames of lines without one)")
+    lines: dict[str, str] = Field(description="line -> the product it runs (lines not named run the default)")
+
+
+class LineProductIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    product: str | None = Field(description="a product with a model promoted for it, or null for the default")
+
+
+class ProductSwitchOut(BaseModel):
+    id: int
+    at: dt.datetime = Field(description="when it took effect in the process that made it")
+    line_id: str
+    from_product: str | None
+    to_product: str | None
+    source: str
+    actor: str | None
+    generation: int
+
+
+class LineProductOut(BaseModel):
+    line_id: str
+    product: str | None = Field(description="the product the line runs now; null: the default")
+    model_version: str | None = Field(description="the version its frames are judged with")
+    changed: bool | None = Field(None, description="PUT: whether this call switched the product")
+    switch: ProductSwitchOut | None = Field(None, description="PUT: the recorded switch, when there was one")
+
+
+class ProductSwitchPage(BaseModel):
+    items: list[ProductSwitchOut]

@@ -100,6 +100,7 @@ def late_verdict(row: LineOutbox, sequence: int, now: dt.datetime) -> Verdict:
         late=late,
         cameras=cameras,
         missing=missing,
+        product=row.product,
     )
 
 
@@ -356,6 +357,7 @@ class Line:
                 decision=row.decision,
                 reason=row.reason,
                 model_version=row.model_version,
+                product=row.product,
                 received_at=received,
                 deadline_at=deadline,
                 created_at=now,
@@ -438,6 +440,7 @@ class Line:
                     decision=first["decision"] if worst is not None else PENDING,
                     reason=first["reason"] if worst is not None else None,
                     model_version=first["model_version"],
+                    product=frame.product,
                     received_at=received,
                     deadline_at=deadline,
                     created_at=now,

@@ -44,6 +44,8 @@ class Verdict:
     cameras: dict[str, str] | None = None
     #: a part verdict's cameras that had not reported by the deadline (the decision is then reject)
     missing: tuple[str, ...] = ()
+    #: the product (SKU) the verdict was judged under; None: the default product
+    product: str | None = None
 
     def __post_init__(self) -> None:
         result_code(self.decision)
@@ -71,6 +73,7 @@ class Verdict:
             "model_decision": self.model_decision,
             "reason": self.reason,
             "model_version": self.model_version,
+            "product": self.product,
             "received_at": self.received_at.isoformat().replace("+00:00", "Z"),
             "latency_ms": round(self.latency_ms, 3),
             "late": self.late,

@@ -35,7 +35,7 @@ from andon.service.tables import REVIEW_STATUSES, Inspection
 router = APIRouter(prefix="/v1/inspections", tags=["inspections"])
 
 _FILE_FIELDS = ("frame", "file", "image")
-_META_FIELDS = ("camera_id", "line_id", "part_id", "serial", "captured_at")
+_META_FIELDS = ("camera_id", "line_id", "part_id", "serial", "captured_at", "product")
 _MEDIA = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff"}
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -68,7 +68,7 @@ _BATCH_BODY = {
         "required": True,
         "description": "multipart: repeated file field 'frame'; shared "
         "metadata fields; optional 'meta', a JSON list with one object per frame (camera_id, line_id, "
-        "part_id, serial, captured_at, idempotency_key) overriding the shared fields",
+        "part_id, serial, captured_at, product, idempotency_key) overriding the shared fields",
         "content": {
             "multipart/form-data": {
                 "schema": {
@@ -109,6 +109,10 @@ async def create_inspection(
     serial: Annotated[str | None, Query(max_length=128)] = None,
     captured_at: Annotated[str | None, Query(max_length=64, description="ISO 8601 with a time zone")] = None,
     heatmap: Annotated[bool, Query(description="include the heatmap grid in the answer")] = False,
+    product: Annotated[
+        str | None,
+        Query(max_length=64, description="the product (SKU) to judge as; default: the line's selected product"),
+    ] = None,
 ) -> Any:
     started = time.perf_counter()
     query = {
@@ -117,6 +121,7 @@ async def create_inspection(
         "part_id": part_id,
         "serial": serial,
         "captured_at": captured_at,
+        "product": product,
     }
     _check_encoding(request)
     weight = 0 if idempotency_key else ctx.admission.acquire(1)  # a retry is looked up before it takes a slot
@@ -185,6 +190,7 @@ def list_inspections(
     decision: Annotated[list[DecisionName] | None, Query(description="repeatable")] = None,
     review_status: Annotated[list[str] | None, Query(description=f"repeatable: {', '.join(REVIEW_STATUSES)}")] = None,
     model_version: Annotated[str | None, Query(max_length=128)] = None,
+    product: Annotated[str | None, Query(max_length=64, description="the product (SKU) judged under")] = None,
     since: Annotated[dt.datetime | None, Query(description="created at or after (ISO 8601)")] = None,
     until: Annotated[dt.datetime | None, Query(description="created before (ISO 8601)")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -196,6 +202,7 @@ def list_inspections(
         (Inspection.camera_id, camera_id),
         (Inspection.part_id, part_id),
         (Inspection.model_version, model_version),
+        (Inspection.product, product),
     ):
         if value is not None:
             query = query.where(column == value)

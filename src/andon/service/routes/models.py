@@ -1,5 +1,8 @@
 """/v1/models: the registry through the API (engineer keys only): add, list, promote, roll back, shadow.
 
+``?product=SKU`` on promote and rollback works on that product's active/previous version (recipes per
+product, ``andon.service.products``); without it, on the default, as always.
+
 Every refusal goes through ``public()``: the answer names the version or "upload" and says what is allowed,
 never a server path or onnxruntime's own text (the log keeps those). An invalid version name is a bad
 request (422 invalid_request); a clash with what the registry holds is a conflict (409).
@@ -9,9 +12,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import case, func, select
 from starlette.concurrency import run_in_threadpool
 
@@ -21,6 +24,11 @@ from andon.service.schemas import LoadedModel, ModelVersionOut, RegistryOut, Sha
 from andon.service.tables import ShadowResult
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+
+ProductQuery = Annotated[
+    str | None,
+    Query(max_length=200, description="a product (SKU): its own active version, instead of the default's"),
+]
 
 _ONNX_BODY = {
     "requestBody": {
@@ -61,6 +69,8 @@ def registry_view(ctx) -> RegistryOut:
         loaded_shadow=_loaded(models.shadow),
         load_error=ctx.registry.redact(ctx.runtime.last_error) if ctx.runtime.last_error else None,
         versions=versions,
+        products=state.products,
+        lines=state.lines,
     )
 
 
@@ -104,17 +114,17 @@ async def add_model(request: Request, response: Response, ctx: ContextDep, _: Ca
     response_model=RegistryOut,
     summary="Make a version active: load, validate, warm up, then switch atomically",
 )
-async def promote(version: str, ctx: ContextDep, _: CanManage) -> Any:
+async def promote(version: str, ctx: ContextDep, _: CanManage, product: ProductQuery = None) -> Any:
     with public(ctx):
-        await run_in_threadpool(ctx.runtime.promote, version)
+        await run_in_threadpool(lambda: ctx.runtime.promote(version, product=product))
     ctx.metrics.model_swaps.inc()
     return registry_view(ctx)
 
 
 @router.post("/rollback", response_model=RegistryOut, summary="Swap back to the previous version")
-async def rollback(ctx: ContextDep, _: CanManage) -> Any:
+async def rollback(ctx: ContextDep, _: CanManage, product: ProductQuery = None) -> Any:
     with public(ctx):
-        await run_in_threadpool(ctx.runtime.rollback)
+        await run_in_threadpool(lambda: ctx.runtime.rollback(product=product))
     ctx.metrics.model_swaps.inc()
     return registry_view(ctx)
 
