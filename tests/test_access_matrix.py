@@ -330,6 +330,13 @@ def _shadow(w: World, c: Cred):
     return w.request("PUT", "/v1/models/shadow", c, json={"version": "2"})
 
 
+def _line_product(w: World, c: Cred):
+    """Flip line L9 between product SKU-M (model 2) and the default: each allowed call is a real switch."""
+    w.ctx.runtime.promote("2", product="SKU-M")
+    product = "SKU-M" if w.ctx.products.current("L9") is None else None
+    return w.request("PUT", "/v1/lines/L9/product", c, json={"product": product})
+
+
 def _verdict(w: World, c: Cred):
     frame = w.flagged_frame()
     return w.request("POST", f"/v1/inspections/{frame}/verdicts", c, json={"verdict": "confirm_defect"})
@@ -384,6 +391,10 @@ RULES: dict[str, tuple[str, Call]] = {
     "PUT /v1/models/shadow": ("manage", _shadow),
     "DELETE /v1/models/shadow": ("manage", lambda w, c: w.request("DELETE", "/v1/models/shadow", c)),
     "GET /v1/models/shadow": ("manage", _get("/v1/models/shadow")),
+    "GET /v1/products": ("read", _get("/v1/products")),
+    "GET /v1/products/switches": ("read", _get("/v1/products/switches")),
+    "GET /v1/lines/{line_id}/product": ("read", _get("/v1/lines/L9/product")),
+    "PUT /v1/lines/{line_id}/product": ("manage", _line_product),
     "POST /v1/keys": ("manage", lambda w, c: w.request("POST", "/v1/keys", c, json={"role": "operator"})),
     "GET /v1/keys": ("manage", _get("/v1/keys")),
     "DELETE /v1/keys/{key_id}": ("manage", lambda w, c: w.request("DELETE", f"/v1/keys/{w.fresh_key_id()}", c)),
