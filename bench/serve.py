@@ -78,6 +78,11 @@ def default_model(out: Path, frames: list[bytes]) -> Path:
     rng = np.random.default_rng(0)
     export_model(model, card, out, rng.standard_normal((2, 3, 224, 224)).astype(np.float32))
     scores = sorted(Inspector.load(out).inspect(f).defect_score for f in frames)
+    if scores[-1] - scores[-2] < 1e-6:  # a cut between equal scores would flag every frame, not 1 in 10
+        raise SystemExit(
+            f"the bench model gives the frames equal scores ({scores[-1]:.4f}): no threshold flags 1 in 10; "
+            f"put the ImageNet weights at {shared} or pass --model"
+        )
     cut = float((scores[-1] + scores[-2]) / 2)
     graph = onnx.load(str(out))
     embed_card(

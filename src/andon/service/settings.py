@@ -25,6 +25,8 @@ CONFIG_ENV = "ANDON_CONFIG"
 PartPolicy = Literal["worst", "majority"]
 #: where verdicts go besides the camera's HTTP answer (docs/line.md)
 LineSink = Literal["mqtt", "modbus"]
+#: the alarms the service can watch (docs/line.md, "Alarms")
+AlarmKind = Literal["p_chart", "score_drift", "frame_quality"]
 #: registers of one Modbus verdict block before the part id (sequence, result, flags, part id length)
 MODBUS_BLOCK_HEAD = 4
 _LINE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
@@ -279,6 +281,95 @@ class Settings(BaseSettings):
         description="line id (one of line_cameras) -> first holding register of its part verdict block (the "
         "same layout as a camera's block)",
     )
+    modbus_alarm_registers: dict[str, int] = Field(
+        default_factory=dict,
+        description="line id -> holding register of its alarm bits (bit 0 p-chart, bit 1 score drift, bit 2 "
+        "frame quality; docs/line.md, 'Alarms'); lines without one get no alarms on the PLC",
+    )
+
+    # alarms: on the line dashboard, GET /v1/alarms and the line sinks (docs/line.md, "Alarms")
+    alarms: list[AlarmKind] = Field(
+        default_factory=list,
+        description="the alarms the service watches: p_chart (reject/review rate outside its p-chart limits), "
+        "score_drift (PSI at or above alarm_drift_psi), frame_quality (a camera's brightness, contrast or focus "
+        "outside its usual band); empty: none",
+    )
+    alarm_interval_s: float = Field(30.0, ge=0.05, le=3600.0, description="how often the alarms are evaluated")
+    alarm_window_s: float = Field(
+        3600.0,
+        ge=2.0,
+        le=7 * 86400.0,
+        description="the frames an evaluation reads: the newest subgroup against the p-chart of this window",
+    )
+    alarm_subgroup_s: float = Field(
+        300.0,
+        ge=1.0,
+        le=86400.0,
+        description="the newest subgroup (the frames of the last this many seconds) is the point each alarm "
+        "judges; the window holds 2 to 1000 subgroups",
+    )
+    alarm_min_frames: int = Field(
+        30, ge=1, le=1_000_000, description="a newest subgroup with fewer frames is not judged (alarms unchanged)"
+    )
+    alarm_p_chart_rates: list[Literal["reject", "review"]] = Field(
+        default_factory=lambda: ["reject", "review"], description="the rates p_chart alarms watch"
+    )
+    alarm_p_chart_sigmas: float = Field(3.0, ge=1.0, le=6.0, description="p-chart limits: centre +- this many sigma")
+    alarm_p_chart_scope: Literal["line", "camera"] = Field(
+        "line", description="one p-chart per line (all its cameras), or one per camera"
+    )
+    alarm_drift_psi: float = Field(
+        0.25, gt=0.0, le=10.0, description="score_drift is raised at this PSI or above (0.25: a major shift)"
+    )
+    alarm_quality_sigmas: float = Field(
+        3.0, ge=1.0, le=20.0, description="frame_quality: the usual band is median +- this many robust sigma"
+    )
+
+    # the PLC's acknowledgement (Modbus) and andon's OPC UA server (docs/line.md, "OPC UA" and "PLC acknowledgement")
+    modbus_ack_registers: dict[str, int] = Field(
+        default_factory=dict,
+        description="camera id (of modbus_blocks) or line id (of modbus_part_blocks) -> the holding register "
+        "the PLC writes the sequence of the verdict it has taken into; andon reads it back before it writes "
+        "that block's next verdict; empty (default): no acknowledgement",
+    )
+    modbus_ack_timeout_ms: float = Field(
+        100.0,
+        ge=1.0,
+        le=10_000.0,
+        description="how long andon waits for the PLC's acknowledgement before it writes the block's next "
+        "verdict anyway and records the last one as unacknowledged",
+    )
+    opcua_endpoint: str = Field(
+        "opc.tcp://127.0.0.1:4840/andon",
+        description="where andon's OPC UA server listens: opc.tcp://host:port[/path] (0.0.0.0: every interface)",
+    )
+    opcua_namespace: str = Field(
+        "urn:andon:line", min_length=5, max_length=200, description="the namespace URI of andon's nodes"
+    )
+    opcua_cameras: list[str] = Field(
+        default_factory=list,
+        description="cameras with a Result on the OPC UA server, besides those of line_cameras (each line of "
+        "line_cameras has a part Result)",
+    )
+    opcua_security: Literal["none", "basic256sha256"] = Field(
+        "none",
+        description="none: an unsigned, unencrypted channel (SecurityPolicy None); basic256sha256: signed and "
+        "encrypted channels only (Sign, SignAndEncrypt), with opcua_certificate and opcua_private_key",
+    )
+    opcua_certificate: Path | None = Field(None, description="the server's certificate (PEM or DER)")
+    opcua_private_key: Path | None = Field(None, description="the certificate's private key (PEM or DER)")
+    opcua_anonymous: bool = Field(False, description="allow anonymous sessions (say so explicitly)")
+    opcua_username: str | None = Field(
+        None, min_length=1, max_length=64, description="the one user account (the PLC's), with opcua_password"
+    )
+    opcua_password: SecretStr | None = Field(None, description="the password of opcua_username")
+    opcua_ack_timeout_ms: float | None = Field(
+        None,
+        ge=1.0,
+        le=10_000.0,
+        description="the PLC writes each Result's Sequence into its Ack; andon waits this long for it before the "
+        "Result's next verdict; None (default): no acknowledgement (Ack is read-only)",
+    )
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -423,6 +514,150 @@ class Settings(BaseSettings):
             (a, a + size, f"the block of camera {c!r}") for c, a in (info.data.get("modbus_blocks") or {}).items()
         ]
         _check_blocks(v, "line", info.data.get("modbus_part_id_registers", 8), taken)
+        return v
+
+    @field_validator("modbus_alarm_registers")
+    @classmethod
+    def _alarm_registers(cls, v: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        size = MODBUS_BLOCK_HEAD + info.data.get("modbus_part_id_registers", 8)
+        beat = info.data.get("modbus_heartbeat_register", 0)
+        taken = [(beat, beat + 1, "the heartbeat register")]
+        for kind, blocks in (("camera", "modbus_blocks"), ("line", "modbus_part_blocks")):
+            taken += [(a, a + size, f"the block of {kind} {c!r}") for c, a in (info.data.get(blocks) or {}).items()]
+        for line, register in sorted(v.items(), key=lambda kv: kv[1]):
+            if not _LINE_ID.match(line) or len(line) > 64:
+                raise ValueError(f"{line!r} is not a line id (letters, digits, . _ : / -; at most 64)")
+            if not 0 <= register <= 65535:
+                raise ValueError(f"the alarm register of line {line!r} is {register}; registers are 0 to 65535")
+            for lo, hi, what in taken:
+                if lo <= register < hi:
+                    raise ValueError(
+                        f"the alarm register of line {line!r} ({register}) overlaps {what} (registers {lo}-{hi - 1})"
+                    )
+            taken.append((register, register + 1, f"the alarm register of line {line!r}"))
+        return v
+
+    @field_validator("alarms")
+    @classmethod
+    def _alarm_kinds(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each alarm may be named once; got {v}")
+        if v and info.data.get("workers", 1) > 1:
+            raise ValueError(
+                f"alarms need workers: 1 (one process evaluates them); got workers: {info.data.get('workers')}"
+            )
+        return v
+
+    @field_validator("alarm_subgroup_s")
+    @classmethod
+    def _alarm_subgroup(cls, v: float, info: ValidationInfo) -> float:
+        window = info.data.get("alarm_window_s")
+        if window is not None and not 2 <= window / v <= 1000:
+            raise ValueError(
+                f"alarm_window_s ({window:g} s) must hold 2 to 1000 subgroups of alarm_subgroup_s; got {window / v:.3g}"
+            )
+        return v
+
+    @field_validator("alarm_p_chart_rates")
+    @classmethod
+    def _alarm_rates(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each rate may be named once; got {v}")
+        if not v and "p_chart" in (info.data.get("alarms") or []):
+            raise ValueError("alarms names p_chart but alarm_p_chart_rates is empty: name reject, review or both")
+        return v
+
+    @field_validator("modbus_ack_registers")
+    @classmethod
+    def _ack_registers(cls, v: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        cameras, lines = info.data.get("modbus_blocks") or {}, info.data.get("modbus_part_blocks") or {}
+        size = MODBUS_BLOCK_HEAD + info.data.get("modbus_part_id_registers", 8)
+        beat = info.data.get("modbus_heartbeat_register", 0)
+        taken = [(beat, beat + 1, "the heartbeat register")]
+        taken += [(a, a + size, f"the block of camera {c!r}") for c, a in cameras.items()]
+        taken += [(a, a + size, f"the block of line {c!r}") for c, a in lines.items()]
+        taken += [
+            (a, a + 1, f"the alarm register of line {c!r}")
+            for c, a in (info.data.get("modbus_alarm_registers") or {}).items()
+        ]
+        for name, register in sorted(v.items(), key=lambda kv: kv[1]):
+            if name in cameras and name in lines:
+                raise ValueError(f"{name!r} is both a camera and a line with a block: its ack register is ambiguous")
+            if name not in cameras and name not in lines:
+                raise ValueError(
+                    f"ack register for {name!r}, which has no block; cameras: {sorted(cameras) or 'none'}, "
+                    f"lines: {sorted(lines) or 'none'}"
+                )
+            if not 0 <= register <= 65535:
+                raise ValueError(f"the ack register of {name!r} is {register}; registers are 0 to 65535")
+            for lo, hi, what in taken:
+                if lo <= register < hi:
+                    raise ValueError(
+                        f"the ack register of {name!r} ({register}) overlaps {what} (registers {lo}-{hi - 1})"
+                    )
+            taken.append((register, register + 1, f"the ack register of {name!r}"))
+        return v
+
+    @field_validator("opcua_endpoint")
+    @classmethod
+    def _opcua_endpoint(cls, v: str) -> str:
+        url = urlsplit(v)
+        try:
+            port = url.port
+        except ValueError:
+            port = -1
+        if url.scheme != "opc.tcp" or not url.hostname or port is None or not 1 <= port <= 65535:
+            raise ValueError(
+                "an OPC UA endpoint is opc.tcp://host:port[/path], port 1 to 65535, e.g. opc.tcp://0.0.0.0:4840/andon"
+            )
+        if url.username or url.password or url.query or url.fragment:
+            raise ValueError("an OPC UA endpoint carries no credentials, query or fragment: opc.tcp://host:port[/path]")
+        return v
+
+    @field_validator("opcua_namespace")
+    @classmethod
+    def _opcua_namespace(cls, v: str) -> str:
+        if not v.startswith(("urn:", "http://", "https://")) or any(c.isspace() or not c.isprintable() for c in v):
+            raise ValueError("an OPC UA namespace is a URI without spaces, e.g. urn:andon:plant1:line3")
+        return v
+
+    @field_validator("opcua_cameras")
+    @classmethod
+    def _opcua_cameras(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        for name in v:
+            if not _LINE_ID.match(name) or len(name) > 64:
+                raise ValueError(f"{name!r} is not a camera id (letters, digits, . _ : / -; at most 64)")
+        if len(set(v)) != len(v):
+            raise ValueError(f"each camera may be named once; got {v}")
+        if "opcua" in (info.data.get("line_sinks") or []) and not v and not info.data.get("line_cameras"):
+            raise ValueError(
+                "line_sinks names opcua but no camera has a Result: name them in opcua_cameras (or line_cameras)"
+            )
+        return v
+
+    @field_validator("opcua_private_key")
+    @classmethod
+    def _opcua_keys(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        cert, secure = info.data.get("opcua_certificate"), info.data.get("opcua_security") == "basic256sha256"
+        if secure and (cert is None or v is None):
+            raise ValueError("opcua_security basic256sha256 needs opcua_certificate and opcua_private_key")
+        if not secure and (cert is not None or v is not None):
+            raise ValueError("opcua_certificate and opcua_private_key are used with opcua_security basic256sha256 only")
+        for what, path in (("opcua_certificate", cert), ("opcua_private_key", v)):
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{what} {path} is not a file")
+        return v
+
+    @field_validator("opcua_password")
+    @classmethod
+    def _opcua_users(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        user = info.data.get("opcua_username")
+        if (user is None) != (v is None):
+            raise ValueError("give opcua_username and opcua_password together, or neither")
+        if "opcua" in (info.data.get("line_sinks") or []) and user is None and not info.data.get("opcua_anonymous"):
+            raise ValueError(
+                "the OPC UA server needs a way in: opcua_username + opcua_password, or opcua_anonymous: true"
+            )
         return v
 
     @model_validator(mode="after")
