@@ -373,3 +373,45 @@ def test_store_that_hangs_gives_503_within_the_timeouts_and_the_service_still_st
             assert "did not answer in time" in r.json()["message"]
             assert took < 2 * (0.3 + 1.0) + 1.0 + 1.5, took  # the bound, and some slack for 2 shared cores
             assert count_rows(client) == 0
+
+
+def test_review_export_reads_the_images_from_the_bucket(tmp_path, tiny_model_path, s3_endpoint, bucket):
+    """``andon review export --config``: the CLI builds its store with make_store too, so the reviewed frames'
+    images come out of the bucket the service wrote them to."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from andon.cli import app as cli
+    from andon.service.review.verdicts import ClassInfo, record_verdict
+    from andon.service.tables import Inspection
+
+    settings = _s3_settings(tmp_path, tiny_model_path, s3_endpoint, bucket)
+    frames = [jpeg(REJECT, noise=i + 1) for i in range(2)]
+    with client_for(settings) as client:
+        ids = [post_frame(client, data).json()["id"] for data in frames]
+        with client.app.state.ctx.sessions() as session:
+            for inspection_id in ids:
+                info = lambda row: ClassInfo.from_scores(row.scores)  # noqa: E731
+                record_verdict(session, inspection_id, verdict="confirm_defect", reviewer="olga", info_for=info)
+            session.commit()
+            labels = {row.id: row.label for row in session.query(Inspection)}
+    assert not settings.images_dir.exists()
+    config = tmp_path / "service.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(settings.data_dir),
+                "image_store": "s3",
+                "s3_endpoint_url": s3_endpoint,
+                "s3_bucket": bucket,
+                "s3_prefix": PREFIX,
+                **CREDS,
+            }
+        )
+    )
+    out = tmp_path / "export"
+    r = CliRunner().invoke(cli, ["review", "export", str(out), "--config", str(config), "--since", "1d"])
+    assert r.exit_code == 0, r.output
+    assert "exported 2 frames" in r.output
+    for inspection_id, data in zip(ids, frames):
+        assert (out / "images" / labels[inspection_id] / f"{inspection_id}.jpg").read_bytes() == data
