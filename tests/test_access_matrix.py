@@ -384,6 +384,7 @@ RULES: dict[str, tuple[str, Call]] = {
     "GET /v1/inspections/{inspection_id}/image": ("read", _get("/v1/inspections/{id}/image")),
     "GET /v1/inspections/{inspection_id}/heatmap": ("read", _get("/v1/inspections/{id}/heatmap")),
     "GET /v1/parts/{part_id}": ("read", _get("/v1/parts/P-1")),
+    "GET /v1/alarms": ("read", _get("/v1/alarms")),
     "GET /v1/models": ("manage", _get("/v1/models")),
     "POST /v1/models": ("manage", _upload_active),
     "POST /v1/models/{version}/promote": ("manage", lambda w, c: w.request("POST", "/v1/models/1/promote", c)),

@@ -24,12 +24,14 @@ from andon.service.db import migrate
 from andon.service.deps import ServiceContext
 from andon.service.domain import ServiceData
 from andon.service.line import build_line
+from andon.service.line.alarms import build_alarms
 from andon.service.metrics import Metrics
 from andon.service.middleware import BodyLimit, RequestMetrics
 from andon.service.pipeline import Pipeline
 from andon.service.products import ProductSelector
 from andon.service.retention import prune, sweep_at_start
 from andon.service.review.web import install as install_review_station
+from andon.service.routes import alarms as alarm_routes
 from andon.service.routes import health, inspections, keys, models, parts, products
 from andon.service.runtime import ModelRuntime
 from andon.service.settings import Settings
@@ -77,6 +79,7 @@ def build_context(settings: Settings) -> ServiceContext:
         keys=keydir,
         pipeline=pipeline,
         cards=CardLookup(runtime, registry),
+        alarms=build_alarms(settings, sessions, pipeline.line),
         products=ProductSelector(runtime, sessions),
         authenticators=[api_key_authenticator],
     )
@@ -92,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         line = ctx.pipeline.line
         if line is not None:
             line.start()  # the outbox dispatcher and the heartbeat (docs/line.md)
+        if ctx.alarms is not None:
+            ctx.alarms.start()  # the alarms (docs/line.md, "Alarms"), every alarm_interval_s
         tasks = [asyncio.create_task(_poll_registry(ctx)), asyncio.create_task(_retention_loop(ctx))]
         try:
             yield
@@ -100,6 +105,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await run_in_threadpool(ctx.admission.shutdown)
+            if ctx.alarms is not None:
+                await run_in_threadpool(ctx.alarms.stop)
             if line is not None:
                 await run_in_threadpool(line.stop)  # the heartbeat stops; undelivered rows wait in the outbox
             ctx.engine.dispose()
@@ -116,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for router in (inspections.router, parts.router, models.router, products.router, keys.router, health.router):
         app.include_router(router)
+    app.include_router(alarm_routes.router)
     install_review_station(app)
     openapi.install(app)
     app.add_middleware(

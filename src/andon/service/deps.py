@@ -30,6 +30,7 @@ from andon.service.settings import Settings
 from andon.service.storage import ImageStore
 
 if TYPE_CHECKING:
+    from andon.service.line.alarms import AlarmEvaluator
     from andon.service.review.dashboard import Dashboard, DashboardQuery
 
 
@@ -65,6 +66,8 @@ class ServiceContext:
     products: ProductSelector
     authenticators: list[Callable[[Request, Session], Principal | None]] = field(default_factory=list)
     review: ReviewState = field(default_factory=ReviewState)
+    #: the alarm evaluator (``andon.service.line.alarms``); None in contexts built without one
+    alarms: AlarmEvaluator | None = None
 
 
 def get_context(request: Request) -> ServiceContext:

@@ -98,9 +98,11 @@ class Settings(BaseSettings):
     )
 
     # inference and admission control
-    inference_threads: int = Field(0, ge=0, le=64, description="concurrent inferences; 0 = usable cores (max 4)")
+    inference_threads: int = Field(
+        0, ge=0, le=64, description="concurrent inferences per worker process; 0 = usable cores / workers (max 4)"
+    )
     intra_op_threads: int = Field(
-        0, ge=0, le=64, description="onnxruntime threads per inference; 0 = cores / inference_threads"
+        0, ge=0, le=64, description="onnxruntime threads per inference; 0 = cores / workers / inference_threads"
     )
     queue_size: int = Field(
         16, ge=0, le=4096, description="frames waiting for a free inference slot before new ones get 503 + Retry-After"
@@ -663,10 +665,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _threads(self) -> Settings:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        share = max(1, cores // self.workers)  # each worker process its share of the cores, not all of them
         if self.inference_threads == 0:
-            object.__setattr__(self, "inference_threads", max(1, min(4, cores)))
+            object.__setattr__(self, "inference_threads", max(1, min(4, share)))
         if self.intra_op_threads == 0:
-            object.__setattr__(self, "intra_op_threads", max(1, cores // self.inference_threads))
+            object.__setattr__(self, "intra_op_threads", max(1, share // self.inference_threads))
         return self
 
     @property

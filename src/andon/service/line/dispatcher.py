@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from andon.errors import AndonError
 from andon.inspect.decision import worst_decision
+from andon.service.line.alarm_model import ALARM_ROW, alarm_message
 from andon.service.line.errors import LineValueError, SinkUnavailableError
 from andon.service.line.messages import Verdict
 from andon.service.line.metrics import LineMetrics
@@ -177,7 +178,9 @@ class SinkWorker:
         with self.line.sessions() as session:
             newest = session.scalar(
                 select(func.max(LineOutbox.id)).where(
-                    LineOutbox.sink == self.sink.name, LineOutbox.delivered_at.is_not(None)
+                    LineOutbox.sink == self.sink.name,
+                    LineOutbox.delivered_at.is_not(None),
+                    LineOutbox.sequence.is_not(None),  # a verdict's: alarm and refused rows carry no sequence
                 )
             )
             if newest is None:
@@ -252,6 +255,9 @@ class SinkWorker:
             for row in rows:
                 if self.line.stopping.is_set():
                     break
+                if row.kind == ALARM_ROW:
+                    self._deliver_alarm(row, sent)
+                    continue
                 counter = self._counter(row)
                 if counter not in self.sequences:
                     self.sequences[counter] = self._last_sequence(counter)
@@ -282,6 +288,23 @@ class SinkWorker:
                     self.sequences = first  # not recorded: they go again, with the same sequence numbers
                     raise
                 self.delivered += len(sent)
+
+    def _deliver_alarm(self, row: LineOutbox, sent: list) -> None:
+        """An alarm event (``line.alarms``): to the sink's ``alarm``; no sequence number, no deadline rule."""
+        now = utcnow()
+        deliver = getattr(self.sink, "alarm", None)
+        try:
+            if deliver is None:
+                raise LineValueError(f"line sink {self.sink.name} takes no alarms")
+            deliver(alarm_message(row))
+        except SinkUnavailableError as exc:
+            self._note_failure(row.id, exc.message)
+            raise
+        except LineValueError as exc:
+            log.error("line sink %s: alarm row %d refused, not sent: %s", self.sink.name, row.id, exc.message)
+            sent.append((row.id, None, now, exc.message))
+            return
+        sent.append((row.id, None, now, None))
 
     def _mark(self, sent: list[tuple[int, Verdict | None, dt.datetime, str | None]]) -> None:
         with self.line.sessions() as session:

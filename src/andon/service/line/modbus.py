@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 
+from andon.service.line.alarm_model import ALARM_ROW, AlarmMessage
 from andon.service.line.errors import LineValueError, SinkUnavailableError
 from andon.service.line.messages import Verdict, result_code
 from andon.service.settings import MODBUS_BLOCK_HEAD, Settings
@@ -85,6 +86,8 @@ class ModbusSink:
         self.settings = settings
         self.blocks = dict(settings.modbus_blocks)
         self.part_blocks = dict(settings.modbus_part_blocks)
+        self.alarm_registers = dict(settings.modbus_alarm_registers)
+        self._alarm_bits: dict[str, int] = {}  # the lines' alarm bits as last written, rewritten with each beat
         self._client = ModbusTcpClient(
             settings.modbus_host, port=settings.modbus_port, timeout=settings.modbus_timeout_s, retries=0
         )
@@ -93,6 +96,8 @@ class ModbusSink:
 
     def wants(self, kind: str, line_id: str, camera_id: str | None) -> bool:
         """Only cameras (and lines, for part verdicts) with a block send verdicts to the PLC."""
+        if kind == ALARM_ROW:
+            return line_id in self.alarm_registers
         return line_id in self.part_blocks if kind == "part" else camera_id in self.blocks
 
     def counts_per_camera(self) -> bool:
@@ -111,7 +116,19 @@ class ModbusSink:
         self._write(start + 1, values[1:])  # result, flags, part id first ...
         self._write(start, values[:1])  # ... then the sequence: the block is complete
 
+    def alarm(self, message: AlarmMessage) -> None:
+        """The line's alarm register: a bit per active alarm kind (``alarm_model.BITS``)."""
+        register = self.alarm_registers.get(message.line_id)
+        if register is None:
+            raise LineValueError(
+                f"line {message.line_id!r} has no alarm register; lines: {sorted(self.alarm_registers)}"
+            )
+        self._write(register, [message.bits])
+        self._alarm_bits[message.line_id] = message.bits
+
     def heartbeat(self, ready: bool) -> None:
+        for line_id, bits in self._alarm_bits.items():  # a PLC that restarted gets its alarm bits back
+            self._write(self.alarm_registers[line_id], [bits])
         if not ready:
             return  # the register stops changing: the PLC's watchdog trips
         self._beats += 1

@@ -4,7 +4,8 @@ Topics (docs/line.md): ``<prefix>/<line>/<camera>/verdict`` for each frame verdi
 ``Verdict.as_json``), ``<prefix>/<line>/verdict`` for the part verdicts of a line in ``line_cameras``, and
 ``<prefix>/status``, retained: ``ready`` / ``not ready`` while connected, and the broker's will ``offline``
 when the service's connection dies. A ``/`` inside a line or camera id is written ``%2F`` so that an id is
-one topic level.
+one topic level. Alarms (``line.alarms``): ``<prefix>/<line>/alarm``, retained, the line's active alarms; and
+``<prefix>/<line>/alarm/event``, each raise and clear.
 
 A publish counts as delivered when the broker's PUBACK (QoS 2: PUBCOMP) arrived within ``mqtt_timeout_s``.
 When it did not, the connection is dropped with whatever paho still queued, so that nothing is sent later
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from andon.service.line.alarm_model import STATE, AlarmMessage
 from andon.service.line.errors import SinkUnavailableError
 from andon.service.line.messages import Verdict
 from andon.service.settings import Settings
@@ -120,6 +122,13 @@ class MqttSink:
     def send(self, verdict: Verdict) -> None:
         topic = verdict_topic(self.settings.mqtt_topic_prefix, verdict.line_id, verdict.camera_id)
         self._publish(topic, verdict.as_json(), qos=self.settings.mqtt_qos)
+
+    def alarm(self, message: AlarmMessage) -> None:
+        """The line's active alarms, retained, on <prefix>/<line>/alarm; then a raise or clear on .../alarm/event."""
+        topic = f"{self.settings.mqtt_topic_prefix}/{topic_level(message.line_id)}/alarm"
+        self._publish(topic, message.state_json(), qos=self.settings.mqtt_qos, retain=True)
+        if message.event != STATE:
+            self._publish(f"{topic}/event", message.event_json(), qos=self.settings.mqtt_qos)
 
     def heartbeat(self, ready: bool) -> None:
         status = "ready" if ready else "not ready"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
+import andon.service.line.alarm_model  # noqa: F401,E402 - the line alarms share the metadata
 import andon.service.line.tables  # noqa: F401,E402 - the line outbox shares the metadata
 import andon.service.review.tables  # noqa: F401,E402 - the review station's tables share the metadata
 from andon.service.tables import Base

@@ -70,6 +70,7 @@ async def dashboard(request: Request) -> Response:
         return error_page(request, 400, "Bad filter", str(exc), user)
     ctx = request.app.state.ctx
     board = await run_in_threadpool(cached_board, ctx, q)
+    alarms = await run_in_threadpool(_alarms, ctx, q)
     lines, cameras = _filters_menu(ctx)
     return render(
         request,
@@ -83,8 +84,18 @@ async def dashboard(request: Request) -> Response:
             "windows": list(dash.WINDOWS),
             "subgroups": list(dash.SUBGROUPS),
             "charts": list(CHARTS),
+            "alarms": alarms,
+            "watching": list(ctx.settings.alarms),
         },
     )
+
+
+def _alarms(ctx: ServiceContext, q: dash.DashboardQuery) -> list[dict]:
+    """The active alarms (not cached: the page shows them as they are now) of the filter's line."""
+    from andon.service.line.alarms import active_alarms
+
+    with ctx.sessions() as session:
+        return [a.as_dict() for a in active_alarms(session, q.line_id)]
 
 
 @router.get("/dashboard/chart/{name}.png")
