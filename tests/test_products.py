@@ -304,3 +304,109 @@ def test_sku_switch_under_load(tmp_path):
         assert a["product"] in in_force, (a["product"], in_force, start, end)
     assert seen[None] > 5 and seen["SKU-A"] > 5, seen
     assert len(stored) == seen["SKU-A"]  # every record names the product it was judged under
+
+
+# ---- the line, the CLI, the migration ----------------------------------------------------------------------
+
+
+def test_the_mqtt_payload_names_the_product(tmp_path):
+    from line_support import Broker, Subscriber, wait_for
+    from service_support import REVIEW, jpeg, post_frame
+
+    broker = Broker(tmp_path / "mosquitto")
+    subscriber = Subscriber(broker.port, "plant/#")
+    files = _models(tmp_path)
+    settings = settings_for(
+        tmp_path,
+        files["1"],
+        line_sinks=["mqtt"],
+        mqtt_port=broker.port,
+        mqtt_topic_prefix="plant",
+        mqtt_timeout_s=1.0,
+        line_deadline_ms=60_000,
+        line_retry_initial_s=0.02,
+        line_retry_max_s=0.2,
+    )
+    try:
+        with client_for(settings) as client:
+            ctx = client.app.state.ctx
+            ctx.registry.add_file(files["a-1"])
+            ctx.runtime.promote("a-1", product="SKU-A")
+            ctx.products.select("L1", "SKU-A", source="opcua")
+            for i, extra in enumerate(({}, {"line": "L2"}, {"product": "SKU-A", "line": "L2"})):
+                r = post_frame(client, jpeg(REVIEW, noise=i), part=f"P-{i}", **extra)
+                assert r.status_code == 201, r.text
+            got = wait_for(lambda: len(subscriber.verdicts()) >= 3 and subscriber.verdicts(), what="3 verdicts")
+    finally:
+        subscriber.close()
+        broker.stop()
+    assert [(v["part_id"], v["product"], v["model_version"], v["decision"]) for v in got] == [
+        ("P-0", "SKU-A", "a-1", "reject"),
+        ("P-1", None, "1", "review"),
+        ("P-2", "SKU-A", "a-1", "reject"),
+    ]
+
+
+def test_cli_promotes_per_product_lists_products_and_refuses_bad_input_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from andon.cli import app
+
+    files = _models(tmp_path)
+    data = ["--data-dir", str(tmp_path / "d")]
+    runner = CliRunner()
+    for version in ("1", "a-1", "a-2"):
+        assert runner.invoke(app, ["models", "add", str(files[version]), *data]).exit_code == 0
+    r = runner.invoke(app, ["models", "promote", "a-1", "--product", "SKU-A", *data])
+    assert r.exit_code == 0 and "product SKU-A: active: a-1 | previous: none" in r.output, r.output
+    r = runner.invoke(app, ["models", "promote", "a-2", "--product", "SKU-A", *data])
+    assert "product SKU-A: active: a-2 | previous: a-1" in r.output
+    listed = runner.invoke(app, ["models", "list", *data], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0 and "active of SKU-A" in listed.output and "previous of SKU-A" in listed.output
+    assert "SKU-A" in listed.output.split("product")[-1]
+    r = runner.invoke(app, ["models", "rollback", "--product", "SKU-A", *data])
+    assert "product SKU-A: active: a-1 | previous: a-2" in r.output
+    for args, says in (
+        (["promote", "a-1", "--product", "bad sku!"], "not a valid product id"),
+        (["rollback", "--product", "SKU-Q"], "unknown product 'SKU-Q'; known products: SKU-A"),
+        (["promote", "zz", "--product", "SKU-A"], "model version 'zz' is not in the registry"),
+    ):
+        p = subprocess.run(
+            [sys.executable, "-m", "andon", "models", *args, *data], capture_output=True, text=True, timeout=60
+        )
+        lines = [line for line in p.stderr.splitlines() if line.strip()]
+        assert p.returncode != 0 and "Traceback" not in p.stderr + p.stdout, p.stderr
+        assert len(lines) == 1 and says in lines[0], p.stderr
+    from andon.service.registry import ModelRegistry
+
+    state = ModelRegistry(tmp_path / "d" / "models").state()
+    assert (state.active, state.products) == (None, {"SKU-A": {"active": "a-1", "previous": "a-2"}})
+
+
+def test_migration_0005_adds_the_product_columns_and_switches_and_downgrades_cleanly(tmp_path):
+    import sqlalchemy as sa
+    from alembic import command
+
+    from andon.service.db import alembic_config, make_engine, migrate
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    migrate(engine)
+
+    def columns(table):
+        return {c["name"] for c in sa.inspect(engine).get_columns(table)}
+
+    assert "product" in columns("inspections") and "product" in columns("line_outbox")
+    assert "product_switches" in sa.inspect(engine).get_table_names()
+    with engine.begin() as conn:
+        cfg = alembic_config(engine)
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0004")
+    assert "product" not in columns("inspections") and "product" not in columns("line_outbox")
+    assert "product_switches" not in sa.inspect(engine).get_table_names()
+    migrate(engine)
+    indexes = {i["name"] for i in sa.inspect(engine).get_indexes("product_switches")}
+    engine.dispose()
+    assert indexes == {"ix_product_switches_line_at"}
