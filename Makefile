@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 # torch and torchvision are pinned to the releases this project is tested with
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test install install-serve system-deps lint format audit bench-accuracy bench-inference bench-serve bench-pipeline bench-line
+.PHONY: demo test install install-serve system-deps lint format audit bench-accuracy bench-inference bench-serve bench-pipeline bench-line deploy-lint
 
 ## The main job: sample data -> trained default model -> service on :8000 with a simulated camera.
 demo: install
@@ -23,13 +23,14 @@ install:
 install-serve:
 	$(PIP) install -q -e '.[serve]'
 
-## PostgreSQL server binaries (tests start a throwaway cluster), Chromium (review-page browser tests) and mosquitto
-## (the line tests' MQTT broker).
+## PostgreSQL server binaries (tests start a throwaway cluster), Chromium (review-page browser tests), mosquitto
+## (the line tests' MQTT broker) and nginx (tests/test_replicas_nginx.py: two replicas behind deploy/nginx.conf).
 system-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium chromium-driver"; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages:$$missing"; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
@@ -45,6 +46,15 @@ lint:
 format:
 	$(PYTHON) -m ruff format .
 	$(PYTHON) -m ruff check --fix .
+
+## The deployment files (deploy/) through their own linters: hadolint, yamllint, kubernetes-validate (its Kubernetes
+## schemas ship with it: offline), then tests/test_deploy_files.py (nginx -t, docker compose config where docker
+## compose is installed, and what ties the files to the code: settings, probes, ports)
+deploy-lint:
+	hadolint deploy/Dockerfile.serve deploy/Dockerfile.train
+	yamllint -s -c deploy/.yamllint.yaml deploy/
+	kubernetes-validate --strict --quiet deploy/k8s/*.yaml
+	$(PYTHON) -m pytest -q tests/test_deploy_files.py
 
 ## Known vulnerabilities in the installed packages (needs pypi.org's JSON API or api.osv.dev: not on offline boxes)
 audit:
