@@ -410,3 +410,20 @@ def test_migration_0005_adds_the_product_columns_and_switches_and_downgrades_cle
     indexes = {i["name"] for i in sa.inspect(engine).get_indexes("product_switches")}
     engine.dispose()
     assert indexes == {"ix_product_switches_line_at"}
+
+
+def test_a_plant_with_products_only_is_ready_and_frames_without_one_get_no_model(tmp_path):
+    from service_support import REVIEW, jpeg, post_frame
+
+    files = _models(tmp_path)
+    with client_for(settings_for(tmp_path, None)) as client:
+        ctx = client.app.state.ctx
+        assert not ctx.runtime.ready
+        ctx.registry.add_file(files["a-1"])
+        ctx.runtime.promote("a-1", product="SKU-A")
+        assert ctx.runtime.ready  # the line's heartbeat goes on: a product's model judges frames
+        ctx.products.select("L1", "SKU-A")
+        on_l1 = post_frame(client, jpeg(REVIEW), line="L1")
+        on_l2 = post_frame(client, jpeg(REVIEW), line="L2")
+    assert on_l1.status_code == 201 and on_l1.json()["product"] == "SKU-A"
+    assert on_l2.status_code == 503 and on_l2.json()["error"] == "no_model"

@@ -79,7 +79,9 @@ class ModelRuntime:
 
     @property
     def ready(self) -> bool:
-        return self._models.active is not None
+        """A model can judge frames: the default's, or a product's (a plant that runs products only)."""
+        models = self._models
+        return models.active is not None or bool(models.products)
 
     def load(self, entry: ModelEntry) -> Inspector:
         """Load, validate and warm up a registry entry (raises ``AndonError`` when it is unusable)."""
