@@ -10,7 +10,7 @@ API (``PUT /v1/lines/{line_id}/product``), the OPC UA server and tests call it. 
 
 1. under the registry's lock, a ``product_switches`` row is added (flushed, not committed) and state.json is
    replaced with the line's new product;
-2. this process loads the new state at once (``ModelRuntime.sync``, all products' models are loaded already,
+2. this process loads the new state at once (``ModelRuntime.sync``: all products' models are loaded already,
    so it is one assignment of the snapshot); the row's ``at`` is taken just before that assignment;
 3. the row is committed. If it cannot be, the switch is written back (the line runs what it ran before) and
    the caller gets ``StorageError``: a switch is never in force unrecorded for longer than that.
@@ -89,7 +89,7 @@ class ProductSelector:
         source = str(source)[:32] or "api"
         actor = None if actor is None else str(actor)[:128]
         row: list[ProductSwitch] = []
-        with self.runtime._swap_lock, self.sessions() as session:  # no registry poll between write and sync
+        with self.runtime.swapping, self.sessions() as session:  # no registry poll between write and sync
 
             def before_write(before: str | None, state: RegistryState) -> None:
                 switch = ProductSwitch(
@@ -109,8 +109,10 @@ class ProductSelector:
                 row.append(switch)
 
             def after_write(before: str | None, state: RegistryState) -> None:
-                row[0].at = utcnow()  # in force from here on, in this process
-                self.runtime.sync(force=True)
+                def stamp() -> None:
+                    row[0].at = utcnow()  # in force from here on, in this process
+
+                self.runtime.sync(force=True, stamp=stamp)
                 try:
                     session.commit()
                 except SQLAlchemyError as exc:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -69,6 +69,8 @@ class ModelRuntime:
         self._models = Models(None, None)
         #: held by a swap; reentrant: a line's product switch holds it across writing the state and syncing
         self._swap_lock = threading.RLock()
+        #: ``with runtime.swapping:`` no other swap (the registry poller's included) runs in between
+        self.swapping = self._swap_lock
         self._signature: object = object()
         self.last_error: str | None = None
         self.on_swap: list = []  # callables(Models) run after each change
@@ -103,9 +105,10 @@ class ModelRuntime:
             warmup=True,
         )
 
-    def sync(self, *, force: bool = False) -> bool:
+    def sync(self, *, force: bool = False, stamp: Callable[[], None] | None = None) -> bool:
         """Bring the loaded models (and the lines' products) to the registry state; True when the loaded
-        models changed (a line's product switch alone is not a model swap)."""
+        models changed (a line's product switch alone is not a model swap). ``stamp`` runs just before the new
+        snapshot is put in place (a product switch takes its time there)."""
         signature = self.registry.signature()
         if not force and signature == self._signature:
             return False
@@ -137,7 +140,10 @@ class ModelRuntime:
             )
             if not models_changed and lines == dict(current.lines):
                 return False
-            self._models = Models(active, shadow, state.generation, MappingProxyType(products), MappingProxyType(lines))
+            new = Models(active, shadow, state.generation, MappingProxyType(products), MappingProxyType(lines))
+            if stamp is not None:
+                stamp()
+            self._models = new
         if not models_changed:
             log.info("lines' products now: %s", dict(lines) or "the default everywhere")
             return False
