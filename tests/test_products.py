@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from andon.errors import InvalidVersionError, RegistryError, StorageError, UnknownProductError
-from service_support import client_for, settings_for
+from service_support import client_for, db_url, settings_for  # noqa: F401 - db_url: SQLite and PostgreSQL
 
 #: the default model (tiny, version 1): pass below 0.3, reject from 0.7; product A's (version a-1) is stricter
 #: (pass below 0.05, reject from 0.4); product B's (version b-1) has other classes (ok/scratch/dent)
@@ -26,9 +26,9 @@ def _models(root):
 
 
 @pytest.fixture
-def service(tmp_path):
+def service(tmp_path, db_url):  # noqa: F811
     files = _models(tmp_path)
-    with client_for(settings_for(tmp_path, files["1"], inference_threads=2, queue_size=64)) as client:
+    with client_for(settings_for(tmp_path, files["1"], db_url, inference_threads=2, queue_size=64)) as client:
         ctx = client.app.state.ctx
         for version in ("a-1", "a-2", "b-1"):
             ctx.registry.add_file(files[version])

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import ValidationError
 from sqlalchemy import select, tuple_
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -48,6 +49,7 @@ from andon.service.errors import (
     UnknownCameraError,
 )
 from andon.service.line import Line
+from andon.service.line.refusals import NO_MODEL, OVERLOAD, Refusal
 from andon.service.metrics import Metrics
 from andon.service.runtime import ModelRuntime
 from andon.service.schemas import FrameMeta, InspectionOut
@@ -164,8 +166,43 @@ class Pipeline:
         slots = _Slots(self.admission, admitted or 0)
         try:
             return await self._process(frames, principal, slots, heatmap=heatmap, started=started)
+        except (NoModelError, OverloadedError) as exc:
+            self.refuse_on_line(principal, [f.meta for f in frames], exc, started)  # 503: the line gets reject
+            raise
         finally:
             slots.free()
+
+    # ---- frames refused with 503: a reject verdict on the line (line/refusals.py) ---------------------------
+    def refuse_on_line(self, principal: Principal, metas: list[FrameMeta], exc: Exception, started: float) -> None:
+        """Frames refused with 503 (``exc``: the service overloaded, or no model) that name a part id: queued as
+        reject verdicts for the line sinks. Never blocks, reads no image; frames ``principal`` may not post for
+        their camera are skipped."""
+        if self.line is None:
+            return
+        reason = NO_MODEL if isinstance(exc, NoModelError) else OVERLOAD
+        active = self.runtime.snapshot().active
+        version = active.model_version if active is not None else ""
+        refusals = []
+        for meta in metas:
+            if not meta.part_id:
+                continue
+            try:
+                self.check_camera(principal, meta.camera_id)
+            except (PermissionDeniedError, UnknownCameraError):
+                continue
+            refusals.append(Refusal(meta.line_id, meta.camera_id, meta.part_id, meta.serial, reason, started, version))
+        if refusals:
+            self.line.refuse(refusals)
+
+    def refuse_query(self, principal: Principal, query: dict, exc: Exception, started: float) -> None:
+        """``refuse_on_line`` for a frame refused before its body was read: the one its query parameters name."""
+        if self.line is None:
+            return
+        try:
+            meta = FrameMeta.model_validate({k: v for k, v in query.items() if v not in (None, "")})
+        except ValidationError:
+            return  # no valid line, camera and part id: nothing the line could match
+        self.refuse_on_line(principal, [meta], exc, started)
 
     async def _process(
         self, frames: list[IncomingFrame], principal: Principal, slots: _Slots, *, heatmap: bool, started: float

@@ -288,6 +288,15 @@ class Settings(BaseSettings):
         description="line id -> holding register of its alarm bits (bit 0 p-chart, bit 1 score drift, bit 2 "
         "frame quality; docs/line.md, 'Alarms'); lines without one get no alarms on the PLC",
     )
+    line_refused_queue: int = Field(
+        1024,
+        ge=0,
+        le=100_000,
+        description="a frame refused with 503 (overload, no model) that names its line, camera and part id is "
+        "delivered to the line as reject (reason overload / no model) through a bounded queue of this many "
+        "refusals; a refusal that finds it full is not delivered (the PLC's per-part timeout rejects the part); "
+        "0: refused frames get no verdict on the line",
+    )
 
     # alarms: on the line dashboard, GET /v1/alarms and the line sinks (docs/line.md, "Alarms")
     alarms: list[AlarmKind] = Field(

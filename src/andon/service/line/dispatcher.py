@@ -37,6 +37,7 @@ from andon.service.line.alarm_model import ALARM_ROW, alarm_message
 from andon.service.line.errors import LineValueError, SinkUnavailableError
 from andon.service.line.messages import Verdict
 from andon.service.line.metrics import LineMetrics
+from andon.service.line.refusals import Refusal, RefusalQueue, RefusedFrame
 from andon.service.line.tables import LineOutbox
 from andon.service.settings import Settings
 from andon.service.tables import Inspection, utcnow
@@ -76,6 +77,8 @@ PENDING = "pending"
 def late_verdict(row: LineOutbox, sequence: int, now: dt.datetime) -> Verdict:
     """The verdict as delivered now: the deadline rule applied (and, for a part, the missing-camera rule)."""
     late = now > row.deadline_at
+    # the line was told reject for this part (a refused frame of it): a later verdict of it must not undo that
+    refused = row.kind == "frame" and bool((row.detail or {}).get("refused"))
     cameras, missing = None, ()
     model_decision = row.decision
     if row.kind == "part":
@@ -92,7 +95,7 @@ def late_verdict(row: LineOutbox, sequence: int, now: dt.datetime) -> Verdict:
         camera_id=row.camera_id,
         part_id=row.part_id,
         serial=row.serial,
-        decision="reject" if late or missing else row.decision,
+        decision="reject" if late or missing or refused else row.decision,
         model_decision=model_decision,
         reason=row.reason,
         model_version=row.model_version,
@@ -354,6 +357,7 @@ class Line:
         self.stopping = threading.Event()
         sinks = sinks if sinks is not None else [make_sink(name, settings) for name in settings.line_sinks]
         self.workers = [SinkWorker(sink, self) for sink in sinks]
+        self.refusals = RefusalQueue(self, settings.line_refused_queue)
         self._started = False
 
     def ready(self) -> bool:
@@ -385,6 +389,7 @@ class Line:
                 deadline_at=deadline,
                 created_at=now,
                 attempts=0,
+                detail=self._refused_before(row),
             )
             for row in rows
             for w in self.workers
@@ -476,15 +481,61 @@ class Line:
         for w in self.workers:
             w.wake.set()
 
+    # ---- frames refused with 503 (line/refusals.py) ------------------------------------------------------
+    def refuse(self, refusals: Sequence[Refusal]) -> int:
+        """Queue reject verdicts for frames refused with 503 (never blocks); returns how many were queued."""
+        return self.refusals.offer(refusals)
+
+    def _refused_before(self, row: Inspection) -> dict | None:
+        reason = self.refusals.refused_before(row.line_id, row.camera_id, row.part_id)
+        return None if reason is None else {"refused": reason}
+
+    def record_refused(self, session: Session, refusals: Sequence[Refusal]) -> None:
+        """Add the reject verdicts of ``refusals`` to ``session``: a frame verdict per sink that takes the
+        camera's, no record behind it; and the camera's report (reject) to its part verdict."""
+        now = utcnow()
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_OUTBOX_LOCK})
+        lines = self.settings.line_cameras
+        for r in refusals:
+            received = now - dt.timedelta(seconds=max(0.0, time.perf_counter() - r.started))
+            deadline = received + dt.timedelta(milliseconds=self.settings.line_deadline_ms)
+            for w in self.workers:
+                if w.sink.wants("frame", r.line_id, r.camera_id):
+                    session.add(
+                        LineOutbox(
+                            sink=w.sink.name,
+                            kind="frame",
+                            inspection_id=None,
+                            line_id=r.line_id,
+                            camera_id=r.camera_id,
+                            part_id=r.part_id,
+                            serial=r.serial,
+                            decision="reject",
+                            reason=r.reason,
+                            model_version=r.model_version,
+                            received_at=received,
+                            deadline_at=deadline,
+                            created_at=now,
+                            attempts=0,
+                            detail={"refused": r.reason},
+                        )
+                    )
+            if r.camera_id in lines.get(r.line_id, ()):
+                frame = RefusedFrame(r.line_id, r.camera_id, r.part_id, r.serial, r.reason, r.model_version)
+                self._part(session, frame, received, deadline, now)  # type: ignore[arg-type]
+
     # ---- lifespan --------------------------------------------------------------------------------------
     def start(self) -> None:
         if not self._started:
             self._started = True
             for w in self.workers:
                 w.thread.start()
+            self.refusals.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the heartbeats and the deliveries; what is undelivered stays in the outbox for the next start."""
+        self.refusals.stop()  # what is queued is written first: it goes out at the next start, as late rejects
         self.stopping.set()
         self.notify()
         for w in self.workers:

@@ -32,3 +32,10 @@ class LineMetrics:
             registry=r,
         )
         self.failures = Counter("andon_line_sink_failures", "Failed tries to write to the sink", ["sink"], registry=r)
+        self.refusals = Counter(
+            "andon_line_refusals",
+            "Frames refused with 503 that named a part: queued as reject verdicts, dropped (the refusal queue was "
+            "full) or failed (the database did not take them)",
+            ["outcome"],
+            registry=r,
+        )

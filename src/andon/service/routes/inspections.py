@@ -9,9 +9,11 @@ decoded frame (``Pipeline.process``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import time
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import cv2
@@ -25,7 +27,12 @@ from andon.errors import NotFoundError
 from andon.inspect.decoding import decode
 from andon.inspect.heatmap import heatmap_png
 from andon.service.deps import CanInspect, CanRead, ContextDep, SessionDep
-from andon.service.errors import InvalidRequestError, UnsupportedMediaTypeError, describe_validation
+from andon.service.errors import (
+    InvalidRequestError,
+    OverloadedError,
+    UnsupportedMediaTypeError,
+    describe_validation,
+)
 from andon.service.files import file_response, image_only, safe_filename
 from andon.service.heatmaps import stored_heatmap
 from andon.service.pipeline import IncomingFrame, run_after
@@ -124,9 +131,11 @@ async def create_inspection(
         "product": product,
     }
     _check_encoding(request)
-    weight = 0 if idempotency_key else ctx.admission.acquire(1)  # a retry is looked up before it takes a slot
+    with _reject_on_line_if_refused(ctx, principal, query, started):
+        weight = 0 if idempotency_key else ctx.admission.acquire(1)  # a retry is looked up before it takes a slot
     try:
-        body = ctx.admission.reserve(_declared(request, ctx.settings.max_body_bytes), "the request body")
+        with _reject_on_line_if_refused(ctx, principal, query, started):
+            body = ctx.admission.reserve(_declared(request, ctx.settings.max_body_bytes), "the request body")
         try:
             data, fields = await _read_single(request)
             frame = IncomingFrame(data, _meta({**query, **fields}), idempotency_key)
@@ -289,6 +298,17 @@ def get_heatmap(
 
 
 # ---- helpers -------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _reject_on_line_if_refused(ctx, principal, query: dict[str, Any], started: float) -> Iterator[None]:
+    """A 503 before the body is read (queue or memory budget full): the line still gets a reject for the
+    frame the query names (``Pipeline.refuse_query``; docs/line.md)."""
+    try:
+        yield
+    except OverloadedError as exc:
+        ctx.pipeline.refuse_query(principal, query, exc, started)
+        raise
 
 
 def _get(session, inspection_id: str) -> Inspection:
