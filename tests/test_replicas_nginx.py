@@ -8,6 +8,8 @@ URL and ``--data-dir`` (the images folder and the model registry on this disk), 
 paths are changed, so the file that ships is the file tested.
 
 * a camera's retry that lands on the other replica is answered from the first replica's record;
+* a body over the service's cap gets the replica's JSON 413 through nginx, one over nginx's cap nginx's own
+  413 in the same JSON shape;
 * kill -9 of a replica under load through nginx: every 2xx the clients got is in the database with its
   image (the posted bytes' sha256), keyed frames in flight are resent by nginx to the survivor (no client
   sees an error), keyless ones are never resent (no part is recorded twice), the load goes on through the
@@ -233,6 +235,20 @@ def test_a_retry_on_the_other_replica_is_answered_from_the_first_record(cluster)
     assert len(stored) == 1 and stored[0][1] == hashlib.sha256(frame).hexdigest()
     served = _upstreams(cluster)
     assert {f"127.0.0.1:{p}" for p in cluster.ports} <= served, f"nginx used only {served}"
+
+
+def test_a_body_over_a_cap_gets_json_from_nginx_or_the_service(cluster):
+    import httpx
+
+    with httpx.Client(timeout=60) as client:
+        # over the service's 25 MiB but under nginx's 26 MiB: the replica's own 413 passes through
+        r = _post(client, cluster.nginx_url, b"\xff" * (25 * 1024 * 1024 + 4096), cluster.camera_key, None)
+        assert r.status_code == 413 and r.json()["error"] == "body_too_large", r.text
+        assert "the limit of 26,214,400 bytes" in r.json()["message"]  # the replica's own words
+        # over nginx's cap: nginx answers, in the same shape
+        r = _post(client, cluster.nginx_url, b"\xff" * (27 * 1024 * 1024), cluster.camera_key, None)
+        assert r.status_code == 413 and r.headers["content-type"].startswith("application/json")
+        assert r.json()["error"] == "body_too_large" and "cap of the proxy" in r.json()["message"]
 
 
 def _upstreams(cluster) -> set[str]:
