@@ -19,7 +19,7 @@ from andon.service.settings import Settings
 from andon.service.tables import REVIEW_NOT_REQUIRED, Inspection, new_id, utcnow
 from line_support import FAST_MODBUS, Broker, Subscriber, wait_for
 from review_support import add_user, login
-from service_support import client_for, settings_for
+from service_support import client_for, db_url, settings_for  # noqa: F401
 
 NOW = dt.datetime(2026, 11, 25, 18, 0, tzinfo=dt.timezone.utc)
 #: a 10-minute window of 1-minute subgroups, judged from 20 frames on
@@ -81,8 +81,8 @@ def steady_history(sessions, now: dt.datetime, **kw) -> None:
 
 
 @pytest.fixture
-def db(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'andon.db'}")
+def db(tmp_path, db_url):  # noqa: F811 - SQLite and a real PostgreSQL server
+    engine = make_engine(db_url or f"sqlite:///{tmp_path / 'andon.db'}")
     migrate(engine)
     yield session_factory(engine)
     engine.dispose()

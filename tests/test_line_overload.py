@@ -8,7 +8,7 @@ from andon.service.line.metrics import LineMetrics
 from andon.service.line.modbus import decode_part_id
 from andon.service.line.refusals import OVERLOAD, Refusal, RefusalQueue
 from line_support import FAST_MODBUS, Broker, Subscriber, wait_for
-from service_support import PASS, add_key, client_for, count_rows, jpeg, post_frame, settings_for
+from service_support import PASS, add_key, client_for, count_rows, db_url, jpeg, post_frame, settings_for  # noqa: F401
 
 P = 8
 BLOCKS = {"cam1": 10, "cam2": 30}
@@ -34,8 +34,13 @@ def fill_the_queue(client) -> int:
     return admission.capacity
 
 
-def test_a_frame_refused_for_a_full_queue_gives_the_plc_a_reject_with_its_part_id(tmp_path, tiny_model_path, plc):
-    with client_for(line_settings(tmp_path, tiny_model_path, plc, queue_size=0)) as client:
+def test_a_frame_refused_for_a_full_queue_gives_the_plc_a_reject_with_its_part_id(
+    tmp_path,
+    tiny_model_path,
+    plc,
+    db_url,  # noqa: F811 - SQLite and a real PostgreSQL server (the outbox lock)
+):
+    with client_for(line_settings(tmp_path, tiny_model_path, plc, queue_size=0, database_url=db_url)) as client:
         held = fill_the_queue(client)
         r = post_frame(client, jpeg(PASS), camera="cam1", part="P-7")
         assert r.status_code == 503 and r.json()["error"] == "overloaded"
