@@ -213,7 +213,7 @@ def test_an_alarm_reaches_the_plc_the_broker_the_api_and_the_dashboard_then_clea
             "modbus_alarm_registers": {"L1": register},
             "mqtt_port": broker.port,
             "mqtt_topic_prefix": "plant/andon",
-            "alarms": ["p_chart", "frame_quality"],
+            "alarms": ["p_chart", "score_drift", "frame_quality"],
             "alarm_p_chart_rates": ["reject"],
         },
     )
@@ -223,35 +223,40 @@ def test_an_alarm_reaches_the_plc_the_broker_the_api_and_the_dashboard_then_clea
             wait_for(lambda: ctx.alarms.last is not None, what="the first evaluation")
             assert client.get("/v1/alarms").json()["active"] == []
             now = utcnow()
+            add_frames(ctx.sessions, 1000, now - dt.timedelta(hours=3))  # the model's first frames: drift's reference
             steady_history(ctx.sessions, now)
-            add_frames(ctx.sessions, 40, now - dt.timedelta(seconds=5), rejects=20, brightness=60.0)
+            # the newest minute: 30 of 150 rejected, the lamp failing, the scores shifted up
+            add_frames(ctx.sessions, 150, now - dt.timedelta(seconds=5), rejects=30, brightness=60.0, scores=(0.7, 1))
 
-            wait_for(lambda: plc.read(register) == [BITS[P_CHART] | BITS[FRAME_QUALITY]], what="the alarm bits")
+            every = BITS[P_CHART] | BITS[SCORE_DRIFT] | BITS[FRAME_QUALITY]
+            wait_for(lambda: plc.read(register) == [every], what="the alarm bits")
             active = client.get("/v1/alarms").json()["active"]
             assert {(a["kind"], a["signal"]) for a in active} == {
                 (P_CHART, "reject_rate"),
+                (SCORE_DRIFT, "psi"),
                 (FRAME_QUALITY, "brightness"),
             }
 
             state_topic = "plant/andon/L1/alarm"
-            wait_for(lambda: any(len(json.loads(p)["active"]) == 2 for p in sub.on(state_topic)), what="MQTT state")
+            wait_for(lambda: any(len(json.loads(p)["active"]) == 3 for p in sub.on(state_topic)), what="MQTT state")
             events = [json.loads(p) for p in sub.on(state_topic + "/event")]
             assert sorted((e["event"], e["alarm"]["kind"]) for e in events) == [
                 ("raised", FRAME_QUALITY),
                 ("raised", P_CHART),
+                ("raised", SCORE_DRIFT),
             ]
             add_user(ctx, "eng", role="engineer")
             login(client, "eng")
             page = client.get("/dashboard").text
-            assert 'data-kind="p_chart"' in page and 'data-kind="frame_quality"' in page
-            assert "reject rate 50.0% on the line" in page
+            assert all(f'data-kind="{kind}"' in page for kind in (P_CHART, SCORE_DRIFT, FRAME_QUALITY))
+            assert "reject rate 20.0% on the line" in page and "brightness" in page
 
-            add_frames(ctx.sessions, 400, utcnow(), brightness=120.0)  # back to normal: both clear
+            add_frames(ctx.sessions, 2000, utcnow(), brightness=120.0)  # back to normal: all three clear
             wait_for(lambda: plc.read(register) == [0], what="the alarm bits to clear")
             wait_for(lambda: client.get("/v1/alarms").json()["active"] == [], what="the API to show no alarm")
             wait_for(lambda: json.loads(sub.on(state_topic)[-1])["active"] == [], what="MQTT state to clear")
             events = [json.loads(p) for p in sub.on(state_topic + "/event")]
-            assert sorted(e["event"] for e in events) == ["cleared", "cleared", "raised", "raised"]
+            assert sorted(e["event"] for e in events) == ["cleared"] * 3 + ["raised"] * 3
             recent = client.get("/v1/alarms", params={"recent": 5}).json()["recent"]
             assert {a["clear_reason"] for a in recent} == {"inside"}
             assert "No active alarm" in client.get("/dashboard").text
