@@ -143,3 +143,10 @@ def test_the_refusal_queue_is_bounded_and_counts_what_it_drops():
     assert line.metrics.refusals.labels(outcome="dropped")._value.get() == 3
     # every refused part is remembered, queued or not: its retry is rejected on the line all the same
     assert queue.refused_before("L1", "cam1", "P-4") == OVERLOAD and queue.refused_before("L1", "cam2", "P-4") is None
+
+
+def test_a_refusal_queue_of_size_0_is_off():
+    line = _Line()
+    queue = RefusalQueue(line, size=0)
+    assert queue.offer([Refusal("L1", "cam1", "P-1", None, OVERLOAD, 0.0)]) == 0
+    assert queue.dropped == 0 and queue.refused_before("L1", "cam1", "P-1") is None

@@ -85,6 +85,8 @@ class RefusalQueue:
     # ---- the request path ------------------------------------------------------------------------------
     def offer(self, refusals: Sequence[Refusal]) -> int:
         """Queue what fits; returns how many were queued (the rest are dropped, counted and logged)."""
+        if self.size == 0:
+            return 0  # turned off (line_refused_queue: 0): refused frames get no verdict on the line
         with self._cv:
             for r in refusals:
                 key = (r.line_id, r.camera_id, r.part_id)
