@@ -43,6 +43,15 @@ def train(
     settings: list[str] = typer.Option(
         [], "--set", "-s", help="Any recipe key, repeatable: --set train.lr=0.0005 --set augment.vflip=0."
     ),
+    nproc: int | None = typer.Option(
+        None,
+        "--nproc",
+        help="Training processes (torch DDP through torchrun's launcher; gloo on CPU, NCCL on CUDA); "
+        "--batch-size stays the whole step's batch, split between them (train.nproc).",
+    ),
+    oversubscribe: bool = typer.Option(
+        False, "--oversubscribe", help="Allow --nproc above the CPU cores this process may use."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run named by --name from its last checkpoint."),
     show_recipe: bool = typer.Option(False, "--show-recipe", help="Print the resolved recipe (every key) and exit."),
     anomaly_only: bool = typer.Option(
@@ -55,12 +64,16 @@ def train(
 ) -> None:
     """Fine-tune a pretrained backbone with a new head. Writes runs/<name>/: recipe.yaml, metrics.csv,
     best.pt, last.pt, splits.csv, predictions and report.html. A checkpoint is saved after every epoch:
-    after Ctrl-C or a crash, continue with --name NAME --resume."""
+    after Ctrl-C or a crash, continue with --name NAME --resume (with --nproc too)."""
     from rich.console import Console
 
     from andon.training.fit import fit
 
     values = _flag_values(data, model, weights, epochs, batch_size, input_size, remap, name, runs_dir)
+    if nproc is not None:
+        if nproc < 1:
+            raise ConfigError(f"--nproc {nproc}: give the number of training processes, 1 or more")
+        values["train.nproc"] = nproc
     if anomaly_only:
         values["anomaly.only"] = True
     if resume:
@@ -72,7 +85,7 @@ def train(
     if show_recipe:
         typer.echo(loaded.to_yaml(), nl=False)
         return
-    fit(loaded, resume=resume, console=Console(stderr=True))
+    fit(loaded, resume=resume, console=Console(stderr=True), oversubscribe=oversubscribe)
 
 
 def _flag_values(

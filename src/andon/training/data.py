@@ -27,7 +27,7 @@ from andon.errors import DatasetError
 from andon.inspect.card import PreprocessSpec
 from andon.inspect.preprocess import Preprocessor
 from andon.training.augment import Augmenter
-from andon.training.cache import ImageCache, build_cache, cache_key, single_threaded_opencv
+from andon.training.cache import ImageCache, build_cache, cache_key, open_cache, single_threaded_opencv
 from andon.training.optim import class_counts
 from andon.training.recipe import DataSection, ModelSection
 from andon.training.seeding import derive_seed
@@ -105,9 +105,15 @@ def prepare_run_data(
     *,
     workers: int,
     progress: Progress | None = None,
+    write: bool = True,
 ) -> RunData:
-    """Write ``RUN/splits.csv`` (with the model's class names) and fill (or reuse) the image cache of every split."""
-    write_manifest(dataset.remap(plan.table), run_dir / "splits.csv")
+    """Write ``RUN/splits.csv`` (with the model's class names) and fill (or reuse) the image cache of every split.
+
+    ``write`` False (the ranks other than 0 of a run on several processes): write nothing, open the cache
+    that is there.
+    """
+    if write:
+        write_manifest(dataset.remap(plan.table), run_dir / "splits.csv")
     labels = np.array([plan.training_index(s.label) for s in dataset.samples], dtype=np.int64)
     targets = np.array([plan.class_index(s.label) for s in dataset.samples], dtype=np.int64)
     splits = np.array([s.split for s in dataset.samples])
@@ -119,7 +125,13 @@ def prepare_run_data(
         )
     paths = [s.path for s in dataset.samples]
     key = cache_key(paths, spec, dataset.fingerprint())
-    cache = fill_cache(paths, spec, run_dir / "cache", key=key, workers=workers, progress=progress)
+    if write:
+        cache = fill_cache(paths, spec, run_dir / "cache", key=key, workers=workers, progress=progress)
+    else:
+        opened = open_cache(run_dir / "cache", key)
+        if opened is None:
+            raise RuntimeError(f"no complete image cache for this run in {run_dir / 'cache'} (rank 0 fills it)")
+        cache = opened
     return RunData(dataset, plan, spec, cache, labels, targets, indices)
 
 
@@ -194,10 +206,20 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 def train_loader(
-    dataset: CachedImages, sampler: EpochSampler, *, batch_size: int, workers: int, device: torch.device, seed: int
+    dataset: CachedImages,
+    sampler: torch.utils.data.Sampler,
+    *,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    seed: int,
+    drop_last: bool | None = None,
 ) -> torch.utils.data.DataLoader:
+    """``drop_last`` None: drop an incomplete last batch unless it is the only one (a sharded sampler of
+    ``andon.training.distributed`` gives whole batches only and passes False)."""
     # drop_last keeps BatchNorm away from a batch of one; keep it off when one batch is all there is
-    drop_last = len(dataset) > batch_size
+    if drop_last is None:
+        drop_last = len(dataset) > batch_size
     if workers > 0:
         single_threaded_opencv()  # before the loader forks its workers
     return torch.utils.data.DataLoader(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ def train_one_epoch(
     *,
     autocast_dtype: torch.dtype | None = None,
     frozen_bn: bool = False,
+    net: nn.Module | None = None,
+    all_sum: Callable[[list[torch.Tensor]], object] | None = None,
 ) -> dict[str, float]:
     """Train for one pass over ``loader``, stepping the scheduler every batch.
 
@@ -36,6 +39,11 @@ def train_one_epoch(
     types of a model that merges them into one class. Returns the mean training loss, the training accuracy
     (on augmented images), the learning rate at the end and the wall time, including any time spent waiting
     for data.
+
+    ``net`` is what computes the training logits when it is not ``model.training_logits``: the DDP wrapper of
+    a run on several processes (``andon.training.distributed``), which averages the gradients over them;
+    ``all_sum`` then sums the loss, correct and seen counts over the processes, so the figures are the
+    whole step's.
     """
     model.train()
     if frozen_bn:
@@ -50,7 +58,8 @@ def train_one_epoch(
         images = images.to(device, non_blocking=True, memory_format=_memory_format(model))
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            logits = model.training_logits(images)  # one per training class (see Classifier)
+            # one logit per training class (see Classifier)
+            logits = model.training_logits(images) if net is None else net(images)
             loss = criterion(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -61,6 +70,10 @@ def train_one_epoch(
         seen += len(labels)
         if progress is not None:
             set_status(progress, task, f"loss {loss_sum.item() / seen:.4f}  acc {correct.item() / seen:.1%}")
+    if all_sum is not None:
+        total = torch.tensor(seen, dtype=torch.int64, device=device)
+        all_sum([loss_sum, correct, total])
+        seen = int(total.item())
     if seen == 0:
         raise RuntimeError("the training loader yielded no batch")
     return {

@@ -10,6 +10,7 @@ on val and test, its predictions saved and the report written.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import time
@@ -45,6 +46,8 @@ from andon.training.data import (
     split_datasets,
     train_loader,
 )
+from andon.training.distributed import SINGLE, Rank, ShardedEpochSampler, all_sum, barrier, broadcast, sync_batchnorm
+from andon.training.distributed import wrap as ddp_wrap
 from andon.training.engine import cross_entropy, evaluate, train_one_epoch
 from andon.training.optim import build_criterion, build_optimizer, build_scheduler, class_counts, sample_weights
 from andon.training.progress import make_progress, summary_table
@@ -61,7 +64,7 @@ from andon.training.rundir import (
     save_predictions,
     write_metrics,
 )
-from andon.training.seeding import configure_torch, rng_state, seed_everything, set_rng_state
+from andon.training.seeding import configure_torch, derive_seed, rng_state, seed_everything, set_rng_state
 from andon.training.stopping import StopState, record_epoch, resolve_monitor, stop_due
 from andon.training.targets import shortfall, weak_reasons, weak_sentence
 
@@ -91,40 +94,90 @@ class Session:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     criterion: torch.nn.Module
-    sampler: EpochSampler
+    #: an EpochSampler, or this rank's ShardedEpochSampler of it in a run on several processes
+    sampler: torch.utils.data.Sampler
     loaders: dict[str, torch.utils.data.DataLoader]
     #: train.monitor with auto resolved for this model's classes (``stopping.resolve_monitor``)
     monitor: str
+    #: this process's place in a run on several processes (``andon.training.distributed``)
+    rank: Rank = SINGLE
+    #: the DDP wrapper the training step calls, and whether the backbone was frozen when it was built
+    net: torch.nn.Module | None = None
+    net_frozen: bool | None = None
 
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
 
 
 def fit(
-    recipe: Recipe, *, resume: bool = False, console: Console | None = None, callbacks: Sequence[EpochCallback] = ()
+    recipe: Recipe,
+    *,
+    resume: bool = False,
+    console: Console | None = None,
+    callbacks: Sequence[EpochCallback] = (),
+    oversubscribe: bool = False,
 ) -> RunResult:
     """Train the recipe's model; with ``resume``, continue the named run from its ``last.pt``.
 
-    ``callbacks`` are called after each epoch's checkpoint with (epoch, metrics row).
+    ``callbacks`` are called after each epoch's checkpoint with (epoch, metrics row). With ``train.nproc`` above
+    1 the run is trained by that many processes (``andon.training.distributed.launch``; ``oversubscribe``
+    allows more than the CPU cores); their rank 0 prints to stderr, ``console`` is not used.
     """
     console = console or Console(stderr=True)
+    if recipe.train.nproc > 1:
+        from andon.training.distributed import launch
+
+        if callbacks:
+            raise ConfigError(
+                f"train.nproc {recipe.train.nproc}: epoch callbacks run in this process and cannot follow a run "
+                "on several processes; train with nproc 1"
+            )
+        recipe = named(recipe)  # one name for every process (the default one has the time in it)
+        plan_run(recipe, resume=resume)  # a folder that is taken or missing fails here, before any process starts
+        return launch(recipe, resume=resume, oversubscribe=oversubscribe)
     if recipe.anomaly.only:
         if resume:
             raise ConfigError("an anomaly-only run has no epochs to resume; start it again without --resume")
         from andon.training.anomaly import fit_anomaly_only
 
         return fit_anomaly_only(recipe, console=console)
-    recipe = named(recipe)
+    return fit_rank(named(recipe), SINGLE, resume=resume, console=console, callbacks=callbacks)
+
+
+def fit_rank(
+    recipe: Recipe,
+    rank: Rank,
+    *,
+    resume: bool = False,
+    console: Console,
+    callbacks: Sequence[EpochCallback] = (),
+) -> RunResult | None:
+    """``fit`` in one process of the run (``SINGLE``: the only one); None on the ranks other than 0.
+
+    Rank 0 makes the run folder, the image cache and every file in it; the others wait for the cache, then
+    train in step with it (``andon.training.distributed``).
+    """
     run = plan_run(recipe, resume=resume)
-    device, dataset, plan, model = prepare(recipe)
-    create_run(run, recipe)  # only now: bad data, model names or weights leave no folder behind
-    console.print(
-        f"run {run.path}  (after an interruption: andon train {resume_flags(recipe)})", markup=False, highlight=False
-    )
-    with make_progress(console) as progress:
-        session = setup_session(recipe, run, device, dataset, plan, model, progress)
+    device, dataset, plan, model = prepare(recipe, rank)
+    if rank.main:
+        create_run(run, recipe)  # only now: bad data, model names or weights leave no folder behind
+        console.print(
+            f"run {run.path}  (after an interruption: andon train {resume_flags(recipe)})"
+            + (f"  [{rank.world} processes, {_threads(rank.threads)} each]" if rank.distributed else ""),
+            markup=False,
+            highlight=False,
+        )
+    with make_progress(console) if rank.main else contextlib.nullcontext() as progress:
+        if rank.main:
+            session = setup_session(recipe, run, device, dataset, plan, model, progress, rank=rank)
+        barrier(rank)  # the others open the cache rank 0 filled
+        if not rank.main:
+            session = setup_session(recipe, run, device, dataset, plan, model, None, rank=rank)
         state, rows = _restore(session) if resume else (StopState(), [])
         _epochs(session, state, rows, progress, console, callbacks)
+        if not rank.main:
+            _close_workers(session.loaders)
+            return None
         result = _finish(session, state, progress)
     console.print(
         summary_table(
@@ -137,6 +190,10 @@ def fit(
         console.print(f"[bold red]{escape(weak_sentence(result.warnings))}[/bold red]", highlight=False)
     console.print(f"report: {run.path / 'report.html'}")
     return result
+
+
+def _threads(n: int | None) -> str:
+    return "torch's default threads" if n is None else f"{n} thread{'' if n == 1 else 's'}"
 
 
 def resume_flags(recipe: Recipe) -> str:
@@ -159,12 +216,14 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare(recipe: Recipe) -> tuple[torch.device, Dataset, ClassPlan, Classifier]:
+def prepare(recipe: Recipe, rank: Rank = SINGLE) -> tuple[torch.device, Dataset, ClassPlan, Classifier]:
     """Device, seeds, the split data set, its class plan and the model: where bad input shows up, before
-    anything is written."""
+    anything is written. On several processes each rank has its CUDA device and its share of the threads."""
     cfg = recipe.train
     device = pick_device(cfg.device)
-    configure_torch(cfg.threads, device)
+    if rank.distributed and device.type == "cuda":
+        device = torch.device("cuda", rank.local_rank)
+    configure_torch(rank.threads if rank.distributed else cfg.threads, device)
     seed_everything(cfg.seed)
     dataset, plan = load_split_dataset(recipe.data)
     check_training_classes(dataset, plan)
@@ -174,12 +233,15 @@ def prepare(recipe: Recipe) -> tuple[torch.device, Dataset, ClassPlan, Classifie
         len(plan.classes),
         recipe.model.weights,
         head_groups=plan.head_groups,
+        dropout=recipe.model.dropout,
         mean=recipe.model.mean,
         std=recipe.model.std,
     ).to(device)
     check_anomaly(recipe, plan.classes)  # so does an anomaly trunk or weights file that cannot be loaded
     if autocast_dtype(cfg.precision, device) is not None:
         model = model.to(memory_format=torch.channels_last)  # what oneDNN's bf16 convolutions want
+    if rank.distributed:
+        model = sync_batchnorm(model, device, frozen=frozen_batchnorm(recipe))
     return device, dataset, plan, model
 
 
@@ -218,22 +280,38 @@ def setup_session(
     plan: ClassPlan,
     model: Classifier,
     progress: Progress | None = None,
+    *,
+    rank: Rank = SINGLE,
 ) -> Session:
-    """Cache, loaders, optimizer, scheduler, loss: everything an epoch needs (also used by bench/pipeline.py)."""
+    """Cache, loaders, optimizer, scheduler, loss: everything an epoch needs (also used by bench/pipeline.py).
+
+    On several processes the training loader of each rank gives its part of every global batch
+    (``ShardedEpochSampler``); ranks other than 0 write nothing and open the cache rank 0 filled.
+    """
     cfg = recipe.train
     info = model.weights_info
     spec = preprocess_spec(recipe.model, info.mean, info.std)
-    data = prepare_run_data(dataset, plan, spec, run.path, workers=cfg.workers, progress=progress)
+    data = prepare_run_data(dataset, plan, spec, run.path, workers=cfg.workers, progress=progress, write=rank.main)
     card = make_card(recipe, run.name, data, spec, weights=info.source)
     counts = class_counts(data.labels[data.indices["train"]], plan.training_classes)
     if cfg.balance != "none" and cfg.prior_correction:
         model.set_training_prior(counts)
     weights = sample_weights(data.labels[data.indices["train"]], counts) if cfg.balance == "sampler" else None
-    sampler = EpochSampler(len(data.indices["train"]), cfg.seed, weights)
+    sampler: torch.utils.data.Sampler = EpochSampler(len(data.indices["train"]), cfg.seed, weights)
+    batch, drop_last = cfg.batch_size, None
+    if rank.distributed:
+        sampler = ShardedEpochSampler(sampler, cfg.batch_size, num_replicas=rank.world, rank=rank.rank)
+        batch, drop_last = cfg.batch_size // rank.world, False
     datasets = split_datasets(data, build_augmenter(recipe.augment))
     loaders = {
         "train": train_loader(
-            datasets["train"], sampler, batch_size=cfg.batch_size, workers=cfg.workers, device=device, seed=cfg.seed
+            datasets["train"],
+            sampler,
+            batch_size=batch,
+            workers=cfg.workers,
+            device=device,
+            seed=cfg.seed,
+            drop_last=drop_last,
         ),
         "val": eval_loader(datasets["val"], batch_size=2 * cfg.batch_size, workers=cfg.workers, device=device),
         "test": eval_loader(
@@ -244,7 +322,9 @@ def setup_session(
     scheduler = build_scheduler(optimizer, cfg, len(loaders["train"]))
     criterion = build_criterion(cfg, counts, device)
     monitor = resolve_monitor(cfg.monitor, card.classes, card.defect_classes)
-    return Session(recipe, run, device, data, model, card, optimizer, scheduler, criterion, sampler, loaders, monitor)
+    return Session(
+        recipe, run, device, data, model, card, optimizer, scheduler, criterion, sampler, loaders, monitor, rank
+    )
 
 
 def make_card(
@@ -282,8 +362,11 @@ def _epochs(
     while state.epoch < cfg.epochs and not state.stopped:
         epoch = state.epoch + 1
         row, report = _run_epoch(s, epoch, progress)
+        best = record_epoch(state, epoch, _monitored(row, s.monitor), cfg)  # on every rank: they stop together
+        if not s.rank.main:
+            continue
         rows.append(row)
-        if record_epoch(state, epoch, _monitored(row, s.monitor), cfg):
+        if best:
             _save_best(s, epoch, report)
         write_metrics(s.run.metrics, rows)
         _save_last(s, state)
@@ -299,6 +382,9 @@ def _run_epoch(s: Session, epoch: int, progress: Progress) -> tuple[dict[str, An
     else:
         s.model.unfreeze_backbone()
     s.sampler.set_epoch(epoch)
+    if s.rank.distributed and not s.rank.main:
+        # dropout draws differ from rank 0's; rank 0 keeps the single-process stream (saved in last.pt)
+        torch.manual_seed(derive_seed(s.recipe.train.seed, epoch, s.rank.rank))
     start = time.perf_counter()
     train = train_one_epoch(
         s.model,
@@ -310,7 +396,10 @@ def _run_epoch(s: Session, epoch: int, progress: Progress) -> tuple[dict[str, An
         epoch,
         progress,
         **step_options(s.recipe, s.device),
+        **_distributed_step(s, frozen),
     )
+    if not s.rank.main:  # rank 0 validates on the whole split and sends the row
+        return broadcast(None, s.rank)
     report, val_loss, monitored = _validate(s, epoch, progress)
     row: dict[str, Any] = {
         "epoch": epoch,
@@ -321,7 +410,17 @@ def _run_epoch(s: Session, epoch: int, progress: Progress) -> tuple[dict[str, An
     }
     row.update({f"val_{k}": report[k] for k in HEADLINE})
     row.update({"val_monitor": monitored, "lr": train["lr"], "seconds": round(time.perf_counter() - start, 3)})
-    return row, report
+    return broadcast((row, report), s.rank)
+
+
+def _distributed_step(s: Session, frozen: bool) -> dict[str, Any]:
+    """The ``train_one_epoch`` options of a rank: the DDP wrapper (built again when the backbone is frozen or
+    unfrozen, as DDP averages the parameters that train when it is built) and the sum of the epoch's figures."""
+    if not s.rank.distributed:
+        return {}
+    if s.net is None or s.net_frozen != frozen:
+        s.net, s.net_frozen = ddp_wrap(s.model, s.device), frozen
+    return {"net": s.net, "all_sum": lambda values: all_sum(values, s.rank)}
 
 
 def _validate(s: Session, epoch: int, progress: Progress) -> tuple[dict[str, float], float, float]:

@@ -62,6 +62,7 @@ class ModelSection(_Section):
     interpolation: Interpolation
     mean: tuple[float, float, float] | None
     std: tuple[float, float, float] | None
+    dropout: float = Field(ge=0.0, lt=1.0)
 
     @field_validator("input_size", mode="before")
     @classmethod
@@ -145,6 +146,8 @@ class TrainSection(_Section):
     threads: int | None = Field(ge=1, le=256)
     precision: Literal["auto", "fp32", "bf16"]
     batchnorm: Literal["auto", "frozen", "train"]
+    nproc: int = Field(ge=1, le=1024)
+    backend: Literal["auto", "gloo", "nccl"]
 
 
 class DecisionSection(_Section):

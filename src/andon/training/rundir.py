@@ -34,6 +34,8 @@ RESUMABLE_KEYS = frozenset(
         "train.workers",
         "train.device",
         "train.threads",
+        "train.nproc",
+        "train.backend",
         "train.precision",
         "decision.target_escape",
         "decision.max_false_reject",
