@@ -7,6 +7,10 @@ upgraded by Alembic (``migrate``), never by ``metadata.create_all``, so that the
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +59,29 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     for pragma in SQLITE_PRAGMAS:
         cur.execute(f"PRAGMA {pragma}")
     cur.close()
+
+
+_WRITERS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_WRITERS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def one_writer(engine: Engine | None) -> Iterator[None]:
+    """On SQLite, the threads of this process write one transaction at a time, queued on a Python lock.
+
+    SQLite takes one writer at a time anyway; a second thread's INSERT would wait in SQLite's busy handler,
+    which sleeps 1, 2, 5, 10, 15, 20, 25 ... ms between tries, so under load a frame's commit waited for
+    the next wake-up, not for the writer before it. The lock hands the database over the moment the commit
+    before is done. Other processes (the CLI, uvicorn workers) still meet at SQLite's own lock. PostgreSQL
+    (row locks, concurrent writers) and an unknown engine: no lock.
+    """
+    if engine is None or engine.dialect.name != "sqlite":
+        yield
+        return
+    with _WRITERS_LOCK:
+        lock = _WRITERS.setdefault(engine, threading.Lock())
+    with lock:
+        yield
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
