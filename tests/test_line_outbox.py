@@ -132,7 +132,7 @@ def test_the_modbus_block_checks_what_it_writes():
 @pytest.mark.parametrize(
     ("changes", "words"),
     [
-        ({"line_sinks": ["kafka"]}, "line_sinks.0: Input should be 'mqtt' or 'modbus'"),
+        ({"line_sinks": ["kafka"]}, "line_sinks.0: Input should be 'mqtt', 'modbus' or 'opcua'"),
         ({"line_sinks": ["mqtt", "mqtt"]}, "each sink may be named once"),
         ({"line_sinks": ["mqtt"], "workers": 2}, "line sinks need workers: 1"),
         ({"line_sinks": ["modbus"]}, "modbus_blocks is empty"),

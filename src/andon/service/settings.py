@@ -24,7 +24,7 @@ CONFIG_ENV = "ANDON_CONFIG"
 
 PartPolicy = Literal["worst", "majority"]
 #: where verdicts go besides the camera's HTTP answer (docs/line.md)
-LineSink = Literal["mqtt", "modbus"]
+LineSink = Literal["mqtt", "modbus", "opcua"]
 #: the alarms the service can watch (docs/line.md, "Alarms")
 AlarmKind = Literal["p_chart", "score_drift", "frame_quality"]
 #: registers of one Modbus verdict block before the part id (sequence, result, flags, part id length)

@@ -68,7 +68,11 @@ def make_sink(name: str, settings: Settings) -> Sink:
         from andon.service.line.modbus import ModbusSink
 
         return ModbusSink(settings)
-    raise LineValueError(f"unknown line sink {name!r}; sinks: mqtt, modbus")
+    if name == "opcua":
+        from andon.service.line.opcua import OpcUaSink
+
+        return OpcUaSink(settings)
+    raise LineValueError(f"unknown line sink {name!r}; sinks: mqtt, modbus, opcua")
 
 
 PENDING = "pending"
@@ -138,10 +142,12 @@ class SinkWorker:
                 rows, due = self._pending()
                 if rows:
                     self._deliver(rows)
-                if time.monotonic() >= next_beat:
+                beat = time.monotonic() >= next_beat
+                if beat:
                     self.sink.heartbeat(self.line.ready())
                     self.beats += 1
                     next_beat = time.monotonic() + s.line_heartbeat_s
+                self._record_acks(check=beat)
                 if self.failing is not None:
                     log.info("line sink %s works again", self.sink.name)
                 self.failing = None
@@ -264,6 +270,9 @@ class SinkWorker:
                 counter = self._counter(row)
                 if counter not in self.sequences:
                     self.sequences[counter] = self._last_sequence(counter)
+                await_ack = getattr(self.sink, "await_ack", None)
+                if await_ack is not None:  # the PLC acknowledges: its block's last verdict first (line/acks.py)
+                    await_ack(row.kind, row.line_id, row.camera_id)
                 now = utcnow()
                 try:
                     verdict = late_verdict(row, self.sequences[counter] + 1, now)
@@ -308,6 +317,42 @@ class SinkWorker:
             sent.append((row.id, None, now, exc.message))
             return
         sent.append((row.id, None, now, None))
+
+    def _record_acks(self, check: bool) -> None:
+        """The PLC's acknowledgements the sink has resolved (line/acks.py; ``check``: once a heartbeat period,
+        the sink looks at the acks still outstanding first): counted, the unacknowledged logged, each in its
+        outbox row's ``detail["ack"]``."""
+        if check and hasattr(self.sink, "check_acks"):
+            self.sink.check_acks()
+        take = getattr(self.sink, "take_acks", None)
+        outcomes = take() if take is not None else []
+        if not outcomes:
+            return
+        m = self.line.metrics
+        for o in outcomes:
+            m.acks.labels(sink=self.sink.name, outcome="acked" if o.acked else "unacked").inc()
+            if o.acked:
+                m.ack_latency.labels(sink=self.sink.name).observe(o.waited_s)
+            else:
+                where = f"line {o.line_id}" if o.kind == "part" else f"camera {o.camera_id}"
+                log.warning(
+                    "line sink %s: the PLC did not acknowledge verdict %d of %s within %.0f ms",
+                    self.sink.name, o.sequence, where, o.waited_s * 1000.0,
+                )  # fmt: skip
+        with self.line.sessions() as session:
+            for o in outcomes:
+                query = select(LineOutbox).where(
+                    LineOutbox.sink == self.sink.name, LineOutbox.kind == o.kind, LineOutbox.sequence == o.sequence
+                )
+                if o.kind == "part":
+                    query = query.where(LineOutbox.line_id == o.line_id)
+                else:
+                    query = query.where(LineOutbox.camera_id == o.camera_id)
+                row = session.scalars(query.order_by(LineOutbox.id.desc()).limit(1)).first()
+                if row is not None:
+                    ack = {"acked": o.acked, "waited_ms": round(o.waited_s * 1000.0, 3)}
+                    row.detail = {**(row.detail or {}), "ack": ack}
+            session.commit()
 
     def _mark(self, sent: list[tuple[int, Verdict | None, dt.datetime, str | None]]) -> None:
         with self.line.sessions() as session:

@@ -39,3 +39,16 @@ class LineMetrics:
             ["outcome"],
             registry=r,
         )
+        self.acks = Counter(
+            "andon_line_acks",
+            "Verdicts the PLC acknowledged (acked) or did not within the sink's ack timeout (unacked)",
+            ["sink", "outcome"],
+            registry=r,
+        )
+        self.ack_latency = Histogram(
+            "andon_line_ack_seconds",
+            "From a verdict's write to the PLC's acknowledgement",
+            ["sink"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
