@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
+from andon.service.line.acks import AckOutcome, AckTracker, Block, block_of
 from andon.service.line.alarm_model import ALARM_ROW, AlarmMessage
 from andon.service.line.errors import LineValueError, SinkUnavailableError
 from andon.service.line.messages import Verdict, result_code
@@ -91,6 +93,9 @@ class ModbusSink:
         self._client = ModbusTcpClient(
             settings.modbus_host, port=settings.modbus_port, timeout=settings.modbus_timeout_s, retries=0
         )
+        # the PLC's acknowledgement (line/acks.py): a block with an ack register waits for it before its next verdict
+        self.ack_registers = dict(settings.modbus_ack_registers)
+        self.acks = AckTracker(settings.modbus_ack_timeout_ms) if self.ack_registers else None
         # a restart does not start at the value the PLC saw last (it would look like one missed beat more)
         self._beats = int.from_bytes(os.urandom(2), "big")
 
@@ -115,6 +120,8 @@ class ModbusSink:
         values = encode_block(verdict, self.settings.modbus_part_id_registers)
         self._write(start + 1, values[1:])  # result, flags, part id first ...
         self._write(start, values[:1])  # ... then the sequence: the block is complete
+        if self.acks is not None and self._ack_register(block_of(verdict.kind, verdict.line_id, verdict.camera_id)):
+            self.acks.written(verdict, values[0])
 
     def alarm(self, message: AlarmMessage) -> None:
         """The line's alarm register: a bit per active alarm kind (``alarm_model.BITS``)."""
@@ -133,6 +140,56 @@ class ModbusSink:
             return  # the register stops changing: the PLC's watchdog trips
         self._beats += 1
         self._write(self.settings.modbus_heartbeat_register, [wrap16(self._beats)])
+
+    # ---- the PLC's acknowledgement ---------------------------------------------------------------------
+    def _ack_register(self, block: Block) -> int | None:
+        kind, name = block
+        if name not in (self.part_blocks if kind == "part" else self.blocks):
+            return None
+        return self.ack_registers.get(name)
+
+    def await_ack(self, kind: str, line_id: str, camera_id: str | None) -> None:
+        """Before the block's next verdict: read its ack register (FC3) until the PLC has written the last
+        verdict's sequence there, or the ack timeout is up."""
+        if self.acks is None:
+            return
+        block = block_of(kind, line_id, camera_id)
+        register = self._ack_register(block)
+        while register is not None and self.acks.waiting_on(block) is not None:
+            if self.acks.acked(block, self._read(register)):
+                return
+            left = self.acks.remaining(block)
+            if left <= 0:
+                break
+            time.sleep(min(0.005, left))
+        self.acks.expire()
+
+    def check_acks(self) -> None:
+        """Once a heartbeat period: the blocks still waiting read once, the overdue recorded unacknowledged."""
+        if self.acks is None:
+            return
+        for block, _ in self.acks.waiting_blocks():
+            register = self._ack_register(block)
+            if register is not None:
+                self.acks.acked(block, self._read(register))
+        self.acks.expire()
+
+    def take_acks(self) -> list[AckOutcome]:
+        return self.acks.take() if self.acks is not None else []
+
+    def _read(self, address: int) -> int:
+        from pymodbus.exceptions import ModbusException
+
+        unit = self.settings.modbus_unit
+        where = f"the PLC at {self.settings.modbus_host}:{self.settings.modbus_port}"
+        try:
+            answer = self._client.read_holding_registers(address, count=1, device_id=unit)
+        except (ModbusException, OSError) as exc:
+            self._client.close()
+            raise SinkUnavailableError(f"{where} did not answer the read of register {address}: {exc}") from None
+        if answer.isError():
+            raise SinkUnavailableError(f"{where} refused the read of register {address} (unit {unit}): {answer}")
+        return int(answer.registers[0])
 
     def _write(self, address: int, values: list[int]) -> None:
         from pymodbus.exceptions import ModbusException
