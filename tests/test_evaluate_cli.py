@@ -346,12 +346,13 @@ def test_compare_active_reads_the_service_named_by_config_and_data_dir(
     model: Path, data_dir: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     """``--compare active`` takes the registry of the service that --data-dir / --config name, over ANDON_*."""
-    from andon.service.registry import ModelRegistry
+    from andon.service.domain import open_service
+    from andon.service.settings import Settings
 
     plant = tmp_path / "plant"
-    registry = ModelRegistry(plant / "models")
-    entry, _ = registry.add_file(model)
-    registry.promote(entry.version)
+    with open_service(Settings.load(None, data_dir=plant)) as service:
+        entry, _ = service.registry.add_file(model)
+        service.registry.promote(entry.version)
     monkeypatch.setenv("ANDON_DATA_DIR", str(tmp_path / "elsewhere"))  # a service with no models
     argv = ["evaluate", str(model), str(data_dir), "--json", "--compare", "active"]
 

@@ -104,18 +104,26 @@ def test_a_switch_the_database_cannot_record_is_undone(service, monkeypatch):
 
 
 def test_registry_state_from_before_products_still_reads(tmp_path):
+    """A file-based registry's state.json from before products is imported as it read then (no products)."""
     import json
 
-    from andon.service.registry import ModelRegistry
+    from andon.service.domain import open_service
+    from andon.service.settings import Settings
 
-    registry = ModelRegistry(tmp_path / "models")
-    registry.root.mkdir(parents=True)
-    registry.state_path.write_text(json.dumps({"active": "1", "previous": None, "shadow": None, "generation": 3}))
-    state = registry.state()
-    assert (state.active, state.products, state.lines) == ("1", {}, {})
-    registry.state_path.write_text(json.dumps({"active": "1", "products": ["SKU-A"]}))
-    with pytest.raises(RegistryError, match="'products' must map"):
-        registry.state()
+    for name, raw in (
+        ("old", {"active": "1", "previous": None, "shadow": None, "generation": 3}),
+        ("bad", {"active": "1", "products": ["SKU-A"]}),
+    ):
+        settings = Settings.load(None, data_dir=tmp_path / name)
+        settings.registry_dir.mkdir(parents=True)
+        (settings.registry_dir / "state.json").write_text(json.dumps(raw))
+        with open_service(settings) as service:
+            if name == "old":
+                state = service.registry.state()
+                assert (state.active, state.products, state.lines, state.generation) == ("1", {}, {}, 3)
+            else:
+                with pytest.raises(RegistryError, match="'products' must map"):
+                    service.registry.state()
 
 
 # ---- the API ---------------------------------------------------------------------------------------------
@@ -380,9 +388,11 @@ def test_cli_promotes_per_product_lists_products_and_refuses_bad_input_in_one_li
         lines = [line for line in p.stderr.splitlines() if line.strip()]
         assert p.returncode != 0 and "Traceback" not in p.stderr + p.stdout, p.stderr
         assert len(lines) == 1 and says in lines[0], p.stderr
-    from andon.service.registry import ModelRegistry
+    from andon.service.domain import open_service
+    from andon.service.settings import Settings
 
-    state = ModelRegistry(tmp_path / "d" / "models").state()
+    with open_service(Settings.load(None, data_dir=tmp_path / "d")) as service:
+        state = service.registry.state()
     assert (state.active, state.products) == (None, {"SKU-A": {"active": "a-1", "previous": "a-2"}})
 
 

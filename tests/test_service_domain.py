@@ -11,12 +11,14 @@ from andon.service.settings import Settings
 from andon.service.storage import LocalDiskStore
 
 
-def test_registry_only_opens_no_database(tmp_path: Path) -> None:
+def test_the_registry_lives_in_the_services_database(tmp_path: Path) -> None:
     settings = Settings.load(None, data_dir=tmp_path / "data")
     with open_service(settings) as service:
         assert service.registry.state().active is None
         assert service.registry.root == settings.registry_dir
-    assert not (tmp_path / "data").exists()  # no database file, no folder: nothing was written
+        with service.sessions() as session:  # read through the same (migrated) database
+            assert "registry_state" in inspect(session.get_bind()).get_table_names()
+    assert (tmp_path / "data" / "andon.db").is_file() and not settings.registry_dir.exists()  # no file written
 
 
 def test_sessions_are_migrated_and_the_engine_is_disposed(tmp_path: Path) -> None:

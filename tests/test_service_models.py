@@ -157,9 +157,10 @@ def test_cli_promotion_reaches_the_running_service(service):
 
 
 def test_registry_rules(tmp_path, tiny_model_path):
-    from andon.service.registry import ModelRegistry
+    from andon.service.domain import ServiceData
+    from andon.service.settings import Settings
 
-    reg = ModelRegistry(tmp_path / "models")
+    reg = ServiceData(Settings.load(None, data_dir=tmp_path)).registry  # in the database, files on the disk
     with pytest.raises(RegistryError, match="nothing to roll back"):
         reg.rollback()
     entry, created = reg.add_file(tiny_model_path)

@@ -84,10 +84,12 @@ def bucket(s3_endpoint) -> str:
     return _new_bucket(s3_endpoint)
 
 
-def _objects(endpoint: str, bucket: str) -> dict[str, bytes]:
+def _objects(endpoint: str, bucket: str, *, models: bool = False) -> dict[str, bytes]:
+    """The bucket's objects: the images only, unless ``models`` (the registry's files, ``<prefix>/models/``)."""
     client = _admin(endpoint)
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
     keys = [item["Key"] for page in pages for item in page.get("Contents", ())]
+    keys = [k for k in keys if models or not k.startswith(f"{PREFIX}/models/")]
     return {key: client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
 
 
@@ -288,6 +290,7 @@ def test_service_on_s3_stores_frames_before_their_records_and_serves_them(
         named = _named(client)
         assert count_rows(client) == 3 and set(stored) == named == {name for name, _there in seen}
         assert not settings.images_dir.exists()  # nothing on the local disk
+        assert f"{PREFIX}/models/1/model.onnx" in _objects(s3_endpoint, bucket, models=True)  # the registry's file
 
         refuse["next"] = True  # the database refuses the next record: 503, and its object is removed again
         r = post_frame(client, jpeg(REJECT, noise=9), key=key)
@@ -355,7 +358,14 @@ def test_store_down_gives_503_and_no_record_then_recovers(tmp_path, tiny_model_p
 
 def test_store_that_hangs_gives_503_within_the_timeouts_and_the_service_still_starts(tmp_path, tiny_model_path):
     """A server that accepts connections and never answers: start-up skips its sweep (not ready), a frame gets
-    503 after about attempts x (read timeout + 1 s), never a hang, and no record."""
+    503 after about attempts x (read timeout + 1 s), never a hang, and no record. The model was registered
+    while the store answered: the replica serves it from its verified local copy."""
+    server = _moto()
+    host, port = server.get_host_and_port()
+    _admin(f"http://{host}:{port}").create_bucket(Bucket="frames")
+    with client_for(_s3_settings(tmp_path, tiny_model_path, f"http://{host}:{port}", "frames")) as client:
+        assert client.get("/readyz").status_code == 200
+    server.stop()
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(64)

@@ -10,8 +10,8 @@ all open it here, from the one ``Settings`` their command loaded, so a command's
         build(session, ...)
     # the engine is disposed here
 
-Each part is made on first use: a command that only reads the registry opens no database and creates no
-folder.
+Each part is made on first use (the model registry lives in the database and the store, so reading it opens
+the database).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from andon.service import db
 from andon.service.registry import ModelRegistry
 from andon.service.settings import Settings
-from andon.service.storage import ImageStore, make_store
+from andon.service.storage import ImageStore, LocalDiskStore, make_model_store, make_store
 
 #: database connections a command's engine keeps (the app sizes its own pool from its thread settings)
 COMMAND_POOL_SIZE = 8
@@ -60,7 +60,17 @@ class ServiceData:
 
     @cached_property
     def registry(self) -> ModelRegistry:
-        return ModelRegistry(self.settings.registry_dir)
+        """The registry in this service's database, its files in the store (``make_model_store``): the bucket
+        of ``image_store: s3`` with a verified local copy under ``<data_dir>/cache/models``, else the disk."""
+        store, prefix = make_model_store(self.settings)
+        local = isinstance(store, LocalDiskStore)
+        return ModelRegistry(
+            lambda: self.sessions(),  # migrated on first use, not when the registry is made
+            store,
+            root=self.settings.registry_dir,
+            prefix=prefix,
+            cache_dir=None if local else self.settings.data_dir / "cache" / "models",
+        )
 
     def close(self) -> None:
         """Dispose of the engine's connections and leave the store's writers, for the parts that were made."""

@@ -8,16 +8,18 @@ default, which is the registry's top-level active model as before products exist
 ``ProductSelector.select(line_id, sku, source=..., actor=...)`` is the one way a line's product changes: the
 API (``PUT /v1/lines/{line_id}/product``), the OPC UA server and tests call it. A switch is:
 
-1. under the registry's lock, a ``product_switches`` row is added (flushed, not committed) and state.json is
-   replaced with the line's new product;
-2. this process loads the new state at once (``ModelRuntime.sync``: all products' models are loaded already,
-   so it is one assignment of the snapshot); the row's ``at`` is taken just before that assignment;
-3. the row is committed. If it cannot be, the switch is written back (the line runs what it ran before) and
-   the caller gets ``StorageError``: a switch is never in force unrecorded for longer than that.
+1. in one transaction of the registry (its lock held: ``ModelRegistry.select_line``), the line's new product
+   is written and a ``product_switches`` row is added;
+2. this process loads the new state at once, from inside that transaction (``ModelRuntime.sync``: all
+   products' models are loaded already, so it is one assignment of the snapshot); the row's ``at`` is taken
+   just before that assignment;
+3. the transaction commits: the switch and its record together. If it cannot, neither is there, this process
+   goes back to what the line ran before, and the caller gets ``StorageError``: a switch is never in force
+   unrecorded for longer than that.
 
 A request takes one snapshot (``ModelRuntime.snapshot``) and every frame of it is judged wholly under the
 product, model and thresholds of that snapshot, so no frame sees half a switch. Other worker processes
-follow the state file within ``registry_poll_s``.
+and replicas follow the database within ``registry_poll_s``.
 """
 
 from __future__ import annotations
@@ -26,10 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from andon.errors import StorageError
 from andon.service.registry import RegistryState, check_line, check_product
 from andon.service.runtime import ModelRuntime
 from andon.service.tables import ProductSwitch, utcnow
@@ -89,9 +89,9 @@ class ProductSelector:
         source = str(source)[:32] or "api"
         actor = None if actor is None else str(actor)[:128]
         row: list[ProductSwitch] = []
-        with self.runtime.swapping, self.sessions() as session:  # no registry poll between write and sync
+        with self.runtime.swapping:  # no registry poll between the change and this process's sync
 
-            def before_write(before: str | None, state: RegistryState) -> None:
+            def before_write(before: str | None, state: RegistryState, session: Session) -> None:
                 switch = ProductSwitch(
                     at=utcnow(),
                     line_id=line_id,
@@ -101,11 +101,7 @@ class ProductSelector:
                     actor=actor,
                     generation=state.generation,
                 )
-                session.add(switch)
-                try:
-                    session.flush()
-                except SQLAlchemyError as exc:
-                    raise StorageError(f"the database did not take the switch of line {line_id}; retry") from exc
+                session.add(switch)  # in the registry's transaction: recorded with the switch, or neither
                 row.append(switch)
 
             def after_write(before: str | None, state: RegistryState) -> None:
@@ -113,22 +109,14 @@ class ProductSelector:
                     row[0].at = utcnow()  # in force from here on, in this process
 
                 self.runtime.sync(force=True, stamp=stamp)
-                try:
-                    session.commit()
-                except SQLAlchemyError as exc:
-                    session.rollback()
-                    raise StorageError(
-                        f"the database did not record the switch of line {line_id}; it was undone; retry"
-                    ) from exc
 
             try:
                 before, _ = self.registry.select_line(
                     line_id, product, before_write=before_write, after_write=after_write
                 )
             except BaseException:
-                self.runtime.sync(force=True)  # an undone switch: back to the state file here too
+                self.runtime.sync(force=True)  # an undone switch: back to the registry's state here too
                 raise
             if not row:
                 return Switch(line_id, before, product, changed=False)
-            session.expunge(row[0])
             return Switch(line_id, before, product, changed=True, record=row[0])

@@ -3,8 +3,11 @@
 A swap is: load the new file, validate it (``Inspector.load`` checks the card, hash and signature), warm it
 up, and only then replace the ``(active, shadow)`` pair in one assignment. A request takes the pair once,
 at its start (``snapshot()``), so in-flight requests finish on the model they started with, and every record
-names the model (version and hash) that produced it. The registry's state file is the source of truth: a
-poller brings each worker to it, whichever process (CLI, another worker) changed it.
+names the model (version and hash) that produced it. The registry (in the database, its files in the store) is
+the source of truth: a poller brings each worker to it every ``registry_poll_s``, whichever process (the CLI,
+another worker, another replica on another machine) changed it. The bound: a change is served by every
+replica within ``registry_poll_s`` plus the time to fetch the file (once per replica), verify its sha256, load
+and warm it. While the database cannot be read, a worker keeps serving the models it has loaded.
 
 Products (recipes per SKU, ``andon.service.products``): every named product's active model is loaded too,
 and the snapshot carries them with the line -> product selection, so that a frame's product, model and
@@ -19,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from andon.errors import AndonError, UnknownProductError
+from andon.errors import AndonError, StorageError, UnknownProductError
 from andon.inspect.inspector import Inspector
 from andon.service.registry import ModelEntry, ModelRegistry
 from andon.service.settings import Settings
@@ -109,14 +112,18 @@ class ModelRuntime:
         """Bring the loaded models (and the lines' products) to the registry state; True when the loaded
         models changed (a line's product switch alone is not a model swap). ``stamp`` runs just before the new
         snapshot is put in place (a product switch takes its time there)."""
-        signature = self.registry.signature()
+        try:
+            signature = self.registry.signature()
+        except AndonError as exc:  # the database is down: keep serving what is loaded, say why on the next change
+            self._unreadable(exc)
+            return False
         if not force and signature == self._signature:
             return False
         with self._swap_lock:
-            signature = self.registry.signature()
-            state = self.registry.state()
             current = self._models
             try:
+                signature = self.registry.signature()
+                state = self.registry.state()
                 active = self._resolve(state.active, current.active)
                 shadow = self._resolve(state.shadow, current.shadow) if state.shadow != state.active else None
                 products = {
@@ -124,6 +131,9 @@ class ModelRuntime:
                     for sku, p in sorted(state.products.items())
                     if p.get("active") is not None
                 }
+            except StorageError as exc:  # the database or the store did not answer: try again at the next poll
+                self._unreadable(exc)
+                return False
             except AndonError as exc:
                 self.last_error = f"cannot load the model the registry names: {exc}"
                 log.error(self.last_error)
@@ -156,6 +166,13 @@ class ModelRuntime:
             "".join(f", product {k} {_name(v)}" for k, v in products.items()),
         )
         return True
+
+    def _unreadable(self, exc: AndonError) -> None:
+        message = f"cannot read the model registry: {exc}"
+        if message != self.last_error:
+            log.error("%s (the loaded models keep serving)", message)
+        self.last_error = message
+        self._signature = object()  # read it all again once the registry answers
 
     def _resolve(self, version: str | None, loaded: Inspector | None) -> Inspector | None:
         if version is None:
@@ -201,8 +218,14 @@ class ModelRuntime:
         self._warm = {entry.version: self.load(entry)}  # sync() takes it from here
 
     def bootstrap(self, model_file) -> None:
-        """``--model FILE`` on start: register it; make it active when nothing is."""
-        entry, created = self.registry.add_file(model_file, validate=self.validate_file)
+        """``--model FILE`` on start: register it; make it active when nothing is. A registry that cannot be
+        reached now (the database or the store is down) leaves the service up, not ready, serving what it has."""
+        try:
+            entry, created = self.registry.add_file(model_file, validate=self.validate_file)
+        except StorageError as exc:
+            self.last_error = f"--model {model_file} could not be registered: {exc}"
+            log.error(self.last_error)
+            return
         state = self.registry.state()
         if state.active is None:
             self.registry.promote(entry.version)

@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from andon.errors import ConfigError, NotFoundError, StorageError
-from andon.service.storage import valid_key
+from andon.service.storage import MODELS_PREFIX, valid_key
 
 if TYPE_CHECKING:
     from andon.service.settings import Settings
@@ -69,6 +69,7 @@ class S3Store:
         read_timeout_s: float = 5.0,
         max_attempts: int = 2,
         list_page_size: int = 1000,
+        kind: str = "image",
     ) -> None:
         try:
             import boto3
@@ -81,6 +82,8 @@ class S3Store:
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
         self.list_page_size = list_page_size
+        #: what its objects are, in messages: "image" (frames, heatmaps) or "model" (the registry's files)
+        self.kind = kind
         session = boto3.session.Session(
             aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key, region_name=region
         )
@@ -101,7 +104,7 @@ class S3Store:
         self._probe = session.client("s3", endpoint_url=endpoint_url, config=config(1))
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> S3Store:
+    def from_settings(cls, settings: Settings, *, kind: str = "image") -> S3Store:
         secret = settings.s3_secret_access_key
         return cls(
             settings.s3_bucket or "",
@@ -113,6 +116,7 @@ class S3Store:
             connect_timeout_s=settings.s3_connect_timeout_s,
             read_timeout_s=settings.s3_read_timeout_s,
             max_attempts=settings.s3_max_attempts,
+            kind=kind,
         )
 
     @property
@@ -126,8 +130,8 @@ class S3Store:
 
     def _failed(self, what: str, exc: Exception) -> StorageError:
         """The one-line reason for the answer (503); botocore's own text goes to the log."""
-        log.warning("image store %s: %s failed: %s", self.where, what, exc)
-        return StorageError(f"image store {self.where}: cannot {what}: {_reason(exc)}")
+        log.warning("%s store %s: %s failed: %s", self.kind, self.where, what, exc)
+        return StorageError(f"{self.kind} store {self.where}: cannot {what}: {_reason(exc)}")
 
     def put(self, key: str, data: bytes) -> None:
         name = self._object(key)
@@ -135,7 +139,7 @@ class S3Store:
         try:
             self._client.put_object(Bucket=self.bucket, Key=name, Body=data, ContentMD5=md5)
         except Exception as exc:  # noqa: BLE001 - any botocore failure: not stored (a timed-out PUT is swept)
-            raise self._failed(f"store image {key}", exc) from None
+            raise self._failed(f"store {self.kind} {key}", exc) from None
 
     def get(self, key: str) -> bytes:
         name = self._object(key)
@@ -143,15 +147,17 @@ class S3Store:
             return self._client.get_object(Bucket=self.bucket, Key=name)["Body"].read()
         except Exception as exc:  # noqa: BLE001
             if _code(exc) in _MISSING:
+                if self.kind != "image":
+                    raise NotFoundError(f"{self.kind} {key} is not in the store {self.where}") from None
                 raise NotFoundError(f"image {key} is not in the store (pruned by retention, or never kept)") from None
-            raise self._failed(f"read image {key}", exc) from None
+            raise self._failed(f"read {self.kind} {key}", exc) from None
 
     def delete(self, key: str) -> None:
         name = self._object(key)
         try:
             self._client.delete_object(Bucket=self.bucket, Key=name)  # no error when absent
         except Exception as exc:  # noqa: BLE001
-            raise self._failed(f"delete image {key}", exc) from None
+            raise self._failed(f"delete {self.kind} {key}", exc) from None
 
     def exists(self, key: str) -> bool:
         name = self._object(key)
@@ -160,12 +166,14 @@ class S3Store:
         except Exception as exc:  # noqa: BLE001
             if _code(exc) in _MISSING:
                 return False
-            raise self._failed(f"look up image {key}", exc) from None
+            raise self._failed(f"look up {self.kind} {key}", exc) from None
         return True
 
     def stored_before(self, cutoff: dt.datetime) -> Iterator[tuple[str, int]]:
         """Every object under the prefix whose LastModified is before ``cutoff``, page by page (ListObjectsV2
-        continuation tokens), keys without the prefix; objects whose names are not store keys are skipped."""
+        continuation tokens), keys without the prefix; objects whose names are not store keys are skipped, and
+        so are the model registry's files (``models/...``: no inspection record names them, and the orphan
+        sweep must never take them)."""
         start = f"{self.prefix}/" if self.prefix else ""
         pages = self._client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=start, PaginationConfig={"PageSize": self.list_page_size}
@@ -174,6 +182,8 @@ class S3Store:
             for page in pages:
                 for item in page.get("Contents", ()):
                     key = item["Key"][len(start) :]
+                    if key.startswith(MODELS_PREFIX + "/"):
+                        continue
                     if item["LastModified"] < cutoff and valid_key(key):
                         yield key, int(item["Size"])
         except Exception as exc:  # noqa: BLE001

@@ -39,6 +39,8 @@ from andon.fileio import write_atomic as _write_atomic
 if TYPE_CHECKING:
     from andon.service.settings import Settings
 
+#: the model registry's files in a shared store: ``models/<version>/model.onnx`` (``make_model_store``)
+MODELS_PREFIX = "models"
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 _MB = 1024 * 1024
 #: the flock every serving process holds shared (never a key: keys start with a letter or digit)
@@ -103,6 +105,10 @@ class LocalDiskStore:
         if not valid_key(key):
             raise ValueError(f"invalid storage key {key!r}")
         return self.root / key
+
+    def path(self, key: str) -> Path:
+        """The file that holds ``key`` (it may not exist): what the model registry hands onnxruntime."""
+        return self._path(key)
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
@@ -235,3 +241,14 @@ def make_store(settings: Settings) -> ImageStore:
 
         return S3Store.from_settings(settings)
     return LocalDiskStore(settings.images_dir, reserve_bytes=settings.disk_reserve_bytes)
+
+
+def make_model_store(settings: Settings) -> tuple[ImageStore, str]:
+    """Where the model registry keeps its files, and the key prefix of a version's folder in it: the bucket
+    of ``image_store: s3`` under ``models/`` (``models/<version>/model.onnx``, shared by every replica), else
+    the local disk in today's layout (``<data_dir>/models/versions/<version>/model.onnx``)."""
+    if settings.image_store == "s3":
+        from andon.service.s3store import S3Store
+
+        return S3Store.from_settings(settings, kind="model"), MODELS_PREFIX
+    return LocalDiskStore(settings.registry_dir, reserve_bytes=settings.disk_reserve_bytes), "versions"

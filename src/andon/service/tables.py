@@ -12,7 +12,19 @@ import datetime as dt
 import os
 import time
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -174,3 +186,69 @@ class ProductSwitch(Base):
     generation: Mapped[int] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_product_switches_line_at", "line_id", "at"),)
+
+
+# ---- the model registry (andon.service.registry): shared by every replica through the database -------------
+
+
+class ModelVersion(Base):
+    """One registered model: its file is the object ``store_key`` in the model store (verified by sha256)."""
+
+    __tablename__ = "model_versions"
+
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    file_sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    added_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    source: Mapped[str] = mapped_column(String(300))
+    store_key: Mapped[str] = mapped_column(String(600))
+    #: the card's summary (classes, thresholds, metrics, ...): what ``andon info`` would show
+    card: Mapped[dict | None] = mapped_column(JSON)
+
+
+class RegistryStateRow(Base):
+    """The one row (id 1) of pointers; its row lock (SQLite: the writer lock) serialises registry changes."""
+
+    __tablename__ = "registry_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    active: Mapped[str | None] = mapped_column(String(64))
+    previous: Mapped[str | None] = mapped_column(String(64))
+    shadow: Mapped[str | None] = mapped_column(String(64))
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    #: the legacy folder (state.json + versions/) imported into these tables, and when
+    imported_from: Mapped[str | None] = mapped_column(String(1000))
+    imported_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class RegistryEvent(Base):
+    """One change of the registry (add, promote, rollback, shadow, select), as ``RegistryState.history`` shows it."""
+
+    __tablename__ = "registry_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    generation: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(16))
+    event: Mapped[dict] = mapped_column(JSON)
+
+
+class RegistryProduct(Base):
+    """A named product (SKU) and its active and previous model version."""
+
+    __tablename__ = "registry_products"
+
+    product: Mapped[str] = mapped_column(String(64), primary_key=True)
+    active: Mapped[str | None] = mapped_column(String(64))
+    previous: Mapped[str | None] = mapped_column(String(64))
+
+
+class RegistryLine(Base):
+    """The product a line runs now (a line without a row runs the default)."""
+
+    __tablename__ = "registry_lines"
+
+    line_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    product: Mapped[str] = mapped_column(String(64))
