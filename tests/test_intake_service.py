@@ -279,3 +279,13 @@ def test_a_stalled_store_does_not_hold_an_inference_slot(tmp_path, tiny_model_pa
         assert first and first[0].status_code == 201, first
         assert ctx.admission.depth == 0 and ctx.admission.bytes_in_flight == 0
         assert count_rows(c) == 2
+
+
+def test_an_empty_idempotency_key_is_refused_not_stored(client):
+    """Found by tests/test_access_fuzz.py: an empty key was stored as a key, so the second frame sent with one
+    collided with the first and got 503 after three attempts."""
+    for noise in (1, 2):
+        r = post_frame(client, jpeg(REJECT, noise=noise), idem="")
+        assert "Idempotency-Key" in _error(r, 422, "invalid_request")
+    assert count_rows(client) == 0
+    assert post_frame(client, jpeg(REJECT, noise=3), idem="k-1").status_code == 201

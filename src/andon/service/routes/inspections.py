@@ -96,6 +96,7 @@ IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
+        min_length=1,  # an empty key would name every keyless retry alike: refused (422), not stored
         max_length=255,
         description="a camera retrying the same frame with the same key gets the same answer and no duplicate record",
     ),
