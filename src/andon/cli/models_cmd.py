@@ -1,10 +1,13 @@
-"""``andon models add/list/promote/rollback/shadow``: the model registry in the service data folder.
+"""``andon models add/list/promote/rollback/shadow``: the model registry of the service that --config /
+--data-dir name (its state in the service's database, its files in the service's store: a command on any
+machine that reaches them changes the registry every replica serves).
 
 ``--product SKU`` on promote and rollback works on that product's own active version (recipes per product:
 docs/line.md); a line runs a product once it is selected (``PUT /v1/lines/{line_id}/product`` or OPC UA).
 
-A running service follows the registry within a second (it loads, validates and warms the new model before
-switching), so these commands work on a live line too; the same operations exist as /v1/models routes.
+A running service follows the registry within ``registry_poll_s`` plus the load (it fetches, verifies, loads
+and warms the new model before switching), so these commands work on a live line too; the same operations
+exist as /v1/models routes.
 """
 
 from __future__ import annotations

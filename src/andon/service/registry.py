@@ -116,20 +116,6 @@ class RegistryState:
     #: the product each line runs now (a line not named here runs the default)
     lines: dict[str, str] = field(default_factory=dict)
 
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "active": self.active,
-                "previous": self.previous,
-                "shadow": self.shadow,
-                "generation": self.generation,
-                "history": self.history[-_HISTORY_KEEP:],
-                "products": self.products,
-                "lines": self.lines,
-            },
-            indent=2,
-        )
-
     def pointers(self) -> tuple:
         """Everything a change may move (the history and generation aside)."""
         products = tuple(sorted((k, v.get("active"), v.get("previous")) for k, v in self.products.items()))
