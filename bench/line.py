@@ -204,11 +204,14 @@ def plc_latency(tmp: Path, model: Path, frames: int, interval_ms: float) -> dict
         time.sleep(1.0)
     finally:
         log = run.stop()
+    return {"frames": frames, "interval_ms": interval_ms, **_figures(run, log, posted, answered)}
+
+
+def _figures(run: _PlcRun, log: list, posted: dict[str, float], answered: list[float]) -> dict:
+    """Frame posted -> the block's sequence register written, matched on the part id echo; the HTTP answers'."""
     written, late = run.written(log)
     lat = [(written[p] - t0) * 1000.0 for p, t0 in posted.items() if p in written]
     return {
-        "frames": frames,
-        "interval_ms": interval_ms,
         "acknowledged": len(posted),
         "written_to_plc": len(lat),
         "missing": len(posted) - len(lat),
@@ -280,23 +283,13 @@ def plc_at_capacity(tmp: Path, model: Path, cameras: int, seconds: float, rate: 
         time.sleep(1.0)
     finally:
         log = run.stop()
-    written, late = run.written(log)
-    lat = [(written[p] - t0) * 1000.0 for p, t0 in posted.items() if p in written]
     return {
         "cameras": cameras,
         "mode": "closed loop (capacity)" if rate is None else f"open loop at {rate:.1f} frames/s",
         "seconds": seconds,
         "frames_per_s": round(len(posted) / wall, 1),
-        "acknowledged": len(posted),
         "refused": refused,
-        "written_to_plc": len(lat),
-        "missing": len(posted) - len(lat),
-        "late_rejects": len(late & set(posted)),
-        "plc_p50_ms": _pct(lat, 50),
-        "plc_p99_ms": _pct(lat, 99),
-        "plc_max_ms": round(max(lat), 1) if lat else None,
-        "http_p50_ms": _pct(answered, 50),
-        "http_p99_ms": _pct(answered, 99),
+        **_figures(run, log, posted, answered),
     }
 
 

@@ -113,11 +113,10 @@ def _clean_env(tmpdir: Path) -> dict[str, str]:
     return env
 
 
-def camera_keys(data_dir: Path, env: dict[str, str]) -> dict[str, str]:
-    """camera id -> a camera key, made as an installer would (``andon keys create``)."""
+def camera_keys(data_dir: Path, env: dict[str, str], cameras: list[str] | None = None) -> dict[str, str]:
+    """camera id -> a camera key, made as an installer would (``andon keys create``); cameras cam0.. by default."""
     keys = {}
-    for c in range(CAMERAS):
-        camera = f"cam{c}"
+    for camera in cameras if cameras is not None else [f"cam{c}" for c in range(CAMERAS)]:
         out = subprocess.run(
             [sys.executable, "-m", "andon", "keys", "create", "--role", "camera", "--camera-id", camera]
             + ["--data-dir", str(data_dir)],

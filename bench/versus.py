@@ -162,23 +162,13 @@ def start_minimal(model: Path, work: Path) -> Target:
 
 
 def start_andon(model: Path, work: Path, workers: int, cameras: list[str]) -> Target:
-    from bench.soak import _clean_env
+    from bench.soak import _clean_env, camera_keys
 
     data = work / f"andon-w{workers}" / "data"
     data.mkdir(parents=True)
     env = _clean_env(work / "tmp")
     (work / "tmp").mkdir(exist_ok=True)
-    keys = {}
-    for camera in cameras:
-        out = subprocess.run(
-            [sys.executable, "-m", "andon", "keys", "create", "--role", "camera", "--camera-id", camera]
-            + ["--data-dir", str(data)],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=env,
-        ).stdout
-        keys[camera] = next(w for w in out.split() if w.startswith("andon_"))
+    keys = camera_keys(data, env, cameras)
     port = _free_port()
     log = data.parent / "serve.log"
     proc = subprocess.Popen(
