@@ -305,3 +305,39 @@ def test_security_settings_are_checked_and_credentials_enforced(tmp_path, tiny_m
             assert plc.read("andon/SystemState") == "Operational"
         finally:
             plc.close()
+
+
+def test_select_recipe_switches_the_lines_product_and_refuses_an_unknown_one(tmp_path, tiny_model_path, port):
+    from andon.inspect.card import ThresholdBand, Thresholds
+    from tiny_onnx import tiny_card, write_tiny_model
+
+    strict = Thresholds(defect=ThresholdBand(pass_below=0.05, reject_at=0.4), source="manual").model_dump()
+    sku_a = write_tiny_model(tmp_path / "a1.onnx", tiny_card(version="a-1", thresholds=strict))
+    settings = opcua_settings(tmp_path, tiny_model_path, port, opcua_cameras=[], line_cameras={"L1": ["top"]})
+    with client_for(settings) as client:
+        ctx = client.app.state.ctx
+        ctx.registry.add_file(sku_a)
+        ctx.runtime.promote("a-1", product="SKU-A")
+        _started(client)
+        plc = Plc(port, [line_base("L1")])
+        try:
+            line = plc.node("andon/lines/L1")
+            method = plc.node("andon/lines/L1/SelectRecipe")
+            before = line.call_method(method, ua.Variant("SKU-A", ua.VariantType.String))
+            assert ctx.products.current("L1") == "SKU-A"
+            assert post_frame(client, jpeg(PASS), camera="top", line="L1", part="R-1").json()["model_version"] == "a-1"
+            with pytest.raises(ua.UaStatusCodeError, match="BadInvalidArgument"):
+                line.call_method(method, ua.Variant("SKU-X", ua.VariantType.String))  # no model for it
+            assert ctx.products.current("L1") == "SKU-A"
+            root = plc.node("andon")  # any line, by id; "" is the default product
+            back = root.call_method(
+                plc.node("andon/SelectRecipe"),
+                ua.Variant("L1", ua.VariantType.String),
+                ua.Variant("", ua.VariantType.String),
+            )
+            assert ctx.products.current("L1") is None
+        finally:
+            plc.close()
+        switches = [(r.from_product, r.to_product, r.source) for r in ctx.products.switches(line_id="L1")]
+    assert (before, back) == ("", "SKU-A")
+    assert switches == [("SKU-A", None, "opcua"), (None, "SKU-A", "opcua")]

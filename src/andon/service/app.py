@@ -67,6 +67,9 @@ def build_context(settings: Settings) -> ServiceContext:
     keydir = KeyDirectory(sessions, allow_open_after_keys=settings.allow_open_mode_after_keys)
     pipeline = Pipeline(settings, runtime, admission, store, sessions, metrics, keydir)
     pipeline.line = build_line(settings, sessions, lambda: runtime.ready, metrics.registry)  # None: no line sinks
+    products = ProductSelector(runtime, sessions)
+    if pipeline.line is not None:
+        pipeline.line.serve_products(products)  # OPC UA's SelectRecipe (docs/line.md, "OPC UA")
     return ServiceContext(
         settings=settings,
         engine=engine,
@@ -80,7 +83,7 @@ def build_context(settings: Settings) -> ServiceContext:
         pipeline=pipeline,
         cards=CardLookup(runtime, registry),
         alarms=build_alarms(settings, sessions, pipeline.line),
-        products=ProductSelector(runtime, sessions),
+        products=products,
         authenticators=[api_key_authenticator],
     )
 

@@ -522,6 +522,13 @@ class Line:
                 )
             )
 
+    def serve_products(self, products) -> None:
+        """Sinks that let the line switch its product (OPC UA's SelectRecipe) get ``products.select``."""
+        for w in self.workers:
+            if hasattr(w.sink, "select_recipe"):
+                name = w.sink.name
+                w.sink.select_recipe = lambda line, sku, _n=name: products.select(line, sku, source=_n).from_product
+
     def notify(self) -> None:
         for w in self.workers:
             w.wake.set()

@@ -194,6 +194,9 @@ class OpcUaSink:
         self._state = ""
         self._refreshed = time.monotonic()
         self._watchdog: asyncio.Task | None = None
+        #: the line's product switch (``ProductSelector.select`` through ``Line.serve_products``): with it, the
+        #: server has the SelectRecipe methods; (line id, product or None) -> the product the line ran before
+        self.select_recipe: Callable[[str, str | None], str | None] | None = None
 
     # ---- the Sink protocol -----------------------------------------------------------------------------
     def wants(self, kind: str, line_id: str, camera_id: str | None) -> bool:
@@ -399,6 +402,8 @@ class OpcUaSink:
             for line in self.lines:
                 parent = await folder.add_object(self._nid(f"andon/lines/{id_segment(line)}"), qn(line))
                 blocks.append((("part", line), line_base(line), parent))
+        if self.select_recipe is not None:
+            await self._recipe_methods(root, [p for (kind, _), _, p in blocks if kind == "part"])
         for block, base, parent in blocks:
             result = await parent.add_object(self._nid(base), qn("Result"))
             for field in RESULT_FIELDS:
@@ -412,6 +417,51 @@ class OpcUaSink:
                 server.set_attribute_value_setter(ack.nodeid, self._ack_setter(block))
             self._events[block] = await server.get_event_generator(etype, result)
             self._sequence[block] = 0
+
+    async def _recipe_methods(self, root, lines) -> None:
+        """andon/SelectRecipe(LineId, Product) for any line, and andon/lines/<line>/SelectRecipe(Product) for
+        each of line_cameras; Product "" is the default; the output is the product the line ran before."""
+        from asyncua import ua
+
+        def argument(name: str, what: str):
+            arg = ua.Argument()
+            arg.Name, arg.DataType, arg.ValueRank = name, ua.NodeId(ua.ObjectIds.String), -1
+            arg.Description = ua.LocalizedText(what)
+            return arg
+
+        product = argument("Product", "the product (SKU) the line runs from now; empty: the default")
+        previous = argument("Previous", "the product the line ran before (empty: the default)")
+        line = argument("LineId", "the line")
+        ns = self._ns
+        await root.add_method(
+            self._nid("andon/SelectRecipe"), ua.QualifiedName("SelectRecipe", ns), self._select, [line, product],
+            [previous],
+        )  # fmt: skip
+        for parent in lines:
+            line_id = (await parent.read_browse_name()).Name
+            await parent.add_method(
+                self._nid(f"andon/lines/{id_segment(line_id)}/SelectRecipe"), ua.QualifiedName("SelectRecipe", ns),
+                lambda node, sku, _line=line_id: self._select(node, ua.Variant(_line, ua.VariantType.String), sku),
+                [product], [previous],
+            )  # fmt: skip
+
+    def _select(self, parent, line_id, product):
+        """A SelectRecipe call (in the server's thread pool: the switch writes the registry and the database)."""
+        from asyncua import ua
+
+        from andon.errors import AndonError
+
+        line, sku = line_id.Value, product.Value
+        if not isinstance(line, str) or not isinstance(sku, str):
+            return ua.StatusCode(ua.StatusCodes.BadTypeMismatch)
+        try:
+            before = self.select_recipe(line, sku or None)
+        except AndonError as exc:
+            log.warning("OPC UA: SelectRecipe(%r, %r) refused: %s", line, sku, exc)
+            bad = ua.StatusCodes.BadResourceUnavailable if exc.http_status >= 500 else ua.StatusCodes.BadInvalidArgument
+            return ua.StatusCode(bad)
+        log.info("OPC UA: line %s now runs product %s (was %s)", line, sku or "(default)", before or "(default)")
+        return [ua.Variant(before or "", ua.VariantType.String)]
 
     def _ack_setter(self, block: Block) -> Callable:
         def setter(node, attr, value) -> None:
