@@ -34,6 +34,7 @@ import datetime as dt
 import json
 import logging
 import os
+import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -44,6 +45,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import record
 from torch.utils.data.distributed import DistributedSampler
 
 from andon import errors
@@ -144,6 +146,7 @@ def process_threads(threads: int | None, world: int) -> int:
 
 def launch(recipe: Recipe, *, resume: bool = False, oversubscribe: bool = False) -> Any:
     """Train ``recipe`` (named: ``rundir.named``) with ``train.nproc`` processes; rank 0's ``RunResult``."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -169,9 +172,14 @@ def launch(recipe: Recipe, *, resume: bool = False, oversubscribe: bool = False)
             if raised is not None:
                 raise raised from None
             raise
+        except SignalException as exc:  # Ctrl-C or SIGTERM: the launcher stopped the workers; last.pt resumes
+            if exc.sigval == signal.SIGINT:
+                raise KeyboardInterrupt from None
+            raise
     return results[0]
 
 
+@record  # a crash (a bug, not an AndonError) comes back with the worker's traceback
 def _worker(recipe_dict: dict[str, Any], resume: bool, backend: str, threads: int, error_dir: str) -> Any:
     """One rank: join the process group, run ``fit`` on this rank; an AndonError is left in ``error_dir``."""
     from rich.console import Console
@@ -215,7 +223,8 @@ def _worker_error(folder: Path) -> AndonError | None:
 @contextlib.contextmanager
 def _quiet_launcher() -> Iterator[None]:
     """The launcher's own logs off: a worker's error is reported once, by the caller."""
-    loggers = [logging.getLogger(name) for name in _LAUNCHER_LOGGERS]
+    known = [name for name in logging.root.manager.loggerDict if name.startswith(_LAUNCHER_LOGGERS)]
+    loggers = [logging.getLogger(name) for name in {*_LAUNCHER_LOGGERS, *known}]  # some set their own level
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
@@ -291,11 +300,9 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """DDP over the parameters of ``model`` that train now (build it again after freezing or unfreezing)."""
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(
-        TrainingLogits(model),
-        device_ids=[device.index] if device.type == "cuda" else None,
-        broadcast_buffers=True,  # rank 0's BatchNorm running statistics (CPU, BatchNorm training) to the others
-    )
+    # buffers (BatchNorm's running statistics, when it trains on CPU) go from rank 0 to the others at every
+    # forward: DDP's default
+    return DistributedDataParallel(TrainingLogits(model), device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def sync_batchnorm(model: nn.Module, device: torch.device, *, frozen: bool) -> nn.Module:
