@@ -23,8 +23,9 @@ rendezvous on a free local port, no restarts). Each worker runs ``fit`` on its r
 - threads: ``train.threads`` (or the usable CPU cores when null) are split evenly between the processes.
 
 An ``AndonError`` raised in a worker reaches the caller as the same error class with the same message (one
-line on the command line); anything else is a bug and comes back as torch's ``ChildFailedError`` with the
-worker's traceback.
+line on the command line); anything else is a bug and comes back as a RuntimeError with the traceback of the
+rank that failed first (the others' failures are often its consequence: a peer that went away), chained to
+torch's ``ChildFailedError``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ import logging
 import os
 import signal
 import tempfile
+import time
+import traceback
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -167,10 +170,15 @@ def launch(recipe: Recipe, *, resume: bool = False, oversubscribe: bool = False)
     with tempfile.TemporaryDirectory(prefix="andon-ddp-") as folder, _quiet_launcher():
         try:
             results = elastic_launch(config, _worker)(recipe.to_dict(), resume, backend, threads, folder)
-        except ChildFailedError:
+        except ChildFailedError as exc:
             raised = _worker_error(Path(folder))
             if raised is not None:
                 raise raised from None
+            first = _first_crash(Path(folder))
+            if first is not None:
+                raise RuntimeError(
+                    f"rank {first['rank']} of {n} training processes failed first:\n{first['traceback']}"
+                ) from exc
             raise
         except SignalException as exc:  # Ctrl-C or SIGTERM: the launcher stopped the workers; last.pt resumes
             if exc.sigval == signal.SIGINT:
@@ -200,6 +208,12 @@ def _worker(recipe_dict: dict[str, Any], resume: bool, backend: str, threads: in
         record = {"module": type(exc).__module__, "type": type(exc).__name__, "message": str(exc)}
         Path(error_dir, f"rank{rank.rank}.json").write_text(json.dumps(record))
         raise SystemExit(1) from None
+    except Exception:
+        # a bug: the launcher reports the failure it sees first, often a rank that lost its peer; keep when
+        # and where the first one happened
+        crash = {"time": time.time(), "rank": rank.rank, "traceback": traceback.format_exc()}
+        Path(error_dir, f"crash{rank.rank}.json").write_text(json.dumps(crash))
+        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -218,6 +232,12 @@ def _worker_error(folder: Path) -> AndonError | None:
         return cls(record["message"])
     except TypeError:  # a subclass with another constructor
         return AndonError(record["message"])
+
+
+def _first_crash(folder: Path) -> dict[str, Any] | None:
+    """The earliest crash a worker recorded (the others are often its consequence), or None."""
+    crashes = [json.loads(p.read_text()) for p in folder.glob("crash*.json")]
+    return min(crashes, key=lambda c: c["time"]) if crashes else None
 
 
 @contextlib.contextmanager
