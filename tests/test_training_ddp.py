@@ -164,3 +164,30 @@ def test_auto_backend_is_nccl_on_cuda():
     from andon.training.recipe import load_recipe
 
     assert resolve_backend(load_recipe(overrides=["train.device=cuda"])) == ("nccl", "cuda")
+
+
+@pytest.mark.parametrize("size", [50, 48, 12, 5])
+def test_the_ranks_share_out_exactly_the_one_process_batches(size):
+    """Rank r of 2 takes the r-th half of every batch one process would use (the last, incomplete one dropped as
+    one process drops it), with the same augmentation seeds; a split smaller than one batch is padded."""
+    from andon.training.data import EpochSampler
+    from andon.training.distributed import ShardedEpochSampler
+
+    base = EpochSampler(size, seed=3)
+    base.set_epoch(7)
+    order = list(base)
+    shards = [ShardedEpochSampler(EpochSampler(size, seed=3), 16, num_replicas=2, rank=r) for r in (0, 1)]
+    for shard in shards:
+        shard.set_epoch(7)
+    parts = [list(shard) for shard in shards]
+    assert len(parts[0]) == len(parts[1]) == len(shards[0])
+    if size > 16:
+        steps = size // 16
+        assert len(parts[0]) == 8 * steps
+        for step in range(steps):
+            together = parts[0][8 * step : 8 * step + 8] + parts[1][8 * step : 8 * step + 8]
+            assert together == order[16 * step : 16 * step + 16]
+    else:
+        assert parts[0] + parts[1] == (order * 2)[: 2 * -(-size // 2)]
+    shards[0].set_epoch(8)  # passed on to the EpochSampler: another epoch, another order
+    assert list(shards[0]) != parts[0]
