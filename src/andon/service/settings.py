@@ -170,7 +170,12 @@ class Settings(BaseSettings):
         "record names (a crash between image and record) once older than "
         "this; None: never",
     )
-    registry_poll_s: float = Field(1.0, ge=0.05, description="how often workers look for a promoted model")
+    registry_poll_s: float = Field(
+        1.0,
+        ge=0.05,
+        description="how often every worker reads the registry's generation (in the database); a change made "
+        "anywhere is served within this plus the new model's fetch and load (docs/scaling.md)",
+    )
 
     # where images go: the local disk, or an S3-compatible bucket shared by replicas (docs/reliability.md)
     image_store: Literal["local", "s3"] = Field(
