@@ -212,9 +212,7 @@ class OpcUaSink:
         if verdict.kind != "part" and verdict.camera_id not in self.cameras:
             raise LineValueError(f"camera {verdict.camera_id!r} has no result; cameras: {self.cameras}")
         values = result_values(verdict)
-        self._call(self._write_result(block, values))
-        if self.acks is not None:
-            self.acks.written(verdict, values["Sequence"])
+        self._call(self._write_result(block, values, verdict))
 
     def heartbeat(self, ready: bool) -> None:
         if ready:
@@ -487,12 +485,15 @@ class OpcUaSink:
         if status is not None and not status.is_good():
             raise LineValueError(f"the OPC UA server refused {value!r} for {name}: {status.name}")
 
-    async def _write_result(self, block: Block, values: dict[str, Any]) -> None:
-        """Every variable of the block, then Sequence, then the event: nothing in between yields the loop."""
+    async def _write_result(self, block: Block, values: dict[str, Any], verdict: Verdict) -> None:
+        """Every variable of the block, then Sequence, then the event: nothing in between yields the loop (so
+        that the Ack the client writes on seeing them finds the verdict waiting for it)."""
         T = _variant_types()
         base = line_base(block[1]) if block[0] == "part" else camera_base(block[1])
         now = dt.datetime.now(dt.timezone.utc)
         for field in RESULT_FIELDS:
+            if field == "Sequence" and self.acks is not None:
+                self.acks.written(verdict, values["Sequence"])  # the rest of the block is in: now it counts
             if field in values:
                 await self._write(f"{base}/{field}", values[field], T[field], now)
         self._sequence[block] = values["Sequence"]
