@@ -344,3 +344,42 @@ def test_a_changed_file_on_the_local_disk_is_refused_too(tmp_path):
         path.write_bytes(models["2"].read_bytes())  # a valid model, but not the registered bytes
         with pytest.raises(ModelFileError, match="does not match the registered file"):
             _ = service.registry.get("1").path
+
+
+def test_the_cli_on_another_machine_changes_what_a_running_replica_serves(
+    tmp_path, postgres_server, s3_endpoint, bucket
+):
+    """``andon models add --promote`` with its own data folder, the same database and bucket: B follows."""
+    import os
+    import subprocess
+    import sys
+
+    models = _models(tmp_path)
+    url = postgres_server.new_database()
+    config = tmp_path / "cli.yaml"
+    config.write_text(
+        f"data_dir: {tmp_path / 'cli'}\ndatabase_url: {url}\nimage_store: s3\ns3_endpoint_url: {s3_endpoint}\n"
+        f"s3_bucket: {bucket}\ns3_prefix: {PREFIX}\ns3_region: us-east-1\n"
+    )
+    env = {**os.environ, "ANDON_S3_ACCESS_KEY_ID": "testing", "ANDON_S3_SECRET_ACCESS_KEY": "testing"}
+    with client_for(_settings(tmp_path / "b", models["1"], url, s3_endpoint, bucket)) as b:
+        assert b.get("/readyz").json()["model_version"] == "1"
+        done = subprocess.run(
+            [sys.executable, "-m", "andon", "models", "add", str(models["2"]), "--promote", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "active: 2 | previous: 1" in done.stdout
+        _until("B serves the CLI's promotion", lambda: b.get("/readyz").json()["model_version"] == "2", POLL_S + 2.5)
+        listed = subprocess.run(
+            [sys.executable, "-m", "andon", "models", "list", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert listed.returncode == 0 and "previous" in listed.stdout, listed.stderr
+    assert not (tmp_path / "cli" / "models" / "versions").exists()  # the CLI's folder keeps no registry
