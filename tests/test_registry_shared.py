@@ -383,3 +383,20 @@ def test_the_cli_on_another_machine_changes_what_a_running_replica_serves(
         )
         assert listed.returncode == 0 and "previous" in listed.stdout, listed.stderr
     assert not (tmp_path / "cli" / "models" / "versions").exists()  # the CLI's folder keeps no registry
+
+
+def test_on_postgres_a_change_wakes_the_other_replica_at_once(tmp_path, postgres_server, s3_endpoint, bucket):
+    """LISTEN/NOTIFY: with a poll of 60 s, a promotion on A is still served by B within a second or two."""
+    models = _models(tmp_path)
+    url = postgres_server.new_database()
+    slow = dict(registry_poll_s=60.0)
+    a_settings = _settings(tmp_path / "a", models["1"], url, s3_endpoint, bucket).model_copy(update=slow)
+    b_settings = _settings(tmp_path / "b", None, url, s3_endpoint, bucket).model_copy(update=slow)
+    with client_for(a_settings) as a, client_for(b_settings) as b:
+        assert b.get("/readyz").json()["model_version"] in {None, "1"}
+        key = add_key(a, "engineer")
+        _until("B follows A's start", lambda: b.get("/readyz").json()["model_version"] == "1", LOAD_ALLOWANCE_S)
+        assert a.post("/v1/models", content=models["2"].read_bytes(), headers=auth(key)).status_code == 201
+        assert a.post("/v1/models/2/promote", headers=auth(key)).status_code == 200
+        took = _until("B woken by NOTIFY", lambda: b.get("/readyz").json()["model_version"] == "2", LOAD_ALLOWANCE_S)
+        print(f"\nB served A's promotion {took:.2f} s later with registry_poll_s 60 (NOTIFY)")

@@ -179,10 +179,28 @@ def _limits(settings: Settings):
 
 
 async def _poll_registry(ctx: ServiceContext) -> None:
-    """Follow the registry (swaps made elsewhere); trim the heap every half minute while at it."""
-    last_trim = asyncio.get_running_loop().time()
+    """Follow the registry (swaps made elsewhere) every registry_poll_s, and at once when PostgreSQL announces a
+    change (``ModelRegistry.listen``); trim the heap every half minute while at it."""
+    loop = asyncio.get_running_loop()
+    last_trim = loop.time()
+    woken = asyncio.Event()
+    try:
+        listener = await run_in_threadpool(ctx.registry.listen, lambda: loop.call_soon_threadsafe(woken.set))
+    except Exception:  # noqa: BLE001 - the database is away: the poll alone
+        log.warning("registry: no LISTEN for changes; polling every %s s", ctx.settings.registry_poll_s)
+        listener = None
+    try:
+        await _follow_registry(ctx, woken, last_trim)
+    finally:
+        if listener is not None:
+            await run_in_threadpool(listener.stop)
+
+
+async def _follow_registry(ctx: ServiceContext, woken: asyncio.Event, last_trim: float) -> None:
     while True:
-        await asyncio.sleep(ctx.settings.registry_poll_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(woken.wait(), ctx.settings.registry_poll_s)
+        woken.clear()
         try:
             if await run_in_threadpool(ctx.runtime.sync):
                 ctx.metrics.model_swaps.inc()

@@ -17,7 +17,8 @@ Shared by every replica: the state is in the service's database, the files in it
   (validation, store, database) leaves no row, and the object it may have written is removed again.
 * **Following**: ``signature()`` is one query of the generation; every worker polls it every
   ``registry_poll_s`` (``ModelRuntime.sync``), so a change reaches every replica within ``registry_poll_s`` plus
-  the time to fetch, verify, load and warm the new model (docs/scaling.md).
+  the time to fetch, verify, load and warm the new model (docs/scaling.md). On PostgreSQL a change also
+  ``NOTIFY``s ``andon_registry`` at commit, and each worker's ``listen()`` thread wakes its poll at once.
 * **Upgrade**: a data folder of the file-based registry (``<data_dir>/models/state.json`` + ``versions/``) is
   imported into empty tables on first use, once (``registry_state.imported_from``); the files are left in
   place (on the local disk they are already where the store keeps them) and are no longer read.
@@ -69,6 +70,8 @@ _PRODUCT_RULE = "letters, digits and . _ + - (at most 64 characters, the first a
 #: a line id, as a frame's line_id is checked (andon.service.schemas.FrameMeta)
 _LINE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")
 _HISTORY_KEEP = 200
+#: the PostgreSQL channel a committed registry change is announced on (``ModelRegistry.listen``)
+NOTIFY_CHANNEL = "andon_registry"
 _SHOWN = 80
 log = logging.getLogger("andon.service")
 
@@ -608,7 +611,22 @@ class ModelRegistry:
                     session.merge(RegistryLine(line_id=line_id, product=sku))
             session.add(RegistryEvent(generation=state.generation, action=action, event=event))
             session.flush()
+            if session.get_bind().dialect.name == "postgresql":  # delivered to the listeners at commit, if any
+                session.execute(
+                    text("SELECT pg_notify(:channel, :g)"), {"channel": NOTIFY_CHANNEL, "g": str(state.generation)}
+                )
         return state
+
+    def listen(self, wake: Callable[[], None]) -> ChangeListener | None:
+        """On PostgreSQL, a thread that LISTENs for committed changes and calls ``wake()`` at each (the poll
+        then runs at once instead of at its next period); None on SQLite (its processes share one host: the
+        poll alone)."""
+        with self._read() as session:
+            engine = session.get_bind()
+        if engine.dialect.name != "postgresql":
+            return None
+        url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        return ChangeListener(url, wake)
 
     @contextlib.contextmanager
     def _change(
@@ -726,6 +744,44 @@ class ModelRegistry:
             raw["active"] or "none",
         )
         return True
+
+
+class ChangeListener:
+    """``LISTEN andon_registry`` on its own PostgreSQL connection, in a daemon thread: ``wake()`` for every
+    change any process commits. A lost connection is retried every 5 s (meanwhile the poll alone keeps the
+    bound); ``stop()`` ends it within a quarter of a second."""
+
+    def __init__(self, url: str, wake: Callable[[], None]) -> None:
+        self._url, self._wake = url, wake
+        self._stop = threading.Event()
+        self.listening = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="andon-registry-listen", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psycopg
+
+        failed = False
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._url, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self.listening.set()
+                    failed = False
+                    self._wake()  # changes made while it was not listening
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=0.25):
+                            self._wake()
+            except Exception as exc:  # noqa: BLE001 - the database is away: the poll carries on alone
+                self.listening.clear()
+                if not failed:
+                    log.warning("model registry: LISTEN for changes failed (the poll goes on): %s", exc)
+                failed = True
+                self._stop.wait(5.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=3.0)
 
 
 def _lock_state(session: Session) -> None:
