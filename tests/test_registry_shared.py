@@ -400,3 +400,27 @@ def test_on_postgres_a_change_wakes_the_other_replica_at_once(tmp_path, postgres
         assert a.post("/v1/models/2/promote", headers=auth(key)).status_code == 200
         took = _until("B woken by NOTIFY", lambda: b.get("/readyz").json()["model_version"] == "2", LOAD_ALLOWANCE_S)
         print(f"\nB served A's promotion {took:.2f} s later with registry_poll_s 60 (NOTIFY)")
+
+
+def test_while_the_registry_cannot_be_read_the_loaded_models_keep_serving(tmp_path):
+    from sqlalchemy.exc import OperationalError
+
+    models = _models(tmp_path)
+    with client_for(settings_for(tmp_path, models["1"])) as client:
+        ctx = client.app.state.ctx
+        working = ctx.registry.sessions
+
+        def down():
+            raise OperationalError("SELECT", {}, Exception("injected: the database is down"))
+
+        ctx.registry.sessions = down
+        assert ctx.runtime.sync(force=True) is False
+        assert ctx.runtime.snapshot().active.model_version == "1"  # still loaded, still judging
+        assert "cannot read the model registry" in ctx.runtime.last_error
+        with pytest.raises(StorageError, match="registry's database cannot be read"):
+            ctx.registry.promote("1")
+        with pytest.raises(StorageError, match="did not record the shadow"):
+            ctx.registry.set_shadow(None)  # a change that reads nothing first fails at its transaction
+        ctx.registry.sessions = working
+        assert ctx.runtime.sync() is False and ctx.runtime.last_error is None  # read again, nothing changed
+        assert ctx.runtime.snapshot().active.model_version == "1"

@@ -226,8 +226,7 @@ class ModelRegistry:
         except SQLAlchemyError as exc:
             log.warning("model registry: the database read failed: %s", exc)
             raise StorageError(
-                "the model registry's database cannot be read (it is down or unreachable); the service keeps "
-                "the models it has loaded; retry"
+                "the model registry's database cannot be read (it is down or unreachable); retry"
             ) from None
 
     def state(self) -> RegistryState:
@@ -655,7 +654,7 @@ class ModelRegistry:
                     self._local.session = None
         except SQLAlchemyError as exc:
             log.warning("model registry: %s failed in the database: %s", what, exc)
-            raise StorageError(f"the database did not record {what}; it was undone; retry") from None
+            raise StorageError(f"the database did not record {what}; it was undone (nothing changed); retry") from None
 
     # ---- the file-based registry of old ------------------------------------------------------------------
     def _ensure(self) -> None:
