@@ -113,7 +113,7 @@ def test_every_andon_variable_is_a_setting_and_the_settings_load(where, monkeypa
         assert settings.port == int(env.get("ANDON_PORT", 8000))
 
 
-def test_the_replicas_share_the_database_and_the_data_folder_and_trust_only_nginx():
+def test_the_replicas_share_the_database_and_the_bucket_not_a_folder_and_trust_only_nginx():
     replicas = andon_services()
     assert len(replicas) == 2
     envs = [compose_env(s) for s in replicas.values()]
@@ -123,8 +123,10 @@ def test_the_replicas_share_the_database_and_the_data_folder_and_trust_only_ngin
         and "@postgres:" in envs[0]["ANDON_DATABASE_URL"]
     )
     assert envs[0]["ANDON_S3_ENDPOINT_URL"].startswith("http://minio:")
-    mounts = {tuple(s["volumes"]) for s in replicas.values()}
-    assert mounts == {(f"andon-data:{envs[0]['ANDON_DATA_DIR']}",)}  # one volume, at the data dir
+    assert envs[0]["ANDON_IMAGE_STORE"] == "s3"  # images and model files in the bucket: no shared folder needed
+    mounts = [tuple(s["volumes"]) for s in replicas.values()]
+    assert all(len(m) == 1 and m[0].endswith(f":{envs[0]['ANDON_DATA_DIR']}") for m in mounts)  # at the data dir
+    assert len({m[0] for m in mounts}) == len(mounts)  # a volume of its own each (the model cache is per replica)
     nginx = COMPOSE["services"]["nginx"]
     assert envs[0]["FORWARDED_ALLOW_IPS"] == nginx["networks"]["andon"]["ipv4_address"]
     for name in replicas:
