@@ -341,3 +341,50 @@ def test_select_recipe_switches_the_lines_product_and_refuses_an_unknown_one(tmp
         switches = [(r.from_product, r.to_product, r.source) for r in ctx.products.switches(line_id="L1")]
     assert (before, back) == ("", "SKU-A")
     assert switches == [("SKU-A", None, "opcua"), (None, "SKU-A", "opcua")]
+
+
+def _certificate(folder, name: str, uri: str, use):
+    """A self-signed application certificate (DER) and its key (PEM), as asyncua makes them."""
+    import asyncio
+
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+
+    key, cert = folder / f"{name}-key.pem", folder / f"{name}-cert.der"
+    asyncio.run(setup_self_signed_certificate(key, cert, uri, "localhost", [use], {"organizationName": "test"}))
+    return cert, key
+
+
+def test_basic256sha256_offers_only_secure_endpoints_and_takes_the_password_over_them(tmp_path, tiny_model_path, port):
+    from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    server_cert, server_key = _certificate(tmp_path, "server", "urn:andon:test:server", ExtendedKeyUsageOID.SERVER_AUTH)
+    client_cert, client_key = _certificate(tmp_path, "client", "urn:test:plc", ExtendedKeyUsageOID.CLIENT_AUTH)
+    with pytest.raises(ConfigError, match="opcua_private_key .* is not a file"):
+        opcua_settings(tmp_path, tiny_model_path, port, opcua_security="basic256sha256",
+                       opcua_certificate=server_cert, opcua_private_key=tmp_path / "missing.pem")  # fmt: skip
+    settings = opcua_settings(
+        tmp_path, tiny_model_path, port, opcua_anonymous=False, opcua_username="plc", opcua_password="s3cret",
+        opcua_security="basic256sha256", opcua_certificate=server_cert, opcua_private_key=server_key,
+    )  # fmt: skip
+    with client_for(settings) as client:
+        _started(client)
+        with pytest.raises(Exception):  # noqa: B017 - no unencrypted endpoint to open a session on
+            Plc(port, [camera_base("top")], username="plc", password="s3cret")
+        secure = Client(f"opc.tcp://127.0.0.1:{port}/andon", timeout=5)
+        secure.application_uri = "urn:test:plc"
+        secure.set_security(
+            SecurityPolicyBasic256Sha256, str(client_cert), str(client_key), server_certificate=str(server_cert)
+        )
+        secure.set_user("plc")
+        secure.set_password("s3cret")
+        secure.connect()
+        try:
+            endpoints = secure.get_endpoints()
+            ns = secure.get_namespace_index(NS)
+            state = secure.get_node(f"ns={ns};s=andon/SystemState").read_value()
+        finally:
+            secure.disconnect()
+    assert state == "Operational"
+    assert {e.SecurityPolicyUri.rsplit("#", 1)[1] for e in endpoints} == {"Basic256Sha256"}
+    assert {e.SecurityMode for e in endpoints} == {ua.MessageSecurityMode.Sign, ua.MessageSecurityMode.SignAndEncrypt}
