@@ -271,6 +271,19 @@ def test_part_results_and_the_system_state_follow_the_model(tmp_path, tiny_model
             beat = plc.read("andon/Heartbeat")
             time.sleep(0.3)
             assert plc.read("andon/Heartbeat") == beat  # the heartbeat stands
+            ctx.runtime.sync(force=True)
+            wait_for(lambda: plc.read("andon/SystemState") == "Operational", what="Operational again")
+
+            def database_down():
+                from sqlalchemy.exc import OperationalError
+
+                raise OperationalError("SELECT", {}, Exception("the database is down"))
+
+            worker._pending = database_down  # the dispatcher cannot read the outbox: it refreshes nothing
+            wait_for(lambda: plc.read("andon/SystemState") == "Error", what="Error after 3 periods")
+            beat = plc.read("andon/Heartbeat")
+            time.sleep(0.2)
+            assert plc.read("andon/Heartbeat") == beat
         finally:
             plc.close()
     assert (part.LineId, part.Sequence, part.PartId, part.Decision) == ("L1", 1, "Q-1", "reject")
