@@ -84,6 +84,16 @@ def one_writer(engine: Engine | None) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def writing(sessions: Any) -> Iterator[Session]:
+    """A session from ``sessions`` (a sessionmaker) for one short write transaction, under ``one_writer``.
+
+    For the hot writers (a frame's records, the outbox marks, the refusals' rows); a transaction that reads for
+    long before it writes must not hold the lock."""
+    with one_writer(getattr(sessions, "kw", {}).get("bind")), sessions() as session:
+        yield session
+
+
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 

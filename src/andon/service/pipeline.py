@@ -41,7 +41,7 @@ from andon.inspect.inspector import Inspector
 from andon.inspect.result import InspectionResult
 from andon.service.admission import Admission, Reservation
 from andon.service.auth import KeyDirectory, Principal
-from andon.service.db import one_writer
+from andon.service.db import writing
 from andon.service.errors import (
     IdempotencyConflictError,
     NoModelError,
@@ -375,7 +375,7 @@ class Pipeline:
                 row.timings_ms = dict(d.timings)
                 rows.append(row)
             t0 = time.perf_counter()
-            with one_writer(getattr(self.sessions, "kw", {}).get("bind")), self.sessions() as session:
+            with writing(self.sessions) as session:
                 session.add_all(rows)
                 if self.line is not None:
                     self.line.record(session, rows, started)  # the line's outbox rows commit with the records

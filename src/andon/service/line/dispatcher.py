@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from andon.errors import AndonError
 from andon.inspect.decision import worst_decision
+from andon.service.db import writing
 from andon.service.line.alarm_model import ALARM_ROW, alarm_message
 from andon.service.line.errors import LineValueError, SinkUnavailableError
 from andon.service.line.messages import Verdict
@@ -355,7 +356,7 @@ class SinkWorker:
             session.commit()
 
     def _mark(self, sent: list[tuple[int, Verdict | None, dt.datetime, str | None]]) -> None:
-        with self.line.sessions() as session:
+        with writing(self.line.sessions) as session:  # queued behind the frames' commits, not in the busy handler
             for row_id, verdict, at, refused in sent:
                 session.execute(
                     update(LineOutbox)
@@ -373,7 +374,7 @@ class SinkWorker:
 
     def _note_failure(self, row_id: int, message: str) -> None:
         try:
-            with self.line.sessions() as session:
+            with writing(self.line.sessions) as session:
                 session.execute(
                     update(LineOutbox)
                     .where(LineOutbox.id == row_id)

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from andon.service.db import writing
+
 log = logging.getLogger("andon.service.line")
 
 OVERLOAD, NO_MODEL = "overload", "no model"
@@ -147,7 +149,7 @@ class RefusalQueue:
     def _write(self, batch: list[Refusal]) -> None:
         t0 = time.perf_counter()
         try:
-            with self.line.sessions() as session:
+            with writing(self.line.sessions) as session:
                 self.line.record_refused(session, batch)
                 session.commit()
         except SQLAlchemyError as exc:
