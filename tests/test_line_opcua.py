@@ -67,17 +67,23 @@ class Plc:
 
     def __init__(self, port: int, bases: list[str], username: str | None = None, password: str | None = None):
         self.client = Client(f"opc.tcp://127.0.0.1:{port}/andon", timeout=5)
-        if username is not None:
-            self.client.set_user(username)
-            self.client.set_password(password)
-        self.client.connect()
-        self.ns = self.client.get_namespace_index(NS)
-        self.handler = Events()
-        self.sub = self.client.create_subscription(20, self.handler)
-        etype = self.node("andon/ResultReadyEventType")
-        for base in bases:
-            self.sub.subscribe_events(self.node(base), etype)
-        self.sub.subscribe_data_change([self.node(f"{b}/Sequence") for b in bases])
+        try:
+            if username is not None:
+                self.client.set_user(username)
+                self.client.set_password(password)
+            self.client.connect()
+            self.ns = self.client.get_namespace_index(NS)
+            self.handler = Events()
+            self.sub = self.client.create_subscription(20, self.handler)
+            etype = self.node("andon/ResultReadyEventType")
+            for base in bases:
+                self.sub.subscribe_events(self.node(base), etype)
+            self.sub.subscribe_data_change([self.node(f"{b}/Sequence") for b in bases])
+        except BaseException:
+            # the sync client's own event-loop thread is not a daemon: a refused connect must stop it, or pytest
+            # waits for it at exit forever
+            self.client.tloop.stop()
+            raise
 
     def node(self, name: str):
         return self.client.get_node(f"ns={self.ns};s={name}")
