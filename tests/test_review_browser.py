@@ -232,7 +232,7 @@ def test_engineer_sees_the_dashboard(browser, service):
         ),
         timeout=60,
     )
-    text = browser.find_element("css selector", ".alerts").text
+    text = browser.find_element("css selector", "#attention").text  # not the line's alarms above it
     assert "L1-cam2 brightness" in text
     height = browser.execute_script("return document.body.scrollHeight")
     browser.set_window_size(1600, min(height + 40, 6000))
