@@ -58,6 +58,31 @@ def _check_blocks(blocks: dict[str, int], kind: str, part_id_registers: int, tak
         taken.append((start, start + size, f"the block of {name!r}"))
 
 
+def _registers_in_use(data: dict, *, part_blocks: bool = False, alarms: bool = False) -> list[tuple[int, int, str]]:
+    """(first, end, what) of the Modbus registers the settings validated so far claim: the heartbeat, the
+    cameras' blocks, and on request the lines' part blocks and alarm registers."""
+    size = MODBUS_BLOCK_HEAD + data.get("modbus_part_id_registers", 8)
+    beat = data.get("modbus_heartbeat_register", 0)
+    taken = [(beat, beat + 1, "the heartbeat register")]
+    taken += [(a, a + size, f"the block of camera {c!r}") for c, a in (data.get("modbus_blocks") or {}).items()]
+    if part_blocks:
+        taken += [(a, a + size, f"the block of line {c!r}") for c, a in (data.get("modbus_part_blocks") or {}).items()]
+    if alarms:
+        registers = data.get("modbus_alarm_registers") or {}
+        taken += [(a, a + 1, f"the alarm register of line {c!r}") for c, a in registers.items()]
+    return taken
+
+
+def _claim_register(taken: list[tuple[int, int, str]], register: int, what: str) -> None:
+    """One holding register for ``what``: inside 0..65535 and overlapping nothing in ``taken`` (then added to it)."""
+    if not 0 <= register <= 65535:
+        raise ValueError(f"{what} is {register}; registers are 0 to 65535")
+    for lo, hi, other in taken:
+        if lo <= register < hi:
+            raise ValueError(f"{what} ({register}) overlaps {other} (registers {lo}-{hi - 1})")
+    taken.append((register, register + 1, what))
+
+
 class Settings(BaseSettings):
     """Everything ``andon serve`` can be told; each field is also ``ANDON_<NAME>`` in the environment."""
 
@@ -523,34 +548,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"part blocks for lines {unknown} that line_cameras does not name; lines: {sorted(lines) or 'none'}"
             )
-        size = MODBUS_BLOCK_HEAD + info.data.get("modbus_part_id_registers", 8)
-        beat = info.data.get("modbus_heartbeat_register", 0)
-        taken = [(beat, beat + 1, "the heartbeat register")]
-        taken += [
-            (a, a + size, f"the block of camera {c!r}") for c, a in (info.data.get("modbus_blocks") or {}).items()
-        ]
-        _check_blocks(v, "line", info.data.get("modbus_part_id_registers", 8), taken)
+        _check_blocks(v, "line", info.data.get("modbus_part_id_registers", 8), _registers_in_use(info.data))
         return v
 
     @field_validator("modbus_alarm_registers")
     @classmethod
     def _alarm_registers(cls, v: dict[str, int], info: ValidationInfo) -> dict[str, int]:
-        size = MODBUS_BLOCK_HEAD + info.data.get("modbus_part_id_registers", 8)
-        beat = info.data.get("modbus_heartbeat_register", 0)
-        taken = [(beat, beat + 1, "the heartbeat register")]
-        for kind, blocks in (("camera", "modbus_blocks"), ("line", "modbus_part_blocks")):
-            taken += [(a, a + size, f"the block of {kind} {c!r}") for c, a in (info.data.get(blocks) or {}).items()]
+        taken = _registers_in_use(info.data, part_blocks=True)
         for line, register in sorted(v.items(), key=lambda kv: kv[1]):
             if not _LINE_ID.match(line) or len(line) > 64:
                 raise ValueError(f"{line!r} is not a line id (letters, digits, . _ : / -; at most 64)")
-            if not 0 <= register <= 65535:
-                raise ValueError(f"the alarm register of line {line!r} is {register}; registers are 0 to 65535")
-            for lo, hi, what in taken:
-                if lo <= register < hi:
-                    raise ValueError(
-                        f"the alarm register of line {line!r} ({register}) overlaps {what} (registers {lo}-{hi - 1})"
-                    )
-            taken.append((register, register + 1, f"the alarm register of line {line!r}"))
+            _claim_register(taken, register, f"the alarm register of line {line!r}")
         return v
 
     @field_validator("alarms")
@@ -587,15 +595,7 @@ class Settings(BaseSettings):
     @classmethod
     def _ack_registers(cls, v: dict[str, int], info: ValidationInfo) -> dict[str, int]:
         cameras, lines = info.data.get("modbus_blocks") or {}, info.data.get("modbus_part_blocks") or {}
-        size = MODBUS_BLOCK_HEAD + info.data.get("modbus_part_id_registers", 8)
-        beat = info.data.get("modbus_heartbeat_register", 0)
-        taken = [(beat, beat + 1, "the heartbeat register")]
-        taken += [(a, a + size, f"the block of camera {c!r}") for c, a in cameras.items()]
-        taken += [(a, a + size, f"the block of line {c!r}") for c, a in lines.items()]
-        taken += [
-            (a, a + 1, f"the alarm register of line {c!r}")
-            for c, a in (info.data.get("modbus_alarm_registers") or {}).items()
-        ]
+        taken = _registers_in_use(info.data, part_blocks=True, alarms=True)
         for name, register in sorted(v.items(), key=lambda kv: kv[1]):
             if name in cameras and name in lines:
                 raise ValueError(f"{name!r} is both a camera and a line with a block: its ack register is ambiguous")
@@ -604,14 +604,7 @@ class Settings(BaseSettings):
                     f"ack register for {name!r}, which has no block; cameras: {sorted(cameras) or 'none'}, "
                     f"lines: {sorted(lines) or 'none'}"
                 )
-            if not 0 <= register <= 65535:
-                raise ValueError(f"the ack register of {name!r} is {register}; registers are 0 to 65535")
-            for lo, hi, what in taken:
-                if lo <= register < hi:
-                    raise ValueError(
-                        f"the ack register of {name!r} ({register}) overlaps {what} (registers {lo}-{hi - 1})"
-                    )
-            taken.append((register, register + 1, f"the ack register of {name!r}"))
+            _claim_register(taken, register, f"the ack register of {name!r}")
         return v
 
     @field_validator("opcua_endpoint")
