@@ -295,17 +295,13 @@ def test_after_a_restart_the_plc_gets_the_active_alarms_again(tmp_path, tiny_mod
 
 def test_migration_0006_adds_the_alarms_table_and_downgrades_cleanly(tmp_path):
     import sqlalchemy as sa
-    from alembic import command
 
-    from andon.service.db import alembic_config
+    from andon.service.db import downgrade
 
     engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
     migrate(engine)
     assert "line_alarms" in sa.inspect(engine).get_table_names()
-    with engine.begin() as conn:
-        cfg = alembic_config(engine)
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0005")
+    downgrade(engine, "0005")
     assert "line_alarms" not in sa.inspect(engine).get_table_names()
     migrate(engine)
     indexes = {i["name"] for i in sa.inspect(engine).get_indexes("line_alarms")}

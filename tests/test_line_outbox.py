@@ -173,17 +173,13 @@ def test_a_good_line_configuration_loads_from_the_environment(monkeypatch):
 
 def test_migration_0004_adds_the_outbox_and_downgrades_cleanly(tmp_path):
     import sqlalchemy as sa
-    from alembic import command
 
-    from andon.service.db import alembic_config, make_engine, migrate
+    from andon.service.db import downgrade, make_engine, migrate
 
     engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
     migrate(engine)
     assert "line_outbox" in sa.inspect(engine).get_table_names()
-    with engine.begin() as conn:
-        cfg = alembic_config(engine)
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0003")
+    downgrade(engine, "0003")
     assert "line_outbox" not in sa.inspect(engine).get_table_names()
     migrate(engine)
     indexes = {i["name"] for i in sa.inspect(engine).get_indexes("line_outbox")}

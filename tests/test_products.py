@@ -398,9 +398,8 @@ def test_cli_promotes_per_product_lists_products_and_refuses_bad_input_in_one_li
 
 def test_migration_0005_adds_the_product_columns_and_switches_and_downgrades_cleanly(tmp_path):
     import sqlalchemy as sa
-    from alembic import command
 
-    from andon.service.db import alembic_config, make_engine, migrate
+    from andon.service.db import downgrade, make_engine, migrate
 
     engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
     migrate(engine)
@@ -410,10 +409,7 @@ def test_migration_0005_adds_the_product_columns_and_switches_and_downgrades_cle
 
     assert "product" in columns("inspections") and "product" in columns("line_outbox")
     assert "product_switches" in sa.inspect(engine).get_table_names()
-    with engine.begin() as conn:
-        cfg = alembic_config(engine)
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0004")
+    downgrade(engine, "0004")
     assert "product" not in columns("inspections") and "product" not in columns("line_outbox")
     assert "product_switches" not in sa.inspect(engine).get_table_names()
     migrate(engine)

@@ -121,6 +121,16 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         command.upgrade(cfg, revision)
 
 
+def downgrade(engine: Engine, revision: str) -> None:
+    """Take the schema back to ``revision`` (a migration's own down step; for tests and a rollback by hand)."""
+    from alembic import command
+
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
 def check_writable(engine: Engine) -> None:
     """Raise if the database cannot be reached (a read; writes are checked by every insert)."""
     with engine.connect() as conn:
