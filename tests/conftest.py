@@ -157,3 +157,24 @@ def plc():
     server = Plc()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A moto S3 server for the module (tests/s3_support.py); its URL."""
+    from s3_support import moto_server
+
+    server = moto_server()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def no_local_aws_config(monkeypatch, tmp_path):
+    """Only what the settings say: no profile, config file or endpoint override of the machine's own."""
+    names = ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))

@@ -20,23 +20,16 @@ from pathlib import Path
 import pytest
 
 from andon.errors import ModelFileError, StorageError
+from s3_support import CREDS
+from s3_support import admin as _admin
 from service_support import REJECT, add_key, auth, client_for, jpeg, post_frame, settings_for
-from test_store_s3 import _admin, _moto, _no_local_aws_config  # noqa: F401 - the fixture keeps ~/.aws out
 
 POLL_S = 0.2
 #: the bound: one poll period, plus fetching (once per replica), verifying, loading and warming the model;
 #: milliseconds for these tiny models, so the slack is for two shared CPU cores under other tests' load
 LOAD_ALLOWANCE_S = 2.5
-CREDS = dict(s3_access_key_id="testing", s3_secret_access_key="testing", s3_region="us-east-1")
 PREFIX = "plant1"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    server = _moto()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+pytestmark = pytest.mark.usefixtures("no_local_aws_config")  # ~/.aws kept out
 
 
 @pytest.fixture

@@ -10,73 +10,24 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import logging
 import os
 import re
 import socket
 import time
-import uuid
 
 import pytest
 
 from andon.errors import NotFoundError
 from andon.service.settings import Settings
 from andon.service.storage import LocalDiskStore, make_store
+from s3_support import CREDS
+from s3_support import admin as _admin
+from s3_support import moto_server as _moto
+from s3_support import new_bucket as _new_bucket
 from service_support import PASS, REJECT, REVIEW, add_key, auth, client_for, count_rows, jpeg, post_frame, settings_for
 
-CREDS = dict(s3_access_key_id="testing", s3_secret_access_key="testing", s3_region="us-east-1")
 PREFIX = "plant1/line3"
-
-
-def _moto(port: int = 0):
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    return server
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    server = _moto()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-def _no_local_aws_config(monkeypatch, tmp_path):
-    """Only what the settings say: no profile, config file or endpoint override of the machine's own."""
-    for name in (
-        "AWS_PROFILE",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_S3",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-
-
-def _admin(endpoint: str):
-    """A plain boto3 client: what an operator (or another replica) sees in the bucket."""
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
-
-
-def _new_bucket(endpoint: str) -> str:
-    name = f"andon-{uuid.uuid4().hex[:12]}"
-    _admin(endpoint).create_bucket(Bucket=name)
-    return name
+pytestmark = pytest.mark.usefixtures("no_local_aws_config")
 
 
 @pytest.fixture
