@@ -24,6 +24,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def add_unsendable_row(client, sink: str, camera_id: str) -> None:
+    """An outbox row no sink can send (decision "maybe" has no result code), part id V-X, already due: what a
+    bug or a hand-edited database would leave. The line must close it unsent and go on behind it."""
+    from andon.service.line.tables import LineOutbox
+    from andon.service.tables import utcnow
+
+    now = utcnow()
+    with client.app.state.ctx.sessions() as session:
+        session.add(
+            LineOutbox(
+                sink=sink, kind="frame", line_id="L1", camera_id=camera_id, part_id="V-X", decision="maybe",
+                model_version="0", received_at=now, deadline_at=now, created_at=now, attempts=0,
+            )
+        )  # fmt: skip
+        session.commit()
+
+
 def wait_for(predicate, timeout: float = 20.0, what: str = "the condition"):
     """Poll ``predicate`` until it is truthy (returns its value); fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -8,7 +8,7 @@ import time
 
 from andon.service.line.modbus import FLAG_LATE, decode_part_id
 from andon.service.runtime import Models
-from line_support import FAST_MODBUS, wait_for
+from line_support import FAST_MODBUS, add_unsendable_row, wait_for
 from service_support import PASS, REJECT, REVIEW, client_for, jpeg, post_frame, settings_for
 
 P = 8  # part id registers
@@ -166,21 +166,11 @@ def test_delivered_rows_are_pruned_and_a_restart_goes_on_with_the_next_sequence(
 
 
 def test_a_row_the_plc_cannot_take_is_closed_unsent_and_does_not_stop_the_line(tmp_path, tiny_model_path, plc):
-    from andon.service.line.tables import LineOutbox
-    from andon.service.tables import utcnow
 
     with client_for(line_settings(tmp_path, tiny_model_path, plc)) as client:
         plc.stop()
         assert post_frame(client, jpeg(PASS), camera="cam1", part="V-1").status_code == 201
-        now = utcnow()
-        with client.app.state.ctx.sessions() as session:  # a row no sink can send (a decision with no code)
-            session.add(
-                LineOutbox(
-                    sink="modbus", kind="frame", line_id="L1", camera_id="cam1", part_id="V-X", decision="maybe",
-                    model_version="0", received_at=now, deadline_at=now, created_at=now, attempts=0,
-                )
-            )  # fmt: skip
-            session.commit()
+        add_unsendable_row(client, "modbus", "cam1")  # a row no sink can send (a decision with no code)
         assert post_frame(client, jpeg(REJECT, noise=1), camera="cam1", part="V-2").status_code == 201
         plc.start()
         wait_for(lambda: 2 in sequence_writes(plc, "cam1"), what="both good verdicts")

@@ -15,7 +15,7 @@ import pytest
 from andon.errors import ConfigError
 from andon.service.line.opcua import FLAG_LATE, camera_base, line_base
 from andon.service.runtime import Models
-from line_support import free_port, wait_for
+from line_support import add_unsendable_row, free_port, wait_for
 from service_support import PASS, REJECT, REVIEW, client_for, jpeg, post_frame, settings_for
 
 asyncua = pytest.importorskip("asyncua")
@@ -155,7 +155,6 @@ def test_a_server_that_cannot_listen_keeps_the_verdicts_late_ones_reject_and_a_r
     tmp_path, tiny_model_path, port
 ):
     from andon.service.line.tables import LineOutbox
-    from andon.service.tables import utcnow
 
     blocker = socket.socket()  # the endpoint is taken: the server cannot start, the sink counts as down
     blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -169,15 +168,7 @@ def test_a_server_that_cannot_listen_keeps_the_verdicts_late_ones_reject_and_a_r
         assert 'andon_line_sink_up{sink="opcua"} 0.0' in client.get("/metrics").text
         r = post_frame(client, jpeg(PASS), camera="top", part="LATE-1")
         assert r.status_code == 201 and r.json()["decision"] == "pass"
-        now = utcnow()
-        with client.app.state.ctx.sessions() as session:  # a row no sink can send (a decision with no code)
-            session.add(
-                LineOutbox(
-                    sink="opcua", kind="frame", line_id="L1", camera_id="top", part_id="V-X", decision="maybe",
-                    model_version="0", received_at=now, deadline_at=now, created_at=now, attempts=0,
-                )
-            )  # fmt: skip
-            session.commit()
+        add_unsendable_row(client, "opcua", "top")  # a row no sink can send (a decision with no code)
         assert post_frame(client, jpeg(PASS, noise=2), camera="top", part="LATE-2").status_code == 201
         time.sleep(0.3)  # past the deadline
         blocker.close()
