@@ -9,7 +9,18 @@ import zlib
 
 import pytest
 
-from service_support import PASS, REJECT, client_for, count_rows, jpeg, png, post_frame, settings_for, stored_files
+from service_support import (
+    PASS,
+    REJECT,
+    client_for,
+    count_rows,
+    jpeg,
+    live_server,
+    png,
+    post_frame,
+    settings_for,
+    stored_files,
+)
 
 _LEAKS = re.compile(r"Traceback|File \"|\.py\b|/work/|site-packages|[A-Z][a-z]+(Error|Exception)\b")
 
@@ -249,3 +260,53 @@ def test_database_failure_writes_nothing_and_answers_503(tmp_path, tiny_model_pa
         _check_shape(r, 503, "storage_unavailable")
         assert stored_files(c) == []  # the image written before the failed commit was removed
         assert c.get("/livez").status_code == 200
+
+
+def _raw_post(sock, length: int, body: bytes) -> bytes:
+    """One POST /v1/inspections on an open socket, the body sent whole as a proxy sends it; the raw answer."""
+    head = (
+        f"POST /v1/inspections?camera_id=cam1&line_id=L1 HTTP/1.1\r\nHost: andon\r\nContent-Type: image/jpeg\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+    sock.sendall(head + body)
+    return _read_answer(sock)
+
+
+def _read_answer(sock) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection before it answered (got {data!r})"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return head + b"\r\n\r\n" + rest
+
+
+def test_a_413_under_twice_the_cap_keeps_the_connection_so_a_proxy_sees_no_reset(tmp_path, tiny_model_path):
+    """A body sent whole (as nginx sends it) that is over the cap: the 413 arrives, the rest of the body is read
+    and thrown away, and the same connection serves the next request. No reset, which a proxy would count as a
+    failure of a healthy replica (deploy/nginx.conf max_fails). Twice the cap and more: Connection: close."""
+    import socket
+    from urllib.parse import urlsplit
+
+    limit = 64 * 1024
+    settings = settings_for(tmp_path, tiny_model_path, max_body_bytes=limit)
+    with live_server(settings) as url:
+        address = urlsplit(url)
+        with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+            for size in (limit + 1, 2 * limit):  # twice in a row on one connection
+                answer = _raw_post(sock, size, b"\xff" * size)
+                assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+                assert b"body_too_large" in answer and b"connection: close" not in answer.lower()
+            sock.sendall(b"GET /livez HTTP/1.1\r\nHost: andon\r\n\r\n")
+            assert _read_answer(sock).startswith(b"HTTP/1.1 200 ")
+        with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+            size = 2 * limit + 1
+            head = f"POST /v1/inspections HTTP/1.1\r\nHost: andon\r\nContent-Length: {size}\r\n\r\n".encode()
+            sock.sendall(head)  # the camera waits for the answer before it sends the body
+            answer = _read_answer(sock)
+            assert answer.startswith(b"HTTP/1.1 413 ") and b"connection: close" in answer.lower(), answer[:300]
+            assert sock.recv(1) == b""  # the server closed it: the body is not worth reading

@@ -3,6 +3,15 @@
 Pure ASGI rather than ``BaseHTTPMiddleware``: no extra task per request, and the body cap sees every
 chunk as it arrives, so a chunked upload without Content-Length is cut off at the cap instead of being
 buffered whole.
+
+How a 413 ends the connection. Closing a socket whose peer is still sending makes the kernel answer with a
+reset, and a reset can reach the peer before it has read the 413 (it then sees "connection reset", not the
+answer). A proxy in front (nginx, deploy/nginx.conf) has read the whole body and sends it at once; it counts
+such a reset as a failure of the replica, and at ``max_fails`` takes a healthy replica out of rotation. So a
+body of known length up to ``DRAIN_FACTOR`` times the cap is answered on a connection that stays open: the
+server reads the rest of the body and throws it away (uvicorn discards what arrives after the response).
+A larger body, or one of unknown length cut off mid-stream, gets ``Connection: close``: sending it whole
+would cost the network more than a reset costs the client.
 """
 
 from __future__ import annotations
@@ -15,6 +24,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from andon.service.errors import BodyTooLargeError
 from andon.service.metrics import Metrics
+
+#: a body of known length up to this many times the cap is read to its end and thrown away after the 413,
+#: so that the connection ends cleanly (see the module's docstring); a larger one gets Connection: close
+DRAIN_FACTOR = 2
 
 
 class BodyLimit:
@@ -35,7 +48,7 @@ class BodyLimit:
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             self.on_reject()
-            await _send_413(send, limit, declared)
+            await _send_413(send, limit, declared, close=declared > DRAIN_FACTOR * limit)
             return
         seen = 0
         started = False
@@ -61,7 +74,7 @@ class BodyLimit:
             if started:
                 raise
             self.on_reject()
-            await _send_413(send, limit, None)
+            await _send_413(send, limit, None, close=True)  # of unknown length: a declared one is refused above
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -79,19 +92,12 @@ def _message(limit: int, declared: int | None) -> str:
     return f"{size} exceeds the limit of {limit:,} bytes"
 
 
-async def _send_413(send: Send, limit: int, declared: int | None) -> None:
+async def _send_413(send: Send, limit: int, declared: int | None, *, close: bool) -> None:
     body = json.dumps({"error": BodyTooLargeError.code, "message": _message(limit, declared)}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
