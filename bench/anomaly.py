@@ -63,7 +63,7 @@ class Variant:
     note: str = ""
 
 
-BASE = Variant("base", note="mobilenet_v2 blocks 6+13, 224 stretch, D 64, bank 1000")
+BASE = Variant("base")
 VARIANTS = {
     v.name: v
     for v in (
