@@ -201,6 +201,38 @@ def test_synthetic_frames_know_their_truth(tmp_path: Path) -> None:
     assert truth is None and data[:4] == b"\x89PNG"
 
 
+def test_images_sorted_into_class_folders_carry_their_truth(tmp_path: Path) -> None:
+    import cv2
+
+    sorted_root = tmp_path / "new-parts"
+    for cls, names in (("ok", ("IMG_0002", "IMG_0003")), ("scratch", ("IMG_0001",)), ("Dent", ("IMG_0004",))):
+        (sorted_root / cls).mkdir(parents=True)
+        for name in names:
+            cv2.imwrite(str(sorted_root / cls / f"{name}.png"), np.zeros((16, 16, 3), np.uint8))
+    source = FrameSource(sorted_root, None, 0.2, 0)
+    assert source.describe() == "4 images sorted by class (truth known)"
+    # name order of the paths (Dent/, ok/, scratch/), looping; the truth follows each file
+    assert [source.next_frame()[1] for _ in range(5)] == [True, False, False, True, True]
+    assert [(source.files[i].parent.name, source.truths[i]) for i in range(4)] == [
+        ("Dent", True),
+        ("ok", False),
+        ("ok", False),
+        ("scratch", True),
+    ]
+    assert FrameSource(sorted_root, (24, 24), 0.2, 0).next_frame()[1] is True  # resized frames keep it too
+    stats = _Stats(source.truth_words())
+    stats.add("reject", 5.0, True)
+    stats.add("pass", 5.0, False)
+    assert "against the folders' classes (2 decided frames, 1 in a defect class's folder" in stats.summary(1.0)
+
+    # no good class among the folders, or images at two depths: no truth is claimed
+    (sorted_root / "ok").rename(sorted_root / "misc")
+    assert set(FrameSource(sorted_root, None, 0.2, 0).truths) == {None}
+    (sorted_root / "misc").rename(sorted_root / "ok")
+    cv2.imwrite(str(sorted_root / "loose.png"), np.zeros((16, 16, 3), np.uint8))
+    assert set(FrameSource(sorted_root, None, 0.2, 0).truths) == {None}
+
+
 def test_the_camera_summary_counts_against_the_truth() -> None:
     stats = _Stats()
     for outcome, truth in (

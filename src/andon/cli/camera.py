@@ -5,9 +5,10 @@ come back (up to ``--in-flight`` requests at once; a frame due while all are bus
 as a camera with a full buffer would drop it). Each frame carries an Idempotency-Key, so the one retry
 after a connection error or a 503 cannot create a duplicate record.
 
-Synthetic frames know the truth (whether the generator drew a defect), so the summary also judges the line:
-missed defects (defective frames passed), false rejects (good frames rejected), reviews, and the reject rate
-against the generated defect rate.
+Synthetic frames know the truth (whether the generator drew a defect), and so do images from a folder sorted
+like a training folder (FOLDER/ok/..., FOLDER/<defect>/...), so the summary also judges the line: missed
+defects (defective frames passed), false rejects (good frames rejected), reviews, and the reject rate against
+the share of defective frames.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ def register(app: typer.Typer) -> None:
 def camera_sim(
     folder: Path | None = typer.Argument(
         None,
-        help="Images to send, in name order, looping. Without images "
-        "here (or without DIR), synthetic parts are rendered.",
+        help="Images to send, in name order, looping; sorted into class folders (ok/, scratch/, ...) they "
+        "carry their truth. Without images here (or without DIR), synthetic parts are rendered.",
     ),
     fps: float = typer.Option(2.0, "--fps", min=0.01, max=1000.0, help="Frames per second (fixed arrival rate)."),
     url: str = typer.Option("http://localhost:8000", "--url", help="The service's base URL."),
@@ -59,8 +60,9 @@ def camera_sim(
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic frames."),
     quiet: bool = typer.Option(False, "--quiet", help="Only the summary, not one line per frame."),
 ) -> _Stats:
-    """Post frames to /v1/inspections at --fps and print each verdict. Synthetic frames know whether they hold
-    a defect: the summary then counts false rejects, missed defects and reviews against that truth."""
+    """Post frames to /v1/inspections at --fps and print each verdict. Synthetic frames, and images sorted into
+    class folders, know whether they hold a defect: the summary then counts false rejects, missed defects and
+    reviews against that truth."""
     import httpx
     from rich.console import Console
 
@@ -69,7 +71,7 @@ def camera_sim(
     frames = FrameSource(folder, wh, defect_rate, seed)
     console.print(f"camera {camera_id} on {line_id} -> {url} at {fps:g} fps ({frames.describe()})")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    stats = _Stats()
+    stats = _Stats(frames.truth_words())
     client = httpx.Client(base_url=url, headers=headers, timeout=30.0)
     pool = ThreadPoolExecutor(max_workers=in_flight)
     slots = threading.Semaphore(in_flight)
@@ -139,7 +141,7 @@ def _post(
         stats.add(v["decision"], ms, truth)
         if not quiet:
             colour = {"pass": "green", "review": "yellow", "reject": "red"}[v["decision"]]
-            drawn = "" if truth is None else "  (defect drawn)" if truth else "  (good part)"
+            drawn = "" if truth is None else f"  ({stats.words[2]})" if truth else "  (good part)"
             console.print(
                 f"#{i} [{colour}]{v['decision']:6}[/{colour}] {v['label']:>12} "
                 f"P(defect) {v['defect_score']:.2f}  {ms:6.1f} ms  {v['id']}{drawn}"
@@ -168,6 +170,9 @@ class FrameSource:
             from andon.errors import ConfigError
 
             raise ConfigError(f"folder {folder} does not exist")
+        #: truth per file, when the folder is sorted like a training folder (FOLDER/<class>/image): an image in a
+        #: good class's folder (ok, good, ...) is a good part, one in any other class's folder a defective one
+        self.truths = _folder_truths(folder, self.files) if self.files else []
         self.wh = wh
         self.defect_rate = defect_rate
         self.rng = np.random.default_rng(seed)
@@ -175,25 +180,33 @@ class FrameSource:
 
     def describe(self) -> str:
         if self.files:
-            return f"{len(self.files)} images"
+            sorted_by_class = " sorted by class (truth known)" if self.truths[0] is not None else ""
+            return f"{len(self.files)} images{sorted_by_class}"
         w, h = self.wh or (640, 512)
         return f"synthetic {w}x{h} parts, {self.defect_rate:.0%} with defects"
+
+    def truth_words(self) -> tuple[str, str, str]:
+        """Where the truth comes from, and the summary's and each frame's words for a defective frame."""
+        if self.files:
+            return ("the folders' classes", "in a defect class's folder", "defect folder")
+        return ("the generator's truth", "with a defect drawn", "defect drawn")
 
     def next(self) -> bytes:
         return self.next_frame()[0]
 
     def next_frame(self) -> tuple[bytes, bool | None]:
-        """The next frame's bytes and its truth: True when a defect was drawn into it, False for a good part,
-        None for images from a folder (their truth is not known here)."""
+        """The next frame's bytes and its truth: True when a defect was drawn into it (or it lies in a defect
+        class's folder), False for a good part, None for images whose truth is not known."""
         import cv2
 
         truth: bool | None = None
         if self.files:
             path = self.files[self.i % len(self.files)]
+            truth = self.truths[self.i % len(self.files)]
             self.i += 1
             data = path.read_bytes()
             if self.wh is None:
-                return data, None
+                return data, truth
             from andon.inspect.decoding import decode
 
             image = cv2.resize(decode(data), self.wh, interpolation=cv2.INTER_AREA)
@@ -215,7 +228,11 @@ class FrameSource:
 
 
 class _Stats:
-    def __init__(self) -> None:
+    def __init__(
+        self, words: tuple[str, str, str] = ("the generator's truth", "with a defect drawn", "defect drawn")
+    ) -> None:
+        #: where the truth comes from, and what a defective frame is called, for the summary
+        self.words = words
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self.latencies: list[float] = []
@@ -264,7 +281,7 @@ class _Stats:
             return ""
         pct = lambda v: "-" if v != v else f"{v:.1%}"  # noqa: E731
         return (
-            f"against the generator's truth ({f['frames']} decided frames, {f['defective']} with a defect drawn, "
+            f"against {self.words[0]} ({f['frames']} decided frames, {f['defective']} {self.words[1]}, "
             f"{pct(f['defect_rate'])}): rejected {f['rejects']} ({pct(f['reject_rate'])}), to review "
             f"{f['reviews']} ({pct(f['review_rate'])}), false rejects {f['false_rejects']} of {f['good']} good "
             f"parts ({pct(f['false_reject_rate'])}), missed defects {f['missed']} of {f['defective']} "
@@ -282,6 +299,21 @@ class _Stats:
             lat = f"; latency p50 {p50:.1f} ms, p99 {p99:.1f} ms"
         truth = self.truth_summary()
         return f"{total} frames in {seconds:.1f} s: {parts or 'none'}{lat}" + (f"\n{truth}" if truth else "")
+
+
+def _folder_truths(folder: Path, files: list[Path]) -> list[bool | None]:
+    """Each file's truth when every image lies one level down in a class folder and one of the classes is a
+    good one (ok, good, pass, normal, free): True for a defect class, False for the good class. Otherwise (loose
+    images, deeper trees, no good class) None for every file: the summary then judges nothing."""
+    from andon.inspect.card import GOOD_CLASS_NAMES
+
+    classes = [p.relative_to(folder).parts for p in files]
+    if any(len(parts) != 2 for parts in classes):
+        return [None] * len(files)
+    names = {parts[0].lower() for parts in classes}
+    if not names & GOOD_CLASS_NAMES:
+        return [None] * len(files)
+    return [parts[0].lower() not in GOOD_CLASS_NAMES for parts in classes]
 
 
 def _parse_wh(text: str) -> tuple[int, int]:
