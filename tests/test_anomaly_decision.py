@@ -103,6 +103,17 @@ def test_the_file_carries_every_output_with_parity(held_out: dict) -> None:
     card = Inspector.load(held_out["model"]).card
     assert card.anomaly is not None and card.anomaly.trunk == "efficientnet_lite0" and not card.anomaly.only
     assert card.thresholds.anomaly is not None and card.thresholds.anomaly.reject_at == 1.0
+    # every output declares its real shape: a dynamic batch, then the traced sizes (no exporter-made names)
+    import onnx
+    import onnxruntime as ort
+
+    graph = onnx.load(str(held_out["model"])).graph
+    declared = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.output}
+    session = ort.InferenceSession(str(held_out["model"]), providers=["CPUExecutionProvider"])
+    size = session.get_inputs()[0].shape[2:]
+    got = session.run(None, {session.get_inputs()[0].name: np.zeros((3, 3, *size), np.float32)})
+    assert {o.name: ["batch", *a.shape[1:]] for o, a in zip(session.get_outputs(), got)} == declared
+    assert all(a.shape[0] == 3 for a in got)
 
 
 def test_an_unseen_defect_goes_to_review_as_unknown_defect(held_out: dict) -> None:

@@ -209,6 +209,8 @@ def to_onnx(
     """Trace ``graph_module`` to a self-contained ONNX graph with a dynamic batch dimension."""
     example = torch.zeros(2, 3, *input_hw)  # batch 2: a traced batch of 1 can get specialised away
     names = list(exported_names(graph_module.output_keys).values())
+    with torch.no_grad():
+        shapes = {name: tuple(t.shape[1:]) for name, t in zip(names, graph_module(example))}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter; the result is verified instead
         if exporter == "torchscript":
@@ -250,14 +252,23 @@ def to_onnx(
             model = program.model_proto
         else:
             raise ConfigError(f"exporter {exporter!r} is not one of 'torchscript', 'dynamo'")
-    return _finish(model)
+    return _finish(model, shapes)
 
 
-def _finish(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Fold constants and drop identities, name the producer, and check the result."""
+def _finish(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """Fold constants and drop identities, name the producer, declare every output's shape ([batch, ...], the
+    rest as traced: the exporters' own inference can leave names such as 'Divanomaly_map_dim_2' there), and
+    check the result."""
     import onnxscript
 
     model = onnxscript.optimizer.optimize(model)
+    for output in model.graph.output:
+        if output.name in shapes:
+            dims = output.type.tensor_type.shape.dim
+            del dims[:]
+            dims.add().dim_param = "batch"
+            for size in shapes[output.name]:
+                dims.add().dim_value = int(size)
     model.producer_name, model.producer_version = "andon", __version__
     outputs = ", ".join(o.name for o in model.graph.output)
     model.doc_string = f"andon inspection model: image -> {outputs}; the model card is in metadata 'andon.card'"
