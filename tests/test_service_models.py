@@ -156,6 +156,33 @@ def test_cli_promotion_reaches_the_running_service(service):
     assert out.exit_code != 0
 
 
+def test_cli_takes_a_model_name_registered_once_for_its_version(service, tmp_path, capsys):
+    """`andon models promote flange-v2`: the run's name stands for its one version (no time stamp to copy)."""
+    from typer.testing import CliRunner
+
+    from andon.cli import app
+    from tiny_onnx import tiny_card, write_tiny_model
+
+    client, key, v2 = service
+    data_dir = str(client.app.state.ctx.settings.data_dir)
+    runner = CliRunner()
+    named = write_tiny_model(tmp_path / "f.onnx", tiny_card(name="flange-v2", version="flange-v2-20261206T101500Z"))
+    assert runner.invoke(app, ["models", "add", str(named), "--data-dir", data_dir]).exit_code == 0
+    out = runner.invoke(app, ["models", "shadow", "flange-v2", "--data-dir", data_dir])
+    assert out.exit_code == 0 and "shadow: flange-v2-20261206T101500Z" in out.output, out.output
+    out = runner.invoke(app, ["models", "promote", "flange-v2", "--data-dir", data_dir])
+    assert out.exit_code == 0 and "active: flange-v2-20261206T101500Z | previous: 1" in out.output, out.output
+    # two versions of one name: which one is meant is not guessed
+    assert runner.invoke(app, ["models", "add", str(v2), "--data-dir", data_dir]).exit_code == 0  # named tiny, as v1
+    from andon.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["models", "promote", "tiny", "--data-dir", data_dir])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "2 registered versions are named 'tiny' (1, 2); give the version" in err
+    assert "Traceback" not in err
+
+
 def test_registry_rules(tmp_path, tiny_model_path):
     from andon.service.domain import ServiceData
     from andon.service.settings import Settings

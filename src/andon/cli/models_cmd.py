@@ -47,6 +47,21 @@ ProductOpt = typer.Option(
 )
 
 
+def _version(registry, text: str) -> str:
+    """A registered version, or the one version of the model named ``text`` (the card's name: the run's name,
+    such as flange-v2), so that nobody has to copy a time stamp. Two versions of that name: an error naming
+    both; neither a version nor a name: left to the registry's own error."""
+    from andon.errors import ConfigError
+
+    entries = registry.entries()
+    if any(e.version == text for e in entries):
+        return text
+    named = [e.version for e in entries if e.name == text]
+    if len(named) > 1:
+        raise ConfigError(f"{len(named)} registered versions are named {text!r} ({', '.join(named)}); give the version")
+    return named[0] if named else text
+
+
 def _show_state(registry, product: str | None = None) -> None:
     state = registry.state()
     if product is not None:
@@ -121,14 +136,14 @@ def list_(config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt) -
 
 @models_app.command("promote")
 def promote(
-    version: str = typer.Argument(..., help="A registered version."),
+    version: str = typer.Argument(..., help="A registered version, or the name of a model registered once."),
     product: str | None = ProductOpt,
     config: Path | None = ConfigOpt,
     data_dir: Path | None = DataDirOpt,
 ) -> None:
     """Make VERSION active, of the default or of --product SKU (the active one becomes the rollback target)."""
     with _registry(config, data_dir) as registry:
-        registry.promote(version, product=product)
+        registry.promote(_version(registry, version), product=product)
         _show_state(registry, product)
 
 
@@ -144,7 +159,9 @@ def rollback(
 
 @models_app.command("shadow")
 def shadow(
-    version: str | None = typer.Argument(None, help="A registered version to score next to the active one."),
+    version: str | None = typer.Argument(
+        None, help="A registered version (or the name of a model registered once) to score next to the active one."
+    ),
     off: bool = typer.Option(False, "--off", help="Stop shadow scoring."),
     config: Path | None = ConfigOpt,
     data_dir: Path | None = DataDirOpt,
@@ -155,5 +172,5 @@ def shadow(
     if (version is None) == (not off):
         raise ConfigError("give a VERSION to shadow, or --off to stop")
     with _registry(config, data_dir) as registry:
-        registry.set_shadow(None if off else version)
+        registry.set_shadow(None if off else _version(registry, version))
         _show_state(registry)
