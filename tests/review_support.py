@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import socket
 import threading
 import time
@@ -19,6 +20,12 @@ from andon.inspect.onnxfile import embed_card
 from tiny_onnx import cam_nodes, class_index_initializers, tiny_card
 
 PASSWORD = "correct horse battery"
+#: Debian's chromium and its driver (make system-deps): the browser tests skip without them, nothing is downloaded
+CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium") if p and Path(p).exists()), None)
+DRIVER = next((p for p in (shutil.which("chromedriver"), "/usr/bin/chromedriver") if p and Path(p).exists()), None)
+NO_BROWSER = (
+    "no chromium / chromedriver binary (Debian: apt-get install chromium chromium-driver; 'make system-deps' does it)"
+)
 CLASSES = ("ok", "scratch", "dent")
 
 
@@ -178,3 +185,65 @@ def live_server(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+@contextlib.contextmanager
+def chromium(width: int = 1920, height: int = 1080) -> Iterator:
+    """Headless Chromium driven by Selenium (Debian's binary and driver); yields the WebDriver."""
+    import pytest
+
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--window-size={width},{height}",
+        "--force-device-scale-factor=1",
+        "--lang=en-GB",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(driver, condition, timeout: float = 10.0):
+    """Poll ``condition(driver)`` until it is truthy (Selenium's WebDriverWait); returns its value."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: condition(d))
+
+
+def browser_login(driver, url: str, username: str, password: str = PASSWORD) -> None:
+    """Log in through the review station's login form."""
+    driver.get(url + "/")
+    wait_for(driver, lambda d: d.find_elements("id", "username"))
+    driver.find_element("id", "username").send_keys(username)
+    driver.find_element("id", "password").send_keys(password)
+    driver.find_element("id", "login-button").click()
+
+
+def press(driver, keys: str) -> None:
+    """Type keys at the page (the review station is driven from the keyboard)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(driver).send_keys(keys).perform()
+
+
+def part_on_screen(driver) -> str | None:
+    """The id of the part on the review page (one script call: the element is replaced when the next comes)."""
+    return driver.execute_script("const p = document.querySelector('#part .part'); return p && p.dataset.id;")
+
+
+def images_loaded(driver) -> bool:
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#part img')].every(i => i.complete && i.naturalWidth > 0)"
+    )

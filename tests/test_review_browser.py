@@ -8,51 +8,40 @@ Screenshots of the review page and the dashboard go to test-artifacts/.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from review_support import PASSWORD, add_user, jpeg_bytes, live_server, post_frame, review_model, synth_image
+from review_support import (
+    CHROMIUM,
+    DRIVER,
+    NO_BROWSER,
+    add_user,
+    browser_login,
+    chromium,
+    images_loaded,
+    jpeg_bytes,
+    live_server,
+    part_on_screen,
+    post_frame,
+    press,
+    review_model,
+    synth_image,
+    wait_for,
+)
 from service_support import add_key, settings_for
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium") if p and Path(p).exists()), None)
-DRIVER = next((p for p in (shutil.which("chromedriver"), "/usr/bin/chromedriver") if p and Path(p).exists()), None)
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        CHROMIUM is None or DRIVER is None,
-        reason="no chromium / chromedriver binary (Debian: apt-get install chromium chromium-driver; "
-        "'make system-deps' does it)",
-    ),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None or DRIVER is None, reason=NO_BROWSER)]
 
 
 @pytest.fixture
 def browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1920,1080",
-        "--force-device-scale-factor=1",
-        "--lang=en-GB",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)  # Debian's driver: nothing is downloaded
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
+    with chromium() as driver:
+        yield driver
 
 
 @pytest.fixture
@@ -82,31 +71,6 @@ def service(tmp_path):
             yield url, http, ctx, keys, ids[::-1]  # newest first, as the queue shows them
 
 
-def _wait(driver, condition, timeout=10.0):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: condition(d))
-
-
-def _current(driver) -> str | None:
-    """The part on screen (read in one script call: the element is replaced when the next part comes)."""
-    return driver.execute_script("const p = document.querySelector('#part .part'); return p && p.dataset.id;")
-
-
-def _press(driver, keys: str) -> None:
-    from selenium.webdriver.common.action_chains import ActionChains
-
-    ActionChains(driver).send_keys(keys).perform()
-
-
-def _login(driver, url, username):
-    driver.get(url + "/")
-    _wait(driver, lambda d: d.find_elements("id", "username"))
-    driver.find_element("id", "username").send_keys(username)
-    driver.find_element("id", "password").send_keys(PASSWORD)
-    driver.find_element("id", "login-button").click()
-
-
 def _verdicts(ctx, inspection_id):
     from andon.service.review.verdicts import history
 
@@ -128,27 +92,22 @@ def test_operator_reviews_a_queue_with_the_keyboard(browser, service):
     )
     assert r.status_code == 403
 
-    _login(browser, url, "olga")
-    _wait(browser, lambda d: d.find_elements("css selector", "#part .part"))
-    assert _current(browser) == ids[0]
+    browser_login(browser, url, "olga")
+    wait_for(browser, lambda d: d.find_elements("css selector", "#part .part"))
+    assert part_on_screen(browser) == ids[0]
     assert browser.find_element("id", "waiting-count").text == "8"
-    _wait(
-        browser,
-        lambda d: d.execute_script(
-            "return [...document.querySelectorAll('#part img')].every(i => i.complete && i.naturalWidth > 0)"
-        ),
-    )
+    wait_for(browser, images_loaded)
     browser.save_screenshot(str(ARTIFACTS / "review-page.png"))
 
     # heatmap toggle and zoom, from the keyboard
     heat = lambda: browser.find_element("css selector", "#part img.heat").value_of_css_property("opacity")  # noqa: E731
     assert float(heat()) > 0.2
-    _press(browser, "h")
+    press(browser, "h")
     assert float(heat()) == 0.0
-    _press(browser, "h++")
+    press(browser, "h++")
     transform = browser.find_element("css selector", "#part .layers").get_attribute("style")
     assert "scale(2.25)" in transform
-    _press(browser, "0")
+    press(browser, "0")
 
     plan = [
         ("d", "confirm_defect", None),
@@ -158,10 +117,10 @@ def test_operator_reviews_a_queue_with_the_keyboard(browser, service):
     ]
     timings = []
     for i, (key, verdict, label) in enumerate(plan):
-        assert _current(browser) == ids[i]
+        assert part_on_screen(browser) == ids[i]
         start = time.perf_counter()
-        _press(browser, key)
-        _wait(browser, lambda d, i=i: _current(d) == ids[i + 1])
+        press(browser, key)
+        wait_for(browser, lambda d, i=i: part_on_screen(d) == ids[i + 1])
         timings.append(time.perf_counter() - start)
         got = _verdicts(ctx, ids[i])
         assert len(got) == 1 and got[0][0] == verdict and got[0][2] == "olga", got
@@ -171,20 +130,20 @@ def test_operator_reviews_a_queue_with_the_keyboard(browser, service):
     assert len(browser.find_elements("css selector", ".qitem")) == 4  # judged parts left the list
 
     # a comment, then the verdict: the comment travels with it
-    _press(browser, "c")
+    press(browser, "c")
     browser.switch_to.active_element.send_keys("burr on the edge")
     from selenium.webdriver.common.keys import Keys
 
     browser.switch_to.active_element.send_keys(Keys.ESCAPE)
-    _press(browser, "d")
-    _wait(browser, lambda d: _current(d) == ids[5])
+    press(browser, "d")
+    wait_for(browser, lambda d: part_on_screen(d) == ids[5])
     assert _verdicts(ctx, ids[4])[0][3] == "burr on the edge"
 
     # back to the last verdict (U) and change it: the history keeps both
-    _press(browser, "u")
-    _wait(browser, lambda d: _current(d) == ids[4])
-    _press(browser, "g")
-    _wait(browser, lambda d: _current(d) == ids[5])
+    press(browser, "u")
+    wait_for(browser, lambda d: part_on_screen(d) == ids[4])
+    press(browser, "g")
+    wait_for(browser, lambda d: part_on_screen(d) == ids[5])
     history = _verdicts(ctx, ids[4])
     assert [(v[0], v[4]) for v in history] == [("confirm_defect", False), ("false_alarm", True)]
 
@@ -200,7 +159,7 @@ def test_operator_reviews_a_queue_with_the_keyboard(browser, service):
     browser.get(url + "/dashboard")
     assert "Engineers only" in browser.page_source
     browser.find_element("css selector", "form[action='/logout'] button").click()
-    _wait(browser, lambda d: d.find_elements("id", "username"))
+    wait_for(browser, lambda d: d.find_elements("id", "username"))
 
 
 def test_engineer_sees_the_dashboard(browser, service):
@@ -220,10 +179,10 @@ def test_engineer_sees_the_dashboard(browser, service):
             ),
         )
     ARTIFACTS.mkdir(exist_ok=True)
-    _login(browser, url, "erik")
-    _wait(browser, lambda d: d.find_elements("css selector", "#part .part, .empty"))
+    browser_login(browser, url, "erik")
+    wait_for(browser, lambda d: d.find_elements("css selector", "#part .part, .empty"))
     browser.get(url + "/dashboard")
-    _wait(
+    wait_for(
         browser,
         lambda d: d.execute_script(
             "const imgs = [...document.querySelectorAll('.chart img')];"
