@@ -24,11 +24,14 @@ GROUP_HELP = (
 
 def register(app: typer.Typer) -> None:
     data = typer.Typer(
-        name="data", help="Data sets: check them, split them, generate the sample data set.", no_args_is_help=True
+        name="data",
+        help="Data sets: check them, split them, generate the sample data set or example phone photos.",
+        no_args_is_help=True,
     )
     data.command("check")(check)
     data.command("split")(split)
     data.command("synth")(synth)
+    data.command("photos")(photos)
     app.add_typer(data, name="data")
 
 
@@ -139,6 +142,50 @@ def synth(
         f"wrote {len(ds)} images of {config.size[0]}x{config.size[1]} to {out} in "
         f"{time.perf_counter() - started:.1f} s ({counts}); masks in {out / '.masks'}"
     )
+
+
+def photos(
+    out: Path = typer.Argument(
+        ..., help="Folder to create (OUT/ok, OUT/scratch, OUT/dent with IMG_0001.jpg ...).", show_default=False
+    ),
+    count: int = typer.Option(120, "--count", "-n", help="Number of photos."),
+    size: str = typer.Option("1600x1200", "--size", help="Photo size: WxH pixels."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
+    ok_fraction: float = typer.Option(0.5, "--ok-fraction", help="Share of good parts (folder 'ok')."),
+    bench: str = typer.Option("rubber", "--bench", help="What the parts lie on: rubber, wood or mat."),
+    mistakes: bool = typer.Option(
+        True,
+        "--mistakes/--no-mistakes",
+        help="Keep what a real phone folder has, for 'andon data check' to find: a copied file, a truncated "
+        "file and two bursts of near-identical shots.",
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it is not empty."),
+) -> None:
+    """Generate example phone photos of good and bad parts (a flange on a bench), in a folder per kind.
+
+    Hand-held shots: position, rotation, size, tilt, light, exposure, noise and focus vary; a defect
+    (scratch or dent) is on the part only. Photos are numbered in shooting order, shuffled across the folders.
+    """
+    from andon.datasets.synth.photos import PhotosConfig, generate_photos
+
+    config = PhotosConfig(count=count, size=size, seed=seed, ok_fraction=ok_fraction, mistakes=mistakes, bench=bench)
+    started = time.perf_counter()
+    result = generate_photos(out, config, progress=True, overwrite=force)
+    counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
+    w, h = config.size
+    copies = " and 1 copy" if result.mistakes.duplicate else ""
+    elapsed = time.perf_counter() - started
+    typer.echo(f"wrote {result.n_photos} photos of {w}x{h}{copies} to {out} in {elapsed:.1f} s ({counts})")
+    m = result.mistakes
+    if not m.present:
+        return
+    typer.echo(f"mistakes, for 'andon data check {out}' to find:")
+    if m.duplicate:
+        typer.echo(f"  copy       {m.duplicate[1]} is an exact copy of {m.duplicate[0]}")
+    if m.truncated:
+        typer.echo(f"  truncated  {m.truncated} is cut to half its bytes (an interrupted copy from the phone)")
+    for a, b in m.bursts:
+        typer.echo(f"  burst      {a} and {b} are two shots of the same part")
 
 
 def _remapped(ds, remap: str | None):
