@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -163,6 +164,25 @@ def test_combined_manifest_keeps_the_original_splits(reviewed, tmp_path):
         if sample.group:
             parts.setdefault(sample.group, set()).add(sample.split)
     assert parts and all(len(v) == 1 for v in parts.values())
+
+
+def test_relative_out_through_a_symlink_gives_csvs_that_load(reviewed, tmp_path, monkeypatch):
+    """As the tutorial runs it: `andon review export reviewed/ --merge-with runs/x/splits.csv` in a project
+    folder reached through a symbolic link. Every image the CSVs name exists, from any working directory."""
+    _, sessions, store, _ = reviewed
+    real = tmp_path / "real-project"
+    (real / "photos" / "ok").mkdir(parents=True)
+    (real / "photos" / "ok" / "a.png").write_bytes(b"png")
+    (real / "photos" / "splits.csv").write_text("path,label,split\nok/a.png,ok,train\n")
+    (tmp_path / "project").symlink_to(real)
+    monkeypatch.chdir(tmp_path / "project")
+    with sessions() as s:
+        export_reviewed(s, store, Path("reviewed"), merge_with=Path("photos/splits.csv"))
+    monkeypatch.chdir(tmp_path)
+    for name in ("reviewed.csv", "combined.csv"):
+        loaded = load_dataset(real / "reviewed" / name)
+        assert loaded.samples and all(sample.path.is_file() for sample in loaded.samples), name
+    assert not any(p.name.startswith(".reviewed.") for p in real.iterdir())  # no staging folder left
 
 
 def test_cli_exports_and_reports(reviewed, tmp_path):

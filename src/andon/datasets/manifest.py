@@ -151,7 +151,10 @@ def write_manifest(dataset: Dataset, csv_path: Path | str) -> None:
 
 
 def _manifest_path(path: Path, base: Path) -> str:
+    """``path`` relative to the CSV's (resolved) folder, or absolute: never relative to the working directory,
+    which the reader of the CSV does not share (a relative or symlinked path is resolved first)."""
+    resolved = Path(path).resolve()
     try:
-        return path.relative_to(base).as_posix()
+        return resolved.relative_to(base).as_posix()
     except ValueError:
-        return path.as_posix()
+        return resolved.as_posix()

@@ -131,7 +131,7 @@ def export_reviewed(
     progress=None,
 ) -> ExportReport:
     """Write the reviewed frames (and, with ``merge_with``, the combined data set) to ``out``."""
-    out = Path(out)
+    out = Path(out).expanduser().resolve()  # the CSVs name their images relative to their own folder, not the cwd
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DatasetError(f"{out} already exists and is not an empty folder; choose a new folder for the export")
     original = load_dataset(merge_with) if merge_with is not None else None
