@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 # torch and torchvision are pinned to the releases this project is tested with
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test install install-serve system-deps lint format audit bench-accuracy bench-inference bench-serve bench-pipeline bench-line deploy-lint
+.PHONY: demo test tutorial-screenshots install install-serve system-deps lint format audit bench-accuracy bench-inference bench-serve bench-pipeline bench-line deploy-lint
 
 ## The main job: sample data -> trained default model -> service on :8000 with a simulated camera.
 demo: install
@@ -15,6 +15,10 @@ test: install system-deps
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m pytest -q
+
+## docs/tutorial.md run word for word (tests/test_tutorial.py), its screenshots written to docs/tutorial/
+tutorial-screenshots:
+	ANDON_TUTORIAL_SCREENSHOTS=docs/tutorial $(PYTHON) -m pytest -q tests/test_tutorial.py
 
 install:
 	$(PIP) install -q $(TORCH_PINS)
