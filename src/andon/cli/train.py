@@ -27,7 +27,10 @@ def train(
         help="A recipe YAML; only the keys it changes are needed (--show-recipe prints them all).",
     ),
     model: str | None = typer.Option(
-        None, "--model", "-m", help="Backbone, e.g. mobilenet_v2, resnet18 ('andon models' lists them)."
+        None,
+        "--model",
+        "-m",
+        help="Backbone, e.g. efficientnet_lite0, mobilenet_v2, resnet18 (an unknown name is answered with the list).",
     ),
     weights: str | None = typer.Option(None, "--weights", help="imagenet, none, or a path to a .pth state dict."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Number of epochs."),
