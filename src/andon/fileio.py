@@ -8,6 +8,7 @@ power cut: the service relies on it before answering 2xx.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +40,35 @@ def open_atomic(path: str | Path, *, durable: bool = True) -> Iterator[BinaryIO]
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+@contextmanager
+def folder_atomic(out: str | Path, *, overwrite: bool = False, error=FileExistsError) -> Iterator[Path]:
+    """A staging folder beside ``out`` to write into; it becomes ``out`` when the block ends, and vanishes if it
+    raises, so ``out`` appears complete or not at all. A non-empty ``out`` is refused (``error``, naming it)
+    unless ``overwrite``, which replaces it only once the new one is complete; a file at ``out`` is refused."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise error(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise error(f"{out} is not empty; choose a new folder or overwrite it (--force)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; what it holds should not be
+        yield staging
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def fsync_dir(folder: str | Path) -> None:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -33,6 +31,7 @@ from andon.datasets.synth.defects import DEFECTS
 from andon.datasets.synth.render import parse_size, render_sample
 from andon.datasets.synth.surfaces import SURFACES
 from andon.errors import ConfigError, DatasetError
+from andon.fileio import folder_atomic
 
 OK_CLASS = "ok"
 MASKS_DIR = ".masks"
@@ -136,19 +135,8 @@ def generate(
         raise ConfigError(f"unknown synth setting(s) {', '.join(unknown)}; settings are {', '.join(config_fields())}")
     config = replace(config, **overrides) if config is not None else SynthConfig(**overrides)
     out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise DatasetError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DatasetError(f"{out} is not empty; choose a new folder or overwrite it (--force)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the data set should not be
-    try:
+    with folder_atomic(out, overwrite=overwrite, error=DatasetError) as staging:
         _write_all(staging, config, progress)
-        _swap_in(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return load_folder(out)
 
 
@@ -180,24 +168,6 @@ def _write_one(folder: Path, config: SynthConfig, job: Job) -> None:
     if job.defect is not None:
         ok, data = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         (folder / MASKS_DIR / job.label / job.name("png")).write_bytes(data.tobytes())
-
-
-def _swap_in(staging: Path, out: Path) -> None:
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-    if not out.exists():
-        os.replace(staging, out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.replace(out, old)
-    os.replace(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def mask_path(image_path: Path | str) -> Path:

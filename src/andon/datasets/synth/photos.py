@@ -37,7 +37,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -49,9 +48,10 @@ import numpy as np
 from andon import __version__
 from andon.datasets.progress import Progress, progress_bar
 from andon.datasets.synth.defects import Canvas, _draw_strokes, _thin_boost
-from andon.datasets.synth.generate import OK_CLASS, _swap_in, _umask
+from andon.datasets.synth.generate import OK_CLASS
 from andon.datasets.synth.noise import fbm, grain, grid_noise, smoothstep
 from andon.errors import ConfigError, DatasetError
+from andon.fileio import folder_atomic
 
 CLASSES: tuple[str, ...] = (OK_CLASS, "scratch", "dent")
 BENCHES: tuple[str, ...] = ("wood", "rubber", "mat")
@@ -218,20 +218,9 @@ def generate_photos(
         raise ConfigError(f"unknown photos setting(s) {', '.join(unknown)}; settings are {', '.join(names)}")
     config = replace(config, **overrides) if config is not None else PhotosConfig(**overrides)
     out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise DatasetError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DatasetError(f"{out} is not empty; choose a new folder or overwrite it (--force)")
     shots, mistakes = plan(config)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the photos should not be
-    try:
+    with folder_atomic(out, overwrite=overwrite, error=DatasetError) as staging:
         _write_all(staging, config, shots, mistakes, progress)
-        _swap_in(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return PhotoSet(root=out, counts=config.class_counts(), mistakes=mistakes)
 
 
