@@ -46,6 +46,7 @@ from review_support import (
     NO_BROWSER,
     browser_login,
     chromium,
+    free_port,
     images_loaded,
     part_on_screen,
     press,
@@ -150,12 +151,6 @@ def commands(body: list[str], start: int) -> list[tuple[int, str]]:
     if current is not None:
         out.append((first, "\n".join(current)))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Reader:
