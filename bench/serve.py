@@ -1,6 +1,6 @@
 """Service capacity against the in-process limit, on this machine.
 
-    python -m bench.serve [--model FILE] [--seconds 8] [--out bench-serve.json]
+    python -m bench.serve [--model FILE] [--seconds 8] [--workers 1 2] [--out bench-serve.json]
 
 1. The model: ``--model``, or the default recipe's network (MobileNetV2, 224x224, 2 classes; ImageNet trunk
    from ../shared/weights when present) with an untrained head - the same graph and cost as a trained one. Its card's
@@ -10,11 +10,13 @@
 3. In-process limit: ``Inspector.inspect`` in a loop on the same frames, no HTTP: with one thread per core
    (one onnxruntime thread each) and with one thread (onnxruntime on all cores); the better is the limit.
 4. Service: ``andon serve`` in its own process with its defaults (SQLite WAL synchronous=FULL, local disk),
-   driven by a separate open-loop load generator process: requests leave at a fixed arrival rate whether or
+   once per ``--workers`` value (uvicorn worker processes, each its share of the cores), driven by a separate
+   open-loop load generator process: requests leave at a fixed arrival rate whether or
    not earlier answers came back. The rate steps up until the accepted p99 exceeds 250 ms or more than 1 %
    of frames are refused; capacity is the highest accepted frames/s with p99 <= 250 ms.
 5. The time split comes from the server's own per-frame timings (queue, decode, preprocess, infer, storage);
-   "http" is the client latency minus the server's total. RSS is the service process's peak resident set.
+   "http" is the client latency minus the server's total. RSS is the peak resident set of the service's
+   processes together (the master and its workers); CPU per frame counts all of them too.
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(model: Path, data_dir: Path, port: int) -> subprocess.Popen:
+def start_service(model: Path, data_dir: Path, port: int, workers: int = 1) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANDON_")}
     proc = subprocess.Popen(
         [
@@ -168,6 +170,8 @@ def start_service(model: Path, data_dir: Path, port: int) -> subprocess.Popen:
             str(data_dir),
             "--port",
             str(port),
+            "--workers",
+            str(workers),
         ],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -178,26 +182,55 @@ def start_service(model: Path, data_dir: Path, port: int) -> subprocess.Popen:
     return proc
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name: fields[2] is the process group, [11] and [12] utime and stime."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Every live process of process group ``pgid`` (the service started in its own session: master + workers)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat_fields(int(entry.name))[2]) == pgid:
+                    pids.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return pids
+
+
 class RssSampler(threading.Thread):
-    def __init__(self, pid: int) -> None:
+    """Peak of the summed resident sets of the service's processes, sampled every 0.1 s."""
+
+    def __init__(self, pgid: int) -> None:
         super().__init__(daemon=True)
-        self.pid, self.peak_kb, self.stop = pid, 0, threading.Event()
+        self.pgid, self.peak_kb, self.stop = pgid, 0, threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
-            try:
-                for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        self.peak_kb = max(self.peak_kb, int(line.split()[1]))
-            except OSError:
-                return
+            total = 0
+            for pid in group_pids(self.pgid):
+                try:
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+                except OSError:
+                    continue
+            self.peak_kb = max(self.peak_kb, total)
             time.sleep(0.1)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pgid: int) -> float:
+    """User + system CPU time so far of every live process in group ``pgid`` (all their threads)."""
+    total = 0
+    for pid in group_pids(pgid):
+        try:
+            fields = _stat_fields(pid)
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def run_load(url: str, frames_dir: Path, rate: float, seconds: float) -> dict:
@@ -343,6 +376,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="an exported .onnx (default: the default recipe's network)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each load step")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1], help="andon serve --workers values, each swept in turn"
+    )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--loadgen", nargs=4, metavar=("URL", "FRAMES", "RATE", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -368,28 +404,34 @@ def main(argv: list[str] | None = None) -> None:
             f"{ {k: round(v, 1) for k, v in limit['all'].items()} })",
             flush=True,
         )
-        port = _free_port()
-        proc = start_service(model, work / "data", port)
-        rss = RssSampler(proc.pid)
-        rss.start()
-        try:
-            print("service, open-loop load steps:", flush=True)
-            steps = sweep(f"http://127.0.0.1:{port}", proc.pid, frames_dir, max(1.0, 0.5 * limit["fps"]), args.seconds)
-        finally:
-            rss.stop.set()
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        report(limit, steps, rss.peak_kb, args.out)
+        results = []
+        for workers in args.workers:
+            port = _free_port()
+            proc = start_service(model, work / f"data-{workers}", port, workers)
+            rss = RssSampler(proc.pid)
+            rss.start()
+            try:
+                print(f"service --workers {workers}, open-loop load steps:", flush=True)
+                start_rate = max(1.0, 0.5 * limit["fps"])
+                steps = sweep(f"http://127.0.0.1:{port}", proc.pid, frames_dir, start_rate, args.seconds)
+            finally:
+                rss.stop.set()
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+            results.append(report(limit, steps, rss.peak_kb, workers))
+        if args.out:
+            args.out.write_text(json.dumps(results[0] if len(results) == 1 else results, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def report(limit: dict, steps: list[dict], rss_kb: int, out: Path | None) -> None:
+def report(limit: dict, steps: list[dict], rss_kb: int, workers: int = 1) -> dict:
     ok = [s for s in steps if _passes(s)]
     best = max(ok, key=lambda s: s["accepted_fps"]) if ok else None
     capacity = best["accepted_fps"] if best else 0.0
     result = {
         "cpu_cores": len(os.sched_getaffinity(0)),
+        "workers": workers,
         "frame": f"{FRAME_HW[1]}x{FRAME_HW[0]} JPEG q90",
         "in_process_fps": limit["fps"],
         "in_process_config": limit["config"],
@@ -401,7 +443,7 @@ def report(limit: dict, steps: list[dict], rss_kb: int, out: Path | None) -> Non
         "at_capacity": best,
         "steps": steps,
     }
-    print("\n| metric | value |\n| --- | --- |")
+    print(f"\n| metric (andon serve --workers {workers}) | value |\n| --- | --- |")
     print(f"| in-process limit ({limit['config']}) | {limit['fps']:.1f} frames/s |")
     print(
         "| in-process time split (mean ms) | " + ", ".join(f"{k} {v:.1f}" for k, v in limit["split_ms"].items()) + " |"
@@ -420,9 +462,8 @@ def report(limit: dict, steps: list[dict], rss_kb: int, out: Path | None) -> Non
         f"{service_cpu:.1f} / {np.median([s['loadgen_cpu_ms_per_frame'] for s in steps]):.1f} ms "
         f"(in-process / service = {limit['cpu_ms_per_frame'] / service_cpu:.2f}) |"
     )
-    print(f"| service peak RSS | {rss_kb / 1024:.0f} MB |")
-    if out:
-        out.write_text(json.dumps(result, indent=2))
+    print(f"| service peak RSS (all its processes) | {rss_kb / 1024:.0f} MB |")
+    return result
 
 
 if __name__ == "__main__":
