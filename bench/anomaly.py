@@ -60,6 +60,9 @@ class Variant:
     dim: int | None = 64
     bank: int = 1000
     blur: float = 0.0
+    #: image score: "max" (the product's: the map's maximum) or "ratio" (maximum over the image's own median
+    #: patch distance: a new tile that is far from the bank everywhere scores low)
+    score: str = "max"
     note: str = ""
 
 
@@ -77,9 +80,13 @@ VARIANTS = {
         replace(BASE, name="d128", dim=None, note="no projection (128 ch)"),
         replace(BASE, name="bank250", bank=250),
         replace(BASE, name="bank4000", bank=4000),
+        replace(BASE, name="bank10000", bank=10000),
+        replace(BASE, name="ratio", score="ratio", note="image score: max / the image's median patch distance"),
         replace(BASE, name="letterbox", resize="letterbox"),
         replace(BASE, name="size320", size=320),
         replace(BASE, name="size320lb", size=320, resize="letterbox"),
+        replace(BASE, name="size448", size=448, note="56x56 map: thin cracks span more cells"),
+        replace(BASE, name="size448ratio", size=448, score="ratio", note="448 px, max / median score"),
         replace(BASE, name="lite0", trunk="efficientnet_lite0", layers=(3, 5)),
         replace(BASE, name="lite1", trunk="efficientnet_lite1", layers=(3, 5), size=240),
         replace(BASE, name="lite2", trunk="efficientnet_lite2", layers=(3, 5), size=260),
@@ -97,6 +104,7 @@ class Result:
     dim: int
     bank: int
     blur: float
+    score: str
     map_hw: str
     n_train_ok: int
     n_test_ok: int
@@ -112,6 +120,8 @@ class Result:
     classifier_ms: float = float("nan")
     combined_ms: float = float("nan")
     cost_ratio: float = float("nan")
+    #: image AUROC on the validation split (ok vs defective, the same bank and score rule)
+    val_image_auroc: float = float("nan")
     note: str = ""
 
 
@@ -148,8 +158,10 @@ def grouped_split(cache: Path | None = None) -> list[tuple[Path, str, str]]:
 class Images:
     """Preprocessed images (uint8 at the input size) and masks, per (size, resize), loaded once."""
 
-    def __init__(self, train_ok: list[Path], test: list[tuple[Path, str]]) -> None:
-        self.train_ok, self.test = train_ok, test
+    def __init__(
+        self, train_ok: list[Path], test: list[tuple[Path, str]], val: list[tuple[Path, str]] | None = None
+    ) -> None:
+        self.train_ok, self.test, self.val = train_ok, test, val or []
         self._cache: dict[tuple[int, str], dict[str, object]] = {}
 
     def get(self, size: int, resize: str) -> dict[str, object]:
@@ -167,6 +179,7 @@ class Images:
         mask_pre = Preprocessor(spec.model_copy(update={"interpolation": "linear"}))
         train = np.stack([pre.to_tensor(pre.load(p.read_bytes())) for p in self.train_ok])
         test = np.stack([pre.to_tensor(pre.load(p.read_bytes())) for p, _ in self.test])
+        val = np.stack([pre.to_tensor(pre.load(p.read_bytes())) for p, _ in self.val]) if self.val else None
         masks, valid = [], []
         for path, _ in self.test:
             image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
@@ -176,7 +189,8 @@ class Images:
                 mask = np.zeros_like(image)
             masks.append(mask_pre.resize(mask)[..., 0] > 127)
             valid.append(mask_pre.resize(np.full_like(image, 255))[..., 0] > 127)
-        return {"spec": spec, "train": train, "test": test, "masks": np.stack(masks), "valid": np.stack(valid)}
+        masks, valid = np.stack(masks), np.stack(valid)
+        return {"spec": spec, "train": train, "test": test, "val": val, "masks": masks, "valid": valid}
 
 
 def trunk_for(name: str):
@@ -223,6 +237,8 @@ def evaluate(
     extract_seconds: float,
     classifier,
     test_labels: list[str],
+    full_val=None,
+    val_labels: list[str] | None = None,
 ) -> tuple[Result, object]:
     import torch
 
@@ -242,10 +258,10 @@ def evaluate(
     started = time.perf_counter()
     model = build_patchcore(extractor, patches, list(references.split(32)), bank_size=v.bank, seed=0, blur_sigma=v.blur)
     coreset_seconds = time.perf_counter() - started
-    with torch.no_grad():
-        raw = torch.cat([model.distance_map(f) for f in test.split(32)])
-        maps = raw / (raw + model.scale)
-        scores = maps.flatten(1).amax(1).numpy()
+    maps, scores = image_scores(model, test, v.score)
+    val_auroc = float("nan")
+    if full_val is not None and val_labels:
+        val_auroc = roc_auc(np.array(val_labels) != "ok", image_scores(model, project(full_val, extractor), v.score)[1])
     labels = np.array(test_labels)
     bad = labels != "ok"
     per_type = {
@@ -262,11 +278,13 @@ def evaluate(
         dim=extractor.dim,
         bank=int(model.bank.shape[0]),
         blur=v.blur,
+        score=v.score,
         map_hw=f"{h}x{w}",
         n_train_ok=len(train),
         n_test_ok=int((~bad).sum()),
         n_test_defect=int(bad.sum()),
         image_auroc=roc_auc(bad, scores),
+        val_image_auroc=val_auroc,
         per_type_auroc=per_type,
         pixel_auroc=pixel_auroc,
         pointing_game=pointing,
@@ -277,6 +295,18 @@ def evaluate(
         note=v.note,
     )
     return result, model
+
+
+def image_scores(model, features, score: str):
+    """(anomaly maps ``[N, h, w]`` in [0, 1), image scores) of projected features, by the variant's score rule."""
+    import torch
+
+    with torch.no_grad():
+        raw = torch.cat([model.distance_map(f) for f in features.split(32)])
+        maps = raw / (raw + model.scale)
+        if score == "ratio":
+            return maps, (raw.flatten(1).amax(1) / raw.flatten(1).median(1).values.clamp(min=1e-12)).numpy()
+        return maps, maps.flatten(1).amax(1).numpy()
 
 
 def pixel_metrics(maps, images: dict[str, object], bad: np.ndarray) -> tuple[float, float]:
@@ -358,7 +388,8 @@ def run(variants: list[Variant], *, with_cost: bool, say=print) -> list[Result]:
     say(f"grouped split in {time.perf_counter() - started:.0f} s")
     train_ok = [Path(p) for p, label, split in samples if split == "train" and label == "ok"]
     test = [(Path(p), label) for p, label, split in samples if split == "test"]
-    images = Images(train_ok, test)
+    val = [(Path(p), label) for p, label, split in samples if split == "val"]
+    images = Images(train_ok, test, val)
     results: list[Result] = []
     # group variants sharing a geometry and a trunk's feature layers: extract once, vary D / bank / blur
     keyed: dict[tuple, list[Variant]] = {}
@@ -373,19 +404,29 @@ def run(variants: list[Variant], *, with_cost: bool, say=print) -> list[Result]:
         full_train = features_of(full, data["train"])
         extract_seconds = time.perf_counter() - t
         full_test = features_of(full, data["test"])
+        full_val = features_of(full, data["val"]) if data["val"] is not None else None
         say(
             f"{trunk} {layers} {size} {resize}: features in {extract_seconds:.0f} s "
             f"({time.perf_counter() - started:.0f} s)"
         )
         for v in group:
             result, model = evaluate(
-                v, data, full_train, full_test, extract_seconds, classifier, [label for _, label in test]
+                v,
+                data,
+                full_train,
+                full_test,
+                extract_seconds,
+                classifier,
+                [label for _, label in test],
+                full_val,
+                [label for _, label in val],
             )
             if with_cost:
                 result.classifier_ms, result.combined_ms = cost(classifier, model, size)
                 result.cost_ratio = result.combined_ms / result.classifier_ms
             say(
-                f"{v.name}: image AUROC {100 * result.image_auroc:.2f} %, pixel {100 * result.pixel_auroc:.2f} %, "
+                f"{v.name}: image AUROC {100 * result.image_auroc:.2f} % (val {100 * result.val_image_auroc:.2f} %), "
+                f"pixel {100 * result.pixel_auroc:.2f} %, "
                 f"cost x{result.cost_ratio:.2f} ({time.perf_counter() - started:.0f} s)"
             )
             results.append(result)
@@ -401,17 +442,18 @@ def render(results: list[Result], command: str) -> str:
         f"Machine: {machine()}. Test split: {r0.n_test_ok} ok, {r0.n_test_defect} defective; bank fitted on "
         f"{r0.n_train_ok} train ok images (one in ten of them held out for the scale).",
         "",
-        "| variant | trunk | layers | input | D | bank | blur | map | image AUROC | "
+        "| variant | trunk | layers | input | D | bank | blur | score | map | image AUROC | val image AUROC | "
         + " | ".join(types)
         + " | pixel AUROC | pointing game | good median score | extract s | coreset s "
         "| kNN MMAC | classifier ms | + anomaly ms | ratio | note |",
-        "|" + "---|" * (19 + len(types)),
+        "|" + "---|" * (21 + len(types)),
     ]
     for r in results:
         per = " | ".join(f"{100 * r.per_type_auroc.get(t, float('nan')):.1f}" for t in types)
         lines.append(
             f"| {r.variant} | {r.trunk} | {r.layers} | {r.size} {r.resize} | {r.dim} | {r.bank} | {r.blur:g} "
-            f"| {r.map_hw} | **{100 * r.image_auroc:.2f} %** | {per} | {100 * r.pixel_auroc:.2f} % "
+            f"| {r.score} | {r.map_hw} | **{100 * r.image_auroc:.2f} %** | {100 * r.val_image_auroc:.2f} % "
+            f"| {per} | {100 * r.pixel_auroc:.2f} % "
             f"| {100 * r.pointing_game:.1f} % | {r.good_score_median:.3f} | {r.extract_seconds:.0f} "
             f"| {r.coreset_seconds:.1f} | {r.knn_mmacs:.0f} | {r.classifier_ms:.1f} | {r.combined_ms:.1f} "
             f"| {r.cost_ratio:.2f} | {r.note} |"
@@ -433,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         for v in VARIANTS.values():
             print(
                 f"{v.name}: {v.trunk} layers {v.layers} {v.size} {v.resize} D {v.dim} bank {v.bank} "
-                f"blur {v.blur:g} {v.note}"
+                f"blur {v.blur:g} score {v.score} {v.note}"
             )
         return 0
     unknown = [n for n in args.variants.split(",") if n not in VARIANTS]
