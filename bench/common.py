@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -71,3 +72,21 @@ def wait_ready(proc, port: int, log) -> None:
             raise SystemExit(f"the service exited: see {log}")
         time.sleep(0.2)
     raise SystemExit("the service did not become ready in 120 s")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a server the benchmark starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kb(pid: int, field: str = "VmRSS") -> int:
+    """A memory field of /proc/PID/status in kB (VmRSS: resident now, VmHWM: peak); 0 when the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0

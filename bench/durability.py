@@ -34,7 +34,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import stat
 import subprocess
@@ -45,6 +44,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench.common import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -299,12 +300,6 @@ class Zygote:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def alive(pid: int) -> bool:

@@ -23,7 +23,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+from bench.common import free_port, rss_kb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,22 +72,6 @@ def camera_jpeg() -> bytes:
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
     assert ok
     return buf.tobytes()
-
-
-def _rss_kb(pid: int, field: str = "VmRSS") -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(client, url: str, data: bytes, content_type: str) -> tuple[int, float]:
@@ -131,11 +116,11 @@ def _phase(base: str, pid: int, seconds: float, bombs: int, frame: bytes, bomb: 
     latencies: list[float] = []
     camera: Counter = Counter()
     bombed: Counter = Counter()
-    peak = [_rss_kb(pid)]
+    peak = [rss_kb(pid)]
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], _rss_kb(pid))
+            peak[0] = max(peak[0], rss_kb(pid))
             time.sleep(0.02)
 
     def camera_loop() -> None:
@@ -182,7 +167,7 @@ def run(src: Path, seconds: float, bombs: int, bomb_side: int = 10_000) -> dict:
     frame, bomb = camera_jpeg(), png_bomb(bomb_side, bomb_side)
     with tempfile.TemporaryDirectory() as tmp:
         model = write_tiny_model(Path(tmp) / "tiny224.onnx", tiny_card(size=224))
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "PYTHONPATH": str(src)}
         proc = subprocess.Popen(
             [sys.executable, "-c", _SERVER, str(Path(tmp) / "data"), str(model), str(port)], env=env, cwd=tmp
@@ -205,10 +190,10 @@ def run(src: Path, seconds: float, bombs: int, bomb_side: int = 10_000) -> dict:
                     content=frame,
                     headers={"Content-Type": "image/jpeg"},
                 )
-            idle = round(_rss_kb(proc.pid) / 1024, 1)
+            idle = round(rss_kb(proc.pid) / 1024, 1)
             alone = _phase(base, proc.pid, seconds, 0, frame, bomb)
             attacked = _phase(base, proc.pid, seconds, bombs, frame, bomb)
-            hwm = round(_rss_kb(proc.pid, "VmHWM") / 1024, 1)
+            hwm = round(rss_kb(proc.pid, "VmHWM") / 1024, 1)
         finally:
             proc.terminate()
             proc.wait(timeout=30)

@@ -29,7 +29,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import cpu_model
+from bench.common import cpu_model, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = 10
@@ -52,12 +51,6 @@ import uvicorn
 s = Settings.load(**json.loads(sys.argv[1]))
 uvicorn.run(create_app(s), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _frame() -> bytes:
@@ -86,7 +79,7 @@ class _Service:
     def __init__(self, tmp: Path, settings: dict) -> None:
         import httpx
 
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
         self.proc = subprocess.Popen(

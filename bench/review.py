@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from bench.common import free_port
 
 PASSWORD = "bench-password-1"
 BUDGET_P95_MS = 100.0
@@ -69,12 +70,6 @@ def seed(data_dir: Path, records: int, backlog: bool = False) -> dict:
         s.commit()
     engine.dispose()
     return counts
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def serve(data_dir: Path) -> tuple[subprocess.Popen, str]:

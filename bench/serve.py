@@ -28,7 +28,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import closed_loop, wait_ready
+from bench.common import closed_loop, free_port, rss_kb, wait_ready
 
 P99_BUDGET_MS = 250.0
 MAX_REFUSED = 0.01
@@ -150,12 +149,6 @@ def in_process_limit(model: Path, frames: list[bytes], seconds: float) -> dict:
 # ---- service and load generator ------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_service(model: Path, data_dir: Path, port: int, workers: int = 1) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANDON_")}
     proc = subprocess.Popen(
@@ -209,15 +202,7 @@ class RssSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            total = 0
-            for pid in group_pids(self.pgid):
-                try:
-                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                        if line.startswith("VmRSS:"):
-                            total += int(line.split()[1])
-                except OSError:
-                    continue
-            self.peak_kb = max(self.peak_kb, total)
+            self.peak_kb = max(self.peak_kb, sum(rss_kb(pid) for pid in group_pids(self.pgid)))
             time.sleep(0.1)
 
 
@@ -406,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         results = []
         for workers in args.workers:
-            port = _free_port()
+            port = free_port()
             proc = start_service(model, work / f"data-{workers}", port, workers)
             rss = RssSampler(proc.pid)
             rss.start()

@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from bench.common import closed_loop, cpu_model, wait_ready
+from bench.common import closed_loop, cpu_model, free_port, wait_ready
 from bench.intake import png_bomb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,14 +140,6 @@ def start_service(model: Path, data_dir: Path, port: int, env: dict[str, str], l
     )
     wait_ready(proc, port, log)
     return proc
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- what the server process holds -------------------------------------------------------------------
@@ -628,7 +620,7 @@ def run(args: argparse.Namespace) -> dict:
         model = tiny_model(work / "tiny224.onnx")
         (work / "cli-tmp").mkdir()
         keys = camera_keys(data_dir, _clean_env(work / "cli-tmp"))  # the server's TMPDIR holds only its own
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = start_service(model, data_dir, port, env, work / "serve.log")
         try:

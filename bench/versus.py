@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import cpu_model, wait_ready
+from bench.common import cpu_model, free_port, wait_ready
 
 _MINIMAL = r"""
 import sys
@@ -92,12 +91,6 @@ uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU of ``pid`` and every process below it (uvicorn's workers), so far."""
     tck = os.sysconf("SC_CLK_TCK")
@@ -148,7 +141,7 @@ def start_minimal(model: Path, work: Path) -> Target:
 
     card = read_card(onnx.load(str(model), load_external_data=False))
     pre = card.preprocess
-    port = _free_port()
+    port = free_port()
     log = work / "minimal.log"
     proc = subprocess.Popen(
         [sys.executable, "-c", _MINIMAL, str(model), str(port), str(pre.input_size[0])]
@@ -169,7 +162,7 @@ def start_andon(model: Path, work: Path, workers: int, cameras: list[str]) -> Ta
     env = _clean_env(work / "tmp")
     (work / "tmp").mkdir(exist_ok=True)
     keys = camera_keys(data, env, cameras)
-    port = _free_port()
+    port = free_port()
     log = data.parent / "serve.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "andon", "serve", "--model", str(model), "--data-dir", str(data)]
