@@ -197,7 +197,7 @@ class FrameSource:
     def next_frame(self) -> tuple[bytes, bool | None]:
         """The next frame's bytes and its truth: True when a defect was drawn into it (or it lies in a defect
         class's folder), False for a good part, None for images whose truth is not known."""
-        import cv2
+        from andon.inspect.pixels import encode_jpeg, resize
 
         truth: bool | None = None
         if self.files:
@@ -209,12 +209,11 @@ class FrameSource:
                 return data, truth
             from andon.inspect.decoding import decode
 
-            image = cv2.resize(decode(data), self.wh, interpolation=cv2.INTER_AREA)
+            image = resize(decode(data), *self.wh, "area")
         else:
             image, defect = self._render()
             truth = defect is not None
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
-        return buf.tobytes(), truth
+        return encode_jpeg(image, quality=90), truth
 
     def _render(self):
         from andon.datasets.synth.defects import DEFECTS

@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 import warnings
 import zlib
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from andon.errors import ImageDecodeError, ImageTooLargeError, UnsupportedFormatError
+from andon.inspect.pixels import gray_to_rgb, rgb_to_gray
 
 #: formats andon decodes (PIL's names)
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "BMP", "TIFF"})
@@ -37,19 +38,6 @@ SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "BMP", "TIFF"})
 DEFAULT_MAX_PIXELS = 100_000_000
 
 _SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I", "I;16N"})
-
-_REDUCED_COLOR = {
-    1: cv2.IMREAD_COLOR,
-    2: cv2.IMREAD_REDUCED_COLOR_2,
-    4: cv2.IMREAD_REDUCED_COLOR_4,
-    8: cv2.IMREAD_REDUCED_COLOR_8,
-}
-_REDUCED_GRAY = {
-    1: cv2.IMREAD_GRAYSCALE,
-    2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
-    4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
-    8: cv2.IMREAD_REDUCED_GRAYSCALE_8,
-}
 
 
 @dataclass(frozen=True)
@@ -347,30 +335,63 @@ def decode(
     With ``target_hw`` a large JPEG is decoded at reduced scale (never below the target size).
     """
     header = probe(data, max_pixels=max_pixels, allowed_formats=allowed_formats)
-    buf = np.frombuffer(data, dtype=np.uint8)
-    if header.sixteen_bit:
-        image = _decode_16bit(buf, header)
-        return _to_mode(image, gray)
     factor = reduction_for(header, target_hw)
-    flag = (_REDUCED_GRAY if gray else _REDUCED_COLOR)[factor]
-    image = cv2.imdecode(buf, flag)
-    if image is None:
-        raise ImageDecodeError(f"corrupt {header.format}: the decoder could not read {len(data):,} bytes")
-    if image.dtype != np.uint8:
-        image = to_uint8(image)
-    if gray:
-        return image
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data))
+            if header.format == "JPEG" and (factor > 1 or gray):
+                # the JPEG decoder scales the DCT by 1/factor and, for grey, gives the luma plane itself
+                im.draft("L" if gray else "RGB", (header.width // factor, header.height // factor))
+            if im.getexif().get(_ORIENTATION, 1) != 1:
+                im = ImageOps.exif_transpose(im)
+            else:
+                im.load()
+        except _DECODER_FAILURES as exc:  # what the decoders raise on bytes the structure check let through
+            raise ImageDecodeError(
+                f"corrupt {header.format}: the decoder could not read {len(data):,} bytes ({exc})"
+            ) from None
+    return _to_mode(to_uint8(_pixels_of(im, header)), gray)
 
 
-def _decode_16bit(buf: np.ndarray, header: ImageHeader) -> np.ndarray:
-    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)  # keeps 16 bits; EXIF orientation is rare in 16-bit files
-    if image is None:
-        raise ImageDecodeError(f"corrupt 16-bit {header.format}: the decoder could not read it")
-    image = to_uint8(image)
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-    return image
+#: the EXIF tag that says how the camera was held
+_ORIENTATION = 0x0112
+_DECODER_FAILURES = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    IndexError,
+    KeyError,
+    ZeroDivisionError,
+    struct.error,
+    Image.DecompressionBombError,
+)
+
+
+def _pixels_of(im: Image.Image, header: ImageHeader) -> np.ndarray:
+    """uint8 or uint16 HxW / HxWx3 / HxWx4 pixels (writeable, as a decoder's own) of a loaded PIL image."""
+    mode = im.mode
+    if mode in ("L", "RGB", "RGBA"):
+        return np.array(im)
+    if mode == "LA":
+        return np.array(im)[:, :, 0]
+    if mode in _SIXTEEN_BIT or mode.startswith("I;16"):
+        pixels = np.array(im)
+        if pixels.dtype.kind == "i":  # 32-bit integer mode "I": a 16-bit image's values
+            if pixels.min(initial=0) < 0 or pixels.max(initial=0) > 65535:
+                raise ImageDecodeError(
+                    f"{header.format} pixel values run from {pixels.min()} to {pixels.max()}; andon reads 8- and "
+                    "16-bit images (0-65535)"
+                )
+            pixels = pixels.astype(np.uint16)
+        return pixels.astype(np.uint16, copy=False)
+    if mode == "F":
+        raise ImageDecodeError(
+            f"{header.format} with floating-point pixels is not supported; give uint8 or uint16 pixels (floats "
+            "are ambiguous: scale them to 8 or 16 bits yourself)"
+        )
+    return np.array(im.convert("RGB"))  # palette, bilevel, CMYK, YCbCr, ...
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -389,9 +410,9 @@ def _to_mode(image: np.ndarray, gray: bool) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if gray:
-        return image if image.ndim == 2 else cv2.cvtColor(image[:, :, :3], cv2.COLOR_RGB2GRAY)
+        return image if image.ndim == 2 else rgb_to_gray(image)
     if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+        return gray_to_rgb(image)
     return np.ascontiguousarray(image[:, :, :3])
 
 

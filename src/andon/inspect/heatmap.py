@@ -3,17 +3,17 @@
 The model's heatmap covers its *input* (the frame after the card's resize policy), at feature resolution.
 ``to_image_coords`` maps it back onto the original frame: stretched, it is simply resized; letterboxed, the
 padding is cut away first; centre-cropped, it covers only the central region and the borders the model never
-saw get no colour. Colour: cv2's JET map (blue = no evidence, red = strong evidence), blended with a weight
+saw get no colour. Colour: the JET map (blue = no evidence, red = strong evidence), blended with a weight
 proportional to the evidence, so clean areas keep their true look and hot spots stand out.
 """
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from andon.errors import ImageDecodeError
 from andon.inspect.card import PreprocessSpec
+from andon.inspect.pixels import JET, encode_png, gray_to_rgb, resize
 
 
 def to_image_coords(heatmap: np.ndarray, image_hw: tuple[int, int], spec: PreprocessSpec | None = None) -> np.ndarray:
@@ -56,7 +56,7 @@ def overlay(
 def colourise(heat: np.ndarray) -> np.ndarray:
     """uint8 RGB JET colours for a heatmap in [0, 1]."""
     levels = np.clip(np.asarray(heat, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    return JET[levels]
 
 
 def heatmap_png(
@@ -74,16 +74,13 @@ def heatmap_png(
         picture = colourise(_upsample(heat, max(1, round(heat.shape[1] * scale)), max(1, round(heat.shape[0] * scale))))
     else:
         picture = overlay(image_rgb, heatmap, alpha, spec=spec)
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-    if not ok:  # pragma: no cover - cv2 encodes any uint8 RGB image
-        raise ImageDecodeError("could not encode the heatmap overlay as PNG")
-    return buf.tobytes()
+    return encode_png(picture)
 
 
 def _upsample(heat: np.ndarray, width: int, height: int) -> np.ndarray:
     if heat.shape == (height, width):
         return heat.astype(np.float32, copy=False)
-    out = cv2.resize(heat.astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
+    out = resize(np.ascontiguousarray(heat, dtype=np.float32), width, height, "cubic")
     return np.clip(out, 0.0, 1.0)
 
 
@@ -100,7 +97,7 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
     if image.dtype != np.uint8:
         raise ImageDecodeError(f"overlay takes a uint8 image, got {image.dtype}")
     if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+        return gray_to_rgb(image)
     if image.ndim == 3 and image.shape[2] == 4:
         return np.ascontiguousarray(image[:, :, :3])
     if image.ndim == 3 and image.shape[2] == 3:

@@ -12,15 +12,13 @@ identical by construction, and ``tests/test_preprocess.py`` proves it.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from andon.inspect import decoding as _decode
+from andon.inspect import pixels as _pixels
 from andon.inspect.card import PreprocessSpec
 
 Frame = bytes | bytearray | memoryview | np.ndarray
-
-_INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
 
 
 class Preprocessor:
@@ -41,10 +39,10 @@ class Preprocessor:
         std = np.asarray(spec.std, dtype=np.float32) * 255.0
         # x_norm = (x - mean*255) / (std*255) = x * scale + shift. A uint8 pixel has 256 values, so the result
         # is tabulated per channel (the same float32 operations, so the same bits) and to_tensor is one lookup
-        # per pixel straight into the CHW tensor: ~7x faster than the arithmetic on 224x224 (0.07 vs 0.5 ms).
+        # per pixel straight into the CHW tensor (np.take): ~3x faster than the arithmetic on 224x224.
         scale, shift = (1.0 / std).reshape(3, 1), (-mean / std).reshape(3, 1)
         table = np.arange(256, dtype=np.float32)[None, :] * scale + shift
-        self._tables = [np.ascontiguousarray(row.reshape(1, 256), dtype=np.float32) for row in table]
+        self._tables = [np.ascontiguousarray(row, dtype=np.float32) for row in table]
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -70,7 +68,7 @@ class Preprocessor:
         """Decoded pixels to a uint8 HxWx3 RGB image at the model's input size, by the spec's resize policy."""
         out_h, out_w = self.spec.input_size
         h, w = pixels.shape[:2]
-        interp = _INTERPOLATION[self.spec.interpolation]
+        interp = self.spec.interpolation
         if self.spec.resize == "stretch":
             image = _resize(pixels, out_w, out_h, interp)
         elif self.spec.resize == "letterbox":
@@ -78,15 +76,7 @@ class Preprocessor:
             new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
             inner = _resize(pixels, new_w, new_h, interp)
             top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
-            image = cv2.copyMakeBorder(
-                inner,
-                top,
-                out_h - new_h - top,
-                left,
-                out_w - new_w - left,
-                cv2.BORDER_CONSTANT,
-                value=(self.spec.pad_value,) * 3,
-            )
+            image = _pixels.pad(inner, top, out_h - new_h - top, left, out_w - new_w - left, self.spec.pad_value)
         else:  # center_crop
             scale = max(out_w / w, out_h / h)
             new_w, new_h = max(out_w, round(w * scale)), max(out_h, round(h * scale))
@@ -94,7 +84,7 @@ class Preprocessor:
             top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
             image = outer[top : top + out_h, left : left + out_w]
         if image.ndim == 2:
-            image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+            image = _pixels.gray_to_rgb(image)
         return np.ascontiguousarray(image)
 
     def load(self, frame: Frame) -> np.ndarray:
@@ -113,8 +103,8 @@ class Preprocessor:
                 f"{self.spec.input_size[0]}x{self.spec.input_size[1]}; pass it through load() first"
             )
         out = np.empty((3, *image.shape[:2]), dtype=np.float32)
-        for channel, plane in enumerate(cv2.split(np.ascontiguousarray(image))):
-            cv2.LUT(plane, self._tables[channel], dst=out[channel])
+        for channel in range(3):
+            np.take(self._tables[channel], image[:, :, channel], out=out[channel])
         return out
 
     def __call__(self, frame: Frame) -> np.ndarray:
@@ -125,10 +115,6 @@ class Preprocessor:
         return np.stack([self(f) for f in frames]) if frames else np.zeros((0, 3, *self.spec.input_size), np.float32)
 
 
-def _resize(pixels: np.ndarray, width: int, height: int, interp: int) -> np.ndarray:
-    if pixels.shape[1] == width and pixels.shape[0] == height:
-        return pixels
-    # INTER_AREA is for shrinking; growing with it degrades to nearest-neighbour-like blockiness
-    if interp == cv2.INTER_AREA and (width > pixels.shape[1] or height > pixels.shape[0]):
-        interp = cv2.INTER_LINEAR
-    return cv2.resize(pixels, (width, height), interpolation=interp)
+def _resize(pixels: np.ndarray, width: int, height: int, interp: str) -> np.ndarray:
+    # "area" shrinks; growing falls back to "linear" inside pixels.resize
+    return _pixels.resize(pixels, width, height, interp)

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import cv2
 import numpy as np
+
+from andon.inspect.pixels import rgb_to_gray
 
 #: the focus window's largest side, in decoded pixels
 FOCUS_WINDOW = 512
@@ -47,7 +48,7 @@ def _grey(image: np.ndarray) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] == 1:
         return image[:, :, 0]
     if image.ndim == 3 and image.shape[2] in (3, 4):
-        return cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_RGB2GRAY)
+        return rgb_to_gray(image)
     raise ValueError(f"expected an HxW or HxWx3 image, got shape {image.shape}")
 
 
@@ -65,17 +66,18 @@ def focus_measure(pixels: np.ndarray) -> float:
         raise ValueError(f"focus_measure takes uint8 pixels, got {grey.dtype}")
     if min(grey.shape) < 3:
         return 0.0
-    lap = cv2.Laplacian(grey, cv2.CV_32F, ksize=1)
-    _, std = cv2.meanStdDev(lap)
-    return float(std[0, 0]) ** 2
+    # the 4-neighbour Laplacian, the border reflected without repeating the edge pixel
+    g = np.pad(grey.astype(np.float32), 1, mode="reflect")
+    lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4.0 * g[1:-1, 1:-1]
+    return float(lap.astype(np.float64).std()) ** 2
 
 
 def frame_quality(decoded: np.ndarray, model_input: np.ndarray) -> FrameQuality:
     """Brightness and contrast of ``model_input`` (uint8 RGB at the model's size), focus of ``decoded``."""
     grey = _grey(model_input)
-    mean, std = cv2.meanStdDev(grey)
+    values = grey.astype(np.float64)
     return FrameQuality(
-        brightness=round(float(mean[0, 0]), 3),
-        contrast=round(float(std[0, 0]), 3),
+        brightness=round(float(values.mean()), 3),
+        contrast=round(float(values.std()), 3),
         focus=round(focus_measure(decoded), 3),
     )

@@ -8,12 +8,12 @@ both together. It is mapped onto the frame's geometry by the model card's resize
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from andon.inspect.card import PreprocessSpec
 from andon.inspect.decoding import decode
 from andon.inspect.heatmap import colourise, to_image_coords
+from andon.inspect.pixels import encode_png, fit
 from andon.service.files import image_only
 
 #: formats every browser shows as they are
@@ -29,11 +29,7 @@ def browser_frame(data: bytes, image_format: str, max_pixels: int) -> tuple[byte
     if image_format in BROWSER_FORMATS:
         return image_only(data, "this frame"), BROWSER_FORMATS[image_format]
     rgb = decode(data, target_hw=(CONVERT_SIDE, CONVERT_SIDE), max_pixels=max_pixels)
-    rgb = _fit(rgb, CONVERT_SIDE)
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:  # pragma: no cover - cv2 encodes any uint8 image
-        raise ValueError("could not encode the frame as PNG")
-    return buf.tobytes(), "image/png"
+    return encode_png(fit(rgb, CONVERT_SIDE)), "image/png"
 
 
 def heat_layer_png(heat: np.ndarray, frame_hw: tuple[int, int], spec: PreprocessSpec | None) -> bytes:
@@ -43,15 +39,4 @@ def heat_layer_png(heat: np.ndarray, frame_hw: tuple[int, int], spec: Preprocess
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     over = to_image_coords(heat, size, spec)
     rgba = np.dstack([colourise(over), np.clip(over * 255.0 + 0.5, 0, 255).astype(np.uint8)])
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
-    if not ok:  # pragma: no cover
-        raise ValueError("could not encode the heat layer as PNG")
-    return buf.tobytes()
-
-
-def _fit(image: np.ndarray, side: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    scale = side / max(h, w)
-    if scale >= 1:
-        return image
-    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return encode_png(rgba)

@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-import cv2
 import numpy as np
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response
 from pydantic import ValidationError
@@ -26,6 +25,7 @@ from starlette.datastructures import FormData, UploadFile
 from andon.errors import NotFoundError
 from andon.inspect.decoding import decode
 from andon.inspect.heatmap import heatmap_png
+from andon.inspect.pixels import fit
 from andon.service.deps import CanInspect, CanRead, ContextDep, SessionDep
 from andon.service.errors import (
     InvalidRequestError,
@@ -290,7 +290,7 @@ def get_heatmap(
     heat, spec = stored_heatmap(ctx, row)
     image = None
     if overlay and row.image_key is not None:
-        image = _fit(
+        image = fit(
             decode(ctx.store.get(row.image_key), target_hw=(max_side, max_side), max_pixels=ctx.settings.max_pixels),
             max_side,
         )
@@ -323,14 +323,6 @@ def _aware(value: dt.datetime, name: str) -> dt.datetime:
     if value.tzinfo is None:
         raise InvalidRequestError(f"{name} {value.isoformat()} has no time zone; add Z or +hh:mm")
     return value
-
-
-def _fit(image: np.ndarray, max_side: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    scale = max_side / max(h, w)
-    if scale >= 1:
-        return image
-    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
 def _meta(values: dict[str, Any]) -> FrameMeta:
