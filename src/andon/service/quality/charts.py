@@ -1,62 +1,51 @@
-"""Charts drawn on the server with matplotlib (Agg, no pyplot state, so it is safe in the service's threads):
-the plant's colours, axes and PNG output, and the rate p-charts that the line dashboard and the shift report
-both show. The dashboard's other pictures are in ``andon.service.review.charts``.
+"""Charts drawn on the server as PNG (``plot``: Pillow and numpy, no matplotlib, nothing shared between
+figures, so they render concurrently in the service's threads): the plant's colours, axes and PNG output,
+and the rate p-charts that the line dashboard and the shift report both show. The dashboard's other
+pictures are in ``andon.service.review.charts``.
 """
 
 from __future__ import annotations
 
-import io
-import threading
+import datetime as dt
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
-from matplotlib.figure import Figure
 
-from andon.service.quality.series import RateSeries
+from andon.service.quality import plot
+from andon.service.quality.plot import Axes, Figure, Key
+from andon.service.quality.series import SUBGROUPS, RateSeries
 
-INK = "#1f2933"
-MUTED = "#7b8794"
-GRID = "#e4e7eb"
-BLUE = "#2f6fb0"
-RED = "#c62828"
-GREEN = "#2e7d32"
-AMBER = "#e0a100"
-GREY = "#9aa5b1"
-LOCK = threading.Lock()  # matplotlib's font cache and text layout are not thread-safe
+INK = plot.INK
+MUTED = plot.MUTED
+GRID = plot.GRID
+BLUE = plot.BLUE
+RED = plot.RED
+GREEN = plot.GREEN
+AMBER = plot.AMBER
+GREY = plot.GREY
 
 
 def new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=100, facecolor="white")
-    FigureCanvasAgg(fig)
-    return fig
+    """A white picture ``width`` x ``height`` inches (100 pixels each)."""
+    return Figure(width, height)
 
 
-def style(ax, title: str) -> None:
-    ax.set_title(title, loc="left", fontsize=13, color=INK, pad=10)
-    ax.grid(True, color=GRID, linewidth=0.8)
-    ax.set_axisbelow(True)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    for side in ("left", "bottom"):
-        ax.spines[side].set_color(MUTED)
-    ax.tick_params(colors=INK, labelsize=10)
+def style(ax: Axes, title: str, *, tick_size: float = 10) -> None:
+    """The plant's axes: a title on the left, light grid under the data, ticks and labels in ink."""
+    ax.set_title(title)
+    ax.tick_pt = tick_size
 
 
-def date_axis(ax, starts=None, maxticks: int = 8) -> None:
-    """Plant-time date ticks; with ``starts`` (subgroup starts) the axis spans the whole window."""
-    locator = AutoDateLocator(tz=plant_tz(), minticks=3, maxticks=maxticks)
-    ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator, tz=plant_tz()))
+def date_axis(ax: Axes, starts=None, maxticks: int = 8, *, step: dt.timedelta | None = None) -> None:
+    """Plant-time date ticks; with ``starts`` (subgroup starts) the axis spans the whole window (the last
+    subgroup is ``step`` long where there is only one)."""
+    ax.time_x(plant_tz(), maxticks)
     if starts is not None and len(starts):
-        step = starts[1] - starts[0] if len(starts) > 1 else None
+        step = starts[1] - starts[0] if len(starts) > 1 else step
         end = starts[-1] + step if step else starts[-1]
-        ax.set_xlim(starts[0].astimezone(plant_tz()), end.astimezone(plant_tz()))
+        ax.set_xlim(starts[0], end)
 
 
 def plant_tz():
-    import datetime as dt
-
     return dt.datetime.now().astimezone().tzinfo
 
 
@@ -69,53 +58,61 @@ def plant_times(values) -> np.ndarray:
 
 
 def to_png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    return buf.getvalue()
+    return fig.png()
 
 
-def empty_note(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color=MUTED, fontsize=12)
-    ax.set_xticks([])
-    ax.set_yticks([])
+def empty_note(ax: Axes, text: str) -> None:
+    ax.note(text)
+
+
+def subgroup_step(starts, subgroup: str) -> dt.timedelta:
+    """The length of a subgroup: the gap between the first two starts, else the subgroup's nominal one."""
+    if len(starts) > 1:
+        return starts[1] - starts[0]
+    return dt.timedelta(seconds=SUBGROUPS.get(subgroup, 3600))
 
 
 def rate_charts_png(rates: list[RateSeries], subgroup: str, width: float = 10, height: float = 7.2) -> bytes:
-    """The rate p-charts of ``rates`` (``series.RateSeries``), for the dashboard and the shift report."""
-    with LOCK:
-        fig = new_figure(width, height)
-        axes = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [1, 2, 2], "hspace": 0.45})
-        starts = rates[0].starts
-        n = rates[0].chart.n
-        width = (starts[1] - starts[0]).total_seconds() / 86400 * 0.8 if len(starts) > 1 else 0.02
-        x = plant_times(starts)
-        axes[0].bar(x, n, width=width, align="edge", color=GREY)
-        style(axes[0], f"Frames inspected per {subgroup}")
+    """The rate p-charts of ``rates`` (``series.RateSeries``), for the dashboard and the shift report:
+    frames per subgroup, then each rate against its centre line and 3-sigma limits."""
+    fig = new_figure(width, height)
+    axes = [row[0] for row in fig.subplots(3, 1, height_ratios=[1, 2, 2], hgap=18)]
+    starts = rates[0].starts
+    n = rates[0].chart.n
+    step = subgroup_step(starts, subgroup)
+    empty = not len(starts) or not np.any(n > 0)
+    style(axes[0], f"Frames inspected per {subgroup}")
+    for ax in axes:
+        date_axis(ax, starts, step=step)
+    for ax in axes[:-1]:
+        ax.hide_xticklabels()
+    if empty:  # the window's time axis, and nothing on it
+        axes[0].note("no frames in this window", keep_x=True)
         for ax, series in zip(axes[1:], rates):
-            c = series.chart
-            ok = c.n > 0
-            xe = plant_times(list(starts) + ([starts[-1] + (starts[1] - starts[0])] if len(starts) > 1 else []))
-            ucl, lcl = np.r_[c.ucl, c.ucl[-1:]][: len(xe)], np.r_[c.lcl, c.lcl[-1:]][: len(xe)]
-            ax.step(xe, 100 * ucl, where="post", color=RED, linewidth=1, linestyle="--", label="3σ limits")
-            ax.step(xe, 100 * lcl, where="post", color=RED, linewidth=1, linestyle="--")
-            ax.axhline(100 * c.centre, color=INK, linewidth=1, label=f"centre {100 * c.centre:.2f}%")
-            mid = plant_times([s + (starts[1] - starts[0]) / 2 for s in starts] if len(starts) > 1 else starts)
-            ax.plot(mid[ok], 100 * c.p[ok], color=BLUE, marker="o", markersize=4, linewidth=1.5, label=series.name)
-            if c.out.any():
-                ax.plot(
-                    mid[c.out],
-                    100 * c.p[c.out],
-                    linestyle="none",
-                    marker="o",
-                    markersize=10,
-                    markerfacecolor="none",
-                    markeredgecolor=RED,
-                    markeredgewidth=2,
-                    label=f"{c.out_of_control} outside limits",
-                )
-            ax.set_ylabel("% of frames", color=INK)
-            ax.set_ylim(bottom=0)
             style(ax, f"{series.name.capitalize()} rate (p-chart)")
-            ax.legend(loc="upper left", fontsize=9, frameon=False, ncol=3)
-        date_axis(axes[-1], starts)
+            ax.note("", keep_x=True)
         return to_png(fig)
+    axes[0].bars(starts, step * 0.8, n, GREY)
+    axes[0].set_ylim(0)
+    edges = [*starts, starts[-1] + step]
+    mid = np.array([s + step / 2 for s in starts], dtype=object)
+    for ax, series in zip(axes[1:], rates):
+        c = series.chart
+        ok = c.n > 0
+        style(ax, f"{series.name.capitalize()} rate (p-chart)")
+        ax.step(edges, 100 * c.ucl, RED, 1.0, dashed=True)
+        ax.step(edges, 100 * c.lcl, RED, 1.0, dashed=True)
+        ax.hline(100 * c.centre, INK, 1.0)
+        ax.line(mid[ok], 100 * c.p[ok], BLUE, 1.5, marker=4)
+        keys = [
+            Key("3-sigma limits", RED, width=1.0, dashed=True),
+            Key(f"centre {100 * c.centre:.2f}%", INK, width=1.0),
+            Key(series.name, BLUE, marker=True),
+        ]
+        if c.out.any():
+            ax.rings(mid[c.out], 100 * c.p[c.out], RED, size=10, width=2)
+            keys.append(Key(f"{c.out_of_control} outside limits", RED, kind="ring", width=2))
+        ax.set_ylabel("% of frames")
+        ax.set_ylim(0)
+        ax.legend(keys)
+    return to_png(fig)
