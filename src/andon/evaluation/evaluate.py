@@ -31,7 +31,7 @@ from andon.evaluation.metrics import (
     decision_rates,
     defect_score,
 )
-from andon.evaluation.tradeoff import OperatingPoint, TradeoffCurve, operating_points, plot_tradeoff, tradeoff_curve
+from andon.evaluation.tradeoff import OperatingPoint, TradeoffCurve, operating_points, tradeoff_curve
 from andon.fileio import write_atomic
 from andon.inspect.card import ModelCard, Thresholds, default_defect_classes
 from andon.inspect.decision import DecisionPolicy
@@ -301,7 +301,7 @@ def write_report(evaluation: Evaluation, out_dir: str | Path) -> Path:
         figures["roc"] = plots.plot_roc({"P(defect)": (bad, score)}, out_dir / "roc.png")
         figures["pr"] = plots.plot_pr({"P(defect)": (bad, score)}, out_dir / "pr.png")
     target = evaluation.calibration.bands[0].target_escape if evaluation.calibration else None
-    figures["tradeoff"] = plot_tradeoff(
+    figures["tradeoff"] = plots.plot_tradeoff(
         evaluation.curve, out_dir / "tradeoff.png", band=evaluation.thresholds.defect, target_escape=target
     )
     write_atomic(out_dir / "evaluation.json", json.dumps(evaluation.as_dict(), indent=2))

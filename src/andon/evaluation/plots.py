@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from andon.evaluation.metrics import pr_auc, pr_curve, roc_auc, roc_curve
+from andon.evaluation.tradeoff import TradeoffCurve
+from andon.inspect.card import ThresholdBand
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -33,7 +35,9 @@ def _figure(width: float, height: float) -> Figure:
 def _save(fig: Figure, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
+    tmp = out.with_name(f".{out.name}.tmp")  # written whole, then renamed: never a half-written figure
+    fig.savefig(tmp, format="png")
+    tmp.replace(out)
     return out
 
 
@@ -177,3 +181,126 @@ def plot_image_grid(
         ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
         ax.set_title(caption, fontsize=7)
     return _save(fig, out)
+
+
+def plot_tradeoff(
+    curve: TradeoffCurve,
+    path: str | Path,
+    *,
+    band: ThresholdBand | None = None,
+    target_escape: float | None = None,
+    title: str = "Escape / false-reject / review trade-off",
+) -> Path:
+    """PNG with two panels: the rates over the threshold (chosen band shaded), and review vs false reject."""
+    fig = _figure(13, 4.8)
+    left, right = fig.subplots(1, 2)
+    _sweep_panel(left, curve, band, target_escape)
+    _band_panel(right, curve, band)
+    fig.suptitle(title)
+    return _save(fig, Path(path))
+
+
+def _sweep_panel(ax, curve: TradeoffCurve, band: ThresholdBand | None, target: float | None) -> None:
+    t = curve.thresholds
+    keep = t <= 1.0
+    # each rate at grid point t_i holds for thresholds in (t_{i-1}, t_i]: a step drawn "pre"
+    ax.plot(
+        t[keep], curve.escape[keep], color="#c0392b", lw=2, drawstyle="steps-pre", label="escape rate if pass_below = t"
+    )
+    ax.plot(
+        t[keep],
+        curve.false_reject[keep],
+        color="#2471a3",
+        lw=2,
+        drawstyle="steps-pre",
+        label="false-reject rate if reject_at = t",
+    )
+    ax.plot(
+        t[keep],
+        curve.below[keep],
+        color="#7f8c8d",
+        lw=1,
+        ls=":",
+        drawstyle="steps-pre",
+        label="parts with P(defect) < t",
+    )
+    if target is not None:
+        ax.axhline(target, color="#c0392b", ls="--", lw=1, label=f"target escape {target:.2%}")
+    if band is not None:
+        rates = curve.rates(band)
+        ax.axvspan(
+            band.pass_below,
+            max(band.reject_at, band.pass_below + 1e-3),
+            color="#f5b041",
+            alpha=0.35,
+            label=f"review band: {rates['review_rate']:.1%} of parts",
+        )
+        ax.axvline(band.pass_below, color="#c0392b", lw=1)
+        ax.axvline(band.reject_at, color="#2471a3", lw=1)
+        ax.plot([band.pass_below], [rates["escape_rate"]], "o", color="#c0392b", ms=8)
+        ax.plot([band.reject_at], [rates["false_reject_rate"]], "o", color="#2471a3", ms=8)
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("threshold t on P(defect)")
+    ax.set_ylabel("rate")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center right")
+
+
+def _band_panel(ax, curve: TradeoffCurve, band: ThresholdBand | None) -> None:
+    """For fixed pass_below (fixed escape rate), moving reject_at up trades false rejects for review."""
+    t = curve.thresholds[curve.thresholds <= 1.0]
+    pass_belows = _panel_pass_belows(curve, band)
+    colours = ["#1abc9c", "#8e44ad", "#e67e22", "#34495e"]
+    for colour, pb in zip(colours, pass_belows):
+        i = int(np.searchsorted(curve.thresholds, pb))
+        ra = t[t >= pb]
+        j = np.searchsorted(curve.thresholds, ra)
+        review = curve.below[j] - curve.below[i]
+        ax.plot(
+            review,
+            curve.false_reject[j],
+            color=colour,
+            lw=2,
+            label=f"pass_below {pb:.3g} (escape {curve.escape[i]:.2%})",
+        )
+    if band is not None:
+        rates = curve.rates(band)
+        ax.plot(
+            [rates["review_rate"]],
+            [rates["false_reject_rate"]],
+            marker="*",
+            color="#c0392b",
+            ms=16,
+            ls="none",
+            label=f"chosen: escape {rates['escape_rate']:.2%}, false reject {rates['false_reject_rate']:.2%}, "
+            f"review {rates['review_rate']:.2%}",
+        )
+    ax.set_xscale("symlog", linthresh=1e-2)
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("review rate (parts sent to an operator)")
+    ax.set_ylabel("false-reject rate (good parts rejected)")
+    ax.set_title("widening the band: reject_at moves up from pass_below", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+
+
+def _panel_pass_belows(curve: TradeoffCurve, band: ThresholdBand | None) -> list[float]:
+    """pass_below values for the right panel: the chosen one and a few giving round escape rates."""
+    chosen = [band.pass_below] if band is not None else []
+    others = []
+    if curve.n_defective:
+        t = curve.thresholds
+        for rate in (0.005, 0.02, 0.05):
+            ok = np.nonzero(curve.escape <= rate)[0]
+            if len(ok):
+                others.append(float(t[ok[-1]]))
+    seen, out = set(), []
+    for pb in chosen + others:
+        if round(pb, 4) not in seen:
+            seen.add(round(pb, 4))
+            out.append(pb)
+    return out[:4]

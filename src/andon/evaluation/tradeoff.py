@@ -8,7 +8,7 @@ Every three-way band (pass_below, reject_at) on P(defect) is described by three 
 
 Widening the band (lower ``pass_below``, higher ``reject_at``) buys fewer escapes and fewer false rejects
 with more review. ``operating_points`` runs the calibration for a grid of targets so the report can show the
-choices side by side, and ``plot_tradeoff`` draws it with the chosen band marked.
+choices side by side, and ``andon.evaluation.plots.plot_tradeoff`` draws it with the chosen band marked.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -147,138 +146,3 @@ def _with_smallest_verifiable(targets: Sequence[float], n_defective: int) -> lis
     if targets and smallest > targets[0] and smallest < 1.0 and smallest not in targets:
         targets = sorted({*targets, smallest})
     return targets
-
-
-def plot_tradeoff(
-    curve: TradeoffCurve,
-    path: str | Path,
-    *,
-    band: ThresholdBand | None = None,
-    target_escape: float | None = None,
-    title: str = "Escape / false-reject / review trade-off",
-) -> Path:
-    """PNG with two panels: the rates over the threshold (chosen band shaded), and review vs false reject."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(13, 4.8), dpi=110, layout="constrained")  # no pyplot: no global state, thread-safe
-    FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2)
-    _sweep_panel(left, curve, band, target_escape)
-    _band_panel(right, curve, band)
-    fig.suptitle(title)
-    return _save(fig, Path(path))
-
-
-def _sweep_panel(ax, curve: TradeoffCurve, band: ThresholdBand | None, target: float | None) -> None:
-    t = curve.thresholds
-    keep = t <= 1.0
-    # each rate at grid point t_i holds for thresholds in (t_{i-1}, t_i]: a step drawn "pre"
-    ax.plot(
-        t[keep], curve.escape[keep], color="#c0392b", lw=2, drawstyle="steps-pre", label="escape rate if pass_below = t"
-    )
-    ax.plot(
-        t[keep],
-        curve.false_reject[keep],
-        color="#2471a3",
-        lw=2,
-        drawstyle="steps-pre",
-        label="false-reject rate if reject_at = t",
-    )
-    ax.plot(
-        t[keep],
-        curve.below[keep],
-        color="#7f8c8d",
-        lw=1,
-        ls=":",
-        drawstyle="steps-pre",
-        label="parts with P(defect) < t",
-    )
-    if target is not None:
-        ax.axhline(target, color="#c0392b", ls="--", lw=1, label=f"target escape {target:.2%}")
-    if band is not None:
-        rates = curve.rates(band)
-        ax.axvspan(
-            band.pass_below,
-            max(band.reject_at, band.pass_below + 1e-3),
-            color="#f5b041",
-            alpha=0.35,
-            label=f"review band: {rates['review_rate']:.1%} of parts",
-        )
-        ax.axvline(band.pass_below, color="#c0392b", lw=1)
-        ax.axvline(band.reject_at, color="#2471a3", lw=1)
-        ax.plot([band.pass_below], [rates["escape_rate"]], "o", color="#c0392b", ms=8)
-        ax.plot([band.reject_at], [rates["false_reject_rate"]], "o", color="#2471a3", ms=8)
-    ax.set_yscale("symlog", linthresh=1e-3)
-    ax.set_ylim(0, 1.05)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("threshold t on P(defect)")
-    ax.set_ylabel("rate")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center right")
-
-
-def _band_panel(ax, curve: TradeoffCurve, band: ThresholdBand | None) -> None:
-    """For fixed pass_below (fixed escape rate), moving reject_at up trades false rejects for review."""
-    t = curve.thresholds[curve.thresholds <= 1.0]
-    pass_belows = _panel_pass_belows(curve, band)
-    colours = ["#1abc9c", "#8e44ad", "#e67e22", "#34495e"]
-    for colour, pb in zip(colours, pass_belows):
-        i = int(np.searchsorted(curve.thresholds, pb))
-        ra = t[t >= pb]
-        j = np.searchsorted(curve.thresholds, ra)
-        review = curve.below[j] - curve.below[i]
-        ax.plot(
-            review,
-            curve.false_reject[j],
-            color=colour,
-            lw=2,
-            label=f"pass_below {pb:.3g} (escape {curve.escape[i]:.2%})",
-        )
-    if band is not None:
-        rates = curve.rates(band)
-        ax.plot(
-            [rates["review_rate"]],
-            [rates["false_reject_rate"]],
-            marker="*",
-            color="#c0392b",
-            ms=16,
-            ls="none",
-            label=f"chosen: escape {rates['escape_rate']:.2%}, false reject {rates['false_reject_rate']:.2%}, "
-            f"review {rates['review_rate']:.2%}",
-        )
-    ax.set_xscale("symlog", linthresh=1e-2)
-    ax.set_yscale("symlog", linthresh=1e-3)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel("review rate (parts sent to an operator)")
-    ax.set_ylabel("false-reject rate (good parts rejected)")
-    ax.set_title("widening the band: reject_at moves up from pass_below", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
-
-
-def _panel_pass_belows(curve: TradeoffCurve, band: ThresholdBand | None) -> list[float]:
-    """pass_below values for the right panel: the chosen one and a few giving round escape rates."""
-    chosen = [band.pass_below] if band is not None else []
-    others = []
-    if curve.n_defective:
-        t = curve.thresholds
-        for rate in (0.005, 0.02, 0.05):
-            ok = np.nonzero(curve.escape <= rate)[0]
-            if len(ok):
-                others.append(float(t[ok[-1]]))
-    seen, out = set(), []
-    for pb in chosen + others:
-        if round(pb, 4) not in seen:
-            seen.add(round(pb, 4))
-            out.append(pb)
-    return out[:4]
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)
-    return path

@@ -216,7 +216,8 @@ def threshold_section(
 ) -> ThresholdSection:
     """The report's section on the decision: the escape / false-reject / review trade-off on the validation
     split (where training calibrates), the chosen band marked, with the operating points other targets give."""
-    from andon.evaluation.tradeoff import operating_points, plot_tradeoff, tradeoff_curve
+    from andon.evaluation.plots import plot_tradeoff
+    from andon.evaluation.tradeoff import operating_points, tradeoff_curve
     from andon.training.targets import weak_sentence
 
     warning = weak_sentence(card.threshold_warnings) if card.threshold_warnings else ""
