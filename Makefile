@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 # torch and torchvision are pinned to the releases this project is tested with
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test tutorial-screenshots install install-serve system-deps lint format audit bench-accuracy bench-inference bench-serve bench-pipeline bench-line deploy-lint
+.PHONY: demo test tutorial-screenshots install install-serve system-deps lint format audit bench-accuracy bench-inference bench-serve bench-pipeline bench-line bench-image deploy-lint
 
 ## The main job: sample data -> trained default model -> service on :8000 with a simulated camera.
 demo: install
@@ -50,6 +50,10 @@ lint:
 format:
 	$(PYTHON) -m ruff format .
 	$(PYTHON) -m ruff check --fix .
+
+## The service image's size without Docker: its venv built and slimmed as deploy/Dockerfile.serve does, measured, run
+bench-image:
+	$(PYTHON) -m bench.image_size
 
 ## The deployment files (deploy/) through their own linters: hadolint, yamllint, kubernetes-validate (its Kubernetes
 ## schemas ship with it: offline), then tests/test_deploy_files.py (nginx -t, docker compose config where docker

@@ -171,6 +171,11 @@ def test_the_service_image_has_no_torch_runs_as_a_user_and_keeps_data_in_a_volum
     installs = re.findall(r"pip install[^&\n]*", code)
     assert installs and not any("torch" in line or "train" in line for line in installs)
     assert '&& ! /opt/andon/bin/python -c "import torch"' in code  # the build fails if anything pulled torch in
+    for module in ("cv2", "matplotlib"):  # [serve] has neither (andon.inspect.pixels, the service's Pillow charts)
+        assert f'&& ! /opt/andon/bin/python -c "import {module}"' in code
+    # the venv is slimmed by the script bench.image_size measures, and that script is in the build context
+    assert "COPY deploy/slim-venv.sh ./deploy/" in code and "&& sh deploy/slim-venv.sh /opt/andon" in code
+    assert "!deploy/slim-venv.sh" in (DEPLOY / "Dockerfile.serve.dockerignore").read_text().splitlines()
     users = re.findall(r"^USER (\S+)$", text, flags=re.M)
     assert users and users[-1].split(":")[0] not in ("0", "root")
     env = dockerfile_env(DEPLOY / "Dockerfile.serve")
