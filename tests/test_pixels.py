@@ -101,3 +101,18 @@ def test_png_and_jpeg_round_trip(shape) -> None:
         assert jpeg.format == "JPEG" and jpeg.size == (40, 30)
     with pytest.raises(ValueError, match="uint8 HxW, HxWx3 or HxWx4"):
         pixels.encode_png(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_resize_in_threads_gives_each_call_its_own_result() -> None:
+    """The passes run in per-thread scratch buffers: concurrent calls (the service's inference threads) and
+    calls of other geometries in between never see each other's pixels, and a result is never a buffer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    frames = [_noise((256, 306, 3)) for _ in range(8)] + [_noise((300, 200)) for _ in range(8)]
+    expected = [pixels.resize(f, 224, 224) for f in frames]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            got = list(pool.map(lambda f: pixels.resize(f, 224, 224), frames))
+            assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+    first, second = pixels.resize(frames[0], 224, 224), pixels.resize(frames[1], 224, 224)
+    assert not np.shares_memory(first, second) and np.array_equal(first, expected[0])

@@ -291,6 +291,7 @@ def write_report(evaluation: Evaluation, out_dir: str | Path) -> Path:
     """report.html, evaluation.json and the PNGs (confusion, ROC, PR, trade-off) in ``out_dir``."""
     from andon.evaluation import plots
 
+    plots.require()  # before the folder: no empty report folder where matplotlib is missing
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     bad, score = evaluation.is_defective, evaluation.scores

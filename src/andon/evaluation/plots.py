@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 _DPI = 110
 
 
+def require() -> None:
+    """Fail before anything is computed or written where matplotlib (the [data] extra) is not installed:
+    ``andon.cli.main`` turns the ModuleNotFoundError into one line naming the extra."""
+    import matplotlib  # noqa: F401
+
+
 def _figure(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -16,6 +16,7 @@ Each function here is defined by what it computes, not by the library behind it:
 from __future__ import annotations
 
 import io
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -50,23 +51,28 @@ def resize(pixels: np.ndarray, width: int, height: int, interpolation: str = "ar
         return _block_mean(pixels, h // height, w // width)
     if interpolation == "linear" and pixels.dtype == np.uint8:
         return _linear_u8(pixels, width, height)
-    out = pixels.astype(np.float32)
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    # two passes over a (rows x interleaved columns) float32 plane, in this thread's scratch buffers: fresh
+    # temporaries of this size come from mmap and cost more in page faults than the arithmetic
+    plane = _scratch("source", (h, w * channels))
+    np.copyto(plane, pixels.reshape(h, w * channels), casting="unsafe")
     if height != h:
-        out = _along_rows(out, *_taps(interpolation, h, height))
+        plane = _weighted_take(plane, *_taps(interpolation, h, height), axis=0, name="rows")
     if width != w:
-        channels = 1 if out.ndim == 2 else out.shape[2]
-        flat = _along_rows(out.reshape(out.shape[0], -1).T, *_taps(interpolation, w, width, channels)).T
-        out = flat.reshape(out.shape[0], width, *out.shape[2:])
+        plane = _weighted_take(plane, *_taps(interpolation, w, width, channels), axis=1, name="columns")
+    out = np.empty((height, width, *pixels.shape[2:]), dtype=pixels.dtype)
     if pixels.dtype == np.uint8:
-        return np.ascontiguousarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
-    return np.ascontiguousarray(out)
+        np.rint(plane, out=plane)
+        np.clip(plane, 0, 255, out=plane)
+    np.copyto(out.reshape(height, width * channels), plane, casting="unsafe")
+    return out
 
 
 def _block_mean(pixels: np.ndarray, fy: int, fx: int) -> np.ndarray:
     """Shrinking by whole factors: the mean of each fy x fx block, rounded half up (Pillow's ``reduce``)."""
     if pixels.ndim == 3 and pixels.shape[2] not in (3, 4):
         return np.dstack([_block_mean(np.ascontiguousarray(pixels[:, :, c]), fy, fx) for c in range(pixels.shape[2])])
-    return np.asarray(Image.fromarray(np.ascontiguousarray(pixels)).reduce((fx, fy)))
+    return np.array(Image.fromarray(np.ascontiguousarray(pixels)).reduce((fx, fy)))
 
 
 def _linear_u8(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -102,13 +108,35 @@ def _linear_fixed(n_in: int, n_out: int, *, clamp_weights: bool) -> tuple[np.nda
     return result
 
 
-def _along_rows(image: np.ndarray, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Output row i = sum over taps j of weight[i, j] * image[index[i, j]]."""
-    shape = (-1,) + (1,) * (image.ndim - 1)
-    out = image[index[:, 0]] * weight[:, 0].reshape(shape)
+def _weighted_take(plane: np.ndarray, index: np.ndarray, weight: np.ndarray, *, axis: int, name: str) -> np.ndarray:
+    """Along ``axis`` of a 2-D plane: output line i = sum over taps j of weight[i, j] * line index[i, j]."""
+    shape = (len(index), plane.shape[1]) if axis == 0 else (plane.shape[0], len(index))
+    out, term = _scratch(name, shape), _scratch(name + " term", shape)
+    scale = (slice(None), None) if axis == 0 else (None, slice(None))
+    np.take(plane, index[:, 0], axis=axis, out=out, mode="clip")
+    out *= weight[:, 0][scale]
     for j in range(1, index.shape[1]):
-        out += image[index[:, j]] * weight[:, j].reshape(shape)
+        np.take(plane, index[:, j], axis=axis, out=term, mode="clip")
+        term *= weight[:, j][scale]
+        out += term
     return out
+
+
+_SCRATCH = threading.local()
+#: the largest buffer a thread keeps (a 1/8-scale 5 MP frame's plane is under 1 MB); a larger one, from a large
+#: PNG say, is allocated for the call only, so that no thread holds tens of MB outside the memory budget
+_SCRATCH_MAX_BYTES = 4 << 20
+
+
+def _scratch(name: str, shape: tuple[int, int]) -> np.ndarray:
+    """This thread's float32 buffer ``name`` of ``shape`` (kept while the shape stays: a line's frames share one)."""
+    if shape[0] * shape[1] * 4 > _SCRATCH_MAX_BYTES:
+        return np.empty(shape, dtype=np.float32)
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    buffer = buffers.get(name)
+    if buffer is None or buffer.shape != shape:
+        buffer = buffers[name] = np.empty(shape, dtype=np.float32)
+    return buffer
 
 
 @lru_cache(maxsize=128)
