@@ -22,6 +22,8 @@ from andon.training.rundir import read_metrics
 
 pytestmark = pytest.mark.slow
 
+LR = 0.001
+
 #: a tiny run: resnet18 from scratch at 32x32 on 63 training images, batch 16 (3 steps an epoch), 2 epochs
 RUN_ARGS = [
     "--model",
@@ -35,7 +37,7 @@ RUN_ARGS = [
     "--batch-size",
     "16",
     *("--set", "train.freeze_epochs=1"),
-    *("--set", "train.lr=0.001"),
+    *("--set", f"train.lr={LR}"),
     *("--set", "train.workers=0"),
     *("--set", "train.patience=0"),
     # what makes one step of two processes equal to one step of one process (see the module doc)
@@ -73,9 +75,16 @@ def runs(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
 
 
 def _max_difference(a: Path, b: Path) -> float:
+    return _differences(a, b)[0]
+
+
+def _differences(a: Path, b: Path) -> tuple[float, float]:
+    """(largest difference of any weight, share of the weights that differ by more than TOLERANCE)."""
     sa, sb = load_checkpoint(a).state_dict, load_checkpoint(b).state_dict
     assert sa.keys() == sb.keys()
-    return max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa)
+    gaps = [(sa[k].double() - sb[k].double()).abs() for k in sa if sa[k].is_floating_point()]
+    beyond = sum(int((g > TOLERANCE).sum()) for g in gaps)
+    return max(g.max().item() for g in gaps), beyond / sum(g.numel() for g in gaps)
 
 
 def test_two_processes_write_one_run_folder(runs):
@@ -94,13 +103,18 @@ def test_gradients_are_averaged_two_processes_train_like_one(runs):
     """Two halves of every batch with averaged gradients = the whole batch: the weights after both epochs (the
     DDP wrapper is built again when the backbone is unfrozen) and every epoch's figures agree to rounding.
 
-    Rounding, not 1e-5: a gradient summed in two halves differs from the whole sum in its last bits, and
-    AdamW divides each update by the gradient's running RMS, which turns that into up to ~1e-5 on weights whose
-    gradient nearly cancels out (measured: 1.1e-5 after 6 steps, on two conv weights of the from-scratch trunk).
-    A rank that trained on its half alone would be ~1e-3 away (one process on batches of 8: 3e-3).
+    Rounding, not 1e-5 everywhere: a gradient summed in two halves differs from the whole sum in its last bits,
+    and AdamW divides each update by the gradient's running RMS, so a weight whose gradient nearly cancels out
+    can take a step of the other sign, up to 2 x lr apart. How many do depends on the CPU's rounding: 1.1e-5
+    at most on one machine, 24 of 73,728 entries of a conv weight 1.2e-3 apart on another (3,529 of 11.2 M
+    weights, 0.03 %, beyond TOLERANCE). A run whose gradients were not averaged differs everywhere: one process
+    on batches of 8 against the same run on batches of 16 has 31 % of its weights beyond TOLERANCE, 6.2e-3 at
+    most. So: almost every weight within TOLERANCE, none further than a flipped step or so.
     """
-    assert _max_difference(runs["one"] / "last.pt", runs["two"] / "last.pt") < TOLERANCE
-    assert _max_difference(runs["one"] / "best.pt", runs["two"] / "best.pt") < TOLERANCE
+    for name in ("last.pt", "best.pt"):
+        worst, share = _differences(runs["one"] / name, runs["two"] / name)
+        assert share < 1e-3, f"{name}: {share:.2%} of the weights differ by more than {TOLERANCE}"
+        assert worst < 3 * LR, f"{name}: weights {worst:.2e} apart"
     one, two = read_metrics(runs["one"] / "metrics.csv"), read_metrics(runs["two"] / "metrics.csv")
     for a, b in zip(one, two, strict=True):
         for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_recall", "lr"):
