@@ -370,14 +370,16 @@ _DECODER_FAILURES = (
 
 
 def _pixels_of(im: Image.Image, header: ImageHeader) -> np.ndarray:
-    """uint8 or uint16 HxW / HxWx3 / HxWx4 pixels (writeable, as a decoder's own) of a loaded PIL image."""
+    """uint8 or uint16 HxW / HxWx3 / HxWx4 pixels of a loaded PIL image. Read-only: numpy wraps the one copy
+    Pillow makes (a writeable array would copy it again, 0.4 ms for a 1/8-scale 5 MP frame); every step after
+    decoding makes new arrays."""
     mode = im.mode
     if mode in ("L", "RGB", "RGBA"):
-        return np.array(im)
+        return np.asarray(im)
     if mode == "LA":
-        return np.array(im)[:, :, 0]
+        return np.asarray(im)[:, :, 0]
     if mode in _SIXTEEN_BIT or mode.startswith("I;16"):
-        pixels = np.array(im)
+        pixels = np.asarray(im)
         if pixels.dtype.kind == "i":  # 32-bit integer mode "I": a 16-bit image's values
             if pixels.min(initial=0) < 0 or pixels.max(initial=0) > 65535:
                 raise ImageDecodeError(
@@ -391,7 +393,7 @@ def _pixels_of(im: Image.Image, header: ImageHeader) -> np.ndarray:
             f"{header.format} with floating-point pixels is not supported; give uint8 or uint16 pixels (floats "
             "are ambiguous: scale them to 8 or 16 bits yourself)"
         )
-    return np.array(im.convert("RGB"))  # palette, bilevel, CMYK, YCbCr, ...
+    return np.asarray(im.convert("RGB"))  # palette, bilevel, CMYK, YCbCr, ...
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
