@@ -5,8 +5,9 @@
 Side by side in one process, interleaved frame by frame (the machine is shared: only the ratios mean much):
 for each card geometry (224 px, grey and RGB, stretched and letterboxed) and each of bench.serve's ten
 synthetic 5 MP JPEGs, ``Preprocessor.decode`` / ``.resize`` / ``.to_tensor`` against what andon ran before
-(``cv2.imdecode`` with IMREAD_REDUCED_*_8, ``cv2.resize`` INTER_AREA and ``cv2.copyMakeBorder``, ``cv2.LUT``
-per channel), and the largest difference between the two tensors. Needs OpenCV: the ``[data]`` extra.
+(``decoding.probe``, then ``cv2.imdecode`` with IMREAD_REDUCED_*_8; ``cv2.resize`` INTER_AREA and
+``cv2.copyMakeBorder``; ``cv2.LUT`` per channel), and the largest difference between the two tensors.
+Needs OpenCV: the ``[data]`` extra.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def _opencv(spec):
     """The pre-2026-12-07 preprocessing, call for call."""
     import cv2
 
+    from andon.inspect.decoding import probe
+
     gray = spec.color_mode == "gray"
     out_h, out_w = spec.input_size
     mean = np.asarray(spec.mean, dtype=np.float32) * 255.0
@@ -32,6 +35,7 @@ def _opencv(spec):
     tables = [np.ascontiguousarray(row.reshape(1, 256)) for row in table]
 
     def decode(data: bytes) -> np.ndarray:
+        probe(data)  # the header and structure check, before any pixel: unchanged, as in andon's decode then
         flag = cv2.IMREAD_REDUCED_GRAYSCALE_8 if gray else cv2.IMREAD_REDUCED_COLOR_8
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
         return image if gray else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
