@@ -66,10 +66,12 @@ def focus_measure(pixels: np.ndarray) -> float:
         raise ValueError(f"focus_measure takes uint8 pixels, got {grey.dtype}")
     if min(grey.shape) < 3:
         return 0.0
-    # the 4-neighbour Laplacian, the border reflected without repeating the edge pixel
-    g = np.pad(grey.astype(np.float32), 1, mode="reflect")
-    lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4.0 * g[1:-1, 1:-1]
-    return float(lap.astype(np.float64).std()) ** 2
+    # the 4-neighbour Laplacian in int16 (|value| <= 1020), the border reflected without repeating the edge
+    # pixel; its variance as E[x^2] - E[x]^2 (one dot product: this runs on every frame)
+    g = np.pad(grey.astype(np.int16), 1, mode="reflect")
+    lap = (g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4 * g[1:-1, 1:-1]).astype(np.float32).ravel()
+    mean = float(lap.sum(dtype=np.float64)) / lap.size
+    return max(0.0, float(np.dot(lap, lap)) / lap.size - mean * mean)
 
 
 def frame_quality(decoded: np.ndarray, model_input: np.ndarray) -> FrameQuality:
