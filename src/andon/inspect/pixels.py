@@ -149,7 +149,7 @@ def _taps(interpolation: str, n_in: int, n_out: int, channels: int = 0) -> tuple
     if channels:
         index, weight = _taps(interpolation, n_in, n_out)
         wide = (index[:, None, :] * channels + np.arange(channels)[None, :, None]).reshape(-1, index.shape[1])
-        wide, weight = wide, np.repeat(weight, channels, axis=0)
+        weight = np.repeat(weight, channels, axis=0)
         wide.flags.writeable = weight.flags.writeable = False
         return wide, weight
     scale = n_in / n_out
