@@ -98,8 +98,7 @@ def _linear_fixed(n_in: int, n_out: int, *, clamp_weights: bool) -> tuple[np.nda
     frac = (frac - first).astype(np.float32)
     if clamp_weights:
         outside = (first < 0) | (first >= n_in - 1)
-        frac[outside] = 0.0
-        first = np.where(first < 0, 0, np.where(first >= n_in - 1, n_in - 1, first))
+        frac[outside] = 0.0  # and both clipped indices below name the edge pixel
     w0 = np.rint((np.float32(1.0) - frac) * 2048).astype(np.int32)
     w1 = np.rint(frac * 2048).astype(np.int32)
     result = (np.clip(first, 0, n_in - 1), np.clip(first + 1, 0, n_in - 1), w0, w1)
