@@ -218,6 +218,55 @@ def cpu_seconds(pgid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+#: how ``thread_cpu`` groups a service's threads (the inference pool names its threads in the OS)
+THREAD_ROLES = ("inference", "event loop", "other")
+
+
+def _thread_role(pid: int, tid: int) -> str:
+    if tid == pid:
+        return "event loop"  # uvicorn runs the event loop on each process's main thread
+    try:
+        comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+    except OSError:
+        return "other"
+    return "inference" if comm.startswith("andon-infer") else "other"
+
+
+def thread_cpu(pgid: int) -> dict[str, tuple[float, float]]:
+    """User + system and system-only CPU seconds so far of every thread of group ``pgid``, summed by role:
+    ``inference`` (the ``andon-infer`` pool), ``event loop`` (each process's main thread: uvicorn, Starlette,
+    FastAPI, the middleware) and ``other`` (anyio's worker threads: intake, the record's commit, the flagged
+    frames' files; and idle helpers). A thread that ended between two readings takes its time with it."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = {role: [0, 0] for role in THREAD_ROLES}
+    for pid in group_pids(pgid):
+        try:
+            tids = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            role = totals[_thread_role(pid, tid)]
+            role[0] += int(fields[11]) + int(fields[12])
+            role[1] += int(fields[12])
+    return {role: (all_ / tick, kernel / tick) for role, (all_, kernel) in totals.items()}
+
+
+def per_frame_by_thread(before: dict, after: dict, frames: int) -> dict[str, dict[str, float]]:
+    """``thread_cpu`` readings around a step -> ms of CPU a frame per role, all and in the kernel."""
+    n = max(1, frames)
+    return {
+        role: {
+            "ms": (after[role][0] - before[role][0]) * 1000.0 / n,
+            "kernel_ms": (after[role][1] - before[role][1]) * 1000.0 / n,
+        }
+        for role in THREAD_ROLES
+    }
+
+
 def run_load(url: str, frames_dir: Path, rate: float, seconds: float) -> dict:
     """One open-loop step, in a separate process (the load generator must not share the service's GIL)."""
     out = subprocess.run(
@@ -338,9 +387,10 @@ def sweep(url: str, pid: int, frames_dir: Path, start_rate: float, seconds: floa
     steps: list[dict] = []
     rate = start_rate
     while len(steps) < 16:
-        cpu0 = cpu_seconds(pid)
+        cpu0, threads0 = cpu_seconds(pid), thread_cpu(pid)
         step = run_load(url, frames_dir, rate, seconds)
         step["service_cpu_ms_per_frame"] = (cpu_seconds(pid) - cpu0) * 1000.0 / max(1, step["accepted"])
+        step["threads_cpu_ms_per_frame"] = per_frame_by_thread(threads0, thread_cpu(pid), step["accepted"])
         steps.append(step)
         print(
             f"  {rate:6.1f} fps offered: {step['accepted_fps']:6.1f} accepted, p50 {step['p50_ms']:6.1f} ms, "
@@ -447,6 +497,10 @@ def report(limit: dict, steps: list[dict], rss_kb: int, workers: int = 1) -> dic
         f"{service_cpu:.1f} / {np.median([s['loadgen_cpu_ms_per_frame'] for s in steps]):.1f} ms "
         f"(in-process / service = {limit['cpu_ms_per_frame'] / service_cpu:.2f}) |"
     )
+    if best and "threads_cpu_ms_per_frame" in best:
+        by_thread = best["threads_cpu_ms_per_frame"].items()
+        parts = ", ".join(f"{role} {v['ms']:.1f} (kernel {v['kernel_ms']:.1f})" for role, v in by_thread)
+        print(f"| service CPU per frame by thread at capacity (ms) | {parts} |")
     print(f"| service peak RSS (all its processes) | {rss_kb / 1024:.0f} MB |")
     return result
 

@@ -36,3 +36,42 @@ def test_group_cpu_and_pids_include_the_workers() -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+#: a service-like process: one inference-pool thread (named as the service names them) and one plain thread busy,
+#: the main thread asleep
+ROLES = (
+    "import threading, time\n"
+    "from concurrent.futures import ThreadPoolExecutor\n"
+    "from andon.service.admission import name_os_thread\n"
+    "def spin():\n"
+    "    t = time.time()\n"
+    "    while time.time() - t < 30: pass\n"
+    "pool = ThreadPoolExecutor(1, thread_name_prefix='andon-infer', initializer=name_os_thread)\n"
+    "pool.submit(spin)\n"
+    "threading.Thread(target=spin, daemon=True).start()\n"
+    "time.sleep(30)\n"
+)
+
+
+def test_thread_cpu_tells_inference_from_the_event_loop_and_the_rest() -> None:
+    from bench.serve import per_frame_by_thread, thread_cpu
+
+    proc = subprocess.Popen([sys.executable, "-c", ROLES], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # until both busy threads run (the import takes a moment)
+            first = thread_cpu(proc.pid)
+            if first["inference"][0] > 0.05 and first["other"][0] > 0.05:
+                break
+            time.sleep(0.05)
+        time.sleep(1.5)
+        split = per_frame_by_thread(first, thread_cpu(proc.pid), frames=1000)
+        # ms per "frame" over 1000 frames = seconds in the window: each busy thread got a share of the 1.5 s
+        assert split["inference"]["ms"] >= 0.3, split
+        assert split["other"]["ms"] >= 0.3, split
+        assert split["event loop"]["ms"] <= 0.1, split  # the sleeping main thread
+        assert all(0.0 <= v["kernel_ms"] <= v["ms"] for v in split.values()), split
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
