@@ -33,7 +33,8 @@ from bench.common import free_port
 from bench.serve import _Connection, cpu_seconds, start_service
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = {"nothing stored": (0.999, 0.9999), "every frame stored": (0.0, 0.0)}
+#: case -> (pass_below, reject_at, whether the service must store the frame)
+CASES = {"nothing stored": (0.999, 0.9999, False), "every frame stored": (0.0, 0.0, True)}
 
 
 def small_jpeg() -> bytes:
@@ -54,7 +55,7 @@ def write_model(path: Path, pass_below: float, reject_at: float) -> Path:
     return write_tiny_model(path, tiny_card(thresholds=Thresholds(defect=band, source="manual")))
 
 
-async def _drive(port: int, frame: bytes, requests: int, connections: int) -> None:
+async def _drive(port: int, frame: bytes, requests: int, connections: int, stored: bool) -> None:
     left = requests
 
     async def sender(conn: _Connection) -> None:
@@ -64,19 +65,21 @@ async def _drive(port: int, frame: bytes, requests: int, connections: int) -> No
             status, body = await conn.post("/v1/inspections?camera_id=bench&line_id=bench", frame)
             if status != 201:
                 raise SystemExit(f"the service answered {status}: {body[:200]!r}")
+            if json.loads(body)["image_stored"] != stored:  # the case measures what it says it measures
+                raise SystemExit(f"image_stored should be {stored} in this case; the service answered {body[:200]!r}")
 
     await asyncio.gather(*(sender(_Connection("127.0.0.1", port)) for _ in range(connections)))
 
 
-def service_cpu_ms(model: Path, frame: bytes, requests: int, connections: int) -> dict:
+def service_cpu_ms(model: Path, frame: bytes, requests: int, connections: int, stored: bool) -> dict:
     data = Path(tempfile.mkdtemp(prefix="andon-fixed-")) / "data"
     data.mkdir()
     port = free_port()
     proc = start_service(model, data, port)
     try:
-        asyncio.run(_drive(port, frame, max(100, requests // 10), connections))  # warm up
+        asyncio.run(_drive(port, frame, max(100, requests // 10), connections, stored))  # warm up
         cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
-        asyncio.run(_drive(port, frame, requests, connections))
+        asyncio.run(_drive(port, frame, requests, connections, stored))
         cpu1, t1 = cpu_seconds(proc.pid), time.perf_counter()
     finally:
         proc.terminate()
@@ -106,9 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     frame = small_jpeg()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (pass_below, reject_at) in CASES.items():
+        for name, (pass_below, reject_at, stored) in CASES.items():
             model = write_model(Path(tmp) / f"{len(results)}.onnx", pass_below, reject_at)
-            service = service_cpu_ms(model, frame, args.requests, args.connections)
+            service = service_cpu_ms(model, frame, args.requests, args.connections, stored)
             inspect_ms = in_process_cpu_ms(model, frame, args.requests)
             results[name] = {
                 **service,

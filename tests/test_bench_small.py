@@ -1,0 +1,51 @@
+"""The small benchmarks run end to end at a toy size and measure what their docs say (figures: docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+def test_fixed_cost_measures_both_cases(tmp_path: Path) -> None:
+    from bench.fixed_cost import main
+
+    out = tmp_path / "fixed.json"
+    # the bench itself checks every answer: 201, and image_stored as the case says (it exits otherwise)
+    main(["--requests", "100", "--connections", "2", "--out", str(out)])
+    results = json.loads(out.read_text())
+    assert set(results) == {"nothing stored", "every frame stored"}
+    for name, r in results.items():
+        assert r["requests_per_s"] > 0, (name, r)
+        assert r["in_process_cpu_ms_per_frame"] > 0, (name, r)
+        # a request through HTTP, auth, intake and the record costs more than the inspection alone
+        assert r["fixed_cpu_ms"] > 0, (name, r)
+        assert r["cpu_ms_per_request"] == pytest.approx(r["in_process_cpu_ms_per_frame"] + r["fixed_cpu_ms"])
+
+
+def test_fixed_cost_refuses_a_case_that_measures_something_else(tmp_path: Path) -> None:
+    """A model whose thresholds store nothing cannot pass for the "every frame stored" case."""
+    from bench.fixed_cost import service_cpu_ms, small_jpeg, write_model
+
+    model = write_model(tmp_path / "passes.onnx", 0.999, 0.9999)
+    with pytest.raises(SystemExit, match="image_stored should be True"):
+        service_cpu_ms(model, small_jpeg(), 10, 1, stored=True)
+
+
+def test_pixels_andon_matches_opencv_within_one_grey_level() -> None:
+    pytest.importorskip("cv2", reason="bench.pixels compares against OpenCV: the [data] extra")
+    from bench.pixels import run
+
+    rows = run(rounds=1, say=lambda *_: None)
+    assert [r["geometry"] for r in rows] == [
+        "224 gray stretch",
+        "224 gray letterbox",
+        "224 rgb stretch",
+        "224 rgb letterbox",
+    ]
+    for r in rows:
+        assert r["max_tensor_diff_levels"] <= 1.0, r  # docs/benchmarks.md: at most one grey level
+        for side in ("andon", "opencv"):
+            assert all(v > 0 for v in r[side].values()), r
+        assert r["ratio"] > 0, r
