@@ -171,3 +171,33 @@ def test_serve_binds_loopback_without_keys(tmp_path, tiny_model_path, capsys):
         session.commit()
     engine.dispose()
     assert prepare(settings).host == "0.0.0.0"
+
+
+def test_the_known_cameras_are_read_off_the_event_loop(tmp_path, monkeypatch) -> None:
+    """The key table's camera ids (cached for a few seconds) are read in a worker thread: a slow database (a
+    PostgreSQL across the plant's network) never stalls the event loop that every request shares."""
+    import asyncio
+
+    import andon.service.auth as auth_module
+    from tiny_onnx import write_tiny_model
+
+    on_loop: list[bool] = []
+    real = auth_module.list_keys
+
+    def spy(session):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return real(session)
+
+    monkeypatch.setattr(auth_module, "list_keys", spy)
+    with client_for(settings_for(tmp_path, write_tiny_model(tmp_path / "m.onnx"))) as client:
+        camera = add_key(client, "camera", "cam1")  # invalidates the cache: the next frame reads the table
+        engineer = add_key(client, "engineer")
+        assert post_frame(client, jpeg(REJECT), camera="cam1", key=camera).status_code == 201
+        client.app.state.ctx.keys.invalidate()
+        refused = post_frame(client, jpeg(REJECT), camera="cam9", key=engineer)
+        assert refused.status_code == 422 and refused.json()["error"] == "unknown_camera", refused.text
+    assert on_loop and not any(on_loop), on_loop

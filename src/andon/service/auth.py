@@ -201,6 +201,16 @@ class KeyDirectory:
         self._latched = False
         self._warned = False
 
+    @property
+    def cameras_stale(self) -> bool:
+        """Whether the next ``camera_ids`` reads the database (an async caller refreshes off the event loop
+        first, with ``refresh_cameras`` in a worker thread)."""
+        return time.monotonic() - self._at >= self._ttl
+
+    def refresh_cameras(self) -> None:
+        """Read the key table's camera ids if the cached ones are older than ``ttl`` (a database read)."""
+        self._refresh_cameras()
+
     def _refresh_cameras(self) -> None:
         now = time.monotonic()
         if now - self._at < self._ttl:

@@ -208,6 +208,8 @@ class Pipeline:
     async def _process(
         self, frames: list[IncomingFrame], principal: Principal, slots: _Slots, *, heatmap: bool, started: float
     ) -> Outcome:
+        if self.keys.cameras_stale:
+            await run_in_threadpool(self.keys.refresh_cameras)  # a database read: never on the event loop
         for frame in frames:
             self.check_camera(principal, frame.meta.camera_id)
         _check_unique_keys(frames)
