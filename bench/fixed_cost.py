@@ -13,6 +13,13 @@ own cost gets to it, the lower the ratio. This bench measures it alone, where th
    HTTP/1.1 client). **CPU per request** is the service's process CPU time per answered request.
 4. The same frame through ``Inspector.inspect`` in this process: CPU per frame. The difference is the fixed
    cost the service adds to every frame.
+
+``--frame 5mp`` posts one of bench.serve's synthetic 2448x2048 JPEGs instead (the body's transfer and copies,
+sha256 and the structure walk at a camera's size; the tiny model still decodes at a 1/8 DCT scale).
+``--perf`` also samples the service's event-loop thread (its main thread) with Linux ``perf record`` during
+the measured requests of each case and prints where its CPU goes by binary: the interpreter (Python code:
+uvicorn, Starlette, FastAPI, andon's routes), the kernel (socket copies, waking worker threads), libc
+(memory copies), uvloop, pydantic-core, httptools.
 """
 
 from __future__ import annotations
@@ -21,7 +28,10 @@ import argparse
 import asyncio
 import io
 import json
+import re
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import free_port
-from bench.serve import _Connection, cpu_seconds, start_service
+from bench.serve import _Connection, cpu_seconds, per_frame_by_thread, start_service, thread_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 #: case -> (pass_below, reject_at, whether the service must store the frame)
@@ -71,21 +81,61 @@ async def _drive(port: int, frame: bytes, requests: int, connections: int, store
     await asyncio.gather(*(sender(_Connection("127.0.0.1", port)) for _ in range(connections)))
 
 
-def service_cpu_ms(model: Path, frame: bytes, requests: int, connections: int, stored: bool) -> dict:
+#: a line of ``perf report --sort dso``: "  57.00%  libpython3.11.so.1.0"
+_DSO_LINE = re.compile(r"^\s*([\d.]+)%\s+(\S+)\s*$")
+
+
+def perf_shares(report: str) -> dict[str, float]:
+    """``perf report --sort dso --stdio`` output -> {binary: % of the samples}, largest first."""
+    shares = {}
+    for line in report.splitlines():
+        m = _DSO_LINE.match(line)
+        if m:
+            shares[m.group(2)] = float(m.group(1))
+    return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+
+
+def service_cpu_ms(
+    model: Path, frame: bytes, requests: int, connections: int, stored: bool, perf: bool = False
+) -> dict:
     data = Path(tempfile.mkdtemp(prefix="andon-fixed-")) / "data"
     data.mkdir()
     port = free_port()
     proc = start_service(model, data, port)
+    recorder, perf_file = None, data.parent / "loop.perf"
     try:
         asyncio.run(_drive(port, frame, max(100, requests // 10), connections, stored))  # warm up
-        cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+        if perf:  # the main thread (tid = pid) runs the event loop
+            command = ["perf", "record", "-q", "-F", "999", "-t", str(proc.pid), "-o", str(perf_file)]
+            recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            time.sleep(0.5)  # perf attaches
+        cpu0, threads0, t0 = cpu_seconds(proc.pid), thread_cpu(proc.pid), time.perf_counter()
         asyncio.run(_drive(port, frame, requests, connections, stored))
-        cpu1, t1 = cpu_seconds(proc.pid), time.perf_counter()
+        cpu1, threads1, t1 = cpu_seconds(proc.pid), thread_cpu(proc.pid), time.perf_counter()
+        result = {
+            "cpu_ms_per_request": (cpu1 - cpu0) * 1000.0 / requests,
+            "requests_per_s": requests / (t1 - t0),
+            "threads_cpu_ms_per_request": per_frame_by_thread(threads0, threads1, requests),
+        }
+        if recorder is not None:
+            recorder.send_signal(signal.SIGINT)
+            _, err = recorder.communicate(timeout=60)
+            if recorder.returncode not in (0, -signal.SIGINT) or not perf_file.is_file():
+                raise SystemExit(f"perf record failed (rc {recorder.returncode}): {err.strip()[:300]}")
+            report = subprocess.run(
+                ["perf", "report", "-i", str(perf_file), "--sort", "dso", "--no-children", "--stdio", "-q"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            result["event_loop_by_binary_pct"] = perf_shares(report)
     finally:
+        if recorder is not None and recorder.poll() is None:
+            recorder.kill()
         proc.terminate()
         proc.wait()
         shutil.rmtree(data.parent, ignore_errors=True)
-    return {"cpu_ms_per_request": (cpu1 - cpu0) * 1000.0 / requests, "requests_per_s": requests / (t1 - t0)}
+    return result
 
 
 def in_process_cpu_ms(model: Path, frame: bytes, frames: int) -> float:
@@ -105,13 +155,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=2000, help="answered requests per case")
     parser.add_argument("--connections", type=int, default=4, help="keep-alive connections sending at once")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--frame", choices=("64px", "5mp"), default="64px", help="the posted JPEG: 64x64, or a 5 MP camera frame"
+    )
+    parser.add_argument(
+        "--perf", action="store_true", help="sample the event-loop thread with Linux perf (perf on PATH)"
+    )
     args = parser.parse_args(argv)
-    frame = small_jpeg()
+    if args.perf and shutil.which("perf") is None:
+        parser.error("--perf needs Linux perf on PATH (Debian: apt-get install linux-perf)")
+    if args.frame == "5mp":
+        from bench.serve import synthetic_frames
+
+        frame = synthetic_frames(1)[0]
+    else:
+        frame = small_jpeg()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (pass_below, reject_at, stored) in CASES.items():
             model = write_model(Path(tmp) / f"{len(results)}.onnx", pass_below, reject_at)
-            service = service_cpu_ms(model, frame, args.requests, args.connections, stored)
+            service = service_cpu_ms(model, frame, args.requests, args.connections, stored, perf=args.perf)
             inspect_ms = in_process_cpu_ms(model, frame, args.requests)
             results[name] = {
                 **service,
@@ -124,6 +187,11 @@ def main(argv: list[str] | None = None) -> None:
                 f"fixed cost {results[name]['fixed_cpu_ms']:.2f} ms",
                 flush=True,
             )
+            by_thread = service["threads_cpu_ms_per_request"].items()
+            print("  by thread: " + ", ".join(f"{k} {v['ms']:.2f} ms" for k, v in by_thread), flush=True)
+            if "event_loop_by_binary_pct" in service:
+                top = list(service["event_loop_by_binary_pct"].items())[:6]
+                print("  event-loop thread by binary: " + ", ".join(f"{k} {v:.1f} %" for k, v in top), flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 

@@ -22,6 +22,42 @@ def test_fixed_cost_measures_both_cases(tmp_path: Path) -> None:
         # a request through HTTP, auth, intake and the record costs more than the inspection alone
         assert r["fixed_cpu_ms"] > 0, (name, r)
         assert r["cpu_ms_per_request"] == pytest.approx(r["in_process_cpu_ms_per_frame"] + r["fixed_cpu_ms"])
+        # the threads' split adds up to the process's CPU (both read from /proc, in clock ticks: 0.1 ms a
+        # request at 100 requests; threads that ended in between are the slack)
+        by_thread = sum(v["ms"] for v in r["threads_cpu_ms_per_request"].values())
+        assert by_thread == pytest.approx(r["cpu_ms_per_request"], abs=0.5), r
+        assert r["threads_cpu_ms_per_request"]["event loop"]["ms"] > 0, r
+
+
+def test_perf_shares_reads_perf_reports_dso_table() -> None:
+    from bench.fixed_cost import perf_shares
+
+    report = """# Samples: 2K of event 'cpu-clock:ppp'
+#
+    57.00%  libpython3.11.so.1.0
+    23.62%  [kernel.kallsyms]
+     3.31%  loop.cpython-311-x86_64-linux-gnu.so
+"""
+    assert perf_shares(report) == {
+        "libpython3.11.so.1.0": 57.0,
+        "[kernel.kallsyms]": 23.62,
+        "loop.cpython-311-x86_64-linux-gnu.so": 3.31,
+    }
+
+
+def test_fixed_cost_samples_the_event_loop_with_perf(tmp_path: Path) -> None:
+    import shutil
+
+    if shutil.which("perf") is None:
+        pytest.skip("Linux perf is not installed (Debian: linux-perf)")
+    from bench.fixed_cost import service_cpu_ms, small_jpeg, write_model
+
+    model = write_model(tmp_path / "passes.onnx", 0.999, 0.9999)
+    result = service_cpu_ms(model, small_jpeg(), 200, 2, stored=False, perf=True)
+    shares = result["event_loop_by_binary_pct"]
+    # the event loop runs Python (uvicorn, Starlette, FastAPI, the routes): the interpreter is in its profile
+    assert any("python" in name for name in shares), shares  # libpython3.x.so, or a static python3.x
+    assert 90.0 <= sum(shares.values()) <= 100.5, shares
 
 
 def test_fixed_cost_refuses_a_case_that_measures_something_else(tmp_path: Path) -> None:
