@@ -39,7 +39,7 @@ def name_os_thread() -> None:
     the rest (Python 3.11 leaves every thread the process's name there). Elsewhere it does nothing."""
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (AttributeError, OSError):
+    except (AttributeError, OSError, TypeError):  # no prctl (macOS); no CDLL(None) (Windows)
         return
     prctl(_PR_SET_NAME, ctypes.c_char_p(threading.current_thread().name.encode()[:15]), 0, 0, 0)
 
