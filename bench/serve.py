@@ -233,10 +233,12 @@ def _thread_role(pid: int, tid: int) -> str:
 
 
 def thread_cpu(pgid: int) -> dict[str, tuple[float, float]]:
-    """User + system and system-only CPU seconds so far of every thread of group ``pgid``, summed by role:
-    ``inference`` (the ``andon-infer`` pool), ``event loop`` (each process's main thread: uvicorn, Starlette,
-    FastAPI, the middleware) and ``other`` (anyio's worker threads: intake, the record's commit, the flagged
-    frames' files; and idle helpers). A thread that ended between two readings takes its time with it."""
+    """User + system and system-only CPU seconds so far of the service's threads, by role: ``inference`` (the
+    ``andon-infer`` pool), ``event loop`` (each process's main thread: uvicorn, Starlette, FastAPI, the
+    middleware) and ``other``: every other thread, live or ended (anyio's worker threads, which run auth,
+    intake, the record's commit and the flagged frames' files, and which anyio retires after 10 s idle). The
+    ``other`` row is the process's total (``/proc/PID/stat`` counts ended threads too) less the named roles, so
+    a thread that ended between two readings still counts."""
     tick = os.sysconf("SC_CLK_TCK")
     totals = {role: [0, 0] for role in THREAD_ROLES}
     for pid in group_pids(pgid):
@@ -244,14 +246,26 @@ def thread_cpu(pgid: int) -> dict[str, tuple[float, float]]:
             tids = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
         except OSError:
             continue
+        named = [0, 0]
         for tid in tids:
+            role = _thread_role(pid, tid)
+            if role == "other":
+                continue
             try:
                 fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            role = totals[_thread_role(pid, tid)]
-            role[0] += int(fields[11]) + int(fields[12])
-            role[1] += int(fields[12])
+            spent, kernel = int(fields[11]) + int(fields[12]), int(fields[12])
+            totals[role][0] += spent
+            totals[role][1] += kernel
+            named[0] += spent
+            named[1] += kernel
+        try:
+            process = _stat_fields(pid)  # after the threads: the total holds at least what they had spent
+        except OSError:
+            continue
+        totals["other"][0] += int(process[11]) + int(process[12]) - named[0]
+        totals["other"][1] += int(process[12]) - named[1]
     return {role: (all_ / tick, kernel / tick) for role, (all_, kernel) in totals.items()}
 
 

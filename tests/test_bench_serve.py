@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from bench.serve import cpu_seconds, group_pids
 
@@ -72,6 +73,35 @@ def test_thread_cpu_tells_inference_from_the_event_loop_and_the_rest() -> None:
         assert split["other"]["ms"] >= 0.3, split
         assert split["event loop"]["ms"] <= 0.1, split  # the sleeping main thread
         assert all(0.0 <= v["kernel_ms"] <= v["ms"] for v in split.values()), split
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+#: a thread that spins for a second and ends while the main thread sleeps (anyio retires idle workers so)
+ENDED = (
+    "import threading, time\n"
+    "def spin():\n"
+    "    t = time.time()\n"
+    "    while time.time() - t < 1.0: pass\n"
+    "time.sleep(0.5)\n"
+    "threading.Thread(target=spin).start()\n"
+    "time.sleep(30)\n"
+)
+
+
+def test_thread_cpu_keeps_the_time_of_a_thread_that_ended() -> None:
+    from bench.serve import per_frame_by_thread, thread_cpu
+
+    proc = subprocess.Popen([sys.executable, "-c", ENDED], start_new_session=True)
+    try:
+        time.sleep(0.2)
+        before = thread_cpu(proc.pid)
+        time.sleep(2.5)  # the thread has run and ended
+        assert len(list(Path(f"/proc/{proc.pid}/task").iterdir())) == 1
+        split = per_frame_by_thread(before, thread_cpu(proc.pid), frames=1000)
+        assert split["other"]["ms"] >= 0.5, split  # its second of CPU, though the thread is gone
+        assert split["event loop"]["ms"] <= 0.1, split
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
