@@ -334,6 +334,21 @@ def decode(
 
     With ``target_hw`` a large JPEG is decoded at reduced scale (never below the target size).
     """
+    return decode_with_header(
+        data, target_hw=target_hw, gray=gray, max_pixels=max_pixels, allowed_formats=allowed_formats
+    )[0]
+
+
+def decode_with_header(
+    data: bytes,
+    *,
+    target_hw: tuple[int, int] | None = None,
+    gray: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    allowed_formats: frozenset[str] = SUPPORTED_FORMATS,
+) -> tuple[np.ndarray, ImageHeader]:
+    """``decode``, and the header it checked the bytes with: the frame's own size and format, before any
+    reduced-scale decode or EXIF rotation (so that a caller needs no second ``probe`` of the same bytes)."""
     header = probe(data, max_pixels=max_pixels, allowed_formats=allowed_formats)
     factor = reduction_for(header, target_hw)
     with warnings.catch_warnings():
@@ -351,7 +366,7 @@ def decode(
             raise ImageDecodeError(
                 f"corrupt {header.format}: the decoder could not read {len(data):,} bytes ({exc})"
             ) from None
-    return _to_mode(to_uint8(_pixels_of(im, header)), gray)
+    return _to_mode(to_uint8(_pixels_of(im, header)), gray), header
 
 
 #: the EXIF tag that says how the camera was held

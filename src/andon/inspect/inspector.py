@@ -235,8 +235,8 @@ class Inspector:
 
     def _prepare(self, frame: Frame) -> _Prepared:
         t0 = time.perf_counter()
-        pixels = self.preprocessor.decode(frame)
-        size = _original_size(frame, pixels, self.card.preprocess.input_size)
+        pixels, header = self.preprocessor.decode_with_header(frame)
+        size = _original_size(header, pixels)
         t1 = time.perf_counter()
         resized = self.preprocessor.resize(pixels)
         tensor = self.preprocessor.to_tensor(resized)
@@ -299,22 +299,16 @@ class _Prepared:
         self.quality = quality
 
 
-def _maybe_reduced(frame: Frame, h: int, w: int, target_hw: tuple[int, int]) -> bool:
-    """Only a JPEG decoded to at least the input size can have been decoded at reduced scale."""
-    return bytes(frame[:3]) == b"\xff\xd8\xff" and min(h, w) >= max(target_hw)
-
-
-def _original_size(frame: Frame, pixels: np.ndarray, target_hw: tuple[int, int]) -> tuple[int, int]:
+def _original_size(header: decoding.ImageHeader | None, pixels: np.ndarray) -> tuple[int, int]:
     """(height, width) of the frame itself, even when the JPEG decoder used a reduced scale.
 
     The header size is before EXIF rotation; the decoded pixels are after it, so the header's sides are
-    swapped when the decoded orientation differs.
+    swapped when the decoded orientation differs. A numpy frame (no header) is its own size.
     """
     h, w = int(pixels.shape[0]), int(pixels.shape[1])
-    if isinstance(frame, np.ndarray) or not _maybe_reduced(frame, h, w, target_hw):
+    if header is None or (header.height, header.width) == (h, w):
         return h, w
-    header = decoding.probe(bytes(frame), max_pixels=1 << 62)
-    if (header.height, header.width) == (h, w) or h == w or (header.height > header.width) == (h > w):
+    if h == w or (header.height > header.width) == (h > w):
         return header.height, header.width
     return header.width, header.height
 

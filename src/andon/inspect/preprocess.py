@@ -50,13 +50,18 @@ class Preprocessor:
 
     def decode(self, frame: Frame) -> np.ndarray:
         """Pixels of the frame (uint8, RGB HxWx3 or grey HxW by the spec), decoded at reduced scale if large."""
+        return self.decode_with_header(frame)[0]
+
+    def decode_with_header(self, frame: Frame) -> tuple[np.ndarray, _decode.ImageHeader | None]:
+        """``decode``, and the header of encoded bytes (the frame's own size before a reduced-scale decode);
+        None for a numpy frame."""
         if isinstance(frame, np.ndarray):
-            return _decode.from_array(frame, gray=self._gray, max_pixels=self.max_pixels)
+            return _decode.from_array(frame, gray=self._gray, max_pixels=self.max_pixels), None
         if isinstance(frame, (bytearray, memoryview)):
             frame = bytes(frame)
         if not isinstance(frame, bytes):
             raise _decode.ImageDecodeError(f"expected image bytes or a numpy array, got {type(frame).__name__}")
-        return _decode.decode(
+        return _decode.decode_with_header(
             frame,
             target_hw=self.spec.input_size,
             gray=self._gray,
