@@ -85,6 +85,18 @@ def test_luma_and_jet_are_opencvs() -> None:
     assert pixels.JET[0].tolist() == [0, 0, 129] and pixels.JET[255].tolist() == [129, 0, 0]  # dark blue .. dark red
 
 
+def test_luma_is_the_integer_formula_for_every_rgb_value() -> None:
+    """rgb_to_gray computes in float32: every one of the 2**24 colours gives the 14-bit integer formula's value
+    (the grey decode of PNG/BMP/TIFF frames and the focus measure depend on it, bit for bit)."""
+    levels = np.arange(256, dtype=np.uint8)
+    every = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(4096, 4096, 3)
+    c = every.astype(np.uint32)
+    expected = ((c[:, :, 0] * 4899 + c[:, :, 1] * 9617 + c[:, :, 2] * 1868 + 8192) >> 14).astype(np.uint8)
+    assert np.array_equal(pixels.rgb_to_gray(every), expected)
+    rgba = np.concatenate([every[:64], np.full((64, 4096, 1), 7, np.uint8)], axis=2)
+    assert np.array_equal(pixels.rgb_to_gray(rgba), expected[:64])  # alpha ignored
+
+
 def test_focus_measure_is_the_variance_of_opencvs_laplacian() -> None:
     frame = cv2.GaussianBlur(_noise((600, 700)), (0, 0), 2)
     lap = cv2.Laplacian(centre_window(frame), cv2.CV_32F, ksize=1)
