@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,9 @@ def test_fixed_cost_measures_both_cases(tmp_path: Path) -> None:
     from bench.fixed_cost import main
 
     out = tmp_path / "fixed.json"
+    perf = shutil.which("perf") is not None  # Debian's linux-perf; without it the rest is still checked
     # the bench itself checks every answer: 201, and image_stored as the case says (it exits otherwise)
-    main(["--requests", "100", "--connections", "2", "--out", str(out)])
+    main(["--requests", "100", "--connections", "2", "--out", str(out), *(["--perf"] if perf else [])])
     results = json.loads(out.read_text())
     assert set(results) == {"nothing stored", "every frame stored"}
     for name, r in results.items():
@@ -27,6 +29,11 @@ def test_fixed_cost_measures_both_cases(tmp_path: Path) -> None:
         by_thread = sum(v["ms"] for v in r["threads_cpu_ms_per_request"].values())
         assert by_thread == pytest.approx(r["cpu_ms_per_request"], abs=0.5), r
         assert r["threads_cpu_ms_per_request"]["event loop"]["ms"] > 0, r
+        if perf:
+            shares = r["event_loop_by_binary_pct"]
+            # the event loop runs Python (uvicorn, Starlette, FastAPI, the routes): the interpreter is in it
+            assert any("python" in name for name in shares), shares  # libpython3.x.so, or a static python3.x
+            assert 90.0 <= sum(shares.values()) <= 100.5, shares
 
 
 def test_perf_shares_reads_perf_reports_dso_table() -> None:
@@ -43,30 +50,6 @@ def test_perf_shares_reads_perf_reports_dso_table() -> None:
         "[kernel.kallsyms]": 23.62,
         "loop.cpython-311-x86_64-linux-gnu.so": 3.31,
     }
-
-
-def test_fixed_cost_samples_the_event_loop_with_perf(tmp_path: Path) -> None:
-    import shutil
-
-    if shutil.which("perf") is None:
-        pytest.skip("Linux perf is not installed (Debian: linux-perf)")
-    from bench.fixed_cost import service_cpu_ms, small_jpeg, write_model
-
-    model = write_model(tmp_path / "passes.onnx", 0.999, 0.9999)
-    result = service_cpu_ms(model, small_jpeg(), 200, 2, stored=False, perf=True)
-    shares = result["event_loop_by_binary_pct"]
-    # the event loop runs Python (uvicorn, Starlette, FastAPI, the routes): the interpreter is in its profile
-    assert any("python" in name for name in shares), shares  # libpython3.x.so, or a static python3.x
-    assert 90.0 <= sum(shares.values()) <= 100.5, shares
-
-
-def test_fixed_cost_refuses_a_case_that_measures_something_else(tmp_path: Path) -> None:
-    """A model whose thresholds store nothing cannot pass for the "every frame stored" case."""
-    from bench.fixed_cost import service_cpu_ms, small_jpeg, write_model
-
-    model = write_model(tmp_path / "passes.onnx", 0.999, 0.9999)
-    with pytest.raises(SystemExit, match="image_stored should be True"):
-        service_cpu_ms(model, small_jpeg(), 10, 1, stored=True)
 
 
 def test_pixels_andon_matches_opencv_within_one_grey_level() -> None:

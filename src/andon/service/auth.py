@@ -209,9 +209,6 @@ class KeyDirectory:
 
     def refresh_cameras(self) -> None:
         """Read the key table's camera ids if the cached ones are older than ``ttl`` (a database read)."""
-        self._refresh_cameras()
-
-    def _refresh_cameras(self) -> None:
         now = time.monotonic()
         if now - self._at < self._ttl:
             return
@@ -257,7 +254,7 @@ class KeyDirectory:
 
     @property
     def camera_ids(self) -> frozenset[str]:
-        self._refresh_cameras()
+        self.refresh_cameras()
         return self._cameras
 
 
