@@ -101,7 +101,7 @@ def _load(args, name: str):
     return recipe, card, predictions(run_dir, run_data(recipe, run_dir, card)), reserve
 
 
-def test_groups(paths: list[str], say=print) -> np.ndarray:
+def near_duplicate_groups(paths: list[str], say=print) -> np.ndarray:
     """Near-duplicate groups of the test images, by the rule the grouped split uses."""
     from andon.datasets.check import DEFAULT_NEAR_DUPLICATE_DISTANCE, confirmed_pairs, scan_files
     from andon.datasets.grouping import connected_components
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = [str(x) for x in next(iter(loaded.values()))[2]["test"]["paths"]]
     if any([str(x) for x in preds["test"]["paths"]] != paths for _, _, preds, _ in loaded.values()):
         raise SystemExit("the runs' test splits differ: an ensemble needs the same split")
-    groups = test_groups(paths)
+    groups = near_duplicate_groups(paths)
     items = [(name, *loaded[name]) for name in names]
     if args.ensemble and len(names) > 1:
         recipe, card, first, reserve = loaded[names[0]]
