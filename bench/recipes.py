@@ -146,17 +146,24 @@ def recalibrated(card, recipe, val_pred: dict, reserve: float, val_scores: np.nd
     return card.replace(thresholds=thresholds)
 
 
-def measure(args, name: str, say=print) -> Row:
-    from andon.evaluation.metrics import roc_auc
+def load_trained(recipe, run_dir: Path):
+    """A finished run of ``recipe``: (run, the review share its anomaly band reserves, its card at today's band,
+    its data as ``fit()`` built it, its val and test predictions)."""
     from andon.models.rundata import load_run
 
-    recipe = variant_recipe(args, name)
-    run_dir, seconds = ensure_trained(recipe, say)
     run = load_run(run_dir)
     reserve = recipe.anomaly.false_alarm if run.card.anomaly is not None else 0.0
     card = current_band(run.card, recipe, run_dir, reserve)
     data = run_data(recipe, run_dir, card)
-    preds = predictions(run_dir, data)
+    return run, reserve, card, data, predictions(run_dir, data)
+
+
+def measure(args, name: str, say=print) -> Row:
+    from andon.evaluation.metrics import roc_auc
+
+    recipe = variant_recipe(args, name)
+    run_dir, seconds = ensure_trained(recipe, say)
+    run, reserve, card, data, preds = load_trained(recipe, run_dir)
     defect = card.defect_indices
 
     def p_defect(probs):

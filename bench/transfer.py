@@ -87,18 +87,14 @@ def _subset(pred: dict, index: np.ndarray, n: int) -> dict:
 
 
 def _load(args, name: str):
-    from andon.models.rundata import load_run
-    from bench.fusion import current_band, predictions, run_data
-    from bench.recipes import variant_recipe
+    from bench.recipes import load_trained, variant_recipe
 
     recipe = variant_recipe(args, name)
     run_dir = Path(recipe.output.runs_dir) / recipe.output.name
     if not (run_dir / "predictions_test.npz").is_file():
         raise SystemExit(f"{run_dir} holds no finished run: train it first (python -m bench.recipes --variants {name})")
-    run = load_run(run_dir)
-    reserve = recipe.anomaly.false_alarm if run.card.anomaly is not None else 0.0
-    card = current_band(run.card, recipe, run_dir, reserve)
-    return recipe, card, predictions(run_dir, run_data(recipe, run_dir, card)), reserve
+    _, reserve, card, _, preds = load_trained(recipe, run_dir)
+    return recipe, card, preds, reserve
 
 
 def near_duplicate_groups(paths: list[str], say=print) -> np.ndarray:
